@@ -1,0 +1,1 @@
+"""Which functions can be live patched: mcount sites, prologues, undo recipes."""

@@ -1,0 +1,104 @@
+"""T32 (Thumb-2) encodings used for calls and wide moves, as halfword pairs
+packed little-endian in a 32-bit value: ``hw1 | hw2 << 16`` (memory order).
+
+Ranges: ``BL``/``B.W`` target - (pc + 4) in [-16 MiB, 16 MiB - 2];
+``BLX`` target - Align(pc + 4, 4) likewise, a multiple of 4.
+"""
+
+from __future__ import annotations
+
+from armlp.arm.a32 import Branch
+from armlp.errors import EncodingError
+
+T32_BRANCH_MIN = -(1 << 24)
+T32_BRANCH_MAX = (1 << 24) - 2
+
+
+def is_t32(hw1: int) -> bool:
+    """Whether the halfword *hw1* starts a 32-bit Thumb instruction."""
+    return (hw1 >> 11) in (0b11101, 0b11110, 0b11111)
+
+
+def _split(off: int) -> tuple[int, int]:
+    s = (off >> 24) & 1
+    i1 = (off >> 23) & 1
+    i2 = (off >> 22) & 1
+    j1 = (~(i1 ^ s)) & 1
+    j2 = (~(i2 ^ s)) & 1
+    hw1 = 0xF000 | (s << 10) | ((off >> 12) & 0x3FF)
+    hw2 = (j1 << 13) | (j2 << 11) | ((off >> 1) & 0x7FF)
+    return hw1, hw2
+
+
+def _check(off: int, what: str, pc: int, target: int) -> None:
+    if not T32_BRANCH_MIN <= off <= T32_BRANCH_MAX:
+        raise EncodingError(f"{what} at {pc:#x} to {target:#x}: offset {off:+#x} outside ±16 MiB")
+
+
+def encode_t32_branch(kind: str, pc: int, target: int) -> int:
+    """``BL``, ``BLX`` (to ARM) or ``B.W`` at Thumb address *pc*."""
+    if kind == "blx":
+        off = (target & ~3) - ((pc + 4) & ~3)
+    else:
+        off = (target & ~1) - (pc + 4)
+    _check(off, kind, pc, target)
+    hw1, hw2 = _split(off)
+    if kind == "bl":
+        hw2 |= 0xD000
+    elif kind == "blx":
+        hw2 = (hw2 | 0xC000) & ~1
+    elif kind == "b":
+        hw2 |= 0x9000
+    else:
+        raise EncodingError(f"unknown Thumb branch kind {kind!r}")
+    return hw1 | (hw2 << 16)
+
+
+def decode_t32_branch(value: int, pc: int) -> Branch | None:
+    """Decode ``BL``/``BLX``/``B.W`` (hw1 in the low half); None otherwise."""
+    hw1, hw2 = value & 0xFFFF, value >> 16
+    if (hw1 & 0xF800) != 0xF000:
+        return None
+    op = hw2 & 0xD000
+    s = (hw1 >> 10) & 1
+    j1 = (hw2 >> 13) & 1
+    j2 = (hw2 >> 11) & 1
+    i1 = (~(j1 ^ s)) & 1
+    i2 = (~(j2 ^ s)) & 1
+    off = (s << 24) | (i1 << 23) | (i2 << 22) | ((hw1 & 0x3FF) << 12) | ((hw2 & 0x7FF) << 1)
+    off = (off ^ (1 << 24)) - (1 << 24)
+    if op == 0xD000:
+        return Branch("bl", (pc + 4 + off) & 0xFFFFFFFF | 1)
+    if op == 0xC000:
+        return Branch("blx", ((pc + 4) & ~3) + off & 0xFFFFFFFC)
+    if op == 0x9000:
+        return Branch("b", (pc + 4 + off) & 0xFFFFFFFF | 1)
+    return None
+
+
+def t32_branch_addend(value: int) -> int:
+    """The signed offset field of a BL/B.W/BLX (the REL addend of THM_CALL/JUMP24)."""
+    hw1, hw2 = value & 0xFFFF, value >> 16
+    s = (hw1 >> 10) & 1
+    j1 = (hw2 >> 13) & 1
+    j2 = (hw2 >> 11) & 1
+    i1 = (~(j1 ^ s)) & 1
+    i2 = (~(j2 ^ s)) & 1
+    off = (s << 24) | (i1 << 23) | (i2 << 22) | ((hw1 & 0x3FF) << 12) | ((hw2 & 0x7FF) << 1)
+    return (off ^ (1 << 24)) - (1 << 24)
+
+
+def t32_movw_movt_imm(value: int) -> int:
+    """The 16-bit immediate of a T32 MOVW/MOVT (T3/T1 encodings)."""
+    hw1, hw2 = value & 0xFFFF, value >> 16
+    return ((hw1 & 0xF) << 12) | (((hw1 >> 10) & 1) << 11) | (((hw2 >> 12) & 7) << 8) | (hw2 & 0xFF)
+
+
+def t32_with_movw_movt_imm(value: int, imm16: int) -> int:
+    """*value* with its T32 MOVW/MOVT immediate replaced by *imm16*."""
+    if not 0 <= imm16 <= 0xFFFF:
+        raise EncodingError(f"movw/movt immediate {imm16:#x} outside 0..0xffff")
+    hw1, hw2 = value & 0xFFFF, value >> 16
+    hw1 = (hw1 & 0xFBF0) | ((imm16 >> 12) & 0xF) | (((imm16 >> 11) & 1) << 10)
+    hw2 = (hw2 & 0x8F00) | (((imm16 >> 8) & 7) << 12) | (imm16 & 0xFF)
+    return hw1 | (hw2 << 16)

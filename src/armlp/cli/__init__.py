@@ -1,0 +1,1 @@
+"""The ``armlp`` command."""

@@ -1,0 +1,256 @@
+"""An ARM ELF image: validated header, sections, bytes by address, build-id.
+
+The header and section table are checked against the file size before
+pyelftools sees them, so a truncated or corrupt file gives one
+:class:`~armlp.errors.ElfError` naming the file and the problem, never a
+traceback from deep inside a parser.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from elftools.construct import ConstructError
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from armlp.errors import ElfError
+
+if TYPE_CHECKING:
+    from armlp.elf.relocs import Relocation
+    from armlp.elf.symbols import SymbolTable
+
+EM_ARM = 40
+ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
+SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 1, 2, 3, 4, 8, 9
+SHT_NOTE, SHT_DYNSYM = 7, 11
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
+EF_ARM_BE8 = 0x00800000
+
+_EHDR = struct.Struct("<16sHHIIIIIHHHHHH")
+_SHDR = struct.Struct("<IIIIIIIIII")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section header, with its name resolved."""
+
+    index: int
+    name: str
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    entsize: int
+
+    @property
+    def is_alloc(self) -> bool:
+        return bool(self.flags & SHF_ALLOC)
+
+    @property
+    def is_exec(self) -> bool:
+        return bool(self.flags & SHF_EXECINSTR)
+
+    @property
+    def has_bytes(self) -> bool:
+        return self.type != SHT_NOBITS
+
+
+class ElfImage:
+    """A 32-bit little-endian ARM ELF file, read whole into memory.
+
+    ``kind`` is ``relocatable`` (``.o``), ``executable``, ``shared`` or
+    ``vmlinux`` (an executable with the kernel's ``__mcount_loc`` table or
+    ``linux_banner``).
+    """
+
+    def __init__(self, path: str | Path, data: bytes | None = None) -> None:
+        self.path = Path(path)
+        if data is None:
+            try:
+                data = self.path.read_bytes()
+            except IsADirectoryError:
+                raise ElfError(f"{self.path}: is a directory, not an ELF file") from None
+            except OSError as exc:
+                raise ElfError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        self.data = data
+        self._parse_header()
+        self.sections = self._parse_sections()
+        self._by_name = {}
+        for s in self.sections:
+            self._by_name.setdefault(s.name, s)
+
+    # -- validation ---------------------------------------------------------
+
+    def _fail(self, problem: str) -> ElfError:
+        return ElfError(f"{self.path}: {problem}")
+
+    def _parse_header(self) -> None:
+        d = self.data
+        if len(d) < 4 or d[:4] != b"\x7fELF":
+            raise self._fail("not an ELF file (bad magic)")
+        if len(d) < 6:
+            raise self._fail(f"truncated ELF header ({len(d)} of 52 bytes)")
+        if d[4] == 2:
+            raise self._fail("64-bit ELF; armlp reads 32-bit ARM only")
+        if d[4] != 1:
+            raise self._fail(f"unknown ELF class {d[4]}")
+        if d[5] == 2:
+            raise self._fail("big-endian ELF; armlp reads little-endian ARM only")
+        if d[5] != 1:
+            raise self._fail(f"unknown ELF data encoding {d[5]}")
+        if len(d) < _EHDR.size:
+            raise self._fail(f"truncated ELF header ({len(d)} of {_EHDR.size} bytes)")
+        (_, e_type, e_machine, _, e_entry, _, e_shoff, e_flags, _, _, _,
+         e_shentsize, e_shnum, e_shstrndx) = _EHDR.unpack_from(d)
+        if e_machine != EM_ARM:
+            raise self._fail(f"machine {e_machine} ({_machine_name(e_machine)}), not ARM")
+        if e_flags & EF_ARM_BE8:
+            raise self._fail("BE8 (big-endian code) ELF; armlp reads little-endian ARM only")
+        if e_type not in (ET_REL, ET_EXEC, ET_DYN):
+            raise self._fail(f"ELF type {e_type} is not a relocatable, executable or shared file")
+        if e_shoff == 0 or e_shnum == 0:
+            raise self._fail("no section header table")
+        if e_shentsize != _SHDR.size:
+            raise self._fail(f"section header size {e_shentsize}, expected {_SHDR.size}")
+        end = e_shoff + e_shnum * e_shentsize
+        if end > len(d):
+            raise self._fail(f"truncated section header table (needs {end} bytes, "
+                             f"file has {len(d)})")
+        if e_shstrndx >= e_shnum:
+            raise self._fail(f"section name table index {e_shstrndx} out of range")
+        self.type = e_type
+        self.entry = e_entry
+        self.flags = e_flags
+        self._shoff, self._shnum, self._shstrndx = e_shoff, e_shnum, e_shstrndx
+
+    def _parse_sections(self) -> list[Section]:
+        d = self.data
+        raw = [_SHDR.unpack_from(d, self._shoff + i * _SHDR.size) for i in range(self._shnum)]
+        for i, h in enumerate(raw):
+            if h[1] != SHT_NOBITS and h[1] != 0 and h[4] + h[5] > len(d):
+                raise self._fail(f"section {i} extends past the end of the file "
+                                 f"({h[4]:#x}+{h[5]:#x} > {len(d):#x})")
+        shstr = raw[self._shstrndx]
+        if shstr[1] != SHT_STRTAB:
+            raise self._fail(f"section name table (section {self._shstrndx}) is not a string table")
+        names = d[shstr[4]:shstr[4] + shstr[5]]
+        out = []
+        for i, h in enumerate(raw):
+            if h[0] >= max(len(names), 1) and i:
+                raise self._fail(f"section {i} name offset {h[0]:#x} outside the name table")
+            out.append(Section(i, _cstr(names, h[0]), h[1], h[2], h[3], h[4], h[5], h[6], h[7],
+                               h[9]))
+        return out
+
+    # -- queries ------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        if self.type == ET_REL:
+            return "relocatable"
+        if self.type == ET_DYN:
+            return "shared"
+        if self.mcount_loc_range() is not None or "linux_banner" in self.symbols.by_name:
+            return "vmlinux"
+        return "executable"
+
+    @property
+    def is_relocatable(self) -> bool:
+        return self.type == ET_REL
+
+    def section(self, name: str) -> Section | None:
+        return self._by_name.get(name)
+
+    def section_data(self, sec: Section) -> bytes:
+        if not sec.has_bytes:
+            return bytes(sec.size)
+        return self.data[sec.offset:sec.offset + sec.size]
+
+    def read(self, address: int, size: int) -> bytes:
+        """Bytes at a virtual address of a linked image (from an allocated section)."""
+        for sec in self._alloc_sections:
+            if sec.addr <= address and address + size <= sec.addr + sec.size:
+                off = address - sec.addr
+                if not sec.has_bytes:
+                    return bytes(size)
+                return self.data[sec.offset + off:sec.offset + off + size]
+        raise self._fail(f"address {address:#x}+{size} is not inside one allocated section")
+
+    def section_at(self, address: int) -> Section | None:
+        for sec in self._alloc_sections:
+            if sec.addr <= address < sec.addr + sec.size:
+                return sec
+        return None
+
+    @cached_property
+    def _alloc_sections(self) -> list[Section]:
+        return [s for s in self.sections if s.is_alloc and s.size]
+
+    @cached_property
+    def symbols(self) -> SymbolTable:
+        from armlp.elf.symbols import SymbolTable
+        return SymbolTable.from_image(self)
+
+    @cached_property
+    def elffile(self) -> ELFFile:
+        """The pyelftools view of the same bytes (relocations, notes)."""
+        return ELFFile(io.BytesIO(self.data))
+
+    @cached_property
+    def build_id(self) -> str | None:
+        """The GNU build-id (hex) from the first note that carries one."""
+        for sec in self.sections:
+            if sec.type != SHT_NOTE:
+                continue
+            try:
+                for note in self.elffile.get_section(sec.index).iter_notes():
+                    if note["n_type"] == "NT_GNU_BUILD_ID":
+                        return str(note["n_desc"])
+            except (ELFError, ConstructError, ValueError) as exc:
+                raise self._fail(f"section {sec.name}: bad note: {exc}") from None
+        return None
+
+    def relocations_for(self, target: Section) -> list[Relocation]:
+        """All relocations (REL and RELA) applying to section *target*."""
+        from armlp.elf.relocs import read_relocations
+        out: list[Relocation] = []
+        for sec in self.sections:
+            if sec.type in (SHT_REL, SHT_RELA) and sec.info == target.index:
+                out.extend(read_relocations(self, sec))
+        return out
+
+    def mcount_loc_range(self) -> tuple[int, int] | None:
+        """``(address, size)`` of the kernel's ``__mcount_loc`` table in a linked image."""
+        sec = self.section("__mcount_loc")
+        if sec is not None and not self.is_relocatable:
+            return sec.addr, sec.size
+        syms = self.symbols.by_name
+        start = syms.get("__start_mcount_loc")
+        stop = syms.get("__stop_mcount_loc")
+        if start and stop:
+            return start[0].value, stop[0].value - start[0].value
+        return None
+
+
+def _cstr(buf: bytes, off: int) -> str:
+    end = buf.find(b"\0", off)
+    if end < 0:
+        end = len(buf)
+    return buf[off:end].decode("utf-8", "replace")
+
+
+_MACHINES = {3: "x86", 62: "x86-64", 183: "AArch64", 8: "MIPS", 20: "PowerPC", 243: "RISC-V",
+             21: "PowerPC64", 22: "S/390", 2: "SPARC"}
+
+
+def _machine_name(m: int) -> str:
+    return _MACHINES.get(m, "unknown")

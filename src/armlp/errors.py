@@ -1,0 +1,44 @@
+"""The one exception hierarchy of armlp.
+
+Every error a user can cause derives from :class:`ArmlpError`; the CLI turns
+it into a single line and exit code 2.  Messages name the object involved
+(file, section, relocation index, symbol) so the user can act on them.
+"""
+
+from __future__ import annotations
+
+
+class ArmlpError(Exception):
+    """Base of every error armlp reports to its user."""
+
+
+class ElfError(ArmlpError):
+    """A file is not an ELF armlp can read (format, class, machine, truncation)."""
+
+
+class EncodingError(ArmlpError):
+    """An instruction operand is outside the range its encoding can express."""
+
+
+class AnalysisError(ArmlpError):
+    """A function cannot be analysed as asked (unknown name, ambiguous sympos)."""
+
+
+class SymbolError(ArmlpError):
+    """A symbol is missing or ambiguous."""
+
+
+class LoaderError(ArmlpError):
+    """A relocatable object cannot be laid out, resolved or relocated."""
+
+
+class MachineError(ArmlpError):
+    """The target machine refused an operation or failed while running."""
+
+
+class CodeModificationError(MachineError):
+    """A code word was not the expected one: refuse to write over it."""
+
+
+class PatchError(ArmlpError):
+    """A live patch cannot be enabled or disabled as asked."""
