@@ -1,0 +1,112 @@
+"""The Machine protocol: what the control plane needs from a target.
+
+A machine is a stopped-or-running ARM process (an emulator instance, a
+qemu-user process behind the GDB stub, a device behind gdbserver).  The
+control plane only ever touches it through this protocol, so the livepatch
+core runs unchanged on every backend.
+
+Rules every backend keeps:
+
+* code writes are compare-and-swap: :meth:`Machine.write_code` checks every
+  expected word first and writes nothing if one differs, then performs the
+  flush the machine needs (Unicorn: drop translated blocks; Linux: cacheflush);
+* memory the target allocates for armlp (:meth:`Machine.alloc`) is
+  readable, writable and executable;
+* :meth:`Machine.call` runs a function in the target with the other threads
+  stopped and restores the borrowed thread exactly.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+#: Register order of :class:`Regs` and of the runtime's ``struct pt_regs``.
+REG_ORDER = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12",
+             "sp", "lr", "pc", "cpsr")
+
+
+@dataclass
+class Regs:
+    """A thread's integer registers (r0-r12, sp, lr, pc, cpsr)."""
+
+    r: list[int]          # r0..r12
+    sp: int
+    lr: int
+    pc: int
+    cpsr: int = 0x10      # user mode, ARM state
+
+    def as_list(self) -> list[int]:
+        return [*self.r, self.sp, self.lr, self.pc, self.cpsr]
+
+    @classmethod
+    def from_list(cls, vals: Sequence[int]) -> Regs:
+        return cls(list(vals[:13]), vals[13], vals[14], vals[15], vals[16])
+
+
+@dataclass(frozen=True)
+class CodeWrite:
+    """One compare-and-swap code write: *expected* must be at *address*."""
+
+    address: int
+    expected: bytes
+    new: bytes
+
+
+@runtime_checkable
+class Machine(Protocol):
+    """A target armlp can inspect and modify."""
+
+    def read(self, address: int, size: int) -> bytes:
+        """Read target memory; raises MachineError if unmapped."""
+        ...
+
+    def write(self, address: int, data: bytes) -> None:
+        """Write data memory (no icache flush, no comparison)."""
+        ...
+
+    def write_code(self, writes: Sequence[CodeWrite]) -> None:
+        """Compare-and-swap code writes, all or nothing, then flush.
+
+        Raises CodeModificationError naming the first address whose current
+        bytes are not the expected ones; nothing is written in that case.
+        """
+        ...
+
+    def alloc(self, size: int, *, near: int | None = None) -> int:
+        """Allocate RWX memory for armlp (module memory, runtime, buffers).
+
+        *near* asks for an address within branch range (±32 MiB) of it;
+        backends that cannot honour it return any address.
+        """
+        ...
+
+    def free(self, address: int, size: int) -> None:
+        """Release memory from :meth:`alloc`."""
+        ...
+
+    def call(self, address: int, args: Sequence[int] = (), *,
+             max_instructions: int = 10_000_000) -> int:
+        """Run the function at *address* with AAPCS arguments *args* (at most
+        four words) in the target and return r0."""
+        ...
+
+    def threads(self) -> list[int]:
+        """Thread ids of the target."""
+        ...
+
+    def get_regs(self, thread: int | None = None) -> Regs:
+        ...
+
+    def set_regs(self, regs: Regs, thread: int | None = None) -> None:
+        ...
+
+
+def read_word(machine: Machine, address: int) -> int:
+    return int(struct.unpack("<I", machine.read(address, 4))[0])
+
+
+def write_word(machine: Machine, address: int, value: int) -> None:
+    machine.write(address, struct.pack("<I", value & 0xFFFFFFFF))
