@@ -1,0 +1,50 @@
+"""The Debian ARM cross toolchain (``arm-linux-gnueabi-*``), as armlp uses it.
+
+One place knows the tool names and the flags that make a function live
+patchable, so tests, examples, the runtime build and ``armlp cflags`` agree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from armlp.errors import ArmlpError
+
+PREFIX = os.environ.get("ARMLP_CROSS_PREFIX", "arm-linux-gnueabi-")
+
+#: Flags that give every function an APCS frame and an mcount site.
+PATCHABLE_CFLAGS = ("-marm", "-pg", "-mapcs-frame")
+
+
+class ToolchainError(ArmlpError):
+    """The cross toolchain is missing or a build step failed."""
+
+
+def tool(name: str) -> str:
+    """Absolute path of cross tool *name* (``gcc``, ``ld``, ``objdump`` ...)."""
+    path = shutil.which(PREFIX + name)
+    if path is None:
+        raise ToolchainError(f"{PREFIX}{name} not found: install gcc-arm-linux-gnueabi and "
+                             f"binutils-arm-linux-gnueabi (./run.sh setup does)")
+    return path
+
+
+def run_tool(name: str, args: Sequence[str | Path], *, cwd: Path | None = None) -> str:
+    """Run a cross tool; raise ToolchainError with its stderr on failure."""
+    cmd = [tool(name), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        detail = msg[-1] if msg else f"exit {proc.returncode}"
+        raise ToolchainError(f"{PREFIX}{name} failed: {detail}")
+    return proc.stdout
+
+
+def compile_object(source: Path, output: Path, cflags: Sequence[str] = ()) -> Path:
+    """Compile one C or assembly file to a relocatable object."""
+    run_tool("gcc", ["-c", *cflags, "-o", output, source])
+    return output
