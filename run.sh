@@ -49,7 +49,37 @@ setup_venv() {
     fi
 }
 
-setup() { setup_apt; setup_venv; }
+# zlib's source (Debian source package `zlib`) for the loader's real-code oracle
+# test (tests/test_loader.py): fetched once into build/zlib, then tests need
+# no network.  deb-src entries are added as a copy of the system's sources.
+setup_zlib() {
+    [ -e build/zlib/zlib.h ] && return 0
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    local src=/etc/apt/sources.list.d/armlp-src.sources
+    if [ ! -e "$src" ]; then
+        if [ -e /etc/apt/sources.list.d/debian.sources ]; then
+            sed 's/^Types:.*/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
+                | $sudo tee "$src" >/dev/null
+        elif [ -e /etc/apt/sources.list ]; then
+            grep '^deb ' /etc/apt/sources.list | sed 's/^deb /deb-src /' \
+                | $sudo tee /etc/apt/sources.list.d/armlp-src.list >/dev/null
+        fi
+    fi
+    echo "== fetching the zlib source package into build/zlib"
+    $sudo apt-get update -qq
+    local tmp
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp"
+    (cd "$tmp" && apt-get source --download-only -qq zlib >/dev/null)
+    local orig
+    orig=$(ls "$tmp"/zlib_*.orig.tar.* | head -n1)
+    mkdir -p build/zlib
+    tar -xf "$orig" -C build/zlib --strip-components=1
+    rm -rf "$tmp"
+}
+
+setup() { setup_apt; setup_venv; setup_zlib; }
 
 case "${1:-}" in
     setup) setup ;;

@@ -12,14 +12,14 @@ Three sources, as DESIGN.md §3 explains:
 
 from __future__ import annotations
 
+import bisect
 import struct
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from armlp.arm.a32 import decode_branch
 from armlp.arm.t32 import decode_t32_branch
 from armlp.elf.image import SHT_REL, SHT_RELA, ElfImage, Section
-from armlp.elf.relocs import reloc_type
 from armlp.elf.symbols import FunctionSymbol
 
 #: Names a ``-pg`` call site may target (EABI GCC uses the first).
@@ -30,7 +30,12 @@ MCOUNT_SYMBOLS = ("__gnu_mcount_nc",)
 #: bytes in.
 SITE_WINDOW = 64
 
-_CALL_RELOCS = frozenset(reloc_type(n) for n in ("CALL", "PC24", "THM_CALL"))
+#: ``R_ARM_CALL``, ``R_ARM_PC24``, ``R_ARM_THM_CALL`` (numbers fixed by the ARM
+#: ELF ABI; spelled out so that reading a linked image needs no pyelftools).
+_CALL_RELOCS = frozenset({28, 1, 10})
+#: Top byte of an ARM word -> 1 when the word is a ``BL`` (any condition but
+#: 0xF, which is ``BLX``: it enters Thumb code, never the ARM mcount).
+_BL_TOP_BYTE = bytes(int((b & 0x0F) == 0x0B and b >> 4 != 0xF) for b in range(256))
 
 
 @dataclass
@@ -57,9 +62,11 @@ class SiteFinder:
             self._reloc_sites = self._sites_from_relocations()
         else:
             for name in MCOUNT_SYMBOLS:
-                for sym in image.symbols.by_name.get(name, []):
+                for sym in image.symbols.named(name):
                     self.targets.add(sym.value & ~1)
         self._words: dict[int, array[int]] = {}
+        self._bl_words: dict[int, bytes] = {}
+        self._sorted_sites: dict[int, list[int]] = {}
 
     @property
     def has_mcount(self) -> bool:
@@ -92,31 +99,82 @@ class SiteFinder:
             self._words[sec.index] = w
         return w
 
+    def bl_words(self, sec: Section) -> bytes:
+        """One byte per word of the section: 1 where the word is a ``BL``.
+
+        ``bytes.find`` on it jumps from call to call at C speed, so a function
+        costs one step per ``bl`` before its site (usually none), not one per
+        instruction.
+        """
+        m = self._bl_words.get(sec.index)
+        if m is None:
+            raw = self.image.section_data(sec)
+            m = raw[3: len(raw) - len(raw) % 4: 4].translate(_BL_TOP_BYTE)
+            self._bl_words[sec.index] = m
+        return m
+
+    def _sites_in(self, shndx: int) -> list[int]:
+        """The relocation sites of one section of a ``.o``, sorted."""
+        offs = self._sorted_sites.get(shndx)
+        if offs is None:
+            assert self._reloc_sites is not None
+            offs = sorted(self._reloc_sites.get(shndx, ()))
+            self._sorted_sites[shndx] = offs
+        return offs
+
     def find(self, fn: FunctionSymbol) -> int | None:
         """The site's address (section offset in a ``.o``), or None if the
         function has none anywhere in its body."""
-        sec = self.image.sections[fn.section]
-        start = fn.address
-        end = start + fn.size if fn.size else start + SITE_WINDOW
-        if self._reloc_sites is not None:
-            offs = self._reloc_sites.get(fn.section, ())
-            found = [o for o in offs if start <= o < end]
-            return min(found) if found else None
-        base = sec.addr
-        end = min(end, base + sec.size)
-        if fn.mode == "arm":
-            words = self.words(sec)
-            targets = self.targets
+        return self.find_all([fn])[0]
+
+    def find_all(self, funcs: Sequence[FunctionSymbol]) -> list[int | None]:
+        """:meth:`find` for each of *funcs*, in one loop: the hot path of
+        ``armlp scan``, so the common case (ARM code of a linked image) is
+        written out here, with each section's arrays fetched once."""
+        out: list[int | None] = []
+        append = out.append
+        sections = self.image.sections
+        targets = self.targets
+        cur = -1
+        base = limit = 0
+        words: array[int] = array("I")
+        next_bl = b"".find
+        for fn in funcs:
+            start = fn.address
+            end = start + fn.size if fn.size else start + SITE_WINDOW
+            if self._reloc_sites is not None:
+                offs = self._sites_in(fn.section)
+                k = bisect.bisect_left(offs, start)
+                append(offs[k] if k < len(offs) and offs[k] < end else None)
+                continue
+            if fn.section != cur:
+                cur = fn.section
+                sec = sections[cur]
+                base, limit = sec.addr, sec.addr + sec.size
+                words, next_bl = self.words(sec), self.bl_words(sec).find
+            end = min(end, limit)
+            if not base <= start < end or not targets:   # outside its section (corrupt)
+                append(None)
+                continue
+            if fn.mode != "arm":
+                append(self._find_thumb(sections[cur], start, end))
+                continue
+            site = None
             i = (start - base) >> 2
             stop = (end - base) >> 2
-            while i < stop:
-                w = words[i]
-                if (w & 0x0F000000) == 0x0B000000:
-                    br = decode_branch(w, base + 4 * i)
-                    if br is not None and br.target in targets:
-                        return base + 4 * i
+            while (i := next_bl(1, i, stop)) >= 0:
+                # decode_branch inlined for a BL: the target of the word at i
+                off = ((words[i] & 0xFFFFFF) ^ 0x800000) - 0x800000
+                if ((base + 4 * i + 8 + (off << 2)) & 0xFFFFFFFF) in targets:
+                    site = base + 4 * i
+                    break
                 i += 1
-            return None
+            append(site)
+        return out
+
+    def _find_thumb(self, sec: Section, start: int, end: int) -> int | None:
+        """The first Thumb ``bl``/``blx`` to mcount in ``[start, end)``."""
+        base = sec.addr
         data = self.image.section_data(sec)
         pos = start - base
         last = end - base - 4

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
             _print_function(result, report)
         return 0
     if args.json:
-        _dump(result.to_json())
+        sys.stdout.write(result.to_json_text())
+        sys.stdout.write("\n")
         return 0
     _print_result(result, show_all=args.all)
     return 0
@@ -82,6 +83,12 @@ def _progress(funcs: list[FunctionSymbol]) -> Iterable[FunctionSymbol]:
     return track(funcs, description="scanning", transient=True)
 
 
+def escape(text: str) -> str:
+    """*text* with rich markup escaped: ``[fp, #-4]`` is an operand, not a style."""
+    from rich.markup import escape as rich_escape
+    return rich_escape(text)
+
+
 def _hex(v: int | None) -> str:
     return "-" if v is None else f"{v:#x}"
 
@@ -93,14 +100,14 @@ def _print_result(result: ScanResult, *, show_all: bool) -> None:
     con = Console()
     img = result.image
     s = result.summary()
-    con.print(f"[bold]{img.path}[/]: {img.kind}, build-id {img.build_id or 'none'}")
+    con.print(f"[bold]{escape(str(img.path))}[/]: {img.kind}, build-id {img.build_id or 'none'}")
     con.print(f"{s['functions']} functions, {s['with_mcount_site']} with an mcount site, "
               f"{s['patchable']} patchable ({s['coverage_percent']}% of the sites)")
     counts = Table(title="verdicts", show_header=True)
     counts.add_column("verdict")
     counts.add_column("count", justify="right")
-    for k, v in result.counts().items():
-        counts.add_row(k, str(v))
+    for k, n in result.counts().items():
+        counts.add_row(k, str(n))
     con.print(counts)
     for note in result.notes:
         con.print(f"note: {note}")
@@ -121,8 +128,8 @@ def _print_result(result: ScanResult, *, show_all: bool) -> None:
         t.add_column(col)
     for r in rows:
         v = r.verdict
-        t.add_row(r.fn.label, _hex(r.fn.address), _hex(r.site), r.fn.mode,
-                  f"patchable ({v.rule})" if v.patchable else str(v.reason))
+        t.add_row(escape(r.fn.label), _hex(r.fn.address), _hex(r.site), r.fn.mode,
+                  f"patchable ({v.rule})" if v.patchable else escape(str(v.reason)))
     con.print(t)
 
 
@@ -157,18 +164,18 @@ def _print_function(result: ScanResult, report: FunctionReport) -> None:
 
     con = Console()
     fn, v = report.fn, report.verdict
-    con.print(f"[bold]{fn.label}[/] at {fn.address:#x} ({fn.section_name}), size {fn.size}, "
-              f"{fn.mode}, {fn.binding}")
+    con.print(f"[bold]{escape(fn.label)}[/] at {fn.address:#x} ({fn.section_name}), "
+              f"size {fn.size}, {fn.mode}, {fn.binding}")
     con.print(f"mcount site: {_hex(report.site)}")
     addr = fn.address
     for word, text in _disassemble(result, report):
         size = 4 if fn.mode == "arm" or word > 0xFFFF else 2
-        con.print(f"  {addr:08x}:  {word:0{2 * size}x}  {text}", highlight=False)
+        con.print(f"  {addr:08x}:  {word:0{2 * size}x}  {text}", highlight=False, markup=False)
         addr += size
     if v.patchable and v.undo:
         con.print(f"[green]patchable[/], rule {v.rule}, frame size {v.undo.frame_size} bytes")
         con.print("undo at the site:")
         for step in v.undo.steps():
-            con.print(f"  {step}")
+            con.print(f"  {step}", highlight=False, markup=False)
     else:
-        con.print(f"[red]not patchable[/]: {v.reason}")
+        con.print(f"[red]not patchable[/]: {escape(str(v.reason))}")

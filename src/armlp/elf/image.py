@@ -15,13 +15,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from elftools.construct import ConstructError
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from armlp.errors import ElfError
 
 if TYPE_CHECKING:
+    # pyelftools is imported on first use (relocations): it takes longer to
+    # import than ``armlp scan`` takes to read a 20,000-function program.
+    from elftools.elf.elffile import ELFFile
+
     from armlp.elf.relocs import Relocation
     from armlp.elf.symbols import SymbolTable
 
@@ -34,6 +34,8 @@ EF_ARM_BE8 = 0x00800000
 
 _EHDR = struct.Struct("<16sHHIIIIIHHHHHH")
 _SHDR = struct.Struct("<IIIIIIIIII")
+_NHDR = struct.Struct("<III")
+NT_GNU_BUILD_ID = 3
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class ElfImage:
         self.data = data
         self._parse_header()
         self.sections = self._parse_sections()
-        self._by_name = {}
+        self._by_name: dict[str, Section] = {}
         for s in self.sections:
             self._by_name.setdefault(s.name, s)
 
@@ -127,9 +129,9 @@ class ElfImage:
                              f"file has {len(d)})")
         if e_shstrndx >= e_shnum:
             raise self._fail(f"section name table index {e_shstrndx} out of range")
-        self.type = e_type
-        self.entry = e_entry
-        self.flags = e_flags
+        self.type: int = e_type
+        self.entry: int = e_entry
+        self.flags: int = e_flags
         self._shoff, self._shnum, self._shstrndx = e_shoff, e_shnum, e_shstrndx
 
     def _parse_sections(self) -> list[Section]:
@@ -159,7 +161,7 @@ class ElfImage:
             return "relocatable"
         if self.type == ET_DYN:
             return "shared"
-        if self.mcount_loc_range() is not None or "linux_banner" in self.symbols.by_name:
+        if self.mcount_loc_range() is not None or self.symbols.named("linux_banner"):
             return "vmlinux"
         return "executable"
 
@@ -202,21 +204,34 @@ class ElfImage:
 
     @cached_property
     def elffile(self) -> ELFFile:
-        """The pyelftools view of the same bytes (relocations, notes)."""
+        """The pyelftools view of the same bytes (relocations)."""
+        from elftools.elf.elffile import ELFFile
         return ELFFile(io.BytesIO(self.data))
 
     @cached_property
     def build_id(self) -> str | None:
-        """The GNU build-id (hex) from the first note that carries one."""
+        """The GNU build-id (hex) from the first note that carries one.
+
+        Notes are walked as pyelftools walks them (name and descriptor padded
+        to 4 bytes; type 3 is ``NT_GNU_BUILD_ID``), without importing it.
+        """
         for sec in self.sections:
             if sec.type != SHT_NOTE:
                 continue
-            try:
-                for note in self.elffile.get_section(sec.index).iter_notes():
-                    if note["n_type"] == "NT_GNU_BUILD_ID":
-                        return str(note["n_desc"])
-            except (ELFError, ConstructError, ValueError) as exc:
-                raise self._fail(f"section {sec.name}: bad note: {exc}") from None
+            data = self.section_data(sec)
+            pos = 0
+            while pos < len(data):
+                if pos + _NHDR.size > len(data):
+                    raise self._fail(f"section {sec.name}: bad note: header at {pos:#x} "
+                                     f"runs past the section end")
+                namesz, descsz, ntype = _NHDR.unpack_from(data, pos)
+                desc = pos + _NHDR.size + _align4(namesz)
+                if desc + descsz > len(data):
+                    raise self._fail(f"section {sec.name}: bad note: note at {pos:#x} "
+                                     f"runs past the section end")
+                if ntype == NT_GNU_BUILD_ID:
+                    return data[desc:desc + descsz].hex()
+                pos = desc + _align4(descsz)
         return None
 
     def relocations_for(self, target: Section) -> list[Relocation]:
@@ -233,12 +248,15 @@ class ElfImage:
         sec = self.section("__mcount_loc")
         if sec is not None and not self.is_relocatable:
             return sec.addr, sec.size
-        syms = self.symbols.by_name
-        start = syms.get("__start_mcount_loc")
-        stop = syms.get("__stop_mcount_loc")
+        start = self.symbols.named("__start_mcount_loc")
+        stop = self.symbols.named("__stop_mcount_loc")
         if start and stop:
             return start[0].value, stop[0].value - start[0].value
         return None
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3
 
 
 def _cstr(buf: bytes, off: int) -> str:

@@ -12,8 +12,15 @@ symbol-table order (the link order of the files, for static functions).
 from __future__ import annotations
 
 import bisect
+import operator
 import struct
+import sys
+from array import array
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import accumulate, compress, repeat
 from typing import TYPE_CHECKING, NamedTuple
 
 from armlp.errors import ElfError, SymbolError
@@ -31,7 +38,7 @@ _SYM = struct.Struct("<IIIBBH")
 class Symbol(NamedTuple):
     """One raw symbol-table entry (``value`` keeps the Thumb bit)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, on purpose
     name: str
     value: int
     size: int
@@ -73,29 +80,121 @@ def is_mapping_symbol(name: str) -> bool:
         len(name) == 2 or name[2] == ".")
 
 
-class SymbolTable:
-    """The symbol table of one image, indexed for the lookups armlp needs."""
+def _symbol_names(strtab: bytes, offsets: list[int]) -> list[str]:
+    """The name at each string-table offset (offsets already checked)."""
+    if strtab.isascii():
+        # One split instead of a find and a decode per symbol; offsets into
+        # the middle of a string (shared suffixes) are looked up one by one.
+        parts = strtab.decode("ascii").split("\0")
+        starts = accumulate(map(operator.add, map(len, parts), repeat(1)), initial=0)
+        names = list(map(dict(zip(starts, parts, strict=False)).get, offsets))
+        if None not in names:
+            return names  # type: ignore[return-value]
+    else:
+        names = [None] * len(offsets)
+    out: list[str] = []
+    cache: dict[int, str] = {}
+    for off, name in zip(offsets, names, strict=True):
+        if name is None:
+            name = cache.get(off)
+            if name is None:
+                name = cache[off] = _cstr(strtab, off)
+        out.append(name)
+    return out
 
-    def __init__(self, symbols: list[Symbol], section_names: list[str]) -> None:
-        self.symbols = symbols
+
+def _cstr(strtab: bytes, off: int) -> str:
+    end = strtab.find(b"\0", off)
+    return strtab[off:end if end >= 0 else len(strtab)].decode("utf-8", "replace")
+
+
+def _raise_first_bad_symbol(image: ElfImage, strtab: bytes, offsets: list[int],
+                            shndx: list[int]) -> None:
+    """Raise the error for the first symbol whose name or section is out of range."""
+    nsec = len(image.sections)
+    for i, (off, sec) in enumerate(zip(offsets, shndx, strict=True)):
+        if off >= len(strtab) and off:
+            raise ElfError(f"{image.path}: symbol {i} name offset {off:#x} "
+                           f"outside the string table")
+        if nsec <= sec < 0xFF00:
+            raise ElfError(f"{image.path}: symbol {i} ({_cstr(strtab, off)}) in section "
+                           f"{sec}, which does not exist")
+
+
+class _Columns(NamedTuple):
+    """The symbol table as parallel columns, one entry per symbol."""
+
+    names: list[str]
+    values: list[int]
+    sizes: list[int]
+    infos: bytes            # st_info: type in the low nibble, binding in the high one
+    shndx: list[int]
+
+    @classmethod
+    def of(cls, symbols: Sequence[Symbol]) -> _Columns:
+        return cls([s.name for s in symbols], [s.value for s in symbols],
+                   [s.size for s in symbols], bytes(s.type | s.bind << 4 for s in symbols),
+                   [s.shndx for s in symbols])
+
+
+#: st_info byte -> 1 for STT_FUNC symbols (for :func:`itertools.compress`).
+_IS_FUNC = bytes(int(i & 0xF == STT_FUNC) for i in range(256))
+
+
+class SymbolTable:
+    """The symbol table of one image, indexed for the lookups armlp needs.
+
+    Kept as columns (:class:`_Columns`); the per-symbol views ``symbols`` and
+    ``by_name`` are built on first use, since ``armlp scan`` needs neither.
+    """
+
+    def __init__(self, symbols: Sequence[Symbol], section_names: list[str], *,
+                 columns: _Columns | None = None) -> None:
         self._section_names = section_names
-        self.by_name: dict[str, list[Symbol]] = {}
-        self._mapping: dict[int, tuple[list[int], list[str]]] = {}
-        for sym in symbols:
-            if not sym.name or sym.type in (STT_SECTION, STT_FILE):
+        self._cols = columns if columns is not None else _Columns.of(symbols)
+        if columns is None:
+            self.__dict__["symbols"] = list(symbols)
+
+    @cached_property
+    def symbols(self) -> list[Symbol]:
+        """Every entry, in symbol-table order."""
+        c = self._cols
+        return [Symbol(i, name, value, size, info & 0xF, info >> 4, shndx)
+                for i, (name, value, size, info, shndx)
+                in enumerate(zip(c.names, c.values, c.sizes, c.infos, c.shndx,
+                                     strict=True))]
+
+    @cached_property
+    def by_name(self) -> dict[str, list[Symbol]]:
+        """Defined symbols by name (no mapping, section or file symbols)."""
+        by_name: dict[str, list[Symbol]] = {}
+        for sym in self.symbols:
+            if (sym.name and sym.type not in (STT_SECTION, STT_FILE)
+                    and not is_mapping_symbol(sym.name) and sym.defined):
+                by_name.setdefault(sym.name, []).append(sym)
+        return by_name
+
+    @cached_property
+    def _mapping(self) -> dict[int, tuple[list[int], list[str]]]:
+        c = self._cols
+        mapping: dict[int, tuple[list[int], list[str]]] = {}
+        for i, name in enumerate(c.names):
+            if name[:1] != "$" or not is_mapping_symbol(name) or c.shndx[i] == SHN_UNDEF:
                 continue
-            if is_mapping_symbol(sym.name):
-                if sym.defined:
-                    addrs, kinds = self._mapping.setdefault(sym.shndx, ([], []))
-                    addrs.append(sym.value)
-                    kinds.append(sym.name[1])
+            if c.infos[i] & 0xF in (STT_SECTION, STT_FILE):
                 continue
-            if sym.defined:
-                self.by_name.setdefault(sym.name, []).append(sym)
-        for addrs, kinds in self._mapping.values():
+            addrs, kinds = mapping.setdefault(c.shndx[i], ([], []))
+            addrs.append(c.values[i])
+            kinds.append(name[1])
+        for addrs, kinds in mapping.values():
             order = sorted(range(len(addrs)), key=addrs.__getitem__)
             addrs[:] = [addrs[i] for i in order]
             kinds[:] = [kinds[i] for i in order]
+        return mapping
+
+    @cached_property
+    def _has_thumb_mapping(self) -> bool:
+        return any("t" in kinds for _, kinds in self._mapping.values())
 
     @classmethod
     def from_image(cls, image: ElfImage) -> SymbolTable:
@@ -112,24 +211,20 @@ class SymbolTable:
         strsec = image.sections[symtab.link]
         strtab = image.data[strsec.offset:strsec.offset + strsec.size]
         raw = image.data[symtab.offset:symtab.offset + symtab.size - symtab.size % _SYM.size]
-        nsec = len(image.sections)
-        out: list[Symbol] = []
-        cache: dict[int, str] = {}
-        find = strtab.find
-        for i, (st_name, value, size, info, _other, shndx) in enumerate(_SYM.iter_unpack(raw)):
-            name = cache.get(st_name)
-            if name is None:
-                if st_name >= len(strtab) and st_name:
-                    raise ElfError(f"{image.path}: symbol {i} name offset {st_name:#x} "
-                                   f"outside the string table")
-                end = find(b"\0", st_name)
-                name = strtab[st_name:end if end >= 0 else len(strtab)].decode("utf-8", "replace")
-                cache[st_name] = name
-            if shndx >= nsec and shndx < 0xFF00:
-                raise ElfError(f"{image.path}: symbol {i} ({name}) in section {shndx}, "
-                               f"which does not exist")
-            out.append(Symbol(i, name, value, size, info & 0xF, info >> 4, shndx))
-        return cls(out, [s.name for s in image.sections])
+        names = [s.name for s in image.sections]
+        words = array("I", raw)
+        halves = array("H", raw)
+        if sys.byteorder == "big":
+            words.byteswap()
+            halves.byteswap()
+        st_names = words[0::4].tolist()
+        shndx = halves[7::8].tolist()
+        if (st_names and max(st_names) >= len(strtab) and max(st_names)) or \
+                any(len(names) <= s < 0xFF00 for s in set(shndx)):
+            _raise_first_bad_symbol(image, strtab, st_names, shndx)
+        cols = _Columns(_symbol_names(strtab, st_names), words[1::4].tolist(),
+                        words[2::4].tolist(), raw[12::16], shndx)
+        return cls((), names, columns=cols)
 
     def mapping_at(self, shndx: int, value: int) -> str | None:
         """The mapping-symbol class (``a``, ``t`` or ``d``) in force at *value*."""
@@ -140,24 +235,64 @@ class SymbolTable:
         i = bisect.bisect_right(addrs, value) - 1
         return kinds[i] if i >= 0 else None
 
+    def _sympos_table(self, wanted: set[str]) -> dict[int, int]:
+        """Symbol index -> sympos for the symbols named in *wanted* (names
+        that occur more than once), counted as :attr:`by_name` counts."""
+        c = self._cols
+        seen: dict[str, list[int]] = {}
+        for i, name in enumerate(c.names):
+            if name in wanted and c.shndx[i] != SHN_UNDEF and \
+                    c.infos[i] & 0xF not in (STT_SECTION, STT_FILE) and \
+                    not is_mapping_symbol(name):
+                seen.setdefault(name, []).append(i)
+        return {i: pos for same in seen.values() if len(same) > 1
+                for pos, i in enumerate(same, 1)}
+
     def functions(self) -> list[FunctionSymbol]:
         """Every defined function symbol in symbol-table order, with sympos."""
+        c = self._cols
+        secnames = self._section_names
+        nsec = len(secnames)
+        index = [i for i in compress(range(len(c.names)), c.infos.translate(_IS_FUNC))
+                 if SHN_UNDEF != c.shndx[i] < nsec]
+        # A name seen once in the whole table has sympos 0; only names that
+        # repeat need counting among the symbols by_name would hold.
+        counts = Counter(c.names)
+        repeated = {c.names[i] for i in index if counts[c.names[i]] > 1}
+        sympos = self._sympos_table(repeated) if repeated else {}
+        thumb_map = self._has_thumb_mapping
         funcs: list[FunctionSymbol] = []
-        names = self._section_names
-        by_name = self.by_name
-        for sym in self.symbols:
-            if sym.type != STT_FUNC or sym.shndx == SHN_UNDEF or sym.shndx >= len(names):
-                continue
-            same = by_name[sym.name]
-            sympos = 0 if len(same) == 1 else same.index(sym) + 1
-            addr = sym.value & ~1
-            if sym.value & 1:
-                mode = "thumb"
-            else:
-                mode = "thumb" if self.mapping_at(sym.shndx, addr) == "t" else "arm"
-            funcs.append(FunctionSymbol(sym.name, sympos, addr, sym.size, mode, sym.shndx,
-                                        names[sym.shndx], sym.binding, sym.index))
+        append = funcs.append
+        names, values, sizes, infos, shndxs = c
+        for i in index:
+            value, shndx = values[i], shndxs[i]
+            addr = value & ~1
+            thumb = value & 1 or (thumb_map and self.mapping_at(shndx, addr) == "t")
+            mode = "thumb" if thumb else "arm"
+            bind = infos[i] >> 4
+            append(FunctionSymbol(names[i], sympos.get(i, 0), addr, sizes[i], mode, shndx,
+                                  secnames[shndx], _BINDS.get(bind) or str(bind), i))
         return funcs
+
+    def named(self, name: str) -> list[Symbol]:
+        """``by_name.get(name, [])``, without building :attr:`by_name` for a
+        few lookups (``armlp scan`` makes four)."""
+        if "by_name" in self.__dict__:
+            return self.by_name.get(name, [])
+        if not name or is_mapping_symbol(name):
+            return []
+        c = self._cols
+        out: list[Symbol] = []
+        i = -1
+        while True:
+            try:
+                i = c.names.index(name, i + 1)
+            except ValueError:
+                return out
+            info, shndx = c.infos[i], c.shndx[i]
+            if shndx != SHN_UNDEF and info & 0xF not in (STT_SECTION, STT_FILE):
+                out.append(Symbol(i, name, c.values[i], c.sizes[i], info & 0xF, info >> 4,
+                                  shndx))
 
     def sympos_of(self, sym: Symbol) -> int:
         same = self.by_name.get(sym.name, [])

@@ -1,0 +1,436 @@
+"""Benchmark: ``armlp scan --json`` against ``arm-linux-gnueabi-objdump -d``.
+
+Generates a large C program (20,000+ functions of the shapes real C code has:
+leaf arithmetic, loops, switch statements, calls, more than four arguments,
+64-bit arguments, varargs, large locals, static functions sharing a name
+across files), compiles it with the live-patchable flags into one static ARM
+executable, then times both commands as whole processes, interleaved, several
+times, and compares their medians.
+
+Target (issue 2): armlp at least 10x faster than ``objdump -d`` (which
+disassembles everything; scan reads only prologues) and under 1 s for 20,000
+functions.
+
+    .venv/bin/python benchmarks/scan.py [--functions N] [--runs N]
+
+The binary is cached under ``build/bench/<hash>/`` keyed by the generator's
+own source and parameters, so reruns only time.  Figures go to stdout and to
+``benchmarks/results/scan.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "scan.json"
+CROSS = os.environ.get("ARMLP_CROSS_PREFIX", "arm-linux-gnueabi-")
+CFLAGS = ["-marm", "-pg", "-mapcs-frame", "-O2", "-static"]
+TARGET_RATIO = 10.0
+TARGET_SECONDS = 1.0
+TARGET_FUNCTIONS = 20_000
+#: Generated function names start with these (libc's own are not counted).
+GENERATED_PREFIXES = ("fn_", "helper_", "main")
+
+
+# -- the program --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Callee:
+    """A public generated function and how to call it with int expressions."""
+
+    name: str
+    call: Callable[[list[str]], str]
+
+
+class Generator:
+    """Writes the C files of the benchmark program, deterministically."""
+
+    def __init__(self, functions: int, files: int, seed: int = 2024) -> None:
+        self.rng = random.Random(seed)
+        self.functions = functions
+        self.files = files
+        self.callees: list[Callee] = []
+        self.prototypes: list[str] = []
+
+    # Each shape returns (prototype or None for static, definition text).
+
+    def _leaf(self, name: str) -> tuple[str, str, Callee]:
+        r = self.rng
+        c = [r.randrange(3, 97) for _ in range(6)]
+        proto = f"int {name}(int a, int b)"
+        body = f"""{proto}
+{{
+    int x = a * {c[0]} + (b >> {c[1] % 7 + 1});
+    int y = (a ^ b) - {c[2]};
+    x ^= x >> {c[3] % 5 + 2};
+    if (x > y)
+        x -= y * {c[4]};
+    else
+        x += (y & 0xff) << {c[5] % 4};
+    x += (unsigned)y / {c[1]};
+    return x ^ (x << 3) ^ g_state;
+}}
+"""
+        return proto, body, Callee(name, lambda a: f"{name}({a[0]}, {a[1]})")
+
+    def _loop(self, name: str) -> tuple[str, str, Callee]:
+        r = self.rng
+        c = [r.randrange(2, 61) for _ in range(4)]
+        proto = f"int {name}(const int *p, int n, int k)"
+        body = f"""{proto}
+{{
+    int s = k, m = 0;
+    for (int i = 0; i < n; i++) {{
+        int v = p[i & 63] * {c[0]} + i;
+        if (v > s)
+            m = v - s;
+        s += v ^ (s >> {c[1] % 9 + 1});
+        if ((s & {c[2]}) == {c[3] % 7})
+            s -= m;
+    }}
+    return s + m;
+}}
+"""
+        return proto, body, Callee(name, lambda a: f"{name}(g_table, {a[0]} & 31, {a[1]})")
+
+    def _switch(self, name: str) -> tuple[str, str, Callee]:
+        r = self.rng
+        cases = []
+        for i in range(r.randrange(5, 11)):
+            op = r.choice(["a + b", "a - b", "a * b", "a ^ b", "a | (b << 2)",
+                           "(a >> 1) + b", "a & ~b", "b - (a << 1)", "a % (b | 1)"])
+            cases.append(f"    case {i}: r = {op} + {r.randrange(1, 500)}; break;")
+        proto = f"int {name}(int op, int a, int b)"
+        body = f"""{proto}
+{{
+    int r;
+    switch (op) {{
+{chr(10).join(cases)}
+    default: r = a; g_state++; break;
+    }}
+    return r * 3 + (r >> 4);
+}}
+"""
+        return proto, body, Callee(name, lambda a: f"{name}({a[0]} & 15, {a[1]}, {a[0]})")
+
+    def _calls(self, name: str) -> tuple[str, str, Callee]:
+        r = self.rng
+        lines = []
+        for i in range(r.randrange(2, 5)):
+            callee = r.choice(self.callees[-400:]) if self.callees else None
+            args = [f"a + {i}", f"b ^ {r.randrange(100)}"]
+            if callee is None:
+                lines.append(f"    t += sink(t, {i});")
+            else:
+                lines.append(f"    t += {callee.call(args)};")
+                lines.append(f"    if (t & {1 << r.randrange(8)}) b += t;")
+        proto = f"int {name}(int a, int b)"
+        body = f"""{proto}
+{{
+    int t = a;
+{chr(10).join(lines)}
+    return t;
+}}
+"""
+        return proto, body, Callee(name, lambda a: f"{name}({a[0]}, {a[1]})")
+
+    def _many_args(self, name: str) -> tuple[str, str, Callee]:
+        r = self.rng
+        n = r.randrange(5, 9)
+        params = ", ".join(f"int p{i}" for i in range(n))
+        terms = " + ".join(f"p{i} * {r.randrange(1, 40)}" for i in range(n))
+        proto = f"int {name}({params})"
+        body = f"""{proto}
+{{
+    int s = {terms};
+    if (s < p{n - 1})
+        s = sink(s, p0) + p{n - 2};
+    return s ^ p1;
+}}
+"""
+
+        def call(a: list[str], n: int = n) -> str:
+            return f"{name}({', '.join(a[i % 2] + f' + {i}' for i in range(n))})"
+        return proto, body, Callee(name, call)
+
+    def _wide(self, name: str) -> tuple[str, str, Callee]:
+        r = self.rng
+        proto = f"long long {name}(long long a, int b, long long c)"
+        body = f"""{proto}
+{{
+    long long x = a * {r.randrange(3, 999)}LL + c;
+    if (b > {r.randrange(10)})
+        x ^= c >> {r.randrange(1, 40)};
+    x += (long long)b << {r.randrange(1, 30)};
+    return x / (c | 1);
+}}
+"""
+        return proto, body, Callee(
+            name, lambda a: f"(int){name}((long long){a[0]}, {a[1]}, {a[0]}LL + 7)")
+
+    def _varargs(self, name: str) -> tuple[str, str, Callee]:
+        r = self.rng
+        proto = f"int {name}(int n, ...)"
+        body = f"""{proto}
+{{
+    va_list ap;
+    int s = {r.randrange(100)};
+    va_start(ap, n);
+    for (int i = 0; i < n; i++)
+        s = s * {r.randrange(3, 17)} + va_arg(ap, int);
+    va_end(ap);
+    return s;
+}}
+"""
+        return proto, body, Callee(name, lambda a: f"{name}(3, {a[0]}, {a[1]}, 5)")
+
+    def _big_locals(self, name: str) -> tuple[str, str, Callee]:
+        r = self.rng
+        size = r.choice([256, 512, 1024, 4100, 6000, 9000])
+        proto = f"int {name}(int seed, int n)"
+        body = f"""{proto}
+{{
+    char buf[{size}];
+    int s = 0;
+    for (int i = 0; i < n && i < {size}; i++)
+        buf[i] = (char)(seed + i * {r.randrange(3, 31)});
+    s = consume(buf, n < {size} ? n : {size});
+    return s + buf[{r.randrange(size)}];
+}}
+"""
+        return proto, body, Callee(name, lambda a: f"{name}({a[0]}, {a[1]} & 255)")
+
+    def _static_pair(self, name: str, index: int) -> tuple[str, str, Callee]:
+        # Static helpers share names across files: sympos > 0 for them.
+        helper = f"helper_{index % 97}"
+        r = self.rng
+        proto = f"int {name}(struct node *list, int key)"
+        body = f"""static __attribute__((noinline)) int {helper}(struct node *n, int key)
+{{
+    int depth = 0;
+    while (n) {{
+        if (n->key == key)
+            return n->value + depth;
+        n = n->key < key ? n->right : n->left;
+        depth++;
+    }}
+    return -{r.randrange(1, 9)};
+}}
+
+{proto}
+{{
+    int v = {helper}(list, key);
+    if (v < 0)
+        v = {helper}(list, key + {r.randrange(1, 20)});
+    return v;
+}}
+"""
+        return proto, body, Callee(name, lambda a: f"{name}(g_root, {a[0]})")
+
+    SHAPES = ("_leaf", "_loop", "_switch", "_calls", "_calls", "_many_args", "_wide",
+              "_varargs", "_big_locals", "_static_pair")
+
+    def generate(self, out: Path) -> list[Path]:
+        """Write ``bench.h``, ``f*.c`` and ``main.c`` into *out*; return the C files."""
+        per_file = -(-self.functions // self.files)
+        bodies: list[list[str]] = [[] for _ in range(self.files)]
+        index = 0
+        static_names: set[int] = set()
+        while index < self.functions:
+            f = min(index // per_file, self.files - 1)
+            shape = self.rng.choice(self.SHAPES)
+            name = f"fn_{index}"
+            if shape == "_static_pair":
+                # one helper name per file at most once
+                key = f * 1000 + index % 97
+                if key in static_names:
+                    shape = "_leaf"
+                else:
+                    static_names.add(key)
+            if shape == "_static_pair":
+                proto, body, callee = self._static_pair(name, index)
+                index += 2
+            else:
+                proto, body, callee = getattr(self, shape)(name)
+                index += 1
+            self.prototypes.append(proto + ";")
+            bodies[f].append(body)
+            self.callees.append(callee)
+        out.mkdir(parents=True, exist_ok=True)
+        header = ["#include <stdarg.h>", "struct node { int key, value; "
+                  "struct node *left, *right; };",
+                  "extern int g_state; extern int g_table[64]; extern struct node *g_root;",
+                  "int sink(int a, int b);", "int consume(const char *p, int n);",
+                  *self.prototypes]
+        (out / "bench.h").write_text("\n".join(header) + "\n")
+        files = []
+        for f, chunk in enumerate(bodies):
+            path = out / f"f{f:02d}.c"
+            path.write_text('#include "bench.h"\n\n' + "\n".join(chunk))
+            files.append(path)
+        main = out / "main.c"
+        main.write_text("""#include "bench.h"
+int g_state; int g_table[64]; struct node *g_root;
+__attribute__((noinline)) int sink(int a, int b) { g_state += a ^ b; return g_state; }
+__attribute__((noinline)) int consume(const char *p, int n)
+{
+    int s = 0;
+    for (int i = 0; i < n; i++)
+        s += p[i];
+    return s;
+}
+int main(int argc, char **argv) { (void)argv; return fn_0(argc, 1) & 1; }
+""")
+        files.append(main)
+        return files
+
+
+def build(functions: int, files: int) -> Path:
+    """The benchmark binary, from the cache when the generator is unchanged."""
+    key = hashlib.sha256(Path(__file__).read_bytes()
+                         + f"{functions}/{files}/{CFLAGS}".encode()).hexdigest()[:16]
+    out = ROOT / "build" / "bench" / key
+    exe = out / "prog"
+    if exe.exists():
+        return exe
+    tmp = out.with_name(key + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sources = Generator(functions, files).generate(tmp)
+    print(f"compiling {len(sources)} files into {out} ...", file=sys.stderr)
+    t0 = time.perf_counter()
+
+    def cc(src: Path) -> Path:
+        obj = src.with_suffix(".o")
+        subprocess.run([CROSS + "gcc", *CFLAGS, "-c", "-o", str(obj), str(src)],
+                       check=True)
+        return obj
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        objs = list(pool.map(cc, sources))
+    subprocess.run([CROSS + "gcc", *CFLAGS, "-o", str(tmp / "prog"), *map(str, objs)],
+                   check=True)
+    print(f"built in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return exe
+
+
+# -- the measurement ------------------------------------------------------------
+
+def armlp_command() -> list[str]:
+    """The installed console script, next to the running interpreter first."""
+    script = Path(sys.executable).parent / "armlp"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("armlp")
+    if found is None:
+        sys.exit("armlp console script not found: pip install -e . first")
+    return [found]
+
+
+def time_once(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t0
+
+
+def stats(xs: list[float]) -> dict[str, float]:
+    return {"min": round(min(xs), 4), "median": round(statistics.median(xs), 4),
+            "max": round(max(xs), 4)}
+
+
+def describe(exe: Path, armlp: list[str]) -> dict[str, object]:
+    """Function count, average size and text size, from armlp's own report."""
+    out = subprocess.run([*armlp, "scan", "--json", str(exe)], capture_output=True,
+                         check=True).stdout
+    funcs = json.loads(out)["functions"]
+    mine = [f for f in funcs if f["name"].startswith(GENERATED_PREFIXES)]
+    sys.path.insert(0, str(ROOT / "src"))
+    from armlp.elf.image import ElfImage
+    text = ElfImage(exe).section(".text")
+    return {
+        "functions": len(funcs),
+        "generated_functions": len(mine),
+        "patchable": sum(1 for f in funcs if f["patchable"]),
+        "avg_function_instructions": round(sum(f["size"] for f in mine) / 4 / len(mine), 1),
+        "avg_function_instructions_all": round(sum(f["size"] for f in funcs) / 4 / len(funcs),
+                                               1),
+        "text_bytes": text.size if text else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--functions", type=int, default=TARGET_FUNCTIONS,
+                    help="generated functions (default %(default)s)")
+    ap.add_argument("--files", type=int, default=20, help="C files (default %(default)s)")
+    ap.add_argument("--runs", type=int, default=9, help="timed runs of each (default "
+                                                        "%(default)s)")
+    ap.add_argument("--no-write", action="store_true", help="do not write the results file")
+    args = ap.parse_args()
+
+    exe = build(args.functions, args.files)
+    armlp = [*armlp_command(), "scan", "--json", str(exe)]
+    objdump = [CROSS + "objdump", "-d", str(exe)]
+    info = describe(exe, armlp[:1])
+
+    time_once(armlp)        # warm-up: page cache, .pyc files
+    time_once(objdump)
+    times: dict[str, list[float]] = {"armlp": [], "objdump": []}
+    for _ in range(args.runs):          # interleaved: A B A B ...
+        times["armlp"].append(time_once(armlp))
+        times["objdump"].append(time_once(objdump))
+    a, o = stats(times["armlp"]), stats(times["objdump"])
+    ratio = round(o["median"] / a["median"], 2)
+    per_20k = a["median"] * TARGET_FUNCTIONS / max(int(str(info["functions"])), 1)
+    result = {
+        "binary": str(exe.relative_to(ROOT)),
+        "cflags": CFLAGS,
+        **info,
+        "runs": args.runs,
+        "armlp_scan_json_s": a,
+        "objdump_d_s": o,
+        "ratio_objdump_over_armlp": ratio,
+        "targets": {
+            "ratio_at_least_10x": ratio >= TARGET_RATIO,
+            "under_1s": a["median"] < TARGET_SECONDS,
+            "under_1s_per_20000_functions": per_20k < TARGET_SECONDS,
+        },
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    print(f"program: {info['functions']} functions ({info['generated_functions']} generated, "
+          f"avg {info['avg_function_instructions']} instructions each; "
+          f"{info['avg_function_instructions_all']} over all), "
+          f".text {info['text_bytes']} bytes")
+    print(f"{'':22} {'min':>8} {'median':>8} {'max':>8}   ({args.runs} interleaved runs)")
+    for label, s in (("armlp scan --json", a), ("objdump -d", o)):
+        print(f"{label:22} {s['min']:8.3f} {s['median']:8.3f} {s['max']:8.3f}  s")
+    print(f"ratio of medians (objdump / armlp): {ratio}x  "
+          f"[target >= {TARGET_RATIO:g}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'}; "
+          f"armlp < {TARGET_SECONDS:g} s: "
+          f"{'met' if a['median'] < TARGET_SECONDS else 'NOT met'}]")
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

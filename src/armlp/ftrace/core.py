@@ -1,0 +1,289 @@
+"""Site records, ops registration and the call-modify mechanism.
+
+Mirrors kernel/trace/ftrace.c in spirit: ``ftrace_init`` turns every site
+into the NOP, ``register_ftrace_function`` adds a user with a filter, and
+``ftrace_modify_call`` moves a site between the NOP, ``ftrace_caller`` and
+``ftrace_regs_caller`` — always comparing the old word before writing the
+new one (never write blind) and flushing after.
+
+Order of writes, so a thread running at any instant sees a consistent site:
+records (data) are written before a site starts calling a trampoline and
+cleared only after it stopped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from armlp.analysis.scan import FunctionReport, ScanResult
+from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, branch_in_range, encode_bl
+from armlp.errors import ArmlpError, CodeModificationError
+from armlp.ftrace.veneers import VeneerPool
+from armlp.machine.base import CodeWrite, Machine, read_word, write_word
+from armlp.runtime.layout import (
+    FTRACE_OPS_FL_SAVE_REGS,
+    OPS,
+    RULES,
+    SITE,
+    SITE_MAX_OPS,
+    SITE_NOPS_OFFSET,
+    SITE_OPS,
+    SITE_OPS_OFFSET,
+    SITE_TABLE,
+    build_site_table,
+)
+from armlp.runtime.module import Runtime
+
+NOP = MCOUNT_NOP_ADD_SP
+
+
+class FtraceError(ArmlpError):
+    """An ftrace operation cannot be done as asked."""
+
+
+@dataclass(eq=False)
+class FtraceOps:
+    """One ftrace user: a callback in the target and the sites it wants.
+
+    ``func`` is called through ``ftrace_caller`` with the plain save area;
+    ``regs_func`` (default: ``func``) is called where the site goes through
+    ``ftrace_regs_caller`` with a struct pt_regs.  ``FTRACE_OPS_FL_SAVE_REGS``
+    users always get the regs trampoline (they may move pc).
+    """
+
+    name: str
+    func: int
+    flags: int = 0
+    private: int = 0
+    regs_func: int | None = None
+    filters: list[str] = field(default_factory=list)
+    ips: set[int] | None = None
+    address: int = 0
+    regs_address: int = 0
+
+    @property
+    def save_regs(self) -> bool:
+        return bool(self.flags & FTRACE_OPS_FL_SAVE_REGS)
+
+    def wants(self, rec: DynFtrace) -> bool:
+        if self.ips is not None:
+            return rec.ip in self.ips
+        if not self.filters:
+            return True
+        return any(_match(p, rec.report) for p in self.filters)
+
+
+def _match(pattern: str, report: FunctionReport) -> bool:
+    name, _, pos = pattern.partition(",")
+    if pos and (not pos.isdigit() or int(pos) != report.fn.sympos):
+        return False
+    return fnmatch.fnmatchcase(report.fn.name, name)
+
+
+@dataclass(eq=False)
+class DynFtrace:
+    """One mcount site (the kernel's ``struct dyn_ftrace``)."""
+
+    ip: int
+    report: FunctionReport
+    record: int = 0            # address of struct armlp_site in the target
+    word: int = 0              # what the site holds now
+    users: list[FtraceOps] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.report.fn.label
+
+
+class Ftrace:
+    """ftrace on one target: the records of every site and their users."""
+
+    def __init__(self, machine: Machine, scan: ScanResult, runtime: Runtime) -> None:
+        self.machine = machine
+        self.scan = scan
+        self.runtime = runtime
+        self.records: dict[int, DynFtrace] = {}
+        self.ops: list[FtraceOps] = []
+        self.veneers = VeneerPool(machine)
+        self.mcount = self._mcount_address()
+        for rep in scan.functions:
+            if rep.site is not None and rep.fn.mode == "arm":
+                self.records[rep.site] = DynFtrace(rep.site, rep)
+        self._initialised = False
+
+    def _mcount_address(self) -> int:
+        syms = self.scan.image.symbols.by_name.get("__gnu_mcount_nc")
+        if not syms:
+            raise FtraceError(f"{self.scan.image.path}: no __gnu_mcount_nc: not built with -pg")
+        return syms[0].value & ~1
+
+    # -- init ---------------------------------------------------------------
+
+    def ftrace_init(self) -> None:
+        """Write every record and the lookup table, then turn every site into
+        the NOP (all or nothing: a site not holding ``bl __gnu_mcount_nc``
+        stops the whole init before any code write)."""
+        if self._initialised:
+            return
+        recs = list(self.records.values())
+        base = self.machine.alloc(max(SITE.size * len(recs), 4))
+        blob = bytearray()
+        for i, rec in enumerate(recs):
+            rec.record = base + i * SITE.size
+            blob += self._pack_record(rec)
+        self.machine.write(base, bytes(blob))
+        bits, slots = build_site_table({r.ip: r.record for r in recs})
+        table = self.machine.alloc(4 * len(slots))
+        self.machine.write(table, struct.pack(f"<{len(slots)}I", *slots))
+        self.machine.write(self.runtime.symbol("armlp_sites"), SITE_TABLE.pack(bits, table))
+        writes = []
+        for rec in recs:
+            old = encode_bl(rec.ip, self.mcount)
+            writes.append(CodeWrite(rec.ip, struct.pack("<I", old), struct.pack("<I", NOP)))
+            rec.word = NOP
+        self.machine.write_code(writes)
+        self._initialised = True
+
+    def _pack_record(self, rec: DynFtrace) -> bytes:
+        v = rec.report.verdict
+        undo = v.undo
+        fp_slot = -1
+        if undo is not None and v.rule == "push":
+            fp_slot = next((off for reg, off in undo.loads if reg == 11), -1)
+        rule = RULES[v.rule] if v.patchable else 0
+        return SITE.pack(rec.ip, rec.report.fn.address, rule, 0, 0,
+                         undo.frame_size if undo else 0, fp_slot, *([0] * 2 * SITE_MAX_OPS))
+
+    # -- ops ----------------------------------------------------------------
+
+    def register_ftrace_function(self, ops: FtraceOps) -> list[DynFtrace]:
+        """Add a user; returns the sites it got.  Refuses a filter that
+        matches nothing and a site that would have too many users."""
+        self.ftrace_init()
+        if ops in self.ops:
+            raise FtraceError(f"ops {ops.name} is already registered")
+        sites = [r for r in self.records.values() if ops.wants(r)]
+        if not sites:
+            what = ", ".join(ops.filters) if ops.filters else "its sites"
+            raise FtraceError(f"ops {ops.name}: no mcount site matches {what}")
+        full = [r.name for r in sites if len(r.users) >= SITE_MAX_OPS]
+        if full:
+            raise FtraceError(f"ops {ops.name}: site of {full[0]} already has "
+                              f"{SITE_MAX_OPS} users")
+        self._alloc_ops(ops)
+        self.ops.append(ops)
+        for r in sites:
+            r.users.append(ops)
+        try:
+            self._update(sites)
+        except Exception:
+            for r in sites:
+                r.users.remove(ops)
+            self.ops.remove(ops)
+            self._update(sites)
+            raise
+        return sites
+
+    def unregister_ftrace_function(self, ops: FtraceOps) -> None:
+        if ops not in self.ops:
+            raise FtraceError(f"ops {ops.name} is not registered")
+        sites = [r for r in self.records.values() if ops in r.users]
+        for r in sites:
+            r.users.remove(ops)
+        self.ops.remove(ops)
+        self._update(sites)
+        self._free_ops(ops)
+
+    def _alloc_ops(self, ops: FtraceOps) -> None:
+        addr = self.machine.alloc(2 * OPS.size)
+        ops.address, ops.regs_address = addr, addr + OPS.size
+        regs_func = ops.regs_func if ops.regs_func is not None else ops.func
+        self.machine.write(addr, OPS.pack(ops.func, ops.flags, ops.private)
+                           + OPS.pack(regs_func, ops.flags, ops.private))
+
+    def _free_ops(self, ops: FtraceOps) -> None:
+        if ops.address:
+            self.machine.free(ops.address, 2 * OPS.size)
+            ops.address = ops.regs_address = 0
+
+    # -- call modification ----------------------------------------------------
+
+    def wanted_word(self, rec: DynFtrace) -> int:
+        """What the site should hold for its current users."""
+        if not rec.users:
+            return NOP
+        target = self.runtime.symbol(
+            "ftrace_regs_caller" if any(u.save_regs for u in rec.users) else "ftrace_caller")
+        return self._call_word(rec.ip, target)
+
+    def _call_word(self, ip: int, target: int) -> int:
+        if not branch_in_range(ip, target):
+            target = self.veneers.get(ip, target)
+        return encode_bl(ip, target)
+
+    def _update(self, recs: Iterable[DynFtrace]) -> None:
+        """Bring *recs* to the state their users want.
+
+        The records' user lists are written before any site starts calling a
+        trampoline (both flavours, so either trampoline finds valid users at
+        any instant), the plain path's function next, the code words last.
+        """
+        writes: list[CodeWrite] = []
+        wanted: list[tuple[DynFtrace, int]] = []
+        for rec in recs:
+            self._write_record_users(rec)
+            want = self.wanted_word(rec)
+            wanted.append((rec, want))
+            if want != rec.word:
+                writes.append(CodeWrite(rec.ip, struct.pack("<I", rec.word),
+                                        struct.pack("<I", want)))
+        self._update_trace_function()
+        self.machine.write_code(writes)
+        for rec, want in wanted:
+            rec.word = want
+
+    def _write_record_users(self, rec: DynFtrace) -> None:
+        pad = [0] * (SITE_MAX_OPS - len(rec.users))
+        plain = [u.address for u in rec.users] + pad
+        regs = [u.regs_address for u in rec.users] + pad
+        self.machine.write(rec.record + SITE_OPS_OFFSET, SITE_OPS.pack(*plain, *regs))
+        self.machine.write(rec.record + SITE_NOPS_OFFSET, bytes([len(rec.users)]))
+
+    def _update_trace_function(self) -> None:
+        """The kernel's ftrace_trace_function: one plain user everywhere is
+        called directly; otherwise the list function looks the site up."""
+        plain_users = {id(u): u for r in self.records.values() if r.users
+                       and not any(x.save_regs for x in r.users) for u in r.users}
+        rt = self.runtime
+        if len(plain_users) == 1:
+            only = next(iter(plain_users.values()))
+            func, op = only.func, only.address
+        elif plain_users:
+            func, op = rt.symbol("armlp_ftrace_list_func"), 0
+        else:
+            func, op = rt.symbol("armlp_ftrace_stub"), 0
+        write_word(self.machine, rt.symbol("armlp_ftrace_op"), op)
+        write_word(self.machine, rt.symbol("armlp_ftrace_function"), func)
+
+    # -- queries --------------------------------------------------------------
+
+    def site_word(self, ip: int) -> int:
+        return read_word(self.machine, ip)
+
+    def check_sites(self) -> None:
+        """Verify every site holds what the records say (raise otherwise)."""
+        for rec in self.records.values():
+            found = read_word(self.machine, rec.ip)
+            if found != rec.word:
+                raise CodeModificationError(
+                    f"site of {rec.name} at {rec.ip:#x} holds {found:#010x}, "
+                    f"expected {rec.word:#010x}")
+
+    def find_function(self, name: str, sympos: int | None = None) -> DynFtrace:
+        rep = self.scan.find(name, sympos)
+        if rep.site is None or rep.site not in self.records:
+            raise FtraceError(f"{rep.fn.label} has no mcount site armlp can use")
+        return self.records[rep.site]

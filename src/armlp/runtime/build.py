@@ -1,0 +1,63 @@
+"""Building the in-target runtime with the cross toolchain, cached.
+
+The runtime is compiled once per content hash of its sources and flags into
+the user's cache directory; a change to any source file rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from armlp.toolchain import PREFIX, compile_object
+
+SOURCES = ("entry.S", "ftrace.c", "livepatch.c")
+HEADERS = ("armlp_rt.h",)
+#: No -pg: the runtime must never call the tracer it implements.  armv5te is
+#: the armel baseline, so the runtime runs on every core armlp targets.
+CFLAGS = ("-marm", "-march=armv5te", "-O2", "-ffreestanding", "-fno-pic",
+          "-fno-stack-protector", "-fno-common", "-fno-builtin", "-Wall", "-Werror")
+
+SOURCE_DIR = Path(__file__).parent
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("ARMLP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "armlp")
+    return Path(base)
+
+
+def _digest() -> str:
+    h = hashlib.sha256()
+    h.update(PREFIX.encode())
+    h.update(" ".join(CFLAGS).encode())
+    for name in (*HEADERS, *SOURCES):
+        path = SOURCE_DIR / name
+        if path.exists():
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def runtime_objects() -> list[Path]:
+    """The runtime's object files, built if missing or out of date."""
+    out = cache_dir() / f"runtime-{_digest()}"
+    objs = [out / (Path(s).stem + ".o") for s in SOURCES if (SOURCE_DIR / s).exists()]
+    if all(o.exists() for o in objs):
+        return objs
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmpdir = Path(tmp)
+        for src in SOURCES:
+            path = SOURCE_DIR / src
+            if path.exists():
+                compile_object(path, tmpdir / (path.stem + ".o"),
+                               [*CFLAGS, f"-I{SOURCE_DIR}"])
+        try:
+            os.replace(tmpdir, out)
+        except OSError:
+            if not out.exists():
+                raise
+        tmpdir.mkdir(exist_ok=True)  # let TemporaryDirectory clean up
+    return objs

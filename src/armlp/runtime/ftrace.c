@@ -1,0 +1,103 @@
+/*
+ * armlp in-target runtime: ftrace ops dispatch and the function tracer.
+ *
+ * Built without -pg (this code must never trace itself).  Python only
+ * writes the data these functions read; nothing here calls back.
+ */
+#include "armlp_rt.h"
+
+struct armlp_site_table armlp_sites;
+struct armlp_trace_ring armlp_trace_ring;
+
+/* The plain trampoline calls this pointer with armlp_ftrace_op: a single
+ * registered ops is called directly, several go through the list func (the
+ * kernel's ftrace_trace_function optimisation). */
+void armlp_ftrace_stub(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs);
+ftrace_func_t armlp_ftrace_function = armlp_ftrace_stub;
+struct ftrace_ops *armlp_ftrace_op;
+
+void armlp_ftrace_stub(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
+{
+	(void)ip; (void)parent_ip; (void)op; (void)fregs;
+}
+
+/* Every user of the site, in registration order. */
+void armlp_ftrace_list_func(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
+{
+	struct armlp_site *s = armlp_site_lookup(&armlp_sites, ip);
+	u32 i;
+	(void)op;
+	if (!s)
+		return;
+	for (i = 0; i < s->nops; i++)
+		s->ops[i]->func(ip, parent_ip, s->ops[i], fregs);
+}
+
+/*
+ * Called by ftrace_regs_caller with a full struct pt_regs whose pc is the
+ * resume address (site + 4).  If a handler moved pc, undo the prologue in
+ * regs so the trampoline enters the new pc with the caller's exact context
+ * (r0-r11, sp, lr), and return 1.
+ */
+int armlp_ftrace_regs_dispatch(u32 ip, u32 parent_ip, struct pt_regs *regs)
+{
+	struct armlp_site *s = armlp_site_lookup(&armlp_sites, ip);
+	u32 resume = regs->ARM_pc;
+	u32 i;
+	if (!s)
+		return 0;
+	for (i = 0; i < s->nops; i++)
+		s->regs_ops[i]->func(ip, parent_ip, s->regs_ops[i], regs);
+	if (regs->ARM_pc == resume)
+		return 0;
+	if (s->rule == RULE_APCS) {
+		/* The seed's undo: fp points at the saved pc of the APCS frame. */
+		const u32 *fp = (const u32 *)regs->ARM_fp;
+		regs->ARM_lr = fp[-1];
+		regs->ARM_sp = fp[-2];
+		regs->ARM_fp = fp[-3];
+	} else if (s->rule == RULE_PUSH) {
+		u32 sp = regs->ARM_sp;
+		if (s->fp_slot >= 0)
+			regs->ARM_fp = *(const u32 *)(sp + (u32)s->fp_slot);
+		regs->ARM_sp = sp + s->frame_size;
+	} else {
+		/* Not undoable: never redirect (the control plane refuses these). */
+		regs->ARM_pc = resume;
+		return 0;
+	}
+	return 1;
+}
+
+/* The function tracer: one record per call into the ring. */
+void armlp_trace_func(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
+{
+	struct armlp_trace_ring *r = &armlp_trace_ring;
+	u32 h = r->head;
+	u32 *e = r->buf + (h & r->mask) * 3;
+	(void)op;
+	e[0] = ip;
+	e[1] = parent_ip;
+	e[2] = (u32)fregs + 24;
+	r->head = h + 1;
+}
+
+/* The same, for sites where it shares a regs trampoline with other users. */
+void armlp_trace_func_regs(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
+{
+	struct armlp_trace_ring *r = &armlp_trace_ring;
+	u32 h = r->head;
+	u32 *e = r->buf + (h & r->mask) * 3;
+	(void)op;
+	e[0] = ip;
+	e[1] = parent_ip;
+	e[2] = ((struct pt_regs *)fregs)->ARM_sp;
+	r->head = h + 1;
+}
+
+/* Send every call of the ops' sites to op->private (armlp verify's probe). */
+void armlp_redirect_func(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
+{
+	(void)ip; (void)parent_ip;
+	((struct pt_regs *)fregs)->ARM_pc = (u32)op->private;
+}

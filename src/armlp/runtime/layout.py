@@ -1,0 +1,57 @@
+"""Python mirrors of the runtime's C structures (armlp_rt.h).
+
+The control plane builds these byte-exact and writes them into the target;
+keep the two files in step.
+"""
+
+from __future__ import annotations
+
+import struct
+
+RULE_NONE, RULE_APCS, RULE_PUSH = 0, 1, 2
+RULES = {None: RULE_NONE, "apcs": RULE_APCS, "push": RULE_PUSH}
+SITE_MAX_OPS = 4
+FTRACE_OPS_FL_SAVE_REGS = 0x1
+SITE_HASH_MUL = 0x9E3779B1
+
+#: struct armlp_site: ip, func, rule, nops, flags, frame_size, fp_slot, ops[4], regs_ops[4]
+SITE = struct.Struct("<IIBBHIi4I4I")
+SITE_OPS = struct.Struct("<4I4I")
+#: struct ftrace_ops: func, flags, private
+OPS = struct.Struct("<III")
+#: struct armlp_site_table: bits, slots
+SITE_TABLE = struct.Struct("<II")
+#: struct armlp_trace_ring: head, mask, buf
+TRACE_RING = struct.Struct("<III")
+TRACE_RECORD = struct.Struct("<III")
+#: struct pt_regs: 18 words
+PT_REGS = struct.Struct("<18I")
+
+SITE_OPS_OFFSET = struct.calcsize("<IIBBHIi")   # offsetof(struct armlp_site, ops)
+SITE_NOPS_OFFSET = struct.calcsize("<IIB")      # offsetof(struct armlp_site, nops)
+
+
+def site_hash(ip: int, bits: int) -> int:
+    """The slot armlp_site_lookup() starts probing at (same arithmetic as C)."""
+    return (((ip >> 2) * SITE_HASH_MUL) & 0xFFFFFFFF) >> (32 - bits)
+
+
+def build_site_table(sites: dict[int, int]) -> tuple[int, list[int]]:
+    """``(bits, slots)`` of an open-addressed table mapping site ip to the
+    address of its record, at most half full."""
+    bits = 4
+    while (1 << bits) < 2 * max(len(sites), 1):
+        bits += 1
+    size = 1 << bits
+    slots = [0] * size
+    for ip, rec in sites.items():
+        i = site_hash(ip, bits)
+        while slots[i]:
+            i = (i + 1) & (size - 1)
+        slots[i] = rec
+    return bits, slots
+
+#: struct klp_func_node: new_func, next, patch_id
+KLP_FUNC_NODE = struct.Struct("<III")
+#: struct klp_ops: stack (what the function's ftrace_ops.private points at)
+KLP_OPS = struct.Struct("<I")

@@ -1,0 +1,46 @@
+"""A target: a program in a machine, with the runtime loaded and ftrace
+initialised — what every armlp command that changes a program starts from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from armlp.analysis.scan import ScanResult, scan
+from armlp.elf.image import ElfImage
+from armlp.ftrace.core import Ftrace
+from armlp.machine.base import Machine
+from armlp.runtime.module import Runtime
+
+
+@dataclass
+class Target:
+    """One program under armlp's control."""
+
+    machine: Machine
+    image: ElfImage
+    scan: ScanResult
+    runtime: Runtime
+    ftrace: Ftrace
+
+    @classmethod
+    def attach(cls, machine: Machine, image: ElfImage) -> Target:
+        """Load the runtime near the program's text and turn every site into
+        the NOP (validating every site before the first code write)."""
+        result = scan(image)
+        text = image.section(".text")
+        runtime = Runtime.load(machine, near=text.addr if text else None)
+        ftrace = Ftrace(machine, result, runtime)
+        ftrace.ftrace_init()
+        return cls(machine, image, result, runtime, ftrace)
+
+    @classmethod
+    def emulate(cls, path: str | Path, argv: Sequence[str] | None = None,
+                **options: Any) -> Target:
+        """The program at *path* in a new emulator, stopped at its entry."""
+        from armlp.machine.emulator import Emulator
+        image = ElfImage(path)
+        emu = Emulator.from_elf(path, argv, **options)
+        return cls.attach(emu, image)

@@ -1,0 +1,248 @@
+"""Shared test helpers: building ARM programs with the cross toolchain.
+
+Everything is compiled at test time from the sources in ``tests/corpus``.
+Builds are cached by the hash of their command line and inputs in a
+directory shared by the pytest-xdist workers of one run (guarded by a file
+lock), so each object is compiled once per run however many workers ask.
+
+A missing toolchain is a failure, never a skip: the suite exists to check
+real compiler output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from armlp.cli.main import main as armlp_main
+
+CORPUS = Path(__file__).parent / "corpus"
+CROSS = "arm-linux-gnueabi-"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cross(tool: str) -> str:
+    """Absolute path of a cross tool; fails the test when it is missing."""
+    path = shutil.which(CROSS + tool)
+    if path is None:
+        pytest.fail(f"{CROSS}{tool} not found: install gcc-arm-linux-gnueabi and "
+                    f"binutils-arm-linux-gnueabi (the suite needs the real toolchain)")
+    return path
+
+
+def run(cmd: Sequence[str | Path], cwd: Path | None = None) -> str:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd,
+                          check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+                    f"{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+class Builder:
+    """Content-addressed build cache shared by the workers of one test run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _key(self, parts: Sequence[str], inputs: Sequence[Path]) -> str:
+        h = hashlib.sha256()
+        for p in parts:
+            h.update(p.encode() + b"\0")
+        for f in inputs:
+            h.update(Path(f).read_bytes())
+            h.update(b"\0")
+        return h.hexdigest()[:20]
+
+    def build(self, name: str, cmd: Sequence[str | Path], inputs: Sequence[Path]) -> Path:
+        """Run *cmd* (``{out}`` stands for the output path) once per content key."""
+        key = self._key([name, *map(str, cmd)], inputs)
+        out = self.root / f"{key}-{name}"
+        if out.exists():
+            return out
+        with open(self.root / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not out.exists():
+                tmp = self.root / f"{key}.{os.getpid()}.tmp-{name}"
+                run([str(c).replace("{out}", str(tmp)) for c in cmd])
+                os.replace(tmp, out)
+        return out
+
+    def compile(self, source: Path, flags: Sequence[str], name: str | None = None,
+                compiler: str | None = None) -> Path:
+        cc = compiler or cross("gcc")
+        stem = name or f"{source.stem}.o"
+        return self.build(stem, [cc, "-c", *flags, "-o", "{out}", source], [source])
+
+    def link(self, objects: Sequence[Path], flags: Sequence[str], name: str) -> Path:
+        return self.build(name, [cross("gcc"), *flags, "-o", "{out}", *objects], objects)
+
+
+@pytest.fixture(scope="session")
+def builder(tmp_path_factory: pytest.TempPathFactory) -> Builder:
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker has basetemp <run>/popen-gwN: share <run>.
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    for t in ("gcc", "as", "ld", "objdump", "objcopy", "strip"):
+        cross(t)
+    return Builder(root / "armlp-build-cache")
+
+
+# --- the scan corpus ---------------------------------------------------------
+
+#: The flag sets of the corpus (issue 2): APCS frames, no frames, Thumb.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "apcs": ("-marm", "-pg", "-mapcs-frame"),
+    "noapcs": ("-marm", "-pg", "-mno-apcs-frame"),
+    "thumb": ("-mthumb", "-pg"),
+}
+OLEVELS = ("-O0", "-O1", "-O2", "-Os", "-O3")
+C_SOURCES = ("funcs.c", "other.c")
+
+
+@dataclass
+class Corpus:
+    """Paths of the compiled corpus: objects[(variant, olevel)][source stem]."""
+
+    objects: dict[tuple[str, str], dict[str, Path]] = field(default_factory=dict)
+    asm: Path | None = None
+
+
+@pytest.fixture(scope="session")
+def corpus(builder: Builder) -> Corpus:
+    jobs = [(v, o, src) for v in VARIANTS for o in OLEVELS for src in C_SOURCES]
+    out = Corpus()
+
+    def one(job: tuple[str, str, str]) -> tuple[str, str, str, Path]:
+        v, o, src = job
+        path = builder.compile(CORPUS / src, [*VARIANTS[v], o],
+                               name=f"{Path(src).stem}{o}-{v}.o")
+        return v, o, Path(src).stem, path
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for v, o, stem, path in pool.map(one, jobs):
+            out.objects.setdefault((v, o), {})[stem] = path
+    out.asm = builder.compile(CORPUS / "asm_funcs.S", ["-marm"])
+    return out
+
+
+# --- running armlp in-process -----------------------------------------------
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def armlp(*args: str | Path) -> CliResult:
+    """``armlp ARGS`` in this process, with stdout and stderr captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = armlp_main([str(a) for a in args])
+        except SystemExit as exc:   # argparse usage errors
+            code = int(exc.code or 0)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+_SCAN_CACHE: dict[Path, dict[str, object]] = {}
+
+
+def scan_json(path: Path) -> dict[str, object]:
+    """``armlp scan --json PATH``, parsed (cached per path)."""
+    cached = _SCAN_CACHE.get(path)
+    if cached is None:
+        res = armlp("scan", "--json", path)
+        assert res.code == 0, res.err
+        assert res.err == ""
+        cached = json.loads(res.out)
+        _SCAN_CACHE[path] = cached
+    return cached
+
+
+def functions_by_key(doc: dict[str, object]) -> dict[tuple[str, int], dict[str, object]]:
+    funcs = doc["functions"]
+    assert isinstance(funcs, list)
+    out: dict[tuple[str, int], dict[str, object]] = {}
+    for f in funcs:
+        key = (f["name"], f["sympos"])
+        assert key not in out, f"duplicate function {key}"
+        out[key] = f
+    return out
+
+
+# --- objdump, parsed independently of armlp ---------------------------------
+
+@dataclass
+class Insn:
+    offset: int
+    mnemonic: str
+    operands: str
+    relocs: list[tuple[str, str]] = field(default_factory=list)   # (type, symbol)
+
+
+_FUNC_RE = re.compile(r"^([0-9a-f]+) <([^>]+)>:$")
+_INSN_RE = re.compile(r"^\s*([0-9a-f]+):\s+(?:[0-9a-f]{4,8}(?: [0-9a-f]{4})?\s+)"
+                      r"([a-z][\w.]*)\s*([^@;]*?)\s*(?:[@;].*)?$")
+_RELOC_RE = re.compile(r"^\s*([0-9a-f]+): (R_ARM_\w+)\s+(\S+)")
+
+
+def objdump_functions(path: Path) -> dict[str, list[Insn]]:
+    """``objdump -dr`` of *path*, as {symbol: instructions} (first symbol wins)."""
+    text = run([cross("objdump"), "-dr", path])
+    funcs: dict[str, list[Insn]] = {}
+    cur: list[Insn] | None = None
+    for line in text.splitlines():
+        m = _FUNC_RE.match(line)
+        if m:
+            name = m.group(2)
+            cur = None if name in funcs else funcs.setdefault(name, [])
+            continue
+        if cur is None:
+            continue
+        m = _RELOC_RE.match(line)
+        if m and cur:
+            cur[-1].relocs.append((m.group(2), m.group(3)))
+            continue
+        m = _INSN_RE.match(line)
+        if m:
+            cur.append(Insn(int(m.group(1), 16), m.group(2), m.group(3).strip()))
+    return funcs
+
+
+_REGS = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "sl", "fp", "ip", "sp",
+         "lr", "pc"]
+
+
+def parse_reglist(text: str) -> list[str]:
+    """``{r4-r9, sl, fp, lr}`` -> register names, expanding ranges."""
+    inner = text.strip().strip("{}")
+    out: list[str] = []
+    for part in inner.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-")
+            out.extend(_REGS[_REGS.index(lo.strip()):_REGS.index(hi.strip()) + 1])
+        elif part:
+            out.append(part)
+    return out
+
+
+def imm(text: str) -> int:
+    """``#4992`` or ``#0x1380`` -> int."""
+    return int(text.strip().lstrip("#"), 0)
