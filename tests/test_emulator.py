@@ -537,3 +537,28 @@ def test_budget_stop_is_exact_and_resumable(progs: dict[str, Path]) -> None:
         assert emu.run().exit_status == 0
         assert emu.instructions == total
         assert emu.stdout == ref.stdout
+
+
+# --- the build helper ------------------------------------------------------------
+
+def test_build_program_caches_by_content(tmp_path: Path) -> None:
+    src = tmp_path / "p.c"
+    src.write_text('#include "armlp_fs.h"\nint main(void) { fs_print("one\\n"); return 0; }\n')
+    a = build_program([src])
+    mtime = a.stat().st_mtime_ns
+    assert build_program([src]) == a and a.stat().st_mtime_ns == mtime
+    src.write_text('#include "armlp_fs.h"\nint main(void) { fs_print("two\\n"); return 0; }\n')
+    b = build_program([src])
+    assert b != a
+    out = build_program([src], tmp_path / "bin" / "p")
+    assert out == tmp_path / "bin" / "p" and out.read_bytes() == b.read_bytes()
+    emu = Emulator.from_elf(out)
+    emu.run()
+    assert emu.stdout == b"two\n"
+    # -O0 changes the flags, hence the key; the runtime has no mcount sites
+    c = build_program([src], cflags=["-O0"])
+    assert c not in (a, b)
+    syms = ElfImage(c).symbols
+    assert syms.lookup("__gnu_mcount_nc").value
+    assert emu.read(sym(out, "__gnu_mcount_nc"), 12) == struct.pack(
+        "<III", 0xE1A0C00E, 0xE49DE004, 0xE12FFF1C)    # mov ip, lr; pop {lr}; bx ip

@@ -24,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"armlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from armlp.cli import scan
+    from armlp.cli import scan, trace
     scan.register(sub)
+    trace.register(sub)
     return parser
 
 

@@ -1,0 +1,108 @@
+"""``armlp trace``: run a program in the emulator with the function tracer on."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from typing import Any
+
+from armlp.errors import ArmlpError
+from armlp.ftrace.tracer import FunctionTracer, TraceEntry
+
+HELP = """\
+Run PROGRAM (a static ARM executable built with -pg) in armlp's emulator with
+the function tracer on.  Every mcount site starts as the NOP; the sites of
+functions matching a --filter (all when none is given) call the tracer.
+Prints one line per call in ftrace's format, 'function <- caller' (with
+--graph, indented by call depth), then a call-count summary.  The program's
+own output goes to stderr so the trace on stdout stays parseable.
+"""
+
+CHUNK = 2_000_000
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("trace", help="run a program in the emulator with the function tracer",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("program", metavar="PROGRAM", help="static ARM executable")
+    p.add_argument("args", nargs="*", metavar="ARGS", help="program arguments (after --)")
+    p.add_argument("--filter", action="append", default=[], metavar="GLOB",
+                   help="trace functions matching GLOB (NAME,SYMPOS for one static); "
+                        "repeatable")
+    p.add_argument("--graph", action="store_true", help="indent calls by nesting depth")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--max-instructions", type=int, default=2_000_000_000, metavar="N",
+                   help="stop the program after N instructions (default 2e9)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from armlp.machine.emulator import StopReason
+    from armlp.target import Target
+
+    target = Target.emulate(args.program, [args.program, *args.args])
+    tracer = FunctionTracer(target.ftrace, args.filter)
+    tracer.start()
+    emu = target.machine
+    entries: list[TraceEntry] = []
+    budget = args.max_instructions
+    status: int | None = None
+    while budget > 0:
+        step = min(CHUNK, budget)
+        stop = emu.run(max_instructions=step)  # type: ignore[attr-defined]
+        budget -= step
+        new = tracer.read()
+        _flush_program_output(emu)
+        if args.json:
+            entries.extend(new)
+        else:
+            _print_entries(new, graph=args.graph)
+            entries.extend(new)
+        if stop.reason is StopReason.EXITED:
+            status = stop.exit_status
+            break
+    if status is None:
+        raise ArmlpError(f"{args.program}: still running after {args.max_instructions} "
+                         f"instructions (raise --max-instructions)")
+    counts = Counter(e.function for e in entries)
+    if args.json:
+        out = {
+            "program": args.program,
+            "exit_status": status,
+            "filters": args.filter,
+            "lost": tracer.lost,
+            "calls": [{"function": e.function, "caller": e.caller, "depth": e.depth,
+                       "ip": e.ip, "parent_ip": e.parent_ip} for e in entries],
+            "counts": dict(counts.most_common()),
+        }
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        print(f"# {len(entries)} calls traced, {tracer.lost} lost, exit status {status}")
+        width = max((len(k) for k in counts), default=8)
+        for name, n in counts.most_common():
+            print(f"# {name:<{width}} {n:>10}")
+    return 0
+
+
+_printed: dict[int, tuple[int, int]] = {}
+
+
+def _flush_program_output(emu: Any) -> None:
+    """Pass the program's new stdout/stderr bytes through to our stderr."""
+    seen_out, seen_err = _printed.get(id(emu), (0, 0))
+    out, err = emu.stdout, emu.stderr
+    if len(out) > seen_out:
+        sys.stderr.buffer.write(out[seen_out:])
+    if len(err) > seen_err:
+        sys.stderr.buffer.write(err[seen_err:])
+    sys.stderr.flush()
+    _printed[id(emu)] = (len(out), len(err))
+
+
+def _print_entries(entries: list[TraceEntry], *, graph: bool) -> None:
+    w = sys.stdout.write
+    for e in entries:
+        indent = "  " * e.depth if graph else ""
+        w(f"{indent}{e.function} <- {e.caller}\n")
