@@ -31,10 +31,11 @@ class Target:
         the NOP (validating every site before the first code write)."""
         result = scan(image)
         text = image.section(".text")
-        runtime = Runtime.load(machine, near=text.addr if text else None)
-        ftrace = Ftrace(machine, result, runtime)
+        ftrace = Ftrace(machine, result)
+        ftrace.check_unmodified()
+        ftrace.runtime = Runtime.load(machine, near=text.addr if text else None)
         ftrace.ftrace_init()
-        return cls(machine, image, result, runtime, ftrace)
+        return cls(machine, image, result, ftrace.runtime, ftrace)
 
     @classmethod
     def emulate(cls, path: str | Path, argv: Sequence[str] | None = None,

@@ -24,6 +24,7 @@ prologue?" answered per function, and proven in the emulator later):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from armlp.arm.a32 import (
     FP,
@@ -105,13 +106,13 @@ class DescribeFn:
     """Turns an instruction word into text for messages (capstone, lazily)."""
 
     def __init__(self) -> None:
-        self._md: object | None = None
+        self._md: Any = None
 
     def __call__(self, word: int) -> str:
         if self._md is None:
             import capstone
             self._md = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_ARM)
-        for insn in self._md.disasm(word.to_bytes(4, "little"), 0):  # type: ignore[attr-defined]
+        for insn in self._md.disasm(word.to_bytes(4, "little"), 0):
             return f"{insn.mnemonic} {insn.op_str}".strip()
         return f".word {word:#010x}"
 

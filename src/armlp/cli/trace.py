@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from armlp.errors import ArmlpError
-from armlp.ftrace.tracer import FunctionTracer, TraceEntry
+
+if TYPE_CHECKING:   # imported in run(): `armlp scan` should not pay for the emulator
+    from armlp.ftrace.tracer import TraceEntry
 
 HELP = """\
 Run PROGRAM (a static ARM executable built with -pg) in armlp's emulator with
@@ -39,6 +41,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from armlp.ftrace.tracer import FunctionTracer
     from armlp.machine.emulator import StopReason
     from armlp.target import Target
 
@@ -49,12 +52,13 @@ def run(args: argparse.Namespace) -> int:
     entries: list[TraceEntry] = []
     budget = args.max_instructions
     status: int | None = None
+    output = ProgramOutput(emu)
     while budget > 0:
         step = min(CHUNK, budget)
         stop = emu.run(max_instructions=step)  # type: ignore[attr-defined]
         budget -= step
         new = tracer.read()
-        _flush_program_output(emu)
+        output.flush()
         if args.json:
             entries.extend(new)
         else:
@@ -86,19 +90,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_printed: dict[int, tuple[int, int]] = {}
+class ProgramOutput:
+    """Passes the program's new stdout/stderr bytes through to our stderr."""
 
+    def __init__(self, emu: Any) -> None:
+        self.emu = emu
+        self.seen = [0, 0]
 
-def _flush_program_output(emu: Any) -> None:
-    """Pass the program's new stdout/stderr bytes through to our stderr."""
-    seen_out, seen_err = _printed.get(id(emu), (0, 0))
-    out, err = emu.stdout, emu.stderr
-    if len(out) > seen_out:
-        sys.stderr.buffer.write(out[seen_out:])
-    if len(err) > seen_err:
-        sys.stderr.buffer.write(err[seen_err:])
-    sys.stderr.flush()
-    _printed[id(emu)] = (len(out), len(err))
+    def flush(self) -> None:
+        for i, data in enumerate((self.emu.stdout, self.emu.stderr)):
+            if len(data) > self.seen[i]:
+                sys.stderr.write(data[self.seen[i]:].decode("utf-8", "replace"))
+                self.seen[i] = len(data)
+        sys.stderr.flush()
 
 
 def _print_entries(entries: list[TraceEntry], *, graph: bool) -> None:

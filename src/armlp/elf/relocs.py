@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from elftools.common.exceptions import ELFError
 from elftools.construct import ConstructError
 from elftools.elf.enums import ENUM_RELOC_TYPE_ARM
+from elftools.elf.relocation import RelocationSection
 
 from armlp.elf.symbols import Symbol
 from armlp.errors import ElfError
@@ -54,6 +55,8 @@ def read_relocations(image: ElfImage, rsec: Section) -> list[Relocation]:
     target = image.sections[rsec.info].name if rsec.info < len(image.sections) else "?"
     try:
         sec = image.elffile.get_section(rsec.index)
+        if not isinstance(sec, RelocationSection):
+            raise ElfError(f"{image.path}: {rsec.name} is not a relocation section")
         is_rela = sec.is_RELA()
         out = []
         for i, rel in enumerate(sec.iter_relocations()):

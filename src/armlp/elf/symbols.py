@@ -149,9 +149,12 @@ class SymbolTable:
     """
 
     def __init__(self, symbols: Sequence[Symbol], section_names: list[str], *,
-                 columns: _Columns | None = None) -> None:
+                 columns: _Columns | None = None, maybe_thumb: bool = True) -> None:
         self._section_names = section_names
         self._cols = columns if columns is not None else _Columns.of(symbols)
+        # False when no name can be a ``$t`` mapping symbol: then functions()
+        # needs no mapping-symbol index (ARM-only programs, the common case).
+        self._maybe_thumb = maybe_thumb
         if columns is None:
             self.__dict__["symbols"] = list(symbols)
 
@@ -224,7 +227,7 @@ class SymbolTable:
             _raise_first_bad_symbol(image, strtab, st_names, shndx)
         cols = _Columns(_symbol_names(strtab, st_names), words[1::4].tolist(),
                         words[2::4].tolist(), raw[12::16], shndx)
-        return cls((), names, columns=cols)
+        return cls((), names, columns=cols, maybe_thumb=b"$t" in strtab)
 
     def mapping_at(self, shndx: int, value: int) -> str | None:
         """The mapping-symbol class (``a``, ``t`` or ``d``) in force at *value*."""
@@ -260,7 +263,7 @@ class SymbolTable:
         counts = Counter(c.names)
         repeated = {c.names[i] for i in index if counts[c.names[i]] > 1}
         sympos = self._sympos_table(repeated) if repeated else {}
-        thumb_map = self._has_thumb_mapping
+        thumb_map = self._maybe_thumb and self._has_thumb_mapping
         funcs: list[FunctionSymbol] = []
         append = funcs.append
         names, values, sizes, infos, shndxs = c

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from armlp.analysis.scan import FunctionReport, ScanResult
@@ -101,10 +101,11 @@ class DynFtrace:
 class Ftrace:
     """ftrace on one target: the records of every site and their users."""
 
-    def __init__(self, machine: Machine, scan: ScanResult, runtime: Runtime) -> None:
+    def __init__(self, machine: Machine, scan: ScanResult, runtime: Runtime | None = None
+                 ) -> None:
         self.machine = machine
         self.scan = scan
-        self.runtime = runtime
+        self._runtime = runtime
         self.records: dict[int, DynFtrace] = {}
         self.ops: list[FtraceOps] = []
         self.veneers = VeneerPool(machine)
@@ -113,6 +114,16 @@ class Ftrace:
             if rep.site is not None and rep.fn.mode == "arm":
                 self.records[rep.site] = DynFtrace(rep.site, rep)
         self._initialised = False
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise FtraceError("the runtime is not loaded")
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, value: Runtime) -> None:
+        self._runtime = value
 
     def _mcount_address(self) -> int:
         syms = self.scan.image.symbols.by_name.get("__gnu_mcount_nc")
@@ -128,6 +139,7 @@ class Ftrace:
         stops the whole init before any code write)."""
         if self._initialised:
             return
+        self.check_unmodified()
         recs = list(self.records.values())
         base = self.machine.alloc(max(SITE.size * len(recs), 4))
         blob = bytearray()
@@ -146,6 +158,16 @@ class Ftrace:
             rec.word = NOP
         self.machine.write_code(writes)
         self._initialised = True
+
+    def check_unmodified(self) -> None:
+        """Every site must still hold ``bl __gnu_mcount_nc``: anything else
+        means another tool (or a previous armlp) owns the program's code."""
+        for rec in self.records.values():
+            found = read_word(self.machine, rec.ip)
+            if found != encode_bl(rec.ip, self.mcount):
+                raise CodeModificationError(
+                    f"site of {rec.name} at {rec.ip:#x} holds {found:#010x}, not "
+                    f"'bl __gnu_mcount_nc': the code is not as built, refusing to touch it")
 
     def _pack_record(self, rec: DynFtrace) -> bytes:
         v = rec.report.verdict
@@ -179,11 +201,11 @@ class Ftrace:
             r.users.append(ops)
         try:
             self._update(sites)
-        except Exception:
+        except ArmlpError:
             for r in sites:
                 r.users.remove(ops)
             self.ops.remove(ops)
-            self._update(sites)
+            self._free_ops(ops)
             raise
         return sites
 
@@ -231,6 +253,8 @@ class Ftrace:
         trampoline (both flavours, so either trampoline finds valid users at
         any instant), the plain path's function next, the code words last.
         """
+        recs = list(recs)
+        self._check_words(recs)
         writes: list[CodeWrite] = []
         wanted: list[tuple[DynFtrace, int]] = []
         for rec in recs:
@@ -244,6 +268,15 @@ class Ftrace:
         self.machine.write_code(writes)
         for rec, want in wanted:
             rec.word = want
+
+    def _check_words(self, recs: list[DynFtrace]) -> None:
+        """Refuse before any write if a site no longer holds what we wrote."""
+        for rec in recs:
+            found = read_word(self.machine, rec.ip)
+            if found != rec.word:
+                raise CodeModificationError(
+                    f"site of {rec.name} at {rec.ip:#x} holds {found:#010x}, expected "
+                    f"{rec.word:#010x}: changed under armlp, not touching it")
 
     def _write_record_users(self, rec: DynFtrace) -> None:
         pad = [0] * (SITE_MAX_OPS - len(rec.users))
@@ -275,12 +308,7 @@ class Ftrace:
 
     def check_sites(self) -> None:
         """Verify every site holds what the records say (raise otherwise)."""
-        for rec in self.records.values():
-            found = read_word(self.machine, rec.ip)
-            if found != rec.word:
-                raise CodeModificationError(
-                    f"site of {rec.name} at {rec.ip:#x} holds {found:#010x}, "
-                    f"expected {rec.word:#010x}")
+        self._check_words(list(self.records.values()))
 
     def find_function(self, name: str, sympos: int | None = None) -> DynFtrace:
         rep = self.scan.find(name, sympos)
