@@ -19,7 +19,6 @@ from armlp.machine.emulator import StopReason
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS
 from armlp.target import Target
 from armlp.verify import Prover
-
 from conftest import CORPUS, armlp
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,8 +20,7 @@ from armlp.elf.image import ElfImage
 from armlp.elf.symbols import FunctionSymbol
 from armlp.errors import AnalysisError
 
-NO_SITE = Verdict(False, reason="no mcount site: not built with -pg, notrace / "
-                                "no_instrument_function, or assembly",
+NO_SITE = Verdict(False, reason="no mcount site (notrace, built without -pg, or assembly)",
                   reason_code="no_mcount_site")
 THUMB = Verdict(False, reason="Thumb code (not yet supported; build with -marm)",
                 reason_code="thumb")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from armlp.arm.a32 import PUSH_LR
 from armlp.errors import ArmlpError
@@ -84,13 +85,13 @@ def executed(emu: Emulator, entry: int, args: Sequence[int] = (),
 
 def span(pcs: Sequence[int], start: int, end: int) -> int:
     """Instructions from the first execution of *start* to the next of *end*
-    (*start* counted, *end* not)."""
+    (*start* counted, *end* not; 0 when they are the same address)."""
     try:
         i = pcs.index(start)
     except ValueError:
         raise CostError(f"{start:#010x} was not executed") from None
     try:
-        j = pcs.index(end, i + 1)
+        j = pcs.index(end, i)
     except ValueError:
         raise CostError(f"{end:#010x} was not executed after {start:#010x}") from None
     return j - i
@@ -188,3 +189,11 @@ def check_targets(costs: Sequence[SiteCosts]) -> list[str]:
             bad.append(f"{c.function}: the plain tracer path costs {c.plain} instructions, "
                        f"not under {PLAIN_LIMIT}")
     return bad
+
+
+def measure_program(path: str | Path, functions: Sequence[tuple[str, Sequence[int]]],
+                    new_function: str | None = None) -> list[SiteCosts]:
+    """:meth:`CostMeter.measure` for each ``(name, args)`` of the program at
+    *path*, in one emulated target."""
+    meter = CostMeter(Target.emulate(path))
+    return [meter.measure(name, new_function, args) for name, args in functions]
