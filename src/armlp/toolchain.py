@@ -20,6 +20,21 @@ PREFIX = os.environ.get("ARMLP_CROSS_PREFIX", "arm-linux-gnueabi-")
 PATCHABLE_CFLAGS = ("-marm", "-pg", "-mapcs-frame")
 
 
+#: Flags for a patch module: patchable like the program, position dependent
+#: (the loader does not build GOTs), no common symbols, unmerged strings.
+PATCH_CFLAGS = (*PATCHABLE_CFLAGS, "-O2", "-fno-pie", "-fno-pic", "-fno-common",
+                "-fno-merge-constants", "-ffreestanding", "-fno-stack-protector")
+INCLUDE_DIR = Path(__file__).parent / "include"
+
+
+def patch_cflags(target_build_id: str | None = None) -> list[str]:
+    """The flags to compile a live patch with (``armlp cflags``)."""
+    flags = [*PATCH_CFLAGS, f"-I{INCLUDE_DIR}"]
+    if target_build_id:
+        flags.append(f"-DARMLP_TARGET_BUILD_ID={target_build_id}")
+    return flags
+
+
 class ToolchainError(ArmlpError):
     """The cross toolchain is missing or a build step failed."""
 

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from armlp.errors import MachineError
 from armlp.ftrace.core import DynFtrace, FtraceOps
 from armlp.machine.emulator import Emulator
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS
@@ -109,8 +110,13 @@ class Prover:
             sp = ctx["sp"]
             emu.write(sp, struct.pack(f"<{STACK_ARG_WORDS}I", *args))
             before = emu.instructions
-            got = emu.call_regs(entry, (), until=self.probe, regs=ctx,
-                                max_instructions=100_000)
+            try:
+                got = emu.call_regs(entry, (), until=self.probe, regs=ctx,
+                                    max_instructions=100_000)
+            except MachineError as exc:   # a wrong undo may crash: a failed proof
+                result.verified = False
+                result.mismatch = f"the call did not reach the probe: {exc}"
+                break
             if before is not None and emu.instructions is not None:
                 result.instructions = emu.instructions - before
             stack = struct.unpack(f"<{STACK_ARG_WORDS}I", emu.read(sp, 4 * STACK_ARG_WORDS))

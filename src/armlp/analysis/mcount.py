@@ -131,46 +131,53 @@ class SiteFinder:
         """:meth:`find` for each of *funcs*, in one loop: the hot path of
         ``armlp scan``, so the common case (ARM code of a linked image) is
         written out here, with each section's arrays fetched once."""
+        if self._reloc_sites is not None:
+            return [self._find_by_relocation(fn) for fn in funcs]
         out: list[int | None] = []
         append = out.append
         sections = self.image.sections
         targets = self.targets
+        if not targets:
+            return [None] * len(funcs)
         cur = -1
         base = limit = 0
         words: array[int] = array("I")
         next_bl = b"".find
         for fn in funcs:
             start = fn.address
-            end = start + fn.size if fn.size else start + SITE_WINDOW
-            if self._reloc_sites is not None:
-                offs = self._sites_in(fn.section)
-                k = bisect.bisect_left(offs, start)
-                append(offs[k] if k < len(offs) and offs[k] < end else None)
-                continue
             if fn.section != cur:
                 cur = fn.section
                 sec = sections[cur]
                 base, limit = sec.addr, sec.addr + sec.size
                 words, next_bl = self.words(sec), self.bl_words(sec).find
-            end = min(end, limit)
-            if not base <= start < end or not targets:   # outside its section (corrupt)
+            end = start + (fn.size or SITE_WINDOW)
+            if end > limit:
+                end = limit
+            if not base <= start < end:     # symbol outside its section (corrupt file)
                 append(None)
                 continue
             if fn.mode != "arm":
                 append(self._find_thumb(sections[cur], start, end))
                 continue
             site = None
-            i = (start - base) >> 2
-            stop = (end - base) >> 2
-            while (i := next_bl(1, i, stop)) >= 0:
+            i = next_bl(1, (start - base) >> 2, (end - base) >> 2)
+            while i >= 0:
                 # decode_branch inlined for a BL: the target of the word at i
                 off = ((words[i] & 0xFFFFFF) ^ 0x800000) - 0x800000
                 if ((base + 4 * i + 8 + (off << 2)) & 0xFFFFFFFF) in targets:
                     site = base + 4 * i
                     break
-                i += 1
+                i = next_bl(1, i + 1, (end - base) >> 2)
             append(site)
         return out
+
+    def _find_by_relocation(self, fn: FunctionSymbol) -> int | None:
+        """The first relocation site against mcount in *fn* (a ``.o``)."""
+        offs = self._sites_in(fn.section)
+        start = fn.address
+        end = start + (fn.size or SITE_WINDOW)
+        k = bisect.bisect_left(offs, start)
+        return offs[k] if k < len(offs) and offs[k] < end else None
 
     def _find_thumb(self, sec: Section, start: int, end: int) -> int | None:
         """The first Thumb ``bl``/``blx`` to mcount in ``[start, end)``."""

@@ -78,23 +78,24 @@ def _functions_json_text(reports: list[FunctionReport]) -> str:
     image takes a tenth of the time of encoding the dicts.
     """
     verdicts: dict[int, str] = {}       # id(verdict) -> its encoded keys
-    strings: dict[str, str] = {}        # section, binding, mode -> JSON string
     parts: list[str] = []
     append = parts.append
+    enc = _json_str
     for r in reports:
         fn, v, site = r.fn, r.verdict, r.site
         tail = verdicts.get(id(v))
         if tail is None:
             tail = verdicts[id(v)] = _dumps(_verdict_json(v))[1:-1]
-        sec, bind, mode = fn.section_name, fn.binding, fn.mode
-        sec = strings.get(sec) or strings.setdefault(sec, _json_str(sec))
-        bind = strings.get(bind) or strings.setdefault(bind, _json_str(bind))
-        mode = strings.get(mode) or strings.setdefault(mode, _json_str(mode))
-        where = ("null,\"site_offset\":null" if site is None
-                 else f"{site},\"site_offset\":{site - fn.address}")
-        append(f'{{"name":{_json_str(fn.name)},"sympos":{fn.sympos},"address":{fn.address},'
-               f'"size":{fn.size},"section":{sec},"binding":{bind},"mode":{mode},'
-               f'"mcount_site":{where},{tail}}}')
+        if site is None:
+            append(f'{{"name":{enc(fn.name)},"sympos":{fn.sympos},"address":{fn.address},'
+                   f'"size":{fn.size},"section":{enc(fn.section_name)},'
+                   f'"binding":{enc(fn.binding)},"mode":{enc(fn.mode)},'
+                   f'"mcount_site":null,"site_offset":null,{tail}}}')
+        else:
+            append(f'{{"name":{enc(fn.name)},"sympos":{fn.sympos},"address":{fn.address},'
+                   f'"size":{fn.size},"section":{enc(fn.section_name)},'
+                   f'"binding":{enc(fn.binding)},"mode":{enc(fn.mode)},'
+                   f'"mcount_site":{site},"site_offset":{site - fn.address},{tail}}}')
     return f"[{','.join(parts)}]"
 
 
@@ -108,31 +109,42 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
+        return self._counts(self._verdict_counts())
+
+    @staticmethod
+    def _counts(verdict_counts: list[tuple[Verdict, int]]) -> dict[str, int]:
         c: Counter[str] = Counter()
-        for r in self.functions:
-            if r.verdict.patchable:
-                c[f"patchable/{r.verdict.rule}"] += 1
-            else:
-                c[f"unpatchable/{r.verdict.reason_code}"] += 1
+        for v, n in verdict_counts:
+            c[f"patchable/{v.rule}" if v.patchable else f"unpatchable/{v.reason_code}"] += n
         return dict(sorted(c.items()))
+
+    def _verdict_counts(self) -> list[tuple[Verdict, int]]:
+        """Each distinct verdict object with its number of functions (counted
+        by identity: verdicts are shared, and hashing them costs more)."""
+        verdicts = list(map(attrgetter("verdict"), self.functions))
+        ids = list(map(id, verdicts))
+        by_id = dict(zip(ids, verdicts, strict=True))
+        return [(by_id[i], n) for i, n in Counter(ids).items()]
 
     @property
     def patchable(self) -> int:
-        return sum(1 for r in self.functions if r.verdict.patchable)
+        return sum(n for v, n in self._verdict_counts() if v.patchable)
 
     @property
     def with_site(self) -> int:
-        return sum(1 for r in self.functions if r.site is not None)
+        return len(self.functions) - list(map(attrgetter("site"), self.functions)).count(None)
 
     def summary(self) -> dict[str, object]:
         total = len(self.functions)
         sites = self.with_site
+        verdict_counts = self._verdict_counts()
+        patchable = sum(n for v, n in verdict_counts if v.patchable)
         return {
             "functions": total,
             "with_mcount_site": sites,
-            "patchable": self.patchable,
-            "coverage_percent": round(100.0 * self.patchable / sites, 2) if sites else 0.0,
-            "by_verdict": self.counts(),
+            "patchable": patchable,
+            "coverage_percent": round(100.0 * patchable / sites, 2) if sites else 0.0,
+            "by_verdict": self._counts(verdict_counts),
         }
 
     def to_json(self) -> dict[str, object]:
@@ -178,59 +190,62 @@ class ScanResult:
         raise AnalysisError(f"{self.image.path}: {name!r} has no sympos {sympos}")
 
 
-class _Classifier:
-    """Gives one function's report from its site; memoises verdicts by the
-    prologue's words and keeps the current section's words at hand."""
+def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSymbol],
+                 sites: Iterable[int | None], cache: dict[tuple[int, ...], Verdict],
+                 describe: DescribeFn) -> list[FunctionReport]:
+    """The report of each function of *funcs* from its mcount site.
 
-    def __init__(self, image: ElfImage, finder: SiteFinder,
-                 cache: dict[tuple[int, ...], Verdict] | None = None,
-                 describe: DescribeFn | None = None) -> None:
-        self.image = image
-        self.finder = finder
-        self.cache = {} if cache is None else cache
-        self.describe = describe or DescribeFn()
-        self._section = -1
-        self._base = 0
-        self._words: Sequence[int] = ()
-
-    def __call__(self, fn: FunctionSymbol, site: int | None) -> FunctionReport:
+    Verdicts are memoised in *cache* by the prologue's words; the words of
+    the current section stay at hand (functions come sorted by section).
+    """
+    reports: list[FunctionReport] = []
+    append = reports.append
+    section, base = -1, 0
+    words: Sequence[int] = ()
+    for fn, site in zip(funcs, sites, strict=True):
         if site is None:
-            return FunctionReport(fn, None, NO_SITE)
+            append(FunctionReport(fn, None, NO_SITE))
+            continue
         if fn.mode == "thumb":
-            return FunctionReport(fn, site, THUMB)
+            append(FunctionReport(fn, site, THUMB))
+            continue
         offset = site - fn.address
         if offset > SITE_WINDOW:
-            return FunctionReport(fn, site, Verdict(
+            append(FunctionReport(fn, site, Verdict(
                 False, reason=f"mcount site at +{offset:#x} is too far from the entry "
                               f"(window {SITE_WINDOW} bytes): code runs before the hook",
-                reason_code="site_too_far"))
-        if fn.section != self._section:
-            sec = self.image.sections[fn.section]
-            self._section, self._base, self._words = fn.section, sec.addr, self.finder.words(sec)
-        first = (fn.address - self._base) >> 2
-        prologue = tuple(self._words[first:first + (offset >> 2)])
-        verdict = self.cache.get(prologue)
+                reason_code="site_too_far")))
+            continue
+        if fn.section != section:
+            sec = image.sections[fn.section]
+            section, base, words = fn.section, sec.addr, finder.words(sec)
+        first = (fn.address - base) >> 2
+        prologue = tuple(words[first:first + (offset >> 2)])
+        verdict = cache.get(prologue)
         if verdict is None:
-            verdict = self.cache[prologue] = classify_arm(prologue, self.describe)
-        return FunctionReport(fn, site, verdict, prologue)
+            verdict = cache[prologue] = classify_arm(prologue, describe)
+        append(FunctionReport(fn, site, verdict, prologue))
+    return reports
 
 
 def analyse_function(image: ElfImage, finder: SiteFinder, fn: FunctionSymbol,
                      cache: dict[tuple[int, ...], Verdict],
                      describe: DescribeFn) -> FunctionReport:
     """Find the site of *fn* and classify its prologue."""
-    return _Classifier(image, finder, cache, describe)(fn, finder.find(fn))
+    return classify_all(image, finder, [fn], [finder.find(fn)], cache, describe)[0]
 
 
 def scan(image: ElfImage, *, progress: Callable[[list[FunctionSymbol]],
                                                 Iterable[FunctionSymbol]] | None = None
          ) -> ScanResult:
     """Classify every function of *image*."""
-    funcs = sorted(image.symbols.functions(), key=attrgetter("section", "address"))
+    # by (section, address): two stable sorts on one key each, no key tuples
+    funcs = sorted(image.symbols.functions(), key=attrgetter("address"))
+    funcs.sort(key=attrgetter("section"))
     finder = SiteFinder(image)
     sites = finder.find_all(funcs)
     it: Iterable[FunctionSymbol] = progress(funcs) if progress else funcs
-    reports = list(map(_Classifier(image, finder), it, sites))
+    reports = classify_all(image, finder, it, sites, {}, DescribeFn())
     result = ScanResult(image, reports)
     if not finder.has_mcount:
         result.notes.append("no mcount calls in this file: build with -pg to make "

@@ -24,9 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"armlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from armlp.cli import scan, trace
+    from armlp.cli import run, scan, trace
     scan.register(sub)
     trace.register(sub)
+    from armlp.cli import verify
+    verify.register(sub)
+    run.register(sub)
     return parser
 
 

@@ -196,6 +196,10 @@ class SymbolTable:
         return mapping
 
     @cached_property
+    def _name_set(self) -> frozenset[str]:
+        return frozenset(self._cols.names)
+
+    @cached_property
     def _has_thumb_mapping(self) -> bool:
         return any("t" in kinds for _, kinds in self._mapping.values())
 
@@ -282,7 +286,7 @@ class SymbolTable:
         few lookups (``armlp scan`` makes four)."""
         if "by_name" in self.__dict__:
             return self.by_name.get(name, [])
-        if not name or is_mapping_symbol(name):
+        if not name or is_mapping_symbol(name) or name not in self._name_set:
             return []
         c = self._cols
         out: list[Symbol] = []

@@ -23,6 +23,7 @@ from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, branch_in_range, encode_bl
 from armlp.errors import ArmlpError, CodeModificationError
 from armlp.ftrace.veneers import VeneerPool
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
+from armlp.machine.heap import TargetHeap
 from armlp.runtime.layout import (
     FTRACE_OPS_FL_SAVE_REGS,
     OPS,
@@ -109,6 +110,7 @@ class Ftrace:
         self.records: dict[int, DynFtrace] = {}
         self.ops: list[FtraceOps] = []
         self.veneers = VeneerPool(machine)
+        self.heap = TargetHeap(machine)
         self.mcount = self._mcount_address()
         for rep in scan.functions:
             if rep.site is not None and rep.fn.mode == "arm":
@@ -220,7 +222,7 @@ class Ftrace:
         self._free_ops(ops)
 
     def _alloc_ops(self, ops: FtraceOps) -> None:
-        addr = self.machine.alloc(2 * OPS.size)
+        addr = self.heap.alloc(2 * OPS.size)
         ops.address, ops.regs_address = addr, addr + OPS.size
         regs_func = ops.regs_func if ops.regs_func is not None else ops.func
         self.machine.write(addr, OPS.pack(ops.func, ops.flags, ops.private)
@@ -228,7 +230,7 @@ class Ftrace:
 
     def _free_ops(self, ops: FtraceOps) -> None:
         if ops.address:
-            self.machine.free(ops.address, 2 * OPS.size)
+            self.heap.free(ops.address)
             ops.address = ops.regs_address = 0
 
     # -- call modification ----------------------------------------------------

@@ -1,0 +1,60 @@
+/*
+ * armlp/livepatch.h: declare what a live patch replaces.
+ *
+ * A live patch is a relocatable ARM object (compile with the flags
+ * `armlp cflags` prints).  Each ARMLP_REPLACE puts one descriptor in the
+ * object's .armlp.funcs section; armlp reads them after relocating the
+ * object, so the pointers below are final addresses by then.
+ *
+ *   #include <armlp/livepatch.h>
+ *   ARMLP_PATCH("fix-checksum");
+ *   static int checksum_fixed(const char *p, int n) { ... }
+ *   ARMLP_REPLACE(checksum, checksum_fixed);          // unique name
+ *   ARMLP_REPLACE_POS(helper, 2, helper_fixed);       // the 2nd static "helper"
+ *
+ * Replacements are built with -pg -mapcs-frame like the program, may call
+ * its functions and use its data, statics included (declare them extern;
+ * a static shared by several files is named `.klp.sym.<object>.<name>,<pos>`
+ * through ARMLP_SYMBOL).
+ */
+#ifndef ARMLP_LIVEPATCH_H
+#define ARMLP_LIVEPATCH_H
+
+struct armlp_func_desc {
+	const char *old_name;     /* function to replace */
+	unsigned long old_sympos; /* 0: the name is unique */
+	const char *object;       /* NULL: the main program */
+	void *new_func;           /* the replacement */
+};
+
+#define ARMLP__CAT2(a, b) a##b
+#define ARMLP__CAT(a, b) ARMLP__CAT2(a, b)
+
+/* The patch's name (default: the object file's name). */
+#define ARMLP_PATCH(name)                                                      \
+	static const char armlp__patch_name[]                                  \
+	__attribute__((section(".armlp.name"), used)) = name
+
+/* Replace OLD (with sympos POS) by NEW. */
+#define ARMLP_REPLACE_POS(old, pos, new)                                       \
+	static const struct armlp_func_desc ARMLP__CAT(armlp__desc_, __LINE__) \
+	__attribute__((section(".armlp.funcs"), used, aligned(4))) =           \
+		{ #old, (pos), 0, (void *)(new) }
+
+#define ARMLP_REPLACE(old, new) ARMLP_REPLACE_POS(old, 0, new)
+
+/* The build-id of the program this patch was built for (armlp cflags
+ * --target PROGRAM defines ARMLP_TARGET_BUILD_ID); armlp refuses to apply
+ * the patch to any other program. */
+#define ARMLP__STR2(x) #x
+#define ARMLP__STR(x) ARMLP__STR2(x)
+#ifdef ARMLP_TARGET_BUILD_ID
+static const char armlp__target_build_id[]
+	__attribute__((section(".armlp.target"), used)) = ARMLP__STR(ARMLP_TARGET_BUILD_ID);
+#endif
+
+/* Refer to a static of the patched program: ARMLP_SYMBOL(counter, 2) is the
+ * second static named "counter" (kernel .klp.sym naming, main program). */
+#define ARMLP_SYMBOL(name, pos) __asm__(".klp.sym.program." #name "," #pos)
+
+#endif

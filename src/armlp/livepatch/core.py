@@ -1,0 +1,261 @@
+"""Enabling and disabling patches: func stacks on top of ftrace.
+
+Each patched function has one ``struct klp_ops`` in the target holding the
+top of its func stack, and one FTRACE_OPS_FL_SAVE_REGS ftrace user whose
+handler (``klp_ftrace_handler``) sends calls to the top's new function.
+Enabling a patch pushes a node on each of its functions' stacks (one aligned
+word write switches a function over); disabling unlinks the patch's nodes
+wherever they are in the stacks, so the function falls back to the next
+older patch, or to its own code when the stack empties.
+
+This is the immediate model: all threads switch at once, with the target
+stopped.  Every check runs before the first write, and a failure half-way is
+rolled back to the exact state before.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, encode_bl
+from armlp.errors import ArmlpError, PatchError
+from armlp.ftrace.core import FtraceOps
+from armlp.livepatch.patch import KlpFunc, KlpPatch, read_patch, relocate_patch
+from armlp.machine.base import CodeWrite, read_word, write_word
+from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS, KLP_FUNC_NODE, KLP_OPS
+from armlp.target import Target
+
+
+@dataclass(eq=False)
+class FuncStack:
+    """A patched function: its ftrace user and its func stack (oldest first)."""
+
+    site: int
+    name: str
+    ops: FtraceOps
+    klp_ops: int
+    funcs: list[KlpFunc] = field(default_factory=list)
+
+
+class Livepatch:
+    """The livepatch core of one target."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.machine = target.machine
+        self.ftrace = target.ftrace
+        self.heap = target.ftrace.heap
+        self.patches: list[KlpPatch] = []
+        self.stacks: dict[int, FuncStack] = {}
+        self.deferred: list[KlpPatch] = []
+        self._next_id = 1
+
+    # -- loading and checking ---------------------------------------------------
+
+    def load(self, path: str | Path) -> KlpPatch:
+        """Read a patch module and check it against the target (no writes)."""
+        patch = read_patch(path, self.target.image, self.target.runtime.exports)
+        self.check(patch)
+        return patch
+
+    def check(self, patch: KlpPatch) -> None:
+        """Everything that can be checked before writing: build-id, each
+        function exists, is patchable, and its site is as armlp left it."""
+        image = self.target.image
+        if patch.target_build_id and patch.target_build_id != image.build_id:
+            raise PatchError(f"{patch.path}: built for the program with build-id "
+                             f"{patch.target_build_id}, not {image.path} "
+                             f"({image.build_id or 'no build-id'})")
+        if any(p.name == patch.name for p in self.patches):
+            raise PatchError(f"a patch named {patch.name!r} is already enabled")
+        for f in patch.funcs:
+            rep = self.target.scan.find(f.old_name, f.old_sympos or None)
+            if not rep.verdict.patchable:
+                raise PatchError(f"{patch.path}: {rep.fn.label} is not patchable: "
+                                 f"{rep.verdict.reason}")
+            rec = self.ftrace.records.get(rep.site or -1)
+            if rec is None:
+                raise PatchError(f"{patch.path}: {rep.fn.label} has no usable mcount site")
+            found = read_word(self.machine, rec.ip)
+            if found != rec.word:
+                raise PatchError(f"{patch.path}: site of {rep.fn.label} at {rec.ip:#x} holds "
+                                 f"{found:#010x}, expected {rec.word:#010x}")
+            f.old_addr, f.site = rep.fn.address, rec.ip
+
+    # -- enable -----------------------------------------------------------------
+
+    def enable(self, patch: KlpPatch) -> None:
+        """Load the module and push its functions on their stacks, all or nothing."""
+        if patch.enabled:
+            raise PatchError(f"patch {patch.name} is already enabled")
+        self.check(patch)
+        undo: list[Callable[[], None]] = []
+        try:
+            self._enable(patch, undo)
+        except BaseException:
+            for action in reversed(undo):
+                action()
+            raise
+        patch.enabled = True
+        for o in patch.objects:
+            o.patched = True
+        self.patches.append(patch)
+
+    def _enable(self, patch: KlpPatch, undo: list[Callable[[], None]]) -> None:
+        m = self.machine
+        image = self.target.image
+        exports = self.target.runtime.exports
+        size = relocate_patch(patch, image, exports, 0x10000000).size
+        text = image.section(".text")
+        mem = m.alloc(size, near=text.addr if text else None)
+        undo.append(lambda: m.free(mem, size))
+        patch.memory, patch.memory_size = mem, size
+        module = relocate_patch(patch, image, exports, mem)
+        patch.module = module
+        module.write_to(m)
+        self._nop_module_sites(patch)
+        patch.id = self._next_id
+        self._next_id += 1
+        for f in patch.funcs:
+            self._push(patch, f, undo)
+
+    def _nop_module_sites(self, patch: KlpPatch) -> None:
+        """The replacements' own mcount sites become the NOP (they are not
+        ftrace records yet, so nothing would ever enable them)."""
+        module = patch.module
+        assert module is not None
+        mcount = self.ftrace.mcount
+        writes = []
+        for sec in patch.image.sections:
+            if not sec.is_exec:
+                continue
+            try:
+                loaded = module.section(sec.name, str(patch.image.path))
+            except ArmlpError:
+                continue
+            for rel in patch.image.relocations_for(sec):
+                if rel.symbol.name == "__gnu_mcount_nc":
+                    addr = loaded.address + rel.offset
+                    writes.append(CodeWrite(addr, struct.pack("<I", encode_bl(addr, mcount)),
+                                            struct.pack("<I", MCOUNT_NOP_ADD_SP)))
+        self.machine.write_code(writes)
+
+    def _push(self, patch: KlpPatch, f: KlpFunc, undo: list[Callable[[], None]]) -> None:
+        m = self.machine
+        stack = self.stacks.get(f.site)
+        below = read_word(m, stack.klp_ops) if stack else 0
+        f.node = self.heap.alloc(KLP_FUNC_NODE.size)
+        node = f.node
+        m.write(node, KLP_FUNC_NODE.pack(f.new_func, below, patch.id))
+        undo.append(lambda: self.heap.free(node))
+        if stack is not None:
+            write_word(m, stack.klp_ops, node)          # the switch: one word
+            stack.funcs.append(f)
+            st = stack
+
+            def pop() -> None:
+                write_word(m, st.klp_ops, below)
+                st.funcs.remove(f)
+            undo.append(pop)
+            return
+        klp_ops = self.heap.alloc(KLP_OPS.size)
+        m.write(klp_ops, KLP_OPS.pack(node))
+        undo.append(lambda: self.heap.free(klp_ops))
+        ops = FtraceOps(f"livepatch:{f.label}", self.target.runtime.symbol("klp_ftrace_handler"),
+                        flags=FTRACE_OPS_FL_SAVE_REGS, private=klp_ops, ips={f.site})
+        self.ftrace.register_ftrace_function(ops)
+        undo.append(lambda: self.ftrace.unregister_ftrace_function(ops))
+        new_stack = FuncStack(f.site, f.label, ops, klp_ops, [f])
+        self.stacks[f.site] = new_stack
+
+        def forget() -> None:
+            self.stacks.pop(f.site, None)
+        undo.append(forget)
+
+    # -- disable ------------------------------------------------------------------
+
+    def disable(self, patch: KlpPatch) -> None:
+        """Unlink the patch's nodes from every stack; free its memory when no
+        thread can be executing or returning into it (else defer)."""
+        if not patch.enabled:
+            raise PatchError(f"patch {patch.name} is not enabled")
+        m = self.machine
+        for f in patch.funcs:
+            stack = self.stacks[f.site]
+            i = stack.funcs.index(f)
+            below = stack.funcs[i - 1].node if i > 0 else 0
+            if i == len(stack.funcs) - 1:
+                if below:
+                    write_word(m, stack.klp_ops, below)
+                else:
+                    self.ftrace.unregister_ftrace_function(stack.ops)
+                    write_word(m, stack.klp_ops, 0)
+                    self.heap.free(stack.klp_ops)
+                    del self.stacks[f.site]
+            else:
+                above = stack.funcs[i + 1]
+                write_word(m, above.node + 4, below)     # above.next = below
+            stack.funcs.remove(f)
+        patch.enabled = False
+        for o in patch.objects:
+            o.patched = False
+        self.patches.remove(patch)
+        self.deferred.append(patch)
+        self.release_deferred()
+
+    def release_deferred(self) -> list[KlpPatch]:
+        """Free the memory of disabled patches no thread can still be in."""
+        freed = []
+        for patch in list(self.deferred):
+            if self._in_use(patch.memory, patch.memory + patch.memory_size):
+                continue
+            for f in patch.funcs:
+                if f.node:
+                    self.heap.free(f.node)
+                    f.node = 0
+            self.machine.free(patch.memory, patch.memory_size)
+            patch.memory = patch.memory_size = 0
+            self.deferred.remove(patch)
+            freed.append(patch)
+        return freed
+
+    def _in_use(self, lo: int, hi: int) -> bool:
+        """Whether a thread's pc, lr or any word of its stack points into [lo, hi)."""
+        m = self.machine
+        for tid in m.threads():
+            regs = m.get_regs(tid)
+            if lo <= regs.pc < hi or lo <= regs.lr < hi:
+                return True
+            top = _stack_top(m, regs.sp)
+            raw = m.read(regs.sp, top - regs.sp) if top > regs.sp else b""
+            words = struct.unpack(f"<{len(raw) // 4}I", raw[: len(raw) & ~3])
+            if any(lo <= w < hi for w in words):
+                return True
+        return False
+
+    # -- queries --------------------------------------------------------------------
+
+    def find(self, name: str) -> KlpPatch:
+        for p in self.patches:
+            if p.name == name:
+                return p
+        raise PatchError(f"no enabled patch named {name!r}")
+
+    def active(self, name: str, sympos: int | None = None) -> int:
+        """Where a call of function *name* goes now (its address if unpatched)."""
+        rep = self.target.scan.find(name, sympos)
+        stack = self.stacks.get(rep.site or -1)
+        return stack.funcs[-1].new_func if stack else rep.fn.address
+
+
+def _stack_top(machine: object, sp: int) -> int:
+    """End of the mapped region holding *sp* (the stack's top), if known."""
+    regions = getattr(machine, "regions", None)
+    if regions is not None:
+        for start, end, _prot in regions():
+            if start <= sp < end:
+                return int(end)
+    return sp + 0x10000

@@ -1,0 +1,150 @@
+"""Reading a patch module: which functions it replaces, for which program.
+
+A patch module is a relocatable ARM object built with the flags of
+``armlp cflags``; ``<armlp/livepatch.h>`` puts one ``struct
+armlp_func_desc`` per replaced function into ``.armlp.funcs``.  The
+descriptors hold pointers, so they are read from the *relocated* module:
+the loader lays it out (at a trial base to validate, at its real address to
+enable) and the descriptors are decoded from the section bytes it produced.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from armlp.elf.image import ElfImage
+from armlp.errors import PatchError
+from armlp.loader import LoadedModule, load_objects
+
+DESC = struct.Struct("<IIII")
+PROGRAM = "program"
+
+
+@dataclass(eq=False)
+class KlpFunc:
+    """One replaced function (the kernel's ``struct klp_func``)."""
+
+    old_name: str
+    old_sympos: int
+    new_func: int               # address in the loaded module
+    new_name: str = ""
+    old_addr: int = 0
+    site: int = 0
+    node: int = 0               # its func-stack node in the target
+
+    @property
+    def label(self) -> str:
+        return f"{self.old_name},{self.old_sympos}" if self.old_sympos else self.old_name
+
+
+@dataclass(eq=False)
+class KlpObject:
+    """The functions a patch replaces in one object (only the program for now)."""
+
+    name: str
+    funcs: list[KlpFunc] = field(default_factory=list)
+    patched: bool = False
+
+
+@dataclass(eq=False)
+class KlpPatch:
+    """A patch module (the kernel's ``struct klp_patch``)."""
+
+    name: str
+    path: Path
+    image: ElfImage
+    objects: list[KlpObject]
+    target_build_id: str | None
+    module: LoadedModule | None = None
+    enabled: bool = False
+    id: int = 0
+    memory: int = 0
+    memory_size: int = 0
+
+    @property
+    def funcs(self) -> list[KlpFunc]:
+        return [f for o in self.objects for f in o.funcs]
+
+
+def _module_read(module: LoadedModule, addr: int, size: int) -> bytes:
+    for sec in module.sections:
+        if sec.address <= addr and addr + size <= sec.end:
+            if sec.nobits:
+                return bytes(size)
+            off = addr - sec.address
+            return sec.data[off:off + size]
+    raise PatchError(f"descriptor points at {addr:#x}, outside the patch module")
+
+
+def _module_cstr(module: LoadedModule, addr: int) -> str:
+    for sec in module.sections:
+        if sec.address <= addr < sec.end and not sec.nobits:
+            off = addr - sec.address
+            end = sec.data.find(b"\0", off)
+            return sec.data[off:end if end >= 0 else len(sec.data)].decode("utf-8", "replace")
+    raise PatchError(f"descriptor string at {addr:#x} is outside the patch module")
+
+
+def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[KlpObject]]:
+    """``(patch name, objects)`` from a relocated module."""
+    path = image.path
+    funcs_secs = [s for s in module.sections if s.name == ".armlp.funcs"]
+    if not funcs_secs:
+        raise PatchError(f"{path}: no .armlp.funcs section: declare replacements with "
+                         f"ARMLP_REPLACE from <armlp/livepatch.h>")
+    name_secs = [s for s in module.sections if s.name == ".armlp.name"]
+    name = (name_secs[0].data.split(b"\0")[0].decode("utf-8", "replace") if name_secs
+            else path.stem)
+    by_object: dict[str, KlpObject] = {}
+    by_addr = {s.address: s.name for s in module.symbols if s.is_function}
+    for sec in funcs_secs:
+        if sec.size % DESC.size:
+            raise PatchError(f"{path}: .armlp.funcs is {sec.size} bytes, not a multiple "
+                             f"of {DESC.size}")
+        for old_ptr, sympos, obj_ptr, new_ptr in DESC.iter_unpack(sec.data):
+            old = _module_cstr(module, old_ptr)
+            obj = _module_cstr(module, obj_ptr) if obj_ptr else PROGRAM
+            if obj != PROGRAM:
+                raise PatchError(f"{path}: {old}: object {obj!r} (only the main program "
+                                 f"can be patched for now)")
+            if new_ptr & 1:
+                raise PatchError(f"{path}: replacement of {old} is Thumb code; build the "
+                                 f"patch with -marm")
+            new_name = by_addr.get(new_ptr, f"{new_ptr:#x}")
+            func = KlpFunc(old, sympos, new_ptr, new_name)
+            by_object.setdefault(obj, KlpObject(obj)).funcs.append(func)
+    objects = list(by_object.values())
+    labels = [f.label for o in objects for f in o.funcs]
+    dup = {x for x in labels if labels.count(x) > 1}
+    if dup:
+        raise PatchError(f"{path}: {sorted(dup)[0]} is replaced twice in one patch")
+    return name, objects
+
+
+def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
+               base: int = 0x10000000) -> KlpPatch:
+    """Read and validate a patch module against *target*, without touching any
+    machine: lay it out at a trial *base*, resolve every symbol, decode the
+    descriptors."""
+    image = ElfImage(path)
+    if not image.is_relocatable:
+        raise PatchError(f"{image.path}: not a relocatable object (.o); build the patch "
+                         f"with -c")
+    module = load_objects([image], base=base, target=target, exports=exports)
+    name, objects = parse_descriptors(image, module)
+    tsec = next((s for s in module.sections if s.name == ".armlp.target"), None)
+    build_id = tsec.data.split(b"\0")[0].decode() if tsec is not None else None
+    return KlpPatch(name, image.path, image, objects, build_id or None)
+
+
+def relocate_patch(patch: KlpPatch, target: ElfImage, exports: dict[str, int],
+                   base: int) -> LoadedModule:
+    """Lay the patch out at *base* and refresh its functions' new addresses."""
+    module = load_objects([patch.image], base=base, target=target, exports=exports)
+    _, objects = parse_descriptors(patch.image, module)
+    fresh = {f.label: f.new_func for o in objects for f in o.funcs}
+    for f in patch.funcs:
+        f.new_func = fresh[f.label]
+    return module
