@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     proofs = Prover(target, seed=args.seed).prove([records[r.site] for r in patchable
                                                    if r.site is not None],
                                                   trials=args.trials)
-    doc = _document(args, target, proofs, skipped)
+    doc = _document(args, target, reports, proofs, skipped)
     if args.json:
         sys.stdout.write(json.dumps(doc) + "\n")
     else:
@@ -117,22 +117,22 @@ def _path_stats(proofs: list[FunctionProof]) -> dict[str, dict[str, object]]:
     return out
 
 
-def _document(args: argparse.Namespace, target: Target, proofs: list[FunctionProof],
-              skipped: list[FunctionReport]) -> dict[str, object]:
+def _document(args: argparse.Namespace, target: Target, reports: list[FunctionReport],
+              proofs: list[FunctionProof], skipped: list[FunctionReport]
+              ) -> dict[str, object]:
     by_rule: dict[str, dict[str, int]] = {}
     for p in proofs:
         row = by_rule.setdefault(p.rule or "-", {"verified": 0, "failed": 0})
         row["verified" if p.verified else "failed"] += 1
     reasons = Counter(r.verdict.reason_code for r in skipped)
-    funcs = target.scan.functions
     return {
         "program": str(args.program),
         "build_id": target.image.build_id,
         "trials": args.trials,
         "seed": args.seed,
         "summary": {
-            "functions": len(funcs),
-            "with_mcount_site": sum(r.site is not None for r in funcs),
+            "functions": len(reports),
+            "with_mcount_site": sum(r.site is not None for r in reports),
             "patchable": len(proofs),
             "verified": sum(p.verified for p in proofs),
             "failed": sum(not p.verified for p in proofs),
@@ -151,7 +151,7 @@ def _document(args: argparse.Namespace, target: Target, proofs: list[FunctionPro
 def _print(doc: dict[str, Any], proofs: list[FunctionProof]) -> None:
     s = doc["summary"]
     print(f"{doc['program']}: {s['functions']} functions, {s['with_mcount_site']} with an "
-          f"mcount site, {s['patchable']} patchable, {s['skipped']} skipped (not patchable)")
+          f"mcount site: {s['patchable']} patchable, {s['skipped']} skipped (not patchable)")
     print(f"{'rule':8} {'verified':>8} {'failed':>8}")
     for rule, row in s["by_rule"].items():
         print(f"{rule:8} {row['verified']:8} {row['failed']:8}")
@@ -169,6 +169,6 @@ def _print(doc: dict[str, Any], proofs: list[FunctionProof]) -> None:
                 label = p.name if not p.sympos else f"{p.name},{p.sympos}"
                 print(f"FAILED {label} at {p.address:#x} (rule {p.rule}) path {name}: "
                       f"{r.mismatch}")
-    verdict = "all verified" if s["failed"] == 0 else f"{s['failed']} FAILED"
-    print(f"{s['verified']} of {s['patchable']} patchable functions verified, {verdict} "
+    failed = f", {s['failed']} FAILED" if s["failed"] else ""
+    print(f"{s['verified']} of {s['patchable']} patchable functions verified{failed} "
           f"({doc['trials']} random entry contexts each, seed {doc['seed']})")

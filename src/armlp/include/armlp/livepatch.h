@@ -55,6 +55,6 @@ static const char armlp__target_build_id[]
 
 /* Refer to a static of the patched program: ARMLP_SYMBOL(counter, 2) is the
  * second static named "counter" (kernel .klp.sym naming, main program). */
-#define ARMLP_SYMBOL(name, pos) __asm__(".klp.sym.program." #name "," #pos)
+#define ARMLP_SYMBOL(name, pos) __asm__("\".klp.sym.program." #name "," #pos "\"")
 
 #endif

@@ -1,0 +1,204 @@
+"""The livepatch core on the emulator: every prologue shape, stacking with
+disables in every order, statics, a function live in an outer frame, and
+refusals that leave the target byte-for-byte untouched."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from armlp.build import build_program
+from armlp.errors import ArmlpError
+from armlp.livepatch import Livepatch
+from armlp.machine.emulator import Emulator
+from armlp.target import Target
+from armlp.toolchain import patch_cflags, tool
+
+HERE = Path(__file__).resolve().parent
+PATCHES = HERE / "patches"
+SOURCES = [HERE / "corpus" / "lp_prog.c", HERE / "corpus" / "lp_other.c"]
+
+
+@pytest.fixture(scope="module", params=[["-O2"], ["-O2", "-mno-apcs-frame"]],
+                ids=["apcs", "push"])
+def program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("lp") / "lp_prog"
+    return build_program(SOURCES, out, cflags=request.param)
+
+
+def build_patch(name: str, program: Path, *, bind: bool = True) -> Path:
+    from armlp.elf.image import ElfImage
+    out = program.parent / f"{name}.o"
+    build_id = ElfImage(program).build_id if bind else None
+    subprocess.run([tool("gcc"), *patch_cflags(build_id), "-c", str(PATCHES / f"{name}.c"),
+                    "-o", str(out)], check=True)
+    return out
+
+
+def fresh(program: Path) -> tuple[Target, Livepatch, Emulator]:
+    target = Target.emulate(program)
+    assert isinstance(target.machine, Emulator)
+    return target, Livepatch(target), target.machine
+
+
+def fn(target: Target, name: str, sympos: int | None = None) -> int:
+    return target.scan.find(name, sympos).fn.address
+
+
+def snapshot(emu: Emulator) -> dict[tuple[int, int], bytes]:
+    """Every mapped byte of the target."""
+    return {(s, e): emu.read(s, e - s) for s, e, _ in emu.regions()}
+
+
+def test_every_shape_patched_and_unpatched(program: Path) -> None:
+    target, lp, emu = fresh(program)
+    patch = lp.load(build_patch("shapes", program))
+    calls = {
+        "leaf": ((5,), 6, 1005),
+        "many": ((1, 2, 3, 4, 5, 6), 21, 42),
+        "vsum": ((3, 1, 2, 3), 6, 60),
+        "five_sum": ((2,), 10, 30),
+        "bigframe": ((3,), 4, 108),
+    }
+
+    def results() -> dict[str, int]:
+        return {k: emu.call(fn(target, k), args) for k, (args, _, _) in calls.items()}
+
+    def wide() -> int:
+        lo = emu.call(fn(target, "wide"), (5, 0, 3, 0, 7, 0))   # a=5, b=3, c=7 (r2 skipped)
+        return lo
+
+    assert results() == {k: v[1] for k, v in calls.items()} and wide() == 22
+    lp.enable(patch)
+    assert results() == {k: v[2] for k, v in calls.items()} and wide() == 8
+    lp.disable(patch)
+    assert results() == {k: v[1] for k, v in calls.items()} and wide() == 22
+    assert patch.memory == 0          # freed: nothing of it is on the stack
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))),
+                         ids=lambda o: "".join(map(str, o)))
+def test_three_stacked_patches_disabled_in_every_order(order: tuple[int, ...],
+                                                       program: Path) -> None:
+    target, lp, emu = fresh(program)
+    patches = [lp.load(build_patch(f"stack{n}", program)) for n in (1, 2, 3)]
+    leaf = fn(target, "leaf")
+    assert emu.call(leaf, (1,)) == 2
+    for i, p in enumerate(patches):
+        lp.enable(p)
+        assert emu.call(leaf, (1,)) == 1 + 100 * (i + 1)    # the newest wins
+    alive = [1, 2, 3]
+    for i in order:
+        lp.disable(patches[i])
+        alive.remove(i + 1)
+        want = 1 + 100 * alive[-1] if alive else 2         # the newest still enabled
+        assert emu.call(leaf, (1,)) == want
+    assert lp.stacks == {}
+
+
+def test_patch_uses_program_statics(program: Path) -> None:
+    target, lp, emu = fresh(program)
+    use_helper = fn(target, "use_helper")
+    assert emu.call(use_helper, (2,)) == 2 * 2 + 7
+    lp.enable(lp.load(build_patch("statics", program)))
+    assert emu.call(use_helper, (2,)) == 100 * (2 * 2) + 7
+
+
+def test_static_with_sympos_is_the_right_one(program: Path) -> None:
+    target, lp, emu = fresh(program)
+    lp.enable(lp.load(build_patch("helper2", program)))
+    assert emu.call(fn(target, "use_helper2"), (2,)) == 60      # lp_other.c's helper
+    assert emu.call(fn(target, "use_helper"), (2,)) == 4 + 7    # lp_prog.c's is untouched
+
+
+def test_function_running_in_outer_frames_finishes_in_old_code(program: Path) -> None:
+    """rec(5) is stopped at the entry of its call rec(2); the patch is enabled
+    there.  The three outer invocations finish in old code (+1 each); the call
+    being made and all later ones run the new code (+10 each): 3 + 20."""
+    target, lp, emu = fresh(program)
+    rec = fn(target, "rec")
+    patch = lp.load(build_patch("rec", program))
+    hits = []
+
+    def at_entry(e: Emulator, address: int, _size: int) -> None:
+        if address == rec:
+            hits.append(e.reg("r0"))
+            if e.reg("r0") == 2:
+                e.stop()
+    handle = emu.hook_code(at_entry, rec, rec)
+    saved = emu.get_regs()
+    emu.set_regs(saved.__class__(list(saved.r), saved.sp & ~7, 0xFFFF8000, rec, saved.cpsr))
+    emu.set_reg("r0", 5)
+    stop = emu.run()
+    assert stop.reason.value == "stopped" and hits == [5, 4, 3, 2]
+    emu.remove_hook(handle)
+    lp.enable(patch)
+    stop = emu.run(until=0xFFFF8000)
+    assert emu.reg("r0") == 3 + 20
+    assert emu.call(rec, (5,)) == 50
+    lp.disable(patch)
+    assert emu.call(rec, (5,)) == 5
+
+
+@pytest.mark.parametrize("name,message", [
+    ("untraced", "not patchable"),
+    ("missing", "no_such_function"),
+    ("nosuchold", "ghost"),
+    ("ambiguous", "ambiguous"),
+])
+def test_refusals_leave_the_target_untouched(name: str, message: str, program: Path) -> None:
+    target, lp, emu = fresh(program)
+    before = snapshot(emu)
+    with pytest.raises(ArmlpError, match=message):
+        lp.enable(lp.load(build_patch(name, program)))
+    assert snapshot(emu) == before
+
+
+def test_patch_for_another_program_is_refused(program: Path, tmp_path: Path) -> None:
+    other = build_program([HERE / "corpus" / "lp_prog.c", HERE / "corpus" / "lp_other.c"],
+                          tmp_path / "other", cflags=["-O1"])
+    patch = build_patch("stack1", other)
+    target, lp, emu = fresh(program)
+    before = snapshot(emu)
+    with pytest.raises(ArmlpError, match="build-id"):
+        lp.enable(lp.load(patch))
+    assert snapshot(emu) == before
+
+
+def test_wrong_architecture_patch_is_refused(program: Path, tmp_path: Path) -> None:
+    host_obj = tmp_path / "x86.o"
+    subprocess.run(["gcc", "-c", "-x", "c", "-", "-o", str(host_obj)], input=b"int f(void){return 1;}",
+                   check=True)
+    target, lp, emu = fresh(program)
+    before = snapshot(emu)
+    with pytest.raises(ArmlpError, match="not ARM|64-bit"):
+        lp.load(host_obj)
+    assert snapshot(emu) == before
+
+
+def test_failure_halfway_rolls_back(program: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure after some functions were switched restores everything."""
+    target, lp, emu = fresh(program)
+    patch = lp.load(build_patch("shapes", program))
+    before = snapshot(emu)
+    calls = []
+    real = lp._push
+
+    def failing_push(p, f, undo):  # type: ignore[no-untyped-def]
+        calls.append(f.label)
+        if len(calls) == 4:
+            raise ArmlpError("injected failure")
+        real(p, f, undo)
+    monkeypatch.setattr(lp, "_push", failing_push)
+    with pytest.raises(ArmlpError, match="injected"):
+        lp.enable(patch)
+    regions_before = {k for k in before}
+    after = snapshot(emu)
+    # Every region that existed before holds the same bytes (new heap chunks
+    # may stay mapped, unused).
+    assert {k: after[k] for k in regions_before if k in after} == {
+        k: v for k, v in before.items() if k in after}
+    assert emu.call(fn(target, "leaf"), (5,)) == 6 and lp.stacks == {}

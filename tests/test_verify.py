@@ -1,0 +1,212 @@
+"""``armlp verify``: the per-function redirect proof as a command, on the
+corpus (both rules) and on real code (zlib), with its failures and
+refusals."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from armlp.build import build_program
+from armlp.machine.emulator import Emulator, StopReason
+from armlp.target import Target
+from conftest import CORPUS, armlp
+from zlib_build import build_zlib_program
+
+SHAPES = {"frame_64k", "many_args", "varargs_sum", "struct_ret", "args64", "frame_4k"}
+
+
+def corpus_program(*flags: str) -> Path:
+    return build_program([CORPUS / "funcs.c", CORPUS / "other.c", CORPUS / "prog_main.c"],
+                         cflags=["-O2", *flags])
+
+
+def verify_json(*args: str | Path, code: int = 0) -> dict[str, Any]:
+    res = armlp("verify", "--json", *args)
+    assert res.code == code, res.err
+    assert res.err == ""
+    doc: dict[str, Any] = json.loads(res.out)
+    return doc
+
+
+@pytest.mark.parametrize("flags", [(), ("-mno-apcs-frame",)], ids=["apcs", "noapcs"])
+def test_corpus_every_function_verified(flags: tuple[str, ...]) -> None:
+    prog = corpus_program(*flags)
+    doc = verify_json(prog)
+    funcs = doc["functions"]
+    s = doc["summary"]
+    assert SHAPES <= {f["name"] for f in funcs}
+    assert all(f["verified"] for f in funcs), [f for f in funcs if not f["verified"]]
+    assert s["patchable"] == len(funcs) == s["verified"] and s["failed"] == 0
+    assert s["skipped"] == 0 and s["with_mcount_site"] == len(funcs)
+    rules = {f["rule"] for f in funcs}
+    assert rules == ({"push"} if flags else {"apcs", "push"})
+    assert set(s["by_rule"]) == rules
+    for f in funcs:
+        generic = f["paths"]["generic"]
+        assert generic["verified"] and generic["mismatch"] is None
+        # prologue + push {lr} + regs trampoline + undo: tens of instructions
+        assert 20 < generic["instructions"] < 400, f
+    # The same figures as the scan: every function with an mcount site is here.
+    scan = json.loads(armlp("scan", "--json", prog).out)
+    assert s["patchable"] == scan["summary"]["patchable"]
+    assert s["functions"] == scan["summary"]["functions"]
+
+
+def test_text_output_summary() -> None:
+    res = armlp("verify", corpus_program())
+    assert res.code == 0, res.err
+    assert re.search(r"18 of 18 patchable functions verified \(8 random", res.out)
+    assert re.search(r"^apcs\s+17\s+0$", res.out, re.M)
+    assert re.search(r"^push\s+1\s+0$", res.out, re.M)
+    assert "path generic: 18/18 verified, entry -> new function" in res.out
+    assert "FAILED" not in res.out
+
+
+def test_one_function_and_sympos() -> None:
+    prog = corpus_program()
+    doc = verify_json(prog, "--function", "many_args", "--trials", "20", "--seed", "7")
+    assert [(f["name"], f["verified"]) for f in doc["functions"]] == [("many_args", True)]
+    assert doc["trials"] == 20 and doc["seed"] == 7
+    assert doc["summary"]["patchable"] == 1
+    doc = verify_json(prog, "--function", "dup_static,2")
+    assert [(f["name"], f["sympos"]) for f in doc["functions"]] == [("dup_static", 2)]
+    res = armlp("verify", prog, "--function", "dup_static")
+    assert res.code == 2 and res.err.count("\n") == 1 and "ambiguous" in res.err
+
+
+def test_reproducible_with_a_seed() -> None:
+    prog = corpus_program()
+    assert verify_json(prog, "--seed", "3") == verify_json(prog, "--seed", "3")
+
+
+@pytest.fixture
+def corrupted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Targets the CLI creates get one push-rule record's frame size changed
+    (what the trampoline pops to undo the prologue) by ``delta``."""
+    state: dict[str, Any] = {"delta": 8, "name": None}
+    original = Target.emulate.__func__   # type: ignore[attr-defined]
+
+    def emulate(cls: type[Target], path: str | Path, argv: Any = None, **options: Any
+                ) -> Target:
+        target: Target = original(cls, path, argv, **options)
+        rec = next(r for r in target.ftrace.records.values()
+                   if r.report.verdict.rule == "push" and r.report.undo
+                   and r.report.undo.frame_size > 0)
+        target.machine.write(rec.record + 12,
+                             struct.pack("<I", rec.report.undo.frame_size + state["delta"]))
+        state["name"] = rec.report.fn.name
+        return target
+
+    monkeypatch.setattr(Target, "emulate", classmethod(emulate))
+    yield state
+
+
+def test_a_wrong_undo_fails_with_exit_1(corrupted: dict[str, Any]) -> None:
+    prog = corpus_program("-mno-apcs-frame")
+    doc = verify_json(prog, code=1)
+    bad = [f for f in doc["functions"] if not f["verified"]]
+    assert [f["name"] for f in bad] == [corrupted["name"]]
+    assert "sp=" in bad[0]["paths"]["generic"]["mismatch"]
+    assert doc["summary"]["failed"] == 1
+    assert doc["summary"]["verified"] == len(doc["functions"]) - 1
+    res = armlp("verify", prog)
+    assert res.code == 1
+    assert f"FAILED {corrupted['name']} at 0x" in res.out and "sp=" in res.out
+    assert "1 FAILED" in res.out
+
+
+def test_an_undo_that_crashes_is_a_failure_not_an_error(corrupted: dict[str, Any]) -> None:
+    corrupted["delta"] = 0x4000_0000     # the undo pops far outside the stack
+    doc = verify_json(corpus_program("-mno-apcs-frame"), code=1)
+    bad = [f for f in doc["functions"] if not f["verified"]]
+    assert [f["name"] for f in bad] == [corrupted["name"]]
+    assert "did not reach the probe" in bad[0]["paths"]["generic"]["mismatch"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/nonexistent/prog"], "cannot read"),
+    (["{notelf}"], "not an ELF"),
+    (["{object}"], "not a static executable"),
+    (["{prog}", "--function", "no_such_function"], "no function named"),
+    (["{prog}", "--function", "memcpy"], "is not patchable"),
+    (["{prog}", "--function", "many_args,x"], "SYMPOS must be a number"),
+    (["{prog}", "--trials", "0"], "--trials must be at least 1"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    notelf = tmp_path / "notelf"
+    notelf.write_text("hello\n")
+    obj = tmp_path / "funcs.o"
+    from armlp.toolchain import PATCHABLE_CFLAGS, compile_object
+    compile_object(CORPUS / "funcs.c", obj, [*PATCHABLE_CFLAGS, "-O2"])
+    subst = {"{notelf}": str(notelf), "{object}": str(obj), "{prog}": str(corpus_program())}
+    res = armlp("verify", *[subst.get(a, a) for a in args])
+    assert res.code == 2
+    assert res.out == ""
+    assert res.err.count("\n") == 1 and res.err.startswith("armlp: error: ")
+    assert message in res.err
+
+
+def test_help_explains_the_proof() -> None:
+    res = armlp("verify", "--help")
+    assert res.code == 0
+    for words in ("ftrace_regs_caller", "r0-r11, sp", "stack-argument", "probe",
+                  "Exit status"):
+        assert words in res.out
+
+
+# --- real code: zlib -----------------------------------------------------------
+
+ZLIB_FUNCTIONS = {"inflate", "deflate", "crc32", "adler32", "inflate_table", "inflate_fast",
+                  "_tr_flush_block", "inflateBack", "compress2", "uncompress", "gzread",
+                  "gzwrite", "gzprintf", "gzclose_r", "deflateParams", "longest_match"}
+
+
+def run_zlib(prog: Path) -> None:
+    """The program itself: every round trip OK, and its .gz file (on stderr)
+    is read back by the host's zlib into the data whose crc32 and adler32
+    the program printed."""
+    emu = Emulator.from_elf(prog)
+    stop = emu.run(max_instructions=1_000_000_000)
+    assert stop.reason is StopReason.EXITED and stop.exit_status == 0, emu.stdout
+    out = emu.stdout.decode()
+    assert "round trip ok" in out and "FAIL" not in out
+    m = re.search(r"zlib (\S+) length (\d+) crc32 (0x[0-9a-f]+) adler32 (0x[0-9a-f]+)", out)
+    assert m, out
+    assert m.group(1) == zlib.ZLIB_VERSION or m.group(1).startswith("1.")
+    data = gzip.decompress(emu.stderr)
+    n = int(m.group(2))
+    assert data[n:] == b"trailer 42\n"
+    assert zlib.crc32(data[:n]) == int(m.group(3), 16)
+    assert zlib.adler32(data[:n]) == int(m.group(4), 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,rule", [((), "apcs"), (("-mno-apcs-frame",), "push")],
+                         ids=["apcs", "noapcs"])
+def test_zlib_every_patchable_function_verified(flags: tuple[str, ...], rule: str) -> None:
+    prog = build_zlib_program(flags)
+    run_zlib(prog)
+    start = time.monotonic()
+    doc = verify_json(prog)
+    elapsed = time.monotonic() - start
+    funcs = doc["functions"]
+    s = doc["summary"]
+    assert len(funcs) > 50
+    assert ZLIB_FUNCTIONS <= {f["name"] for f in funcs}
+    assert [f["name"] for f in funcs if not f["verified"]] == []
+    assert s["verified"] == s["patchable"] == len(funcs) and s["failed"] == 0
+    assert s["by_rule"] == {rule: {"verified": len(funcs), "failed": 0}}
+    # Every function with an mcount site (all of zlib) is patchable and proven.
+    assert s["skipped"] == 0 and s["with_mcount_site"] == len(funcs)
+    assert all(isinstance(f["paths"]["generic"]["instructions"], int) for f in funcs)
+    assert elapsed < 60
