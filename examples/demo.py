@@ -1,5 +1,6 @@
-"""The main job: build an example ARM program, show which of its functions
-armlp can live patch, then run it in the emulator with the function tracer.
+"""The main job: build an example ARM service with a bug and a patch module
+that fixes it, show which functions armlp can patch, then run the service in
+the emulator, apply the fix while it runs, and take it out again.
 
 Run through ``./run.sh demo`` (which installs what is missing first).
 """
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from armlp.build import build_program
+from armlp.toolchain import tool
 
 HERE = Path(__file__).resolve().parent
 
@@ -23,13 +25,27 @@ def armlp(*args: str) -> None:
         sys.exit(proc.returncode)
 
 
+def rel(path: Path) -> str:
+    return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+
+
 def main() -> int:
-    program = build_program([HERE / "programs" / "calls.c"], HERE.parent / "build" / "calls")
-    rel = program.relative_to(Path.cwd()) if program.is_relative_to(Path.cwd()) else program
-    print(f"built {rel} from examples/programs/calls.c with -marm -pg -mapcs-frame -O2")
-    armlp("scan", str(rel))
-    armlp("scan", str(rel), "--function", "top")
-    armlp("trace", "--graph", str(rel))
+    build = HERE.parent / "build"
+    service = build_program([HERE / "programs" / "service.c"], build / "service")
+    print(f"built {rel(service)} from examples/programs/service.c "
+          f"(-marm -pg -mapcs-frame -O2): price() forgets the 10% discount")
+    flags = subprocess.run([sys.executable, "-m", "armlp.cli.main", "cflags", "--target",
+                            str(service)], check=True, capture_output=True, text=True).stdout
+    fix = build / "fix_price.o"
+    subprocess.run([tool("gcc"), *flags.split(), "-c", str(HERE / "patches" / "fix_price.c"),
+                    "-o", str(fix)], check=True)
+    print(f"built {rel(fix)} from examples/patches/fix_price.c with $(armlp cflags --target "
+          f"{rel(service)})")
+    armlp("scan", rel(service), "--function", "price")
+    armlp("run", "--machine", "emu", rel(service), "--patch", rel(fix), "--after", "450",
+          "--unpatch-after", "400")
+    calls = build_program([HERE / "programs" / "calls.c"], build / "calls")
+    armlp("trace", "--graph", rel(calls))
     return 0
 
 

@@ -150,7 +150,7 @@ def test_function_running_in_outer_frames_finishes_in_old_code(program: Path) ->
     ("ambiguous", "ambiguous"),
 ])
 def test_refusals_leave_the_target_untouched(name: str, message: str, program: Path) -> None:
-    target, lp, emu = fresh(program)
+    _target, lp, emu = fresh(program)
     before = snapshot(emu)
     with pytest.raises(ArmlpError, match=message):
         lp.enable(lp.load(build_patch(name, program)))
@@ -161,7 +161,7 @@ def test_patch_for_another_program_is_refused(program: Path, tmp_path: Path) -> 
     other = build_program([HERE / "corpus" / "lp_prog.c", HERE / "corpus" / "lp_other.c"],
                           tmp_path / "other", cflags=["-O1"])
     patch = build_patch("stack1", other)
-    target, lp, emu = fresh(program)
+    _target, lp, emu = fresh(program)
     before = snapshot(emu)
     with pytest.raises(ArmlpError, match="build-id"):
         lp.enable(lp.load(patch))
@@ -170,11 +170,11 @@ def test_patch_for_another_program_is_refused(program: Path, tmp_path: Path) -> 
 
 def test_wrong_architecture_patch_is_refused(program: Path, tmp_path: Path) -> None:
     host_obj = tmp_path / "x86.o"
-    subprocess.run(["gcc", "-c", "-x", "c", "-", "-o", str(host_obj)], input=b"int f(void){return 1;}",
-                   check=True)
-    target, lp, emu = fresh(program)
+    subprocess.run(["gcc", "-c", "-x", "c", "-", "-o", str(host_obj)],
+                   input=b"int f(void){return 1;}", check=True)
+    _target, lp, emu = fresh(program)
     before = snapshot(emu)
-    with pytest.raises(ArmlpError, match="not ARM|64-bit"):
+    with pytest.raises(ArmlpError, match=r"not ARM|64-bit"):
         lp.load(host_obj)
     assert snapshot(emu) == before
 

@@ -44,7 +44,7 @@ def test_corpus_every_function_verified(flags: tuple[str, ...]) -> None:
     doc = verify_json(prog)
     funcs = doc["functions"]
     s = doc["summary"]
-    assert SHAPES <= {f["name"] for f in funcs}
+    assert {f["name"] for f in funcs} >= SHAPES
     assert all(f["verified"] for f in funcs), [f for f in funcs if not f["verified"]]
     assert s["patchable"] == len(funcs) == s["verified"] and s["failed"] == 0
     assert s["skipped"] == 0 and s["with_mcount_site"] == len(funcs)
@@ -91,9 +91,11 @@ def test_reproducible_with_a_seed() -> None:
 
 @pytest.fixture
 def corrupted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """Targets the CLI creates get one push-rule record's frame size changed
-    (what the trampoline pops to undo the prologue) by ``delta``."""
-    state: dict[str, Any] = {"delta": 8, "name": None}
+    """Targets the CLI creates get one push-rule function broken: by default
+    its record's frame size (what the trampoline pops to undo the prologue)
+    is 8 too large; with ``crash`` set, its first instruction becomes a
+    ``udf`` so the call faults before reaching the probe."""
+    state: dict[str, Any] = {"crash": False, "name": None}
     original = Target.emulate.__func__   # type: ignore[attr-defined]
 
     def emulate(cls: type[Target], path: str | Path, argv: Any = None, **options: Any
@@ -102,8 +104,11 @@ def corrupted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         rec = next(r for r in target.ftrace.records.values()
                    if r.report.verdict.rule == "push" and r.report.undo
                    and r.report.undo.frame_size > 0)
-        target.machine.write(rec.record + 12,
-                             struct.pack("<I", rec.report.undo.frame_size + state["delta"]))
+        if state["crash"]:
+            target.machine.write(rec.report.fn.address, struct.pack("<I", 0xE7F000F0))
+        else:
+            target.machine.write(rec.record + 12,
+                                 struct.pack("<I", rec.report.undo.frame_size + 8))
         state["name"] = rec.report.fn.name
         return target
 
@@ -126,7 +131,7 @@ def test_a_wrong_undo_fails_with_exit_1(corrupted: dict[str, Any]) -> None:
 
 
 def test_an_undo_that_crashes_is_a_failure_not_an_error(corrupted: dict[str, Any]) -> None:
-    corrupted["delta"] = 0x4000_0000     # the undo pops far outside the stack
+    corrupted["crash"] = True
     doc = verify_json(corpus_program("-mno-apcs-frame"), code=1)
     bad = [f for f in doc["functions"] if not f["verified"]]
     assert [f["name"] for f in bad] == [corrupted["name"]]
@@ -202,7 +207,7 @@ def test_zlib_every_patchable_function_verified(flags: tuple[str, ...], rule: st
     funcs = doc["functions"]
     s = doc["summary"]
     assert len(funcs) > 50
-    assert ZLIB_FUNCTIONS <= {f["name"] for f in funcs}
+    assert {f["name"] for f in funcs} >= ZLIB_FUNCTIONS
     assert [f["name"] for f in funcs if not f["verified"]] == []
     assert s["verified"] == s["patchable"] == len(funcs) and s["failed"] == 0
     assert s["by_rule"] == {rule: {"verified": len(funcs), "failed": 0}}

@@ -29,7 +29,7 @@ With --target the patch records PROGRAM's build-id and armlp refuses to
 apply it to any other program.
 """
 
-CHUNK = 1_000
+CHUNK = 100_000
 
 
 def register(sub: Any) -> None:
@@ -92,6 +92,19 @@ def run(args: argparse.Namespace) -> int:
 
     def now_ms() -> float:
         return clock.elapsed_ns(None) / 1e6
+
+    def due() -> bool:
+        if patches and applied_at is None:
+            return now_ms() >= args.after
+        return bool(applied_at is not None and args.unpatch_after is not None
+                    and any(p.enabled for p in patches)
+                    and now_ms() >= applied_at + args.unpatch_after)
+
+    def on_sleep() -> None:
+        if due():
+            emu.stop()      # act right after the program's sleep, between its outputs
+
+    emu.syscalls.on_sleep = on_sleep
 
     status: int | None = None
     while budget > 0:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import accumulate, compress, repeat
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from armlp.errors import ElfError, SymbolError
 
@@ -33,6 +33,7 @@ STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 SHN_UNDEF, SHN_ABS = 0, 0xFFF1
 _BINDS = {STB_LOCAL: "local", STB_GLOBAL: "global", STB_WEAK: "weak"}
 _SYM = struct.Struct("<IIIBBH")
+_T = TypeVar("_T")
 
 
 class Symbol(NamedTuple):
@@ -139,6 +140,13 @@ class _Columns(NamedTuple):
 
 #: st_info byte -> 1 for STT_FUNC symbols (for :func:`itertools.compress`).
 _IS_FUNC = bytes(int(i & 0xF == STT_FUNC) for i in range(256))
+#: st_info byte -> the binding's name.
+_BIND_OF_INFO = tuple(_BINDS.get(i >> 4) or str(i >> 4) for i in range(256))
+
+
+def _pick(column: Sequence[_T], index: list[int]) -> list[_T]:
+    """``[column[i] for i in index]``, at C speed."""
+    return list(map(column.__getitem__, index))
 
 
 class SymbolTable:
@@ -262,23 +270,26 @@ class SymbolTable:
         nsec = len(secnames)
         index = [i for i in compress(range(len(c.names)), c.infos.translate(_IS_FUNC))
                  if SHN_UNDEF != c.shndx[i] < nsec]
+        # Column by column (map runs at C speed), then one object per function.
+        names, values, sizes = _pick(c.names, index), _pick(c.values, index), \
+            _pick(c.sizes, index)
+        shndx, infos = _pick(c.shndx, index), _pick(c.infos, index)
         # A name seen once in the whole table has sympos 0; only names that
         # repeat need counting among the symbols by_name would hold.
         counts = Counter(c.names)
-        repeated = {c.names[i] for i in index if counts[c.names[i]] > 1}
-        sympos = self._sympos_table(repeated) if repeated else {}
-        thumb_map = self._maybe_thumb and self._has_thumb_mapping
-        funcs: list[FunctionSymbol] = []
-        append = funcs.append
-        names, values, sizes, infos, shndxs = c
-        for i in index:
-            value, shndx = values[i], shndxs[i]
-            addr = value & ~1
-            thumb = value & 1 or (thumb_map and self.mapping_at(shndx, addr) == "t")
-            mode = "thumb" if thumb else "arm"
-            bind = infos[i] >> 4
-            append(FunctionSymbol(names[i], sympos.get(i, 0), addr, sizes[i], mode, shndx,
-                                  secnames[shndx], _BINDS.get(bind) or str(bind), i))
+        repeated = {name for name in names if counts[name] > 1}
+        table = self._sympos_table(repeated) if repeated else {}
+        sympos = list(map(table.get, index, repeat(0)))
+        thumb_bits = sum(map((1).__and__, values))
+        addresses = list(map((~1).__and__, values)) if thumb_bits else values
+        if thumb_bits or (self._maybe_thumb and self._has_thumb_mapping):
+            modes = ["thumb" if v & 1 or self.mapping_at(sh, a) == "t" else "arm"
+                     for v, a, sh in zip(values, addresses, shndx, strict=True)]
+        else:
+            modes = ["arm"] * len(index)
+        funcs = list(map(FunctionSymbol, names, sympos, addresses, sizes, modes, shndx,
+                         map(secnames.__getitem__, shndx), map(_BIND_OF_INFO.__getitem__, infos),
+                         index))
         return funcs
 
     def named(self, name: str) -> list[Symbol]:

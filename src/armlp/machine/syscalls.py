@@ -127,6 +127,9 @@ class LinuxSyscalls:
     unknown: list[UnknownSyscall] = field(default_factory=list)
     counts: dict[int, int] = field(default_factory=dict)
     pid: int = 1000
+    #: Called after a sleep advanced the virtual clock (armlp run uses it to
+    #: act at the program's sleep points, e.g. to stop and apply a patch).
+    on_sleep: Callable[[], None] | None = None
 
     def handle(self, host: SyscallHost, number: int, args: tuple[int, ...],
                pc: int) -> int | SyscallStop:
@@ -246,6 +249,8 @@ class LinuxSyscalls:
             time.sleep(ns / _NS)
         else:
             self.vclock.slept_ns += ns
+            if self.on_sleep is not None:
+                self.on_sleep()
         if rem and not flags & TIMER_ABSTIME:
             host.write(rem, (_TS64 if wide else _TS32).pack(0, 0))
         return 0
