@@ -7,10 +7,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import armlp
-
 from armlp.build import build_program
 from armlp.toolchain import tool
+from conftest import armlp
 
 REPO = Path(__file__).resolve().parent.parent
 

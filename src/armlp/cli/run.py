@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     def due() -> bool:
         if patches and applied_at is None:
-            return now_ms() >= args.after
+            return bool(now_ms() >= args.after)
         return bool(applied_at is not None and args.unpatch_after is not None
                     and any(p.enabled for p in patches)
                     and now_ms() >= applied_at + args.unpatch_after)
