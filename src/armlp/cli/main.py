@@ -7,6 +7,7 @@ code 2; nothing a user types produces a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -16,7 +17,14 @@ from armlp.errors import ArmlpError
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The subcommands, in help order: each is a module ``armlp.cli.<name>`` with
+#: ``register(sub)``.
+COMMANDS = ("scan", "trace", "verify", "run")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or only of *command*: the one the user
+    typed, so that ``armlp scan`` does not import what ``armlp run`` needs."""
     parser = argparse.ArgumentParser(
         prog="armlp",
         description="Live patching for 32-bit ARM code built with -marm -pg -mapcs-frame.",
@@ -24,17 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"armlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from armlp.cli import run, scan, trace
-    scan.register(sub)
-    trace.register(sub)
-    from armlp.cli import verify
-    verify.register(sub)
-    run.register(sub)
+    for name in COMMANDS:
+        if command in (None, name):
+            importlib.import_module(f"armlp.cli.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from armlp.analysis.scan import FunctionReport, ScanResult
-from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, branch_in_range, encode_bl
+from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, branch_in_range, encode_b, encode_bl
 from armlp.errors import ArmlpError, CodeModificationError
 from armlp.ftrace.veneers import VeneerPool
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
@@ -53,6 +53,14 @@ class FtraceOps:
     ``regs_func`` (default: ``func``) is called where the site goes through
     ``ftrace_regs_caller`` with a struct pt_regs.  ``FTRACE_OPS_FL_SAVE_REGS``
     users always get the regs trampoline (they may move pc).
+
+    The fast path (the kernel's ftrace direct calls, one step further): while
+    an ops with ``direct`` is a site's only user, the site holds ``b direct``
+    — a per-function trampoline entered with lr and the frame as the
+    prologue left them — and, with ``direct_entry``, the function's first
+    instruction becomes ``b direct_entry`` so new calls never run the old
+    prologue at all.  As soon as another user joins, the site goes back to
+    the generic trampolines and the entry instruction to its original word.
     """
 
     name: str
@@ -64,6 +72,8 @@ class FtraceOps:
     ips: set[int] | None = None
     address: int = 0
     regs_address: int = 0
+    direct: int | None = None
+    direct_entry: int | None = None
 
     @property
     def save_regs(self) -> bool:
@@ -93,6 +103,15 @@ class DynFtrace:
     record: int = 0            # address of struct armlp_site in the target
     word: int = 0              # what the site holds now
     users: list[FtraceOps] = field(default_factory=list)
+    entry_orig: int = 0        # the function's first word as built
+    entry_word: int = 0        # what the first word holds now
+
+    @property
+    def direct_ops(self) -> FtraceOps | None:
+        """The sole user, when it asks for the fast path."""
+        if len(self.users) == 1 and self.users[0].direct is not None:
+            return self.users[0]
+        return None
 
     @property
     def name(self) -> str:
@@ -154,6 +173,8 @@ class Ftrace:
         self.machine.write(table, struct.pack(f"<{len(slots)}I", *slots))
         self.machine.write(self.runtime.symbol("armlp_sites"), SITE_TABLE.pack(bits, table))
         writes = []
+        for rec in recs:
+            rec.entry_orig = rec.entry_word = read_word(self.machine, rec.report.fn.address)
         for rec in recs:
             old = encode_bl(rec.ip, self.mcount)
             writes.append(CodeWrite(rec.ip, struct.pack("<I", old), struct.pack("<I", NOP)))
@@ -239,9 +260,30 @@ class Ftrace:
         """What the site should hold for its current users."""
         if not rec.users:
             return NOP
+        direct = rec.direct_ops
+        if direct is not None and direct.direct is not None:
+            return self._branch_word(rec.ip, direct.direct)
         target = self.runtime.symbol(
             "ftrace_regs_caller" if any(u.save_regs for u in rec.users) else "ftrace_caller")
         return self._call_word(rec.ip, target)
+
+    def wanted_entry(self, rec: DynFtrace) -> int:
+        """What the function's first word should hold."""
+        direct = rec.direct_ops
+        if direct is not None and direct.direct_entry is not None:
+            return self._branch_word(rec.report.fn.address, direct.direct_entry)
+        return rec.entry_orig
+
+    def _branch_word(self, at: int, target: int) -> int:
+        if not branch_in_range(at, target):
+            target = self.veneers.get(at, target)
+        return encode_b(at, target)
+
+    def set_direct(self, ops: FtraceOps, direct: int | None,
+                   direct_entry: int | None) -> None:
+        """Move a registered ops' fast path (e.g. its func stack's top changed)."""
+        ops.direct, ops.direct_entry = direct, direct_entry
+        self._update([r for r in self.records.values() if ops in r.users])
 
     def _call_word(self, ip: int, target: int) -> int:
         if not branch_in_range(ip, target):
@@ -259,6 +301,7 @@ class Ftrace:
         self._check_words(recs)
         writes: list[CodeWrite] = []
         wanted: list[tuple[DynFtrace, int]] = []
+        entries: list[tuple[DynFtrace, int]] = []
         for rec in recs:
             self._write_record_users(rec)
             want = self.wanted_word(rec)
@@ -266,19 +309,28 @@ class Ftrace:
             if want != rec.word:
                 writes.append(CodeWrite(rec.ip, struct.pack("<I", rec.word),
                                         struct.pack("<I", want)))
+            entry = self.wanted_entry(rec)
+            entries.append((rec, entry))
+            if entry != rec.entry_word:
+                writes.append(CodeWrite(rec.report.fn.address, struct.pack("<I", rec.entry_word),
+                                        struct.pack("<I", entry)))
         self._update_trace_function()
         self.machine.write_code(writes)
         for rec, want in wanted:
             rec.word = want
+        for rec, entry in entries:
+            rec.entry_word = entry
 
     def _check_words(self, recs: list[DynFtrace]) -> None:
         """Refuse before any write if a site no longer holds what we wrote."""
         for rec in recs:
-            found = read_word(self.machine, rec.ip)
-            if found != rec.word:
-                raise CodeModificationError(
-                    f"site of {rec.name} at {rec.ip:#x} holds {found:#010x}, expected "
-                    f"{rec.word:#010x}: changed under armlp, not touching it")
+            for addr, want, what in ((rec.ip, rec.word, "site"),
+                                     (rec.report.fn.address, rec.entry_word, "entry")):
+                found = read_word(self.machine, addr)
+                if found != want:
+                    raise CodeModificationError(
+                        f"{what} of {rec.name} at {addr:#x} holds {found:#010x}, expected "
+                        f"{want:#010x}: changed under armlp, not touching it")
 
     def _write_record_users(self, rec: DynFtrace) -> None:
         pad = [0] * (SITE_MAX_OPS - len(rec.users))

@@ -24,6 +24,7 @@ from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, encode_bl
 from armlp.errors import ArmlpError, PatchError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch.patch import KlpFunc, KlpPatch, read_patch, relocate_patch
+from armlp.livepatch.trampoline import build_trampoline
 from armlp.machine.base import CodeWrite, read_word, write_word
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS, KLP_FUNC_NODE, KLP_OPS
 from armlp.target import Target
@@ -38,13 +39,17 @@ class FuncStack:
     ops: FtraceOps
     klp_ops: int
     funcs: list[KlpFunc] = field(default_factory=list)
+    tramp: int = 0              # fast-path trampoline (0: generic path only)
+    literal: int = 0            # its target word
 
 
 class Livepatch:
     """The livepatch core of one target."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, *, fast: bool = True) -> None:
         self.target = target
+        self.fast = fast
+        self.dead_tramps: list[int] = []
         self.machine = target.machine
         self.ftrace = target.ftrace
         self.heap = target.ftrace.heap
@@ -152,28 +157,48 @@ class Livepatch:
         m.write(node, KLP_FUNC_NODE.pack(f.new_func, below, patch.id))
         undo.append(lambda: self.heap.free(node))
         if stack is not None:
-            write_word(m, stack.klp_ops, node)          # the switch: one word
-            stack.funcs.append(f)
             st = stack
+            old_top = st.funcs[-1].new_func
+            write_word(m, st.klp_ops, node)             # the switch: one word
+            st.funcs.append(f)
 
             def pop() -> None:
-                write_word(m, st.klp_ops, below)
                 st.funcs.remove(f)
+                write_word(m, st.klp_ops, below)
+                self._retarget(st, old_top)
             undo.append(pop)
+            self._retarget(st, f.new_func)
             return
         klp_ops = self.heap.alloc(KLP_OPS.size)
         m.write(klp_ops, KLP_OPS.pack(node))
         undo.append(lambda: self.heap.free(klp_ops))
         ops = FtraceOps(f"livepatch:{f.label}", self.target.runtime.symbol("klp_ftrace_handler"),
                         flags=FTRACE_OPS_FL_SAVE_REGS, private=klp_ops, ips={f.site})
+        new_stack = FuncStack(f.site, f.label, ops, klp_ops, [f])
+        if self.fast:
+            rep = self.ftrace.records[f.site].report
+            assert rep.undo is not None
+            tramp = build_trampoline(rep.undo, f.new_func)
+            addr = self.heap.alloc(tramp.size)
+            m.write_code([CodeWrite(addr, bytes(tramp.size), tramp.code())])
+            undo.append(lambda: self.heap.free(addr))
+            new_stack.tramp, new_stack.literal = addr, addr + 4 * tramp.literal_index
+            ops.direct, ops.direct_entry = addr, f.new_func
         self.ftrace.register_ftrace_function(ops)
         undo.append(lambda: self.ftrace.unregister_ftrace_function(ops))
-        new_stack = FuncStack(f.site, f.label, ops, klp_ops, [f])
         self.stacks[f.site] = new_stack
 
         def forget() -> None:
             self.stacks.pop(f.site, None)
         undo.append(forget)
+
+    def _retarget(self, stack: FuncStack, new_func: int) -> None:
+        """Point the fast path at the func stack's new top."""
+        if not stack.tramp:
+            return
+        write_word(self.machine, stack.literal, new_func)
+        self.machine.write_code([])      # the flush the machine needs
+        self.ftrace.set_direct(stack.ops, stack.tramp, new_func)
 
     # -- disable ------------------------------------------------------------------
 
@@ -190,10 +215,13 @@ class Livepatch:
             if i == len(stack.funcs) - 1:
                 if below:
                     write_word(m, stack.klp_ops, below)
+                    self._retarget(stack, stack.funcs[i - 1].new_func)
                 else:
                     self.ftrace.unregister_ftrace_function(stack.ops)
                     write_word(m, stack.klp_ops, 0)
                     self.heap.free(stack.klp_ops)
+                    if stack.tramp:
+                        self.dead_tramps.append(stack.tramp)
                     del self.stacks[f.site]
             else:
                 above = stack.funcs[i + 1]
@@ -209,6 +237,10 @@ class Livepatch:
     def release_deferred(self) -> list[KlpPatch]:
         """Free the memory of disabled patches no thread can still be in."""
         freed = []
+        for tramp in list(self.dead_tramps):
+            if not self._in_use(tramp, tramp + 32):
+                self.heap.free(tramp)
+                self.dead_tramps.remove(tramp)
         for patch in list(self.deferred):
             if self._in_use(patch.memory, patch.memory + patch.memory_size):
                 continue

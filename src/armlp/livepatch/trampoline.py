@@ -1,0 +1,66 @@
+"""Per-function trampolines for the fast path.
+
+The site of a function whose only ftrace user is its livepatch ops holds
+``b tramp`` (a branch, not a call: lr still holds the caller's return
+address, and sp is the site's sp minus the mcount ``push {lr}``).  The
+trampoline undoes exactly this function's prologue, with the same recipe
+the regs trampoline uses, and jumps on through a literal word — the one word
+that changes when the function's func stack changes:
+
+rule ``apcs``::
+
+    ldr   sp, [fp, #-8]          @ the caller's sp
+    ldr   fp, [fp, #-12]         @ the caller's fp
+    ldr   pc, [pc, #-4]
+    .word new_func
+
+rule ``push``::
+
+    ldr   fp, [sp, #slot + 4]    @ only if the prologue changed fp
+    add   sp, sp, #frame + 4     @ one or more adds
+    ldr   pc, [pc, #-4]
+    .word new_func
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from armlp.analysis.prologue import UndoRecipe
+from armlp.arm.a32 import FP, SP, encode_add_sp, encode_ldr_imm
+from armlp.errors import PatchError
+
+LDR_PC_PC_M4 = 0xE51FF004
+
+
+@dataclass(frozen=True)
+class Trampoline:
+    """Code words and where the target literal sits among them."""
+
+    words: tuple[int, ...]
+    literal_index: int
+
+    @property
+    def size(self) -> int:
+        return 4 * len(self.words)
+
+    def code(self) -> bytes:
+        return struct.pack(f"<{len(self.words)}I", *self.words)
+
+
+def build_trampoline(undo: UndoRecipe, target: int) -> Trampoline:
+    """The fast-path trampoline for a function with recipe *undo*."""
+    words: list[int] = []
+    if undo.rule == "apcs":
+        words += [encode_ldr_imm(SP, FP, -8), encode_ldr_imm(FP, FP, -12)]
+    elif undo.rule == "push":
+        for reg, off in undo.loads:
+            if reg != FP:
+                raise PatchError(f"undo recipe reloads r{reg}; the fast path only knows fp")
+            words.append(encode_ldr_imm(FP, SP, off + 4))
+        words += encode_add_sp(undo.frame_size + 4)
+    else:
+        raise PatchError(f"no fast path for rule {undo.rule!r}")
+    words += [LDR_PC_PC_M4, target & 0xFFFFFFFF]
+    return Trampoline(tuple(words), len(words) - 1)
