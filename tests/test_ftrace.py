@@ -177,18 +177,23 @@ CORPUS_FLAGS = [["-O0"], ["-O1"], ["-O2"], ["-Os"], ["-O3"],
 @pytest.mark.parametrize("flags", CORPUS_FLAGS, ids=lambda f: "_".join(f))
 def test_regs_path_gives_exact_entry_context(flags: list[str]) -> None:
     """The seed's reviewer asked: can we really undo the prologue?  For every
-    patchable corpus function, random contexts, redirect to a probe: the probe
-    sees r0-r11, sp, lr and the stack arguments exactly as the caller set them."""
+    patchable corpus function, random contexts, redirect to a probe through
+    the generic regs path, the fast path's per-function trampoline and the
+    entry branch: the probe sees r0-r11, sp, lr and the stack arguments
+    exactly as the caller set them."""
     prog = build_program([CORPUS / "funcs.c", CORPUS / "other.c", CORPUS / "prog_main.c"],
                          cflags=flags)
     target = Target.emulate(prog)
-    proofs = Prover(target, seed=len(flags)).prove(target.ftrace.records.values(), trials=12)
+    proofs = Prover(target, seed=len(flags)).prove(target.ftrace.records.values(), trials=12,
+                                                   paths=("generic", "fast", "entry"))
     names = {p.name for p in proofs}
     assert {"frame_64k", "many_args", "varargs_sum", "struct_ret"} <= names
     rules = {p.rule for p in proofs}
     assert rules == ({"push"} if "-mno-apcs-frame" in flags else {"apcs", "push"})
-    failed = [(p.name, p.paths["generic"].mismatch) for p in proofs if not p.verified]
+    failed = [(p.name, k, v.mismatch) for p in proofs for k, v in p.paths.items()
+              if not v.verified]
     assert failed == []
+    assert all(set(p.paths) == {"generic", "fast", "entry"} for p in proofs)
 
 
 def test_prover_detects_a_wrong_undo() -> None:
@@ -202,3 +207,21 @@ def test_prover_detects_a_wrong_undo() -> None:
     target.machine.write(rec.record + 12, struct.pack("<I", rec.report.undo.frame_size + 8))
     proofs = Prover(target).prove([rec], trials=2)
     assert not proofs[0].verified and "sp=" in (proofs[0].paths["generic"].mismatch or "")
+
+
+def test_prover_detects_a_wrong_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trampoline that undoes one word too little must fail the fast proof."""
+    import armlp.verify as verify
+    from armlp.analysis.prologue import UndoRecipe
+    from armlp.livepatch.trampoline import build_trampoline
+
+    def off_by_four(undo: UndoRecipe, target: int):  # type: ignore[no-untyped-def]
+        return build_trampoline(UndoRecipe(undo.rule, undo.frame_size - 4, undo.loads,
+                                           undo.fp_offset), target)
+    monkeypatch.setattr(verify, "build_trampoline", off_by_four)
+    prog = build_program([CORPUS / "funcs.c", CORPUS / "other.c", CORPUS / "prog_main.c"],
+                         cflags=["-O2", "-mno-apcs-frame"])
+    target = Target.emulate(prog)
+    rec = target.ftrace.find_function("many_args")
+    proofs = Prover(target).prove([rec], trials=2, paths=("fast",))
+    assert not proofs[0].paths["fast"].verified

@@ -38,10 +38,20 @@ def build_patch(name: str, program: Path, *, bind: bool = True) -> Path:
     return out
 
 
+FAST = True
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["fast", "generic"])
+def path(request: pytest.FixtureRequest) -> None:
+    """Every test runs with the fast path on and with the generic path only."""
+    global FAST
+    FAST = request.param
+
+
 def fresh(program: Path) -> tuple[Target, Livepatch, Emulator]:
     target = Target.emulate(program)
     assert isinstance(target.machine, Emulator)
-    return target, Livepatch(target), target.machine
+    return target, Livepatch(target, fast=FAST), target.machine
 
 
 def fn(target: Target, name: str, sympos: int | None = None) -> int:
@@ -202,3 +212,29 @@ def test_failure_halfway_rolls_back(program: Path, monkeypatch: pytest.MonkeyPat
     assert {k: after[k] for k in regions_before if k in after} == {
         k: v for k, v in before.items() if k in after}
     assert emu.call(fn(target, "leaf"), (5,)) == 6 and lp.stacks == {}
+
+
+def test_tracer_on_a_patched_function_falls_back_to_the_generic_path(program: Path) -> None:
+    """The fast path's entry branch would hide calls from the tracer: with a
+    second user the site goes back through the regs trampoline (calls still
+    reach the new function, and are traced), and the fast path returns when
+    the tracer leaves."""
+    from armlp.ftrace.core import NOP
+    from armlp.ftrace.tracer import FunctionTracer
+    from armlp.machine.base import read_word
+
+    target, lp, emu = fresh(program)
+    leaf = fn(target, "leaf")
+    original_entry = read_word(emu, leaf)
+    lp.enable(lp.load(build_patch("stack1", program)))
+    rec = target.ftrace.find_function("leaf")
+    assert (read_word(emu, leaf) != original_entry) == FAST
+    tracer = FunctionTracer(target.ftrace, ["leaf"])
+    tracer.start()
+    assert read_word(emu, leaf) == original_entry
+    assert read_word(emu, rec.ip) == target.ftrace.wanted_word(rec) != NOP
+    assert emu.call(leaf, (1,)) == 101
+    assert [e.function for e in tracer.read()] == ["leaf"]
+    tracer.stop()
+    assert (read_word(emu, leaf) != original_entry) == FAST
+    assert emu.call(leaf, (1,)) == 101

@@ -18,10 +18,12 @@ import pytest
 
 from armlp.build import build_program
 from armlp.machine.emulator import Emulator, StopReason
+from armlp.runtime.layout import RULES
 from armlp.target import Target
 from conftest import CORPUS, armlp
 from zlib_build import build_zlib_program
 
+SITE_RULE_OFFSET = 8   # struct armlp_site: u32 ip, u32 func, u8 rule, ...
 SHAPES = {"frame_64k", "many_args", "varargs_sum", "struct_ret", "args64", "frame_4k"}
 
 
@@ -93,8 +95,8 @@ def test_reproducible_with_a_seed() -> None:
 def corrupted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """Targets the CLI creates get one push-rule function broken: by default
     its record's frame size (what the trampoline pops to undo the prologue)
-    is 8 too large; with ``crash`` set, its first instruction becomes a
-    ``udf`` so the call faults before reaching the probe."""
+    is 8 too large; with ``crash`` set, its rule becomes ``apcs`` so the
+    undo faults before reaching the probe."""
     state: dict[str, Any] = {"crash": False, "name": None}
     original = Target.emulate.__func__   # type: ignore[attr-defined]
 
@@ -105,7 +107,9 @@ def corrupted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
                    if r.report.verdict.rule == "push" and r.report.undo
                    and r.report.undo.frame_size > 0)
         if state["crash"]:
-            target.machine.write(rec.report.fn.address, struct.pack("<I", 0xE7F000F0))
+            # Undo a push frame as an APCS one: fp[-1..-3] with fp = the
+            # random r11 of the context reads unmapped memory.
+            target.machine.write(rec.record + SITE_RULE_OFFSET, bytes([RULES["apcs"]]))
         else:
             target.machine.write(rec.record + 12,
                                  struct.pack("<I", rec.report.undo.frame_size + 8))

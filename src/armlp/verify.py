@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from armlp.errors import MachineError
 from armlp.ftrace.core import DynFtrace, FtraceOps
+from armlp.livepatch.trampoline import build_trampoline
+from armlp.machine.base import CodeWrite
 from armlp.machine.emulator import Emulator
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS
 from armlp.target import Target
@@ -25,6 +27,7 @@ from armlp.target import Target
 COMPARED = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11",
             "sp", "lr")
 STACK_ARG_WORDS = 8
+PATHS = ("generic", "fast", "entry")
 _UDF = struct.pack("<I", 0xE7F000F0)
 
 
@@ -67,7 +70,9 @@ class Prover:
         self.target = target
         self.emu: Emulator = target.machine
         self.rng = random.Random(seed)
-        self.probe = self.emu.alloc(4096)
+        text = target.image.section(".text")
+        # Near the code, as a patch module is placed: branches reach it directly.
+        self.probe = self.emu.alloc(4096, near=text.addr if text else None)
         self.emu.write(self.probe, _UDF * 1024)
         self.stack_top = self.emu.get_regs().sp
 
@@ -79,26 +84,60 @@ class Prover:
         ctx["lr"] = rnd(32) & ~3
         return ctx
 
-    def prove(self, recs: Iterable[DynFtrace], trials: int = 8) -> list[FunctionProof]:
-        """The generic regs path for every record in *recs* (patchable ones)."""
+    def prove(self, recs: Iterable[DynFtrace], trials: int = 8,
+              paths: Sequence[str] = ("generic",)) -> list[FunctionProof]:
+        """Prove *paths* for every patchable record in *recs*.
+
+        ``generic``: the regs trampoline with a handler moving pc (the seed's
+        path); ``fast``: the site branching to the function's own fast-path
+        trampoline (what threads caught inside the prologue take); ``entry``:
+        the branch written over the first instruction (what new calls take).
+        """
         recs = [r for r in recs if r.report.verdict.patchable]
+        unknown = set(paths) - set(PATHS)
+        if unknown:
+            raise ValueError(f"unknown proof paths {sorted(unknown)}")
+        proofs = {r.ip: FunctionProof(r.report.fn.name, r.report.fn.sympos,
+                                      r.report.fn.address, r.report.verdict.rule) for r in recs}
         if not recs:
             return []
         ft = self.target.ftrace
-        ops = FtraceOps("verify-redirect", self.target.runtime.symbol("armlp_redirect_func"),
-                        flags=FTRACE_OPS_FL_SAVE_REGS, private=self.probe,
-                        ips={r.ip for r in recs})
+        if "generic" in paths:
+            ops = FtraceOps("verify-redirect", self.target.runtime.symbol("armlp_redirect_func"),
+                            flags=FTRACE_OPS_FL_SAVE_REGS, private=self.probe,
+                            ips={r.ip for r in recs})
+            ft.register_ftrace_function(ops)
+            try:
+                for r in recs:
+                    proofs[r.ip].paths["generic"] = self.check_path(r.report.fn.address, trials)
+            finally:
+                ft.unregister_ftrace_function(ops)
+        for path in ("fast", "entry"):
+            if path in paths:
+                for r in recs:
+                    proofs[r.ip].paths[path] = self._prove_direct(r, trials,
+                                                                  entry=path == "entry")
+        return list(proofs.values())
+
+    def _prove_direct(self, rec: DynFtrace, trials: int, *, entry: bool) -> PathResult:
+        """The fast path: the site's ``b`` to a trampoline built from the
+        function's recipe (and, with *entry*, the branch at the entry)."""
+        ft = self.target.ftrace
+        undo = rec.report.undo
+        assert undo is not None
+        tramp = build_trampoline(undo, self.probe)
+        addr = ft.heap.alloc(tramp.size)
+        self.emu.write_code([CodeWrite(addr, bytes(tramp.size), tramp.code())])
+        ops = FtraceOps(f"verify-direct:{rec.name}", self.target.runtime.symbol(
+                        "armlp_redirect_func"), flags=FTRACE_OPS_FL_SAVE_REGS,
+                        private=self.probe, ips={rec.ip}, direct=addr,
+                        direct_entry=self.probe if entry else None)
         ft.register_ftrace_function(ops)
         try:
-            return [self._prove_one(r, "generic", trials) for r in recs]
+            return self.check_path(rec.report.fn.address, trials)
         finally:
             ft.unregister_ftrace_function(ops)
-
-    def _prove_one(self, rec: DynFtrace, path: str, trials: int) -> FunctionProof:
-        fn = rec.report.fn
-        proof = FunctionProof(fn.name, fn.sympos, fn.address, rec.report.verdict.rule)
-        proof.paths[path] = self.check_path(fn.address, trials)
-        return proof
+            ft.heap.free(addr)
 
     def check_path(self, entry: int, trials: int) -> PathResult:
         """Call *entry* with random contexts; the probe must see each one."""

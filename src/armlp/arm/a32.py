@@ -308,16 +308,25 @@ def encode_sub_sp(value: int) -> list[int]:
     return _sp_adjust(value, encode_sub_imm)
 
 
-def _sp_adjust(value: int, enc: object) -> list[int]:
+def encode_add_wide(rd: int, rn: int, value: int) -> list[int]:
+    """Words computing ``Rd = Rn + value`` (0 <= value < 2 GiB, a word multiple)
+    with as few modified-immediate ADDs as needed (at least one)."""
+    words = _sp_adjust(value, encode_add_imm, rd, rn)
+    return words or [encode_add_imm(rd, rn, 0)]
+
+
+def _sp_adjust(value: int, enc: object, rd: int = SP, rn: int = SP) -> list[int]:
     if not 0 <= value < (1 << 31) or value % 4:
         raise EncodingError(f"sp adjustment {value:#x} is not a word multiple below 2 GiB")
     words: list[int] = []
     rest = value
+    src = rn
     while rest:
         shift = max(0, rest.bit_length() - 8)
         shift += shift % 2
         chunk = rest & (0xFF << shift)
-        words.append(enc(SP, SP, chunk))  # type: ignore[operator]
+        words.append(enc(rd, src, chunk))  # type: ignore[operator]
+        src = rd
         rest -= chunk
     return words
 

@@ -16,7 +16,8 @@ rule ``apcs``::
 
 rule ``push``::
 
-    ldr   fp, [sp, #slot + 4]    @ only if the prologue changed fp
+    ldr   fp, [sp, #slot + 4]    @ only if the prologue changed fp (via ip
+                                 @ when the slot is beyond 4 KiB)
     add   sp, sp, #frame + 4     @ one or more adds
     ldr   pc, [pc, #-4]
     .word new_func
@@ -28,7 +29,7 @@ import struct
 from dataclasses import dataclass
 
 from armlp.analysis.prologue import UndoRecipe
-from armlp.arm.a32 import FP, SP, encode_add_sp, encode_ldr_imm
+from armlp.arm.a32 import FP, IP, SP, encode_add_sp, encode_add_wide, encode_ldr_imm
 from armlp.errors import PatchError
 
 LDR_PC_PC_M4 = 0xE51FF004
@@ -58,7 +59,12 @@ def build_trampoline(undo: UndoRecipe, target: int) -> Trampoline:
         for reg, off in undo.loads:
             if reg != FP:
                 raise PatchError(f"undo recipe reloads r{reg}; the fast path only knows fp")
-            words.append(encode_ldr_imm(FP, SP, off + 4))
+            slot = off + 4
+            if slot <= 4095:
+                words.append(encode_ldr_imm(FP, SP, slot))
+            else:      # a frame over 4 KiB: address the slot through ip (scratch)
+                words += encode_add_wide(IP, SP, slot & ~0xFFF)
+                words.append(encode_ldr_imm(FP, IP, slot & 0xFFF))
         words += encode_add_sp(undo.frame_size + 4)
     else:
         raise PatchError(f"no fast path for rule {undo.rule!r}")
