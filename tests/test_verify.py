@@ -20,6 +20,7 @@ from armlp.build import build_program
 from armlp.machine.emulator import Emulator, StopReason
 from armlp.runtime.layout import RULES
 from armlp.target import Target
+from armlp.verify import PATHS
 from conftest import CORPUS, armlp
 from zlib_build import build_zlib_program
 
@@ -53,11 +54,15 @@ def test_corpus_every_function_verified(flags: tuple[str, ...]) -> None:
     rules = {f["rule"] for f in funcs}
     assert rules == ({"push"} if flags else {"apcs", "push"})
     assert set(s["by_rule"]) == rules
+    assert doc["paths"] == list(PATHS)
     for f in funcs:
-        generic = f["paths"]["generic"]
-        assert generic["verified"] and generic["mismatch"] is None
-        # prologue + push {lr} + regs trampoline + undo: tens of instructions
-        assert 20 < generic["instructions"] < 400, f
+        assert list(f["paths"]) == list(PATHS)
+        assert all(r["verified"] and r["mismatch"] is None for r in f["paths"].values()), f
+        counts = {k: r["instructions"] for k, r in f["paths"].items()}
+        # prologue + push {lr} + regs trampoline + undo: tens of instructions;
+        # the site's own trampoline: a few; the entry branch: one.
+        assert 20 < counts["generic"] < 400, f
+        assert counts["entry"] == 1 and counts["fast"] < counts["generic"], f
     # The same figures as the scan: every function with an mcount site is here.
     scan = json.loads(armlp("scan", "--json", prog).out)
     assert s["patchable"] == scan["summary"]["patchable"]
@@ -70,7 +75,8 @@ def test_text_output_summary() -> None:
     assert re.search(r"18 of 18 patchable functions verified \(8 random", res.out)
     assert re.search(r"^apcs\s+17\s+0$", res.out, re.M)
     assert re.search(r"^push\s+1\s+0$", res.out, re.M)
-    assert "path generic: 18/18 verified, entry -> new function" in res.out
+    for path in PATHS:
+        assert f"path {path}: 18/18 verified, entry -> new function" in res.out
     assert "FAILED" not in res.out
 
 
@@ -80,8 +86,9 @@ def test_one_function_and_sympos() -> None:
     assert [(f["name"], f["verified"]) for f in doc["functions"]] == [("many_args", True)]
     assert doc["trials"] == 20 and doc["seed"] == 7
     assert doc["summary"]["patchable"] == 1
-    doc = verify_json(prog, "--function", "dup_static,2")
+    doc = verify_json(prog, "--function", "dup_static,2", "--paths", "generic")
     assert [(f["name"], f["sympos"]) for f in doc["functions"]] == [("dup_static", 2)]
+    assert list(doc["functions"][0]["paths"]) == ["generic"] == doc["paths"]
     res = armlp("verify", prog, "--function", "dup_static")
     assert res.code == 2 and res.err.count("\n") == 1 and "ambiguous" in res.err
 
@@ -150,6 +157,7 @@ def test_an_undo_that_crashes_is_a_failure_not_an_error(corrupted: dict[str, Any
     (["{prog}", "--function", "memcpy"], "is not patchable"),
     (["{prog}", "--function", "many_args,x"], "SYMPOS must be a number"),
     (["{prog}", "--trials", "0"], "--trials must be at least 1"),
+    (["{prog}", "--paths", "generic,quick"], "bad --paths"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     notelf = tmp_path / "notelf"
@@ -169,7 +177,7 @@ def test_help_explains_the_proof() -> None:
     res = armlp("verify", "--help")
     assert res.code == 0
     for words in ("ftrace_regs_caller", "r0-r11, sp", "stack-argument", "probe",
-                  "Exit status"):
+                  "generic", "fast", "entry", "Exit status"):
         assert words in res.out
 
 
@@ -217,5 +225,8 @@ def test_zlib_every_patchable_function_verified(flags: tuple[str, ...], rule: st
     assert s["by_rule"] == {rule: {"verified": len(funcs), "failed": 0}}
     # Every function with an mcount site (all of zlib) is patchable and proven.
     assert s["skipped"] == 0 and s["with_mcount_site"] == len(funcs)
-    assert all(isinstance(f["paths"]["generic"]["instructions"], int) for f in funcs)
+    for f in funcs:
+        assert list(f["paths"]) == list(PATHS)
+        assert all(isinstance(r["instructions"], int) for r in f["paths"].values())
+    assert all(s["paths"][p]["verified"] == len(funcs) for p in PATHS)
     assert elapsed < 60

@@ -64,6 +64,7 @@ class SiteFinder:
             for name in MCOUNT_SYMBOLS:
                 for sym in image.symbols.named(name):
                     self.targets.add(sym.value & ~1)
+        self._data: dict[int, bytes] = {}
         self._words: dict[int, array[int]] = {}
         self._bl_words: dict[int, bytes] = {}
         self._sorted_sites: dict[int, list[int]] = {}
@@ -90,12 +91,19 @@ class SiteFinder:
                     sites.setdefault(target.index, set()).add(rel.offset)
         return sites
 
+    def data(self, sec: Section) -> bytes:
+        """The section's bytes, whole words only (cached)."""
+        raw = self._data.get(sec.index)
+        if raw is None:
+            raw = self.image.section_data(sec)
+            raw = self._data[sec.index] = raw[: len(raw) - len(raw) % 4]
+        return raw
+
     def words(self, sec: Section) -> array[int]:
         """The section's bytes as little-endian words (cached)."""
         w = self._words.get(sec.index)
         if w is None:
-            raw = self.image.section_data(sec)
-            w = array("I", raw[: len(raw) - len(raw) % 4])
+            w = array("I", self.data(sec))
             self._words[sec.index] = w
         return w
 
@@ -108,8 +116,7 @@ class SiteFinder:
         """
         m = self._bl_words.get(sec.index)
         if m is None:
-            raw = self.image.section_data(sec)
-            m = raw[3: len(raw) - len(raw) % 4: 4].translate(_BL_TOP_BYTE)
+            m = self.data(sec)[3::4].translate(_BL_TOP_BYTE)
             self._bl_words[sec.index] = m
         return m
 

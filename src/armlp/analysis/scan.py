@@ -195,13 +195,17 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
                  describe: DescribeFn) -> list[FunctionReport]:
     """The report of each function of *funcs* from its mcount site.
 
-    Verdicts are memoised in *cache* by the prologue's words; the words of
-    the current section stay at hand (functions come sorted by section).
+    Verdicts are memoised in *cache* by the prologue's words, and before
+    that by its bytes (one slice, no int objects; functions with the same
+    prologue share one tuple).  The current section stays at hand: functions
+    come sorted by section.
     """
     reports: list[FunctionReport] = []
     append = reports.append
+    by_bytes: dict[bytes, tuple[tuple[int, ...], Verdict]] = {}
     section, base = -1, 0
     words: Sequence[int] = ()
+    data = b""
     for fn, site in zip(funcs, sites, strict=True):
         if site is None:
             append(FunctionReport(fn, None, NO_SITE))
@@ -218,13 +222,18 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
             continue
         if fn.section != section:
             sec = image.sections[fn.section]
-            section, base, words = fn.section, sec.addr, finder.words(sec)
+            section, base = fn.section, sec.addr
+            words, data = finder.words(sec), finder.data(sec)
         first = (fn.address - base) >> 2
-        prologue = tuple(words[first:first + (offset >> 2)])
-        verdict = cache.get(prologue)
-        if verdict is None:
-            verdict = cache[prologue] = classify_arm(prologue, describe)
-        append(FunctionReport(fn, site, verdict, prologue))
+        last = first + (offset >> 2)
+        seen = by_bytes.get(data[4 * first:4 * last])
+        if seen is None:
+            prologue = tuple(words[first:last])
+            verdict = cache.get(prologue)
+            if verdict is None:
+                verdict = cache[prologue] = classify_arm(prologue, describe)
+            seen = by_bytes[data[4 * first:4 * last]] = (prologue, verdict)
+        append(FunctionReport(fn, site, seen[1], seen[0]))
     return reports
 
 

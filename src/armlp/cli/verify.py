@@ -35,14 +35,24 @@ prove by execution that redirecting it to a new function is exact:
   may rely on the flags).  A crash or a run that never reaches the probe is
   a failure too.
 
-Each path the proofs cover is reported (today "generic": the regs trampoline
-path) with the instructions executed from the function's first instruction
-to the probe's, counted in the emulator.  Functions that are not patchable
-(see `armlp scan`) are skipped and listed by reason.
+Paths (--paths, default all), each proven and counted separately, with
+the instructions executed from the function's first instruction to the
+probe's:
 
-Exit status: 0 when every patchable function is verified, 1 when any
-fails, 2 on bad input (the file, the function name, an unpatchable
---function).
+  generic  the seed's design: the site calls the regs trampoline, whose
+           handler moves the saved pc; the trampoline undoes the prologue
+  fast     the site branches straight to the function's own small
+           trampoline, which undoes the prologue (what a thread already
+           inside the prologue takes)
+  entry    a branch written over the function's first instruction (what
+           new calls take once the redirect is settled)
+
+Functions that are not patchable (see `armlp scan`) are skipped and listed
+by reason.
+
+Exit status: 0 when every patchable function is verified on every path,
+1 when any fails, 2 on bad input (the file, the function name, an
+unpatchable --function, an unknown path).
 """
 
 DEFAULT_TRIALS = 8
@@ -59,6 +69,8 @@ def register(sub: Any) -> None:
     p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, metavar="N",
                    help=f"random entry contexts per function and path "
                         f"(default {DEFAULT_TRIALS})")
+    p.add_argument("--paths", metavar="PATH[,PATH...]",
+                   help="paths to prove: generic, fast, entry (default all)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of the random contexts (default 0; runs are reproducible)")
     p.set_defaults(func=run)
@@ -66,10 +78,14 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from armlp.target import Target
-    from armlp.verify import Prover
+    from armlp.verify import PATHS, Prover
 
     if args.trials < 1:
         raise ArmlpError(f"--trials must be at least 1, not {args.trials}")
+    paths = PATHS if args.paths is None else tuple(args.paths.split(","))
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        raise ArmlpError(f"bad --paths {args.paths!r}: choose from {', '.join(PATHS)}")
     want = parse_function_spec(args.function) if args.function else None
     target = Target.emulate(args.program, count_instructions=True)
     reports = _selected(target, want)
@@ -81,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise ArmlpError(f"{args.program}: no ftrace record for {', '.join(missing[:5])}")
     proofs = Prover(target, seed=args.seed).prove([records[r.site] for r in patchable
                                                    if r.site is not None],
-                                                  trials=args.trials)
+                                                  trials=args.trials, paths=paths)
     doc = _document(args, target, reports, proofs, skipped)
+    doc["paths"] = list(paths)
     if args.json:
         sys.stdout.write(json.dumps(doc) + "\n")
     else:
@@ -103,7 +120,7 @@ def _selected(target: Target, want: tuple[str, int | None] | None) -> list[Funct
 def _path_stats(proofs: list[FunctionProof]) -> dict[str, dict[str, object]]:
     """Per path: how many proofs, how many verified, instruction counts."""
     out: dict[str, dict[str, object]] = {}
-    names = sorted({k for p in proofs for k in p.paths})
+    names = list(dict.fromkeys(k for p in proofs for k in p.paths))   # in proof order
     for name in names:
         results = [p.paths[name] for p in proofs if name in p.paths]
         counts = [r.instructions for r in results if r.instructions is not None]

@@ -130,6 +130,8 @@ class Ftrace:
         self.ops: list[FtraceOps] = []
         self.veneers = VeneerPool(machine)
         self.heap = TargetHeap(machine)
+        self._active: dict[int, DynFtrace] = {}          # sites with users
+        self._sites_of: dict[int, list[DynFtrace]] = {}  # id(ops) -> its sites
         self.mcount = self._mcount_address()
         for rep in scan.functions:
             if rep.site is not None and rep.fn.mode == "arm":
@@ -207,37 +209,58 @@ class Ftrace:
     def register_ftrace_function(self, ops: FtraceOps) -> list[DynFtrace]:
         """Add a user; returns the sites it got.  Refuses a filter that
         matches nothing and a site that would have too many users."""
+        return self.register_ftrace_functions([ops])[0]
+
+    def register_ftrace_functions(self, opss: list[FtraceOps]) -> list[list[DynFtrace]]:
+        """Add several users with one batch of code writes, all or nothing."""
         self.ftrace_init()
-        if ops in self.ops:
-            raise FtraceError(f"ops {ops.name} is already registered")
-        sites = [r for r in self.records.values() if ops.wants(r)]
-        if not sites:
-            what = ", ".join(ops.filters) if ops.filters else "its sites"
-            raise FtraceError(f"ops {ops.name}: no mcount site matches {what}")
-        full = [r.name for r in sites if len(r.users) >= SITE_MAX_OPS]
-        if full:
-            raise FtraceError(f"ops {ops.name}: site of {full[0]} already has "
-                              f"{SITE_MAX_OPS} users")
-        self._alloc_ops(ops)
-        self.ops.append(ops)
-        for r in sites:
-            r.users.append(ops)
-        try:
-            self._update(sites)
-        except ArmlpError:
+        plan: list[tuple[FtraceOps, list[DynFtrace]]] = []
+        for ops in opss:
+            if ops in self.ops or any(ops is o for o, _ in plan):
+                raise FtraceError(f"ops {ops.name} is already registered")
+            if ops.ips is not None:
+                sites = [self.records[ip] for ip in sorted(ops.ips) if ip in self.records]
+            else:
+                sites = [r for r in self.records.values() if ops.wants(r)]
+            if not sites:
+                what = ", ".join(ops.filters) if ops.filters else "its sites"
+                raise FtraceError(f"ops {ops.name}: no mcount site matches {what}")
+            full = [r.name for r in sites if len(r.users) >= SITE_MAX_OPS]
+            if full:
+                raise FtraceError(f"ops {ops.name}: site of {full[0]} already has "
+                                  f"{SITE_MAX_OPS} users")
+            plan.append((ops, sites))
+        touched: dict[int, DynFtrace] = {}
+        for ops, sites in plan:
+            self._alloc_ops(ops)
+            self.ops.append(ops)
+            self._sites_of[id(ops)] = sites
             for r in sites:
-                r.users.remove(ops)
-            self.ops.remove(ops)
-            self._free_ops(ops)
+                r.users.append(ops)
+                touched[r.ip] = r
+                self._active[r.ip] = r
+        try:
+            self._update(touched.values())
+        except ArmlpError:
+            for ops, sites in plan:
+                for r in sites:
+                    r.users.remove(ops)
+                    if not r.users:
+                        self._active.pop(r.ip, None)
+                self.ops.remove(ops)
+                del self._sites_of[id(ops)]
+                self._free_ops(ops)
             raise
-        return sites
+        return [sites for _, sites in plan]
 
     def unregister_ftrace_function(self, ops: FtraceOps) -> None:
         if ops not in self.ops:
             raise FtraceError(f"ops {ops.name} is not registered")
-        sites = [r for r in self.records.values() if ops in r.users]
+        sites = self._sites_of.pop(id(ops))
         for r in sites:
             r.users.remove(ops)
+            if not r.users:
+                self._active.pop(r.ip, None)
         self.ops.remove(ops)
         self._update(sites)
         self._free_ops(ops)
@@ -342,8 +365,8 @@ class Ftrace:
     def _update_trace_function(self) -> None:
         """The kernel's ftrace_trace_function: one plain user everywhere is
         called directly; otherwise the list function looks the site up."""
-        plain_users = {id(u): u for r in self.records.values() if r.users
-                       and not any(x.save_regs for x in r.users) for u in r.users}
+        plain_users = {id(u): u for r in self._active.values()
+                       if not any(x.save_regs for x in r.users) for u in r.users}
         rt = self.runtime
         if len(plain_users) == 1:
             only = next(iter(plain_users.values()))

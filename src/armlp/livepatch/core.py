@@ -124,8 +124,18 @@ class Livepatch:
         self._nop_module_sites(patch)
         patch.id = self._next_id
         self._next_id += 1
+        new_ops: list[FtraceOps] = []
         for f in patch.funcs:
-            self._push(patch, f, undo)
+            ops = self._push(patch, f, undo)
+            if ops is not None:
+                new_ops.append(ops)
+        if new_ops:     # every newly patched function in one batch of code writes
+            self.ftrace.register_ftrace_functions(new_ops)
+
+            def unregister() -> None:
+                for ops in new_ops:
+                    self.ftrace.unregister_ftrace_function(ops)
+            undo.append(unregister)
 
     def _nop_module_sites(self, patch: KlpPatch) -> None:
         """The replacements' own mcount sites become the NOP (they are not
@@ -148,7 +158,10 @@ class Livepatch:
                                             struct.pack("<I", MCOUNT_NOP_ADD_SP)))
         self.machine.write_code(writes)
 
-    def _push(self, patch: KlpPatch, f: KlpFunc, undo: list[Callable[[], None]]) -> None:
+    def _push(self, patch: KlpPatch, f: KlpFunc,
+              undo: list[Callable[[], None]]) -> FtraceOps | None:
+        """Put *f* on its function's stack; returns the ftrace user to
+        register when the function was not patched yet."""
         m = self.machine
         stack = self.stacks.get(f.site)
         below = read_word(m, stack.klp_ops) if stack else 0
@@ -168,7 +181,7 @@ class Livepatch:
                 self._retarget(st, old_top)
             undo.append(pop)
             self._retarget(st, f.new_func)
-            return
+            return None
         klp_ops = self.heap.alloc(KLP_OPS.size)
         m.write(klp_ops, KLP_OPS.pack(node))
         undo.append(lambda: self.heap.free(klp_ops))
@@ -184,13 +197,12 @@ class Livepatch:
             undo.append(lambda: self.heap.free(addr))
             new_stack.tramp, new_stack.literal = addr, addr + 4 * tramp.literal_index
             ops.direct, ops.direct_entry = addr, f.new_func
-        self.ftrace.register_ftrace_function(ops)
-        undo.append(lambda: self.ftrace.unregister_ftrace_function(ops))
         self.stacks[f.site] = new_stack
 
         def forget() -> None:
             self.stacks.pop(f.site, None)
         undo.append(forget)
+        return ops
 
     def _retarget(self, stack: FuncStack, new_func: int) -> None:
         """Point the fast path at the func stack's new top."""
