@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             _print_function(result, report)
         return 0
     if args.json:
-        sys.stdout.write(result.to_json_text())
+        result.write_json(sys.stdout)
         sys.stdout.write("\n")
         return 0
     _print_result(result, show_all=args.all)
