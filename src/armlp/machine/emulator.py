@@ -458,7 +458,10 @@ class Emulator:
         instruction.  An exception it raises surfaces from run()/call()."""
         def cb(_uc: Any, address: int, size: int, _data: Any) -> None:
             callback(self, address, size)
-        return int(self.uc.hook_add(uc.UC_HOOK_CODE, self._guard(cb), begin=begin, end=end))
+        handle = int(self.uc.hook_add(uc.UC_HOOK_CODE, self._guard(cb), begin=begin, end=end))
+        # Blocks translated before the hook existed would never call it.
+        self.uc.ctl_flush_tb()
+        return handle
 
     def remove_hook(self, handle: int) -> None:
         self.uc.hook_del(handle)
