@@ -225,3 +225,31 @@ def test_prover_detects_a_wrong_fast_path(monkeypatch: pytest.MonkeyPatch) -> No
     rec = target.ftrace.find_function("many_args")
     proofs = Prover(target).prove([rec], trials=2, paths=("fast",))
     assert not proofs[0].paths["fast"].verified
+
+
+def test_runtime_out_of_branch_range_goes_through_veneers(calls_program: Path) -> None:
+    """With the runtime loaded far (> 32 MiB) from the program, every enabled
+    site calls a veneer within range, and tracing still works exactly."""
+    from armlp.analysis.scan import scan
+    from armlp.arm.a32 import branch_in_range, decode_branch
+    from armlp.elf.image import ElfImage
+    from armlp.ftrace.core import Ftrace
+    from armlp.machine.emulator import Emulator
+    from armlp.runtime.module import Runtime
+
+    image = ElfImage(calls_program)
+    emu = Emulator.from_elf(calls_program)
+    ftrace = Ftrace(emu, scan(image))
+    ftrace.runtime = Runtime.load(emu)            # no 'near': far from the text
+    caller = ftrace.runtime.symbol("ftrace_caller")
+    assert not branch_in_range(image.section(".text").addr, caller)
+    ftrace.ftrace_init()
+    target = Target(emu, image, ftrace.scan, ftrace.runtime, ftrace)
+    tracer = FunctionTracer(ftrace)
+    tracer.start()
+    for rec in ftrace.records.values():
+        br = decode_branch(read_word(emu, rec.ip), rec.ip)
+        assert br is not None and br.kind == "bl" and br.target != caller
+        assert read_word(emu, br.target + 4) == caller      # the veneer's literal
+    assert run_to_exit(target) == 0
+    assert [(e.function, e.caller, e.depth) for e in tracer.read()] == expected_calls()
