@@ -380,6 +380,11 @@ class Ftrace:
 
     # -- queries --------------------------------------------------------------
 
+    @property
+    def active_records(self) -> list[DynFtrace]:
+        """Sites that have users now (ftrace's enabled_functions)."""
+        return list(self._active.values())
+
     def site_word(self, ip: int) -> int:
         return read_word(self.machine, ip)
 

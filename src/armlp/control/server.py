@@ -1,0 +1,172 @@
+"""The controller: owns one live target, serves its control socket.
+
+It stops the target (all threads, all-stop) for each request, does the work
+through the livepatch core, and lets it run again; between requests it
+waits on the stub for the program's exit.  A client that disconnects
+mid-command does not interrupt the work: the command completes or rolls
+back on its own, only the reply is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from armlp.control.paths import ControlError, TargetInfo, runtime_dir
+from armlp.control.protocol import recv, send
+from armlp.errors import ArmlpError
+from armlp.livepatch import Livepatch
+from armlp.livepatch.sysfs import livepatch_status
+from armlp.target import Target
+
+CLIENT_TIMEOUT = 10.0
+
+
+class LiveProcess(Protocol):
+    """What the controller needs from a running process's machine."""
+
+    def interrupt(self) -> None:
+        """Stop every thread and wait until the target reports it stopped."""
+        ...
+
+    def resume(self) -> None:
+        """Let every thread run."""
+        ...
+
+    def fileno(self) -> int:
+        """Readable when the target reports something while running."""
+        ...
+
+    def poll_exit(self) -> int | None:
+        """Handle what the target reported; its exit status once it has exited."""
+        ...
+
+
+class Controller:
+    """Serves requests for one target until its program exits."""
+
+    def __init__(self, target: Target, process: LiveProcess, *, program: str, pid: int,
+                 on_event: Callable[[str], None] | None = None) -> None:
+        self.target = target
+        self.process = process
+        self.livepatch = Livepatch(target)
+        self.id = f"{Path(program).name}-{pid}"
+        self.dir = runtime_dir() / self.id
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        self.socket_path = self.dir / "ctl.sock"
+        self.info = TargetInfo(self.id, str(program), pid, os.getpid(), str(self.socket_path))
+        self.on_event = on_event or (lambda _msg: None)
+        self._paused = False
+
+    # -- requests -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The target stopped for the duration (nests)."""
+        if self._paused:
+            yield
+            return
+        self.process.interrupt()
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+            self.process.resume()
+
+    def handle(self, req: dict[str, Any]) -> Any:
+        op = req.get("op")
+        lp = self.livepatch
+        if op == "status":
+            with self.paused():
+                lp.release_deferred()
+                return {"target": self.info.to_json(), **livepatch_status(lp)}
+        if op == "patch":
+            path = req.get("path")
+            if not isinstance(path, str) or not os.path.isabs(path):
+                raise ControlError("patch: an absolute path to the patch module is required")
+            patch = lp.load(path)             # every check that needs no stop first
+            with self.paused():
+                lp.enable(patch)
+            self.on_event(f"patch {patch.name} enabled ("
+                          + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")")
+            return {"name": patch.name, "functions": [f.label for f in patch.funcs]}
+        if op == "unpatch":
+            name = req.get("name")
+            if not isinstance(name, str):
+                raise ControlError("unpatch: a patch name is required")
+            with self.paused():
+                patch = lp.find(name)
+                lp.disable(patch)
+                deferred = patch in lp.deferred
+            self.on_event(f"patch {name} disabled" + (" (memory freed later: still in use)"
+                                                      if deferred else ""))
+            return {"name": name, "memory_freed": not deferred}
+        raise ControlError(f"unknown request {op!r}")
+
+    # -- the loop -------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Run the target, serving requests, until its program exits."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(self.socket_path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o600)
+        listener.listen(8)
+        (self.dir / "info.json").write_text(json.dumps(self.info.to_json()))
+        clients: dict[socket.socket, bytearray] = {}
+        try:
+            self.process.resume()
+            while True:
+                by_fd = {c.fileno(): c for c in clients}
+                target_fd = self.process.fileno()
+                readable, _, _ = select.select([listener.fileno(), target_fd, *by_fd], [], [])
+                if target_fd in readable:
+                    status = self.process.poll_exit()
+                    if status is not None:
+                        return status
+                if listener.fileno() in readable:
+                    conn, _ = listener.accept()
+                    conn.settimeout(CLIENT_TIMEOUT)
+                    clients[conn] = bytearray()
+                for fd in readable:
+                    if fd in by_fd:
+                        self._serve_client(by_fd[fd], clients)
+        finally:
+            for conn in clients:
+                conn.close()
+            listener.close()
+            for f in (self.socket_path, self.dir / "info.json"):
+                with contextlib.suppress(OSError):
+                    f.unlink()
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
+
+    def _serve_client(self, conn: socket.socket, clients: dict[socket.socket, bytearray]
+                      ) -> None:
+        try:
+            req = recv(conn, clients[conn])
+        except (ControlError, OSError):
+            req = None
+        if req is None:
+            clients.pop(conn).clear()
+            conn.close()
+            return
+        try:
+            reply = {"ok": True, "result": self.handle(req)}
+        except ArmlpError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        try:
+            send(conn, reply)
+        except OSError:      # the client went away: the work stands, the reply is lost
+            clients.pop(conn, None)
+            conn.close()
