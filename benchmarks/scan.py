@@ -419,6 +419,7 @@ def main() -> int:
             "ratio_at_least_10x": ratio >= TARGET_RATIO,
             "under_1s": a["median"] < TARGET_SECONDS,
         },
+        "note": "whole processes, stdout to /dev/null, interleaved; armlp from cached bytecode",
         "python": platform.python_version(),
         "machine": platform.machine(),
     }

@@ -73,31 +73,34 @@ def _dumps(obj: object) -> str:
 
 
 def _functions_json_parts(reports: Sequence[FunctionReport],
-                          verdicts: dict[int, str]) -> list[str]:
+                          shared: dict[tuple[int, str, str, str], tuple[str, str]]
+                          ) -> list[str]:
     """``[_dumps(r.to_json()) for r in reports]``, the same texts built faster.
 
-    Thousands of functions share a few dozen verdicts, so each verdict is
-    encoded once (*verdicts*: id -> its keys, shared between calls) and each
-    function is one format string.
+    Thousands of functions share a section, binding, mode and one of a few
+    dozen verdicts: those keys are encoded once per combination (*shared*,
+    kept between calls) and each function is one format string.
     """
     parts: list[str] = []
     append = parts.append
     enc = _json_str
     for r in reports:
         fn, v, site = r.fn, r.verdict, r.site
-        tail = verdicts.get(id(v))
-        if tail is None:
-            tail = verdicts[id(v)] = _dumps(_verdict_json(v))[1:-1]
+        key = (id(v), fn.section_name, fn.binding, fn.mode)
+        keys = shared.get(key)
+        if keys is None:
+            keys = shared[key] = (
+                f'"section":{enc(fn.section_name)},"binding":{enc(fn.binding)},'
+                f'"mode":{enc(fn.mode)},',
+                _dumps(_verdict_json(v))[1:])
+        middle, tail = keys
         if site is None:
             append(f'{{"name":{enc(fn.name)},"sympos":{fn.sympos},"address":{fn.address},'
-                   f'"size":{fn.size},"section":{enc(fn.section_name)},'
-                   f'"binding":{enc(fn.binding)},"mode":{enc(fn.mode)},'
-                   f'"mcount_site":null,"site_offset":null,{tail}}}')
+                   f'"size":{fn.size},{middle}"mcount_site":null,"site_offset":null,{tail}')
         else:
             append(f'{{"name":{enc(fn.name)},"sympos":{fn.sympos},"address":{fn.address},'
-                   f'"size":{fn.size},"section":{enc(fn.section_name)},'
-                   f'"binding":{enc(fn.binding)},"mode":{enc(fn.mode)},'
-                   f'"mcount_site":{site},"site_offset":{site - fn.address},{tail}}}')
+                   f'"size":{fn.size},{middle}"mcount_site":{site},'
+                   f'"site_offset":{site - fn.address},{tail}')
     return parts
 
 
@@ -166,11 +169,11 @@ class ScanResult:
         assert head.endswith('"functions":null}')
         out.write(head[:-5])
         out.write("[")
-        verdicts: dict[int, str] = {}
+        shared: dict[tuple[int, str, str, str], tuple[str, str]] = {}
         for k in range(0, len(self.functions), chunk):
             if k:
                 out.write(",")
-            out.write(",".join(_functions_json_parts(self.functions[k:k + chunk], verdicts)))
+            out.write(",".join(_functions_json_parts(self.functions[k:k + chunk], shared)))
         out.write("]}")
 
     def _json_header(self) -> dict[str, object]:

@@ -255,10 +255,10 @@ class SymbolTable:
         that occur more than once), counted as :attr:`by_name` counts."""
         c = self._cols
         seen: dict[str, list[int]] = {}
-        for i, name in enumerate(c.names):
-            if name in wanted and c.shndx[i] != SHN_UNDEF and \
-                    c.infos[i] & 0xF not in (STT_SECTION, STT_FILE) and \
-                    not is_mapping_symbol(name):
+        for i in compress(range(len(c.names)), map(wanted.__contains__, c.names)):
+            name = c.names[i]
+            if c.shndx[i] != SHN_UNDEF and c.infos[i] & 0xF not in (STT_SECTION, STT_FILE) \
+                    and not is_mapping_symbol(name):
                 seen.setdefault(name, []).append(i)
         return {i: pos for same in seen.values() if len(same) > 1
                 for pos, i in enumerate(same, 1)}

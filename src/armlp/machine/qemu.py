@@ -1,0 +1,143 @@
+"""Starting an ARM Linux program under ``qemu-arm`` with its GDB stub.
+
+:func:`start_qemu` runs ``qemu-arm -g DIR/gdb.sock PROGRAM ARGS...``: qemu
+7.2 accepts a path for ``-g`` and serves the stub on a Unix socket there,
+waiting before the program's first instruction.  *DIR* is a private
+directory (``mkdtemp``, mode 0700) so no other user can reach the stub;
+nothing listens on TCP.  The program's stdin/stdout/stderr are the caller's
+unless redirected.  qemu takes one connection per process: the
+:class:`QemuProcess` holds it for the program's life.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from armlp.errors import MachineError
+from armlp.machine.rsp import DEFAULT_TIMEOUT, RspConnection
+
+#: How long qemu gets to create its socket.
+START_TIMEOUT = 10.0
+
+_File = int | IO[Any] | None
+
+
+def qemu_binary() -> str:
+    """Absolute path of ``qemu-arm`` (``$ARMLP_QEMU`` overrides it)."""
+    name = os.environ.get("ARMLP_QEMU", "qemu-arm")
+    path = shutil.which(name)
+    if path is None:
+        raise MachineError(f"{name} not found: install qemu-user (Debian: qemu-user)")
+    return path
+
+
+class QemuProcess:
+    """A program under ``qemu-arm -g``: the process and the stub connection."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], conn: RspConnection,
+                 directory: Path) -> None:
+        self.popen = popen
+        self.conn = conn
+        self.directory = directory
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def interrupt(self) -> None:
+        """Stop the running program: qemu-user's stub does not read its
+        socket while the program runs, so the interrupt byte alone does not
+        arrive; a SIGINT to qemu becomes a signal of the target that qemu
+        hands to the stub first (a stop with signal 2, which a following
+        continue drops)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.popen.pid, signal.SIGINT)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for qemu to end; its exit status (negative: killed by a signal)."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise MachineError(f"qemu (pid {self.pid}) did not end within {timeout} s") \
+                from None
+
+    def close(self) -> None:
+        """Kill qemu if it still runs, close the connection, remove the directory."""
+        self.conn.close()
+        if self.popen.poll() is None:
+            self.popen.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> QemuProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_qemu(program: str | Path, args: Sequence[str] = (), *,
+               env: Mapping[str, str] | None = None, stdin: _File = None,
+               stdout: _File = None, stderr: _File = None,
+               argv0: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+               qemu_args: Sequence[str] = ()) -> QemuProcess:
+    """Start *program* under ``qemu-arm`` with its stub on a private Unix
+    socket, connect, and return it stopped before its first instruction.
+
+    *env* is the program's environment (default: the caller's); *stdin*,
+    *stdout*, *stderr* are passed to :class:`subprocess.Popen` (default:
+    inherited).  *timeout* is the connection's reply timeout.
+    """
+    prog = Path(program)
+    if not prog.is_file():
+        raise MachineError(f"{prog}: no such program")
+    directory = Path(tempfile.mkdtemp(prefix="armlp-"))
+    os.chmod(directory, stat.S_IRWXU)
+    sock = directory / "gdb.sock"
+    cmd = [qemu_binary(), *qemu_args, "-g", str(sock)]
+    if argv0 is not None:
+        cmd += ["-0", argv0]
+    cmd += [str(prog), *args]
+    try:
+        popen = subprocess.Popen(cmd, env=dict(env) if env is not None else None,
+                                 stdin=stdin, stdout=stdout, stderr=stderr)
+    except OSError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise MachineError(f"cannot start {cmd[0]}: {exc}") from None
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not sock.exists():
+            if popen.poll() is not None:
+                raise MachineError(f"qemu-arm ended (status {popen.returncode}) before "
+                                   f"serving the stub for {prog}")
+            if time.monotonic() > deadline:
+                raise MachineError(f"qemu-arm did not create its stub socket within "
+                                   f"{START_TIMEOUT} s")
+            time.sleep(0.002)
+        os.chmod(sock, stat.S_IRUSR | stat.S_IWUSR)
+        while True:     # the socket exists from bind(); listen() follows
+            try:
+                conn = RspConnection.connect_unix(str(sock), timeout=timeout)
+                break
+            except MachineError:
+                if popen.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+    except BaseException:
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return QemuProcess(popen, conn, directory)
