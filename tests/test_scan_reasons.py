@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS, scan_json
 
 from armlp.build import build_program
 from armlp.toolchain import compile_object
+from conftest import CORPUS, scan_json
 
 EXPECTED = {
     "far_site": ("site_too_far", "+0x48"),   # 17 nops + push {lr}
