@@ -48,15 +48,19 @@ RUNTIME_SOURCES: tuple[str, ...] = ("start.S", "fs.c")
 _KEY_VERSION = b"armlp-build-1"
 
 
-def cache_dir() -> Path:
-    """Root of armlp's build cache (created on demand)."""
+def cache_root() -> Path:
+    """armlp's cache: $ARMLP_CACHE_DIR, else $XDG_CACHE_HOME/armlp, else
+    ~/.cache/armlp (programs in build/, the runtime in runtime-<hash>/)."""
     env = os.environ.get("ARMLP_CACHE_DIR")
     if env:
-        root = Path(env)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        root = (Path(xdg) if xdg else Path.home() / ".cache") / "armlp"
-    return root / "build"
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "armlp"
+
+
+def cache_dir() -> Path:
+    """Root of armlp's program build cache (created on demand)."""
+    return cache_root() / "build"
 
 
 @functools.cache

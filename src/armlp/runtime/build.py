@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from armlp.build import cache_root
 from armlp.toolchain import PREFIX, compile_object
 
 SOURCES = ("entry.S", "ftrace.c", "livepatch.c")
@@ -21,12 +22,6 @@ CFLAGS = ("-marm", "-march=armv5te", "-O2", "-ffreestanding", "-fno-pic",
           "-fno-stack-protector", "-fno-common", "-fno-builtin", "-Wall", "-Werror")
 
 SOURCE_DIR = Path(__file__).parent
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("ARMLP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "armlp")
-    return Path(base)
 
 
 def _digest() -> str:
@@ -42,7 +37,7 @@ def _digest() -> str:
 
 def runtime_objects() -> list[Path]:
     """The runtime's object files, built if missing or out of date."""
-    out = cache_dir() / f"runtime-{_digest()}"
+    out = cache_root() / f"runtime-{_digest()}"
     objs = [out / (Path(s).stem + ".o") for s in SOURCES if (SOURCE_DIR / s).exists()]
     if all(o.exists() for o in objs):
         return objs
