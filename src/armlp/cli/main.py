@@ -17,9 +17,10 @@ from armlp.errors import ArmlpError
 EXIT_USAGE = 2
 
 
-#: The subcommands, in help order: each is a module ``armlp.cli.<name>`` with
-#: ``register(sub)``.
-COMMANDS = ("scan", "trace", "verify", "run")
+#: Subcommand -> the module ``armlp.cli.<module>`` whose ``register(sub)``
+#: adds it (a module may add several), in help order.
+COMMANDS = {"scan": "scan", "trace": "trace", "verify": "verify", "run": "run",
+            "cflags": "run", "patch": "live", "unpatch": "live", "status": "live"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -32,9 +33,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"armlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMANDS:
-        if command in (None, name):
-            importlib.import_module(f"armlp.cli.{name}").register(sub)
+    modules = dict.fromkeys(COMMANDS.values()) if command is None else [COMMANDS[command]]
+    for module in modules:
+        importlib.import_module(f"armlp.cli.{module}").register(sub)
     return parser
 
 
