@@ -90,14 +90,15 @@ class QemuProcess:
 def start_qemu(program: str | Path, args: Sequence[str] = (), *,
                env: Mapping[str, str] | None = None, stdin: _File = None,
                stdout: _File = None, stderr: _File = None,
-               argv0: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-               qemu_args: Sequence[str] = ()) -> QemuProcess:
+               cwd: str | Path | None = None, argv0: str | None = None,
+               timeout: float = DEFAULT_TIMEOUT, qemu_args: Sequence[str] = ()) -> QemuProcess:
     """Start *program* under ``qemu-arm`` with its stub on a private Unix
     socket, connect, and return it stopped before its first instruction.
 
     *env* is the program's environment (default: the caller's); *stdin*,
     *stdout*, *stderr* are passed to :class:`subprocess.Popen` (default:
-    inherited).  *timeout* is the connection's reply timeout.
+    inherited), *cwd* its working directory.  *timeout* is the connection's
+    reply timeout.
     """
     prog = Path(program)
     if not prog.is_file():
@@ -108,10 +109,10 @@ def start_qemu(program: str | Path, args: Sequence[str] = (), *,
     cmd = [qemu_binary(), *qemu_args, "-g", str(sock)]
     if argv0 is not None:
         cmd += ["-0", argv0]
-    cmd += [str(prog), *args]
+    cmd += [str(prog.resolve()), *args]
     try:
         popen = subprocess.Popen(cmd, env=dict(env) if env is not None else None,
-                                 stdin=stdin, stdout=stdout, stderr=stderr)
+                                 stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd)
     except OSError as exc:
         shutil.rmtree(directory, ignore_errors=True)
         raise MachineError(f"cannot start {cmd[0]}: {exc}") from None

@@ -607,9 +607,12 @@ class RspConnection:
 
 
 def _is_stop(reply: bytes) -> bool:
-    return len(reply) >= 3 and reply[:1] in b"TSWX" and \
-        all(c in b"0123456789abcdefABCDEF" for c in reply[1:3]) and \
-        (len(reply) == 3 or reply[:1] in b"TW" and reply[3:4] in b";:" or reply[:1] == b"T")
+    """A stop reply: ``Tnn...``, ``Snn``, ``Wnn[;...]``, ``Xnn[;...]``."""
+    if len(reply) < 3 or reply[:1] not in b"TSWX":
+        return False
+    if not all(c in b"0123456789abcdefABCDEF" for c in reply[1:3]):
+        return False
+    return reply[:1] == b"T" or len(reply) == 3 or reply[3:4] == b";"
 
 
 def _is_error(reply: bytes) -> bool:
