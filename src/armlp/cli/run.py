@@ -10,14 +10,23 @@ from typing import Any
 from armlp.errors import ArmlpError
 
 RUN_HELP = """\
-Run PROGRAM (a static ARM executable built with -pg) on a machine and apply a
-live patch while it runs.  With --machine emu (the only machine so far) the
-program runs in armlp's emulator; its output passes through unchanged.
+Run PROGRAM (a static ARM executable built with -pg) under armlp.
 
---after MS applies the patch once the program's clock has advanced MS
-milliseconds (the emulator's virtual clock, which the program's sleeps
-advance: runs are reproducible); --unpatch-after MS disables it again that
-many milliseconds after it was applied.  armlp's own messages go to stderr.
+--machine qemu (the default): the program runs as a real Linux process under
+qemu-arm, with its stdin/stdout/stderr untouched.  armlp attaches through the
+GDB stub on a private Unix socket before the first instruction, turns every
+mcount site into the NOP, loads its runtime, and stays up for the program's
+life serving a control socket: 'armlp patch', 'unpatch' and 'status' talk to
+it.  It exits with the program's exit status.  --patch PATCH.o@SECONDS
+applies a patch that long after the start.
+
+--machine emu: the program runs in armlp's emulator.  --after MS applies the
+--patch modules once the program's clock has advanced MS milliseconds (the
+emulator's virtual clock, which the program's sleeps advance: runs are
+reproducible); --unpatch-after MS disables them again that many milliseconds
+later.
+
+armlp's own messages go to stderr, prefixed with [armlp].
 """
 
 CFLAGS_HELP = """\
@@ -37,10 +46,11 @@ def register(sub: Any) -> None:
                        description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("program", metavar="PROGRAM")
     p.add_argument("args", nargs="*", metavar="ARGS", help="program arguments (after --)")
-    p.add_argument("--machine", choices=["emu"], default="emu",
-                   help="where to run it (emu: armlp's emulator)")
-    p.add_argument("--patch", action="append", default=[], metavar="PATCH.o",
-                   help="patch module to apply (repeatable: applied in order, stacked)")
+    p.add_argument("--machine", choices=["qemu", "emu"], default="qemu",
+                   help="qemu: a real process under qemu-arm (default); emu: armlp's emulator")
+    p.add_argument("--patch", action="append", default=[], metavar="PATCH.o[@SECONDS]",
+                   help="patch module to apply (repeatable: applied in order, stacked); "
+                        "with qemu, @SECONDS delays it")
     p.add_argument("--after", type=float, default=0.0, metavar="MS",
                    help="apply the patches after MS ms of the program's clock (default 0)")
     p.add_argument("--unpatch-after", type=float, default=None, metavar="MS",
@@ -75,14 +85,69 @@ def _note(msg: str) -> None:
     print(f"[armlp] {msg}", file=sys.stderr, flush=True)
 
 
+def _split_patch(spec: str) -> tuple[str, float]:
+    path, sep, delay = spec.rpartition("@")
+    if not sep:
+        return spec, 0.0
+    try:
+        return path, float(delay)
+    except ValueError:
+        raise ArmlpError(f"bad --patch {spec!r}: expected PATCH.o@SECONDS") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.machine == "qemu":
+        return run_qemu(args)
+    return run_emu(args)
+
+
+def run_qemu(args: argparse.Namespace) -> int:
+    import os
+
+    from armlp.control.qemu_live import QemuLive
+    from armlp.control.server import Controller
+    from armlp.elf.image import ElfImage
+    from armlp.machine.gdb import GdbMachine
+    from armlp.machine.qemu import start_qemu
+    from armlp.target import Target
+
+    if args.after or args.unpatch_after is not None:
+        raise ArmlpError("--after/--unpatch-after are for --machine emu; with qemu use "
+                         "--patch PATCH.o@SECONDS and 'armlp unpatch'")
+    image = ElfImage(args.program)
+    if image.is_relocatable:
+        raise ArmlpError(f"{args.program}: a relocatable object, not a program")
+    patches = [_split_patch(p) for p in args.patch]
+    for path, _ in patches:
+        if not os.path.isfile(path):
+            raise ArmlpError(f"{path}: no such patch module")
+    qemu = start_qemu(args.program, args.args)
+    try:
+        machine = GdbMachine(qemu.conn, interrupt=qemu.interrupt)
+        target = Target.attach(machine, image)
+        controller = Controller(target, QemuLive(qemu, machine), program=args.program,
+                                pid=qemu.pid, on_event=_note)
+        for path, delay in patches:
+            controller.livepatch.load(os.path.abspath(path))     # refuse before it runs
+            controller.schedule(delay, {"op": "patch", "path": os.path.abspath(path)})
+        _note(f"target {controller.id}: {len(target.ftrace.records)} mcount sites ready; "
+              f"control socket {controller.socket_path}")
+        status = controller.serve()
+    finally:
+        qemu.close()
+    if args.json:
+        sys.stdout.write(json.dumps({"exit_status": status}) + "\n")
+    return status
+
+
+def run_emu(args: argparse.Namespace) -> int:
     from armlp.livepatch import Livepatch
     from armlp.machine.emulator import Emulator, StopReason
     from armlp.target import Target
 
     target = Target.emulate(args.program, [args.program, *args.args], echo=True)
     lp = Livepatch(target)
-    patches = [lp.load(p) for p in args.patch]       # every check before running
+    patches = [lp.load(_split_patch(p)[0]) for p in args.patch]   # every check first
     emu = target.machine
     assert isinstance(emu, Emulator)
     clock = emu.syscalls.vclock

@@ -14,6 +14,7 @@ import json
 import os
 import select
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,6 +64,11 @@ class Controller:
         self.info = TargetInfo(self.id, str(program), pid, os.getpid(), str(self.socket_path))
         self.on_event = on_event or (lambda _msg: None)
         self._paused = False
+        self._timers: list[tuple[float, dict[str, Any]]] = []
+
+    def schedule(self, delay: float, request: dict[str, Any]) -> None:
+        """Handle *request* *delay* seconds after serving starts (``--patch P@DELAY``)."""
+        self._timers.append((delay, request))
 
     # -- requests -------------------------------------------------------------
 
@@ -91,8 +97,8 @@ class Controller:
             path = req.get("path")
             if not isinstance(path, str) or not os.path.isabs(path):
                 raise ControlError("patch: an absolute path to the patch module is required")
-            patch = lp.load(path)             # every check that needs no stop first
             with self.paused():
+                patch = lp.load(path)         # every check before the first write
                 lp.enable(patch)
             self.on_event(f"patch {patch.name} enabled ("
                           + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")")
@@ -124,12 +130,19 @@ class Controller:
         listener.listen(8)
         (self.dir / "info.json").write_text(json.dumps(self.info.to_json()))
         clients: dict[socket.socket, bytearray] = {}
+        start = time.monotonic()
+        timers = sorted((start + d, i, r) for i, (d, r) in enumerate(self._timers))
         try:
             self.process.resume()
             while True:
+                now = time.monotonic()
+                while timers and timers[0][0] <= now:
+                    self._run_timer(timers.pop(0)[2])
+                wait = max(0.0, timers[0][0] - now) if timers else None
                 by_fd = {c.fileno(): c for c in clients}
                 target_fd = self.process.fileno()
-                readable, _, _ = select.select([listener.fileno(), target_fd, *by_fd], [], [])
+                readable, _, _ = select.select([listener.fileno(), target_fd, *by_fd], [], [],
+                                               wait)
                 if target_fd in readable:
                     status = self.process.poll_exit()
                     if status is not None:
@@ -150,6 +163,12 @@ class Controller:
                     f.unlink()
             with contextlib.suppress(OSError):
                 self.dir.rmdir()
+
+    def _run_timer(self, req: dict[str, Any]) -> None:
+        try:
+            self.handle(req)
+        except ArmlpError as exc:
+            self.on_event(f"{req.get('op')} failed: {exc}")
 
     def _serve_client(self, conn: socket.socket, clients: dict[socket.socket, bytearray]
                       ) -> None:

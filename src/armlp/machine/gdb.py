@@ -66,7 +66,13 @@ SVC0 = 0xEF000000
 #: ``udf #16`` fills the scratch page; ``mov r0, r0``.
 UDF = 0xE7F001F0
 NOP = 0xE1A00000
-_SCRATCH_SVC, _SCRATCH_RETURN = 0x0, 0x100
+_SCRATCH_SVC, _SCRATCH_RETURN, _SCRATCH_COPY = 0x0, 0x100, 0x200
+#: copy(dst=r0, src=r1, n=r2): word by word when all three are word aligned
+#: (each aligned word lands with one store), else byte by byte.
+_COPY_CODE = (0xE1803001, 0xE1833002, 0xE3130003, 0x1A000004, 0xE2522004, 0xB12FFF1E,
+              0xE4913004, 0xE4803004, 0xEAFFFFFA, 0xE2522001, 0xB12FFF1E, 0xE4D13001,
+              0xE4C03001, 0xEAFFFFFA)
+_STAGING = 16 * 4096
 _CPSR_T = 1 << 5
 _CPSR_IT = (0x3F << 10) | (0x3 << 25)
 _AT_PHDR, _AT_PHENT, _AT_PHNUM, _AT_ENTRY = 3, 4, 5, 9
@@ -122,6 +128,8 @@ class GdbMachine:
         self._sigints = 0       # SIGINTs armlp sent that have not stopped a thread yet
         self._svc: int | None = None
         self._scratch: int | None = None
+        self._staging: int | None = None
+        self._copy_in_target = False
         self._bootstrap = False
         self._breakpoints: set[int] = set()
         self._cache: dict[int, bytes] = {}
@@ -469,7 +477,35 @@ class GdbMachine:
 
     def _raw_write(self, address: int, data: bytes) -> None:
         self._forget(address, len(data))
-        self.conn.write_memory(address, data)
+        if self._copy_in_target:
+            self._target_copy(address, data)
+            return
+        try:
+            self.conn.write_memory(address, data)
+        except MachineError as exc:
+            if "E14" not in str(exc):
+                raise
+            # qemu-user 7.2 write-protects every page it has translated code
+            # from (its self-modifying-code guard) and its stub then refuses
+            # to write there; with other threads still running (the stub is
+            # not all-stop) an mprotect would be undone at once.  A store by
+            # the target itself takes qemu's own SMC path (unprotect, drop
+            # the translations), so from now on armlp's writes are copies
+            # made by the target.
+            self._copy_in_target = True
+            self._target_copy(address, data)
+
+    def _target_copy(self, address: int, data: bytes) -> None:
+        """Write *data* by running armlp's copy routine in the target: the
+        bytes go to a data-only staging area, the target copies them
+        (aligned words with single stores, so no thread sees half a word)."""
+        if self._staging is None:
+            self._staging = self._mmap(0, _STAGING, prot=PROT_READ | PROT_WRITE)
+        copy = self._scratch_page() - _SCRATCH_RETURN + _SCRATCH_COPY
+        for off in range(0, len(data), _STAGING):
+            part = data[off:off + _STAGING]
+            self.conn.write_memory(self._staging, part)
+            self.call(copy, (address + off, self._staging, len(part)))
 
     # The program's text changes only through armlp: while the target is
     # stopped, reads inside its executable segments come from a page cache
@@ -604,8 +640,8 @@ class GdbMachine:
             if self.exit is None:
                 self.conn.write_all_registers(saved, tid)
 
-    def _mmap(self, hint: int, size: int) -> int:
-        r = self._syscall(NR_MMAP2, hint, size, PROT_RWX, MAP_PRIVATE | MAP_ANONYMOUS,
+    def _mmap(self, hint: int, size: int, *, prot: int = PROT_RWX) -> int:
+        r = self._syscall(NR_MMAP2, hint, size, prot, MAP_PRIVATE | MAP_ANONYMOUS,
                           0xFFFFFFFF, 0)
         if _signed(r) < 0 and _signed(r) > -4096:
             raise MachineError(f"mmap of {size:#x} bytes RWX in the target failed: "
@@ -619,6 +655,8 @@ class GdbMachine:
             addr = self._mmap(0, PAGE)
             words = [UDF] * (PAGE // 4)
             words[_SCRATCH_SVC // 4:_SCRATCH_SVC // 4 + 3] = [SVC0, NOP, NOP]
+            at = _SCRATCH_COPY // 4
+            words[at:at + len(_COPY_CODE)] = _COPY_CODE
             self.conn.write_memory(addr, struct.pack(f"<{len(words)}I", *words))
             self._scratch = addr
         return self._scratch + _SCRATCH_RETURN
