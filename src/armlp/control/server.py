@@ -64,6 +64,7 @@ class Controller:
         self.info = TargetInfo(self.id, str(program), pid, os.getpid(), str(self.socket_path))
         self.on_event = on_event or (lambda _msg: None)
         self._paused = False
+        self.last_pause_ms = 0.0
         self._timers: list[tuple[float, dict[str, Any]]] = []
 
     def schedule(self, delay: float, request: dict[str, Any]) -> None:
@@ -80,11 +81,13 @@ class Controller:
             return
         self.process.interrupt()
         self._paused = True
+        t0 = time.perf_counter()
         try:
             yield
         finally:
             self._paused = False
             self.process.resume()
+            self.last_pause_ms = (time.perf_counter() - t0) * 1e3
 
     def handle(self, req: dict[str, Any]) -> Any:
         op = req.get("op")
@@ -102,7 +105,17 @@ class Controller:
                 lp.enable(patch)
             self.on_event(f"patch {patch.name} enabled ("
                           + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")")
-            return {"name": patch.name, "functions": [f.label for f in patch.funcs]}
+            return {"name": patch.name, "functions": [f.label for f in patch.funcs],
+                    "pause_ms": round(self.last_pause_ms, 3)}
+        if op == "read":
+            # Diagnostics and tests: target memory as the controller sees it.
+            address, size = req.get("address"), req.get("size")
+            if not isinstance(address, int) or not isinstance(size, int) or \
+                    not 0 < size <= 1 << 20:
+                raise ControlError("read: integer address and size (at most 1 MiB) required")
+            with self.paused():
+                return {"address": address, "data": self.target.machine.read(address,
+                                                                            size).hex()}
         if op == "unpatch":
             name = req.get("name")
             if not isinstance(name, str):
@@ -113,7 +126,8 @@ class Controller:
                 deferred = patch in lp.deferred
             self.on_event(f"patch {name} disabled" + (" (memory freed later: still in use)"
                                                       if deferred else ""))
-            return {"name": name, "memory_freed": not deferred}
+            return {"name": name, "memory_freed": not deferred,
+                    "pause_ms": round(self.last_pause_ms, 3)}
         raise ControlError(f"unknown request {op!r}")
 
     # -- the loop -------------------------------------------------------------

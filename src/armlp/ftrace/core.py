@@ -129,7 +129,8 @@ class Ftrace:
         self.records: dict[int, DynFtrace] = {}
         self.ops: list[FtraceOps] = []
         self.veneers = VeneerPool(machine)
-        self.heap = TargetHeap(machine)
+        self.heap = TargetHeap(machine, near=self._text_address(),
+                               quarantine=not getattr(machine, "all_stop", True))
         self._active: dict[int, DynFtrace] = {}          # sites with users
         self._sites_of: dict[int, list[DynFtrace]] = {}  # id(ops) -> its sites
         self.mcount = self._mcount_address()
@@ -137,6 +138,10 @@ class Ftrace:
             if rep.site is not None and rep.fn.mode == "arm":
                 self.records[rep.site] = DynFtrace(rep.site, rep)
         self._initialised = False
+
+    def _text_address(self) -> int | None:
+        text = self.scan.image.section(".text")
+        return text.addr if text is not None else None
 
     @property
     def runtime(self) -> Runtime:

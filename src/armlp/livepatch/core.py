@@ -247,8 +247,16 @@ class Livepatch:
         self.release_deferred()
 
     def release_deferred(self) -> list[KlpPatch]:
-        """Free the memory of disabled patches no thread can still be in."""
-        freed = []
+        """Free the memory of disabled patches no thread can still be in.
+
+        Only on machines that stop every thread (the emulator, gdbserver):
+        where threads keep running while armlp works (qemu-user's stub), a
+        check of their pcs and stacks proves nothing a moment later, so the
+        memory stays until the program ends.
+        """
+        freed: list[KlpPatch] = []
+        if not getattr(self.machine, "all_stop", True):
+            return freed
         for tramp in list(self.dead_tramps):
             if not self._in_use(tramp, tramp + 32):
                 self.heap.free(tramp)

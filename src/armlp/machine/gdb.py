@@ -129,6 +129,8 @@ class GdbMachine:
         self._svc: int | None = None
         self._scratch: int | None = None
         self._staging: int | None = None
+        #: qemu-user 7.2's stub stops one thread, the others run on.
+        self.all_stop = False
         self._copy_in_target = False
         self._bootstrap = False
         self._breakpoints: set[int] = set()

@@ -16,9 +16,14 @@ CHUNK = 64 * 1024
 class TargetHeap:
     """A bump allocator with per-size free lists over machine chunks."""
 
-    def __init__(self, machine: Machine, *, near: int | None = None) -> None:
+    def __init__(self, machine: Machine, *, near: int | None = None,
+                 quarantine: bool = False) -> None:
         self.machine = machine
         self.near = near
+        #: Never reuse a freed block: for targets whose threads keep running
+        #: while armlp works (no all-stop), a thread may still read a block
+        #: it found a pointer to just before the free.
+        self.quarantine = quarantine
         self._chunk = 0
         self._used = CHUNK
         self._free: dict[int, list[int]] = {}
@@ -46,4 +51,5 @@ class TargetHeap:
         size = self._sizes.pop(addr, None)
         if size is None:
             raise MachineError(f"heap free({addr:#x}): not an allocated block")
-        self._free.setdefault(size, []).append(addr)
+        if not self.quarantine:
+            self._free.setdefault(size, []).append(addr)
