@@ -1,52 +1,71 @@
-"""The main job: build an example ARM service with a bug and a patch module
-that fixes it, show which functions armlp can patch, then run the service in
-the emulator, apply the fix while it runs, and take it out again.
+"""The main job: live patch a running multi-threaded ARM service.
+
+Builds examples/programs/live_service.c (four worker threads price orders,
+the main thread prints a line every 200 ms; price() forgets a 10% discount)
+and the fix examples/patches/live_fix_price.c, starts the service as a real
+Linux process under qemu-arm with ``armlp run``, and while it runs applies
+the fix with ``armlp patch``, shows ``armlp status``, and takes the fix out
+again with ``armlp unpatch``: the printed prices change and change back.
 
 Run through ``./run.sh demo`` (which installs what is missing first).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from armlp.build import build_program
 from armlp.toolchain import tool
 
 HERE = Path(__file__).resolve().parent
-
-
-def armlp(*args: str) -> None:
-    cmd = [sys.executable, "-m", "armlp.cli.main", *args]
-    print(f"\n$ armlp {' '.join(args)}", flush=True)
-    proc = subprocess.run(cmd, check=False)
-    if proc.returncode != 0:
-        sys.exit(proc.returncode)
+ARMLP = [sys.executable, "-m", "armlp.cli.main"]
 
 
 def rel(path: Path) -> str:
     return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
 
 
+def armlp(*args: str) -> None:
+    print(f"\n$ armlp {' '.join(args)}", flush=True)
+    subprocess.run([*ARMLP, *args], check=True)
+
+
 def main() -> int:
     build = HERE.parent / "build"
-    service = build_program([HERE / "programs" / "service.c"], build / "service")
-    print(f"built {rel(service)} from examples/programs/service.c "
-          f"(-marm -pg -mapcs-frame -O2): price() forgets the 10% discount")
-    flags = subprocess.run([sys.executable, "-m", "armlp.cli.main", "cflags", "--target",
-                            str(service)], check=True, capture_output=True, text=True).stdout
-    fix = build / "fix_price.o"
-    subprocess.run([tool("gcc"), *flags.split(), "-c", str(HERE / "patches" / "fix_price.c"),
+    service = build_program([HERE / "programs" / "live_service.c"], build / "live_service",
+                            freestanding=False, ldflags=["-pthread"])
+    flags = subprocess.run([*ARMLP, "cflags", "--target", str(service)], check=True,
+                           capture_output=True, text=True).stdout.split()
+    fix = build / "live_fix_price.o"
+    subprocess.run([tool("gcc"), *flags, "-c", str(HERE / "patches" / "live_fix_price.c"),
                     "-o", str(fix)], check=True)
-    print(f"built {rel(fix)} from examples/patches/fix_price.c with $(armlp cflags --target "
-          f"{rel(service)})")
+    print(f"built {rel(service)} (examples/programs/live_service.c, -marm -pg -mapcs-frame "
+          f"-O2, static glibc, 4 worker threads): price() forgets the 10% discount")
+    print(f"built {rel(fix)} from examples/patches/live_fix_price.c with "
+          f"$(armlp cflags --target {rel(service)})")
     armlp("scan", rel(service), "--function", "price")
-    armlp("run", "--machine", "emu", rel(service), "--patch", rel(fix), "--after", "450",
-          "--unpatch-after", "400")
-    calls = build_program([HERE / "programs" / "calls.c"], build / "calls")
-    armlp("trace", "--graph", rel(calls))
-    return 0
+    env = dict(os.environ, ARMLP_RUNTIME_DIR=tempfile.mkdtemp(prefix="armlp-demo-"))
+    os.environ.update(env)
+    print(f"\n$ armlp run {rel(service)} 16 &", flush=True)
+    run = subprocess.Popen([*ARMLP, "run", rel(service), "16"], env=env)
+    try:
+        time.sleep(1.1)
+        armlp("patch", rel(fix))
+        time.sleep(0.3)
+        armlp("status")
+        time.sleep(0.9)
+        armlp("unpatch", "fix-price")
+        status = run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    print(f"\nthe service exited with status {status}")
+    return status
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def unpatch(args: argparse.Namespace) -> int:
 
     info = find_target(args.target)
     res = request(info.socket, {"op": "unpatch", "name": args.name})
-    note = "" if res["memory_freed"] else " (its memory is freed once no thread uses it)"
+    note = "" if res["memory_freed"] else " (its memory is kept until provably unused)"
     _print(args, res, f"{info.id}: patch {args.name} disabled{note}")
     return 0
 

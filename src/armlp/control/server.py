@@ -124,7 +124,7 @@ class Controller:
                 patch = lp.find(name)
                 lp.disable(patch)
                 deferred = patch in lp.deferred
-            self.on_event(f"patch {name} disabled" + (" (memory freed later: still in use)"
+            self.on_event(f"patch {name} disabled" + (" (its memory is kept until provably unused)"
                                                       if deferred else ""))
             return {"name": name, "memory_freed": not deferred,
                     "pause_ms": round(self.last_pause_ms, 3)}
