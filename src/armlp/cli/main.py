@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 #: Subcommand -> the module ``armlp.cli.<module>`` whose ``register(sub)``
 #: adds it (a module may add several), in help order.
 COMMANDS = {"scan": "scan", "trace": "trace", "verify": "verify", "run": "run",
-            "cflags": "run", "patch": "live", "unpatch": "live", "status": "live"}
+            "attach": "run", "cflags": "run", "patch": "live", "unpatch": "live", "status": "live"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -29,6 +29,14 @@ later.
 armlp's own messages go to stderr, prefixed with [armlp].
 """
 
+ATTACH_HELP = """\
+Like 'armlp run', for a program already waiting under a GDB stub: a device's
+gdbserver (HOST:PORT) or a 'qemu-arm -g PATH' (unix:PATH).  PROGRAM is the
+same ELF file, for its symbols.  The GDB protocol has no authentication:
+anyone who can reach a TCP stub controls the process, so prefer a Unix socket
+or an SSH tunnel.
+"""
+
 CFLAGS_HELP = """\
 Print the compiler flags for building a live patch module:
 
@@ -60,6 +68,13 @@ def register(sub: Any) -> None:
     p.add_argument("--max-instructions", type=int, default=5_000_000_000, metavar="N",
                    help="stop the program after N instructions")
     p.set_defaults(func=run)
+    a = sub.add_parser("attach", help="take control of a program waiting under a GDB stub",
+                       description=ATTACH_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("address", metavar="unix:PATH|HOST:PORT")
+    a.add_argument("program", metavar="PROGRAM", help="the program's ELF file (for its symbols)")
+    a.add_argument("--patch", action="append", default=[], metavar="PATCH.o[@SECONDS]")
+    a.set_defaults(func=attach)
     c = sub.add_parser("cflags", help="compiler flags for building a live patch",
                        description=CFLAGS_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 def run_qemu(args: argparse.Namespace) -> int:
     import os
 
-    from armlp.control.qemu_live import QemuLive
+    from armlp.control.qemu_live import GdbLive
     from armlp.control.server import Controller
     from armlp.elf.image import ElfImage
     from armlp.machine.gdb import GdbMachine
@@ -125,7 +140,7 @@ def run_qemu(args: argparse.Namespace) -> int:
     try:
         machine = GdbMachine(qemu.conn, interrupt=qemu.interrupt)
         target = Target.attach(machine, image)
-        controller = Controller(target, QemuLive(qemu, machine), program=args.program,
+        controller = Controller(target, GdbLive(machine, qemu), program=args.program,
                                 pid=qemu.pid, on_event=_note)
         for path, delay in patches:
             controller.livepatch.load(os.path.abspath(path))     # refuse before it runs
@@ -138,6 +153,53 @@ def run_qemu(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps({"exit_status": status}) + "\n")
     return status
+
+
+def attach(args: argparse.Namespace) -> int:
+    import contextlib
+    import os
+    import signal
+
+    from armlp.control.qemu_live import GdbLive
+    from armlp.control.server import Controller
+    from armlp.elf.image import ElfImage
+    from armlp.machine.gdb import GdbMachine
+    from armlp.machine.rsp import RspConnection
+    from armlp.target import Target
+
+    image = ElfImage(args.program)
+    patches = [_split_patch(p) for p in args.patch]
+    addr: str = args.address
+    if addr.startswith("unix:"):
+        conn = RspConnection.connect_unix(addr[5:])
+        local = True
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ArmlpError(f"bad address {addr!r}: expected unix:PATH or HOST:PORT")
+        _note(f"warning: the GDB protocol has no authentication; anyone who can reach "
+              f"{addr} controls the process")
+        conn = RspConnection.connect_tcp(host or "127.0.0.1", int(port))
+        local = False
+    tids = conn.thread_ids()
+    pid = tids[0] if tids else 0
+
+    def interrupt() -> None:
+        conn.interrupt()
+        if local and pid:          # qemu-user's stub does not read the byte while running
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGINT)
+
+    machine = GdbMachine(conn, interrupt=interrupt)
+    target = Target.attach(machine, image)
+    controller = Controller(target, GdbLive(machine), program=args.program, pid=pid,
+                            on_event=_note)
+    for path, delay in patches:
+        controller.livepatch.load(os.path.abspath(path))
+        controller.schedule(delay, {"op": "patch", "path": os.path.abspath(path)})
+    _note(f"target {controller.id}: {len(target.ftrace.records)} mcount sites ready; "
+          f"control socket {controller.socket_path}")
+    return controller.serve()
 
 
 def run_emu(args: argparse.Namespace) -> int:

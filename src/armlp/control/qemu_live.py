@@ -1,4 +1,5 @@
-"""A program under qemu-arm as the controller's live process."""
+"""A program behind a GDB stub as the controller's live process: under a
+qemu-arm that armlp started, or already waiting under a stub (attach)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from armlp.machine.gdb import GdbMachine
 from armlp.machine.qemu import QemuProcess
 
 POLL = 0.5
+#: Exit status reported when the stub went away without telling how the
+#: program ended (attach: we do not own the process).
+LOST = 255
 
 
-class QemuLive:
-    """Interrupt, resume and exit detection for one qemu-arm process."""
+class GdbLive:
+    """Interrupt, resume and exit detection for one process behind a stub."""
 
-    def __init__(self, qemu: QemuProcess, machine: GdbMachine) -> None:
-        self.qemu = qemu
+    def __init__(self, machine: GdbMachine, qemu: QemuProcess | None = None) -> None:
         self.machine = machine
+        self.qemu = qemu
         self.exit_status: int | None = None
 
     def interrupt(self) -> None:
@@ -28,7 +32,7 @@ class QemuLive:
             self.machine.resume()
 
     def fileno(self) -> int:
-        return self.qemu.conn.sock.fileno()
+        return self.machine.conn.sock.fileno()
 
     def poll_exit(self) -> int | None:
         try:
@@ -37,6 +41,9 @@ class QemuLive:
             if "timed out" in str(exc):
                 return None        # only the program's own signals, handed back
             if "connection lost" in str(exc):
+                if self.qemu is None:
+                    raise MachineError("stub connection lost; the program's fate is "
+                                       "unknown") from None
                 self.exit_status = self.qemu.wait(5.0)
                 return self.exit_status
             raise
@@ -49,3 +56,6 @@ class QemuLive:
     @staticmethod
     def _status(kind: str, status: int | None, signal: int) -> int:
         return (status or 0) if kind == "W" else 128 + signal
+
+
+QemuLive = GdbLive
