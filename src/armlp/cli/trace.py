@@ -20,6 +20,9 @@ functions matching a --filter (all when none is given) call the tracer.
 Prints one line per call in ftrace's format, 'function <- caller' (with
 --graph, indented by call depth), then a call-count summary.  The program's
 own output goes to stderr so the trace on stdout stays parseable.
+
+With --target ID (or '-' for the only one) it traces a program running under
+'armlp run' or 'armlp attach' instead, until --duration SECONDS or Ctrl-C.
 """
 
 CHUNK = 2_000_000
@@ -28,7 +31,13 @@ CHUNK = 2_000_000
 def register(sub: Any) -> None:
     p = sub.add_parser("trace", help="run a program in the emulator with the function tracer",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("program", metavar="PROGRAM", help="static ARM executable")
+    p.add_argument("program", metavar="PROGRAM", nargs="?",
+                   help="static ARM executable (not with --target)")
+    p.add_argument("--target", metavar="ID",
+                   help="trace a running target instead (see 'armlp status'); "
+                        "'-' for the only one")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="with --target: stop after SECONDS (default: until Ctrl-C)")
     p.add_argument("args", nargs="*", metavar="ARGS", help="program arguments (after --)")
     p.add_argument("--filter", action="append", default=[], metavar="GLOB",
                    help="trace functions matching GLOB (NAME,SYMPOS for one static); "
@@ -41,6 +50,63 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.target is not None:
+        return run_live(args)
+    if args.program is None:
+        raise ArmlpError("trace: give PROGRAM, or --target ID for a running target")
+    return run_emu(args)
+
+
+def run_live(args: argparse.Namespace) -> int:
+    """Trace a running target through its controller: the tracer's ring is
+    read every 0.2 s (the target stops for each read)."""
+    import time
+
+    from armlp.control.paths import find_target
+    from armlp.control.protocol import request
+
+    if args.program is not None or args.graph:
+        raise ArmlpError("trace --target: no PROGRAM and no --graph (threads share the ring)")
+    info = find_target(None if args.target == "-" else args.target)
+    request(info.socket, {"op": "trace_start", "filters": args.filter})
+    counts: Counter[str] = Counter()
+    calls: list[list[str]] = []
+    lost = 0
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    op = "trace_read"
+    try:
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                op = "trace_stop"
+            res = request(info.socket, {"op": op})
+            lost = res["lost"]
+            for fn, caller in res["calls"]:
+                counts[fn] += 1
+                if args.json:
+                    calls.append([fn, caller])
+                else:
+                    sys.stdout.write(f"{fn} <- {caller}\n")
+            sys.stdout.flush()
+            if op == "trace_stop":
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        res = request(info.socket, {"op": "trace_stop"})
+        lost = res["lost"]
+        for fn, _caller in res["calls"]:
+            counts[fn] += 1
+    if args.json:
+        sys.stdout.write(json.dumps({"target": info.id, "lost": lost,
+                                     "calls": [{"function": f, "caller": c} for f, c in calls],
+                                     "counts": dict(counts.most_common())}) + "\n")
+    else:
+        print(f"# {sum(counts.values())} calls traced, {lost} lost")
+        for name, n in counts.most_common():
+            print(f"# {name} {n}")
+    return 0
+
+
+def run_emu(args: argparse.Namespace) -> int:
     from armlp.ftrace.tracer import FunctionTracer
     from armlp.machine.emulator import StopReason
     from armlp.target import Target

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from armlp.control.paths import ControlError, TargetInfo, runtime_dir
 from armlp.control.protocol import recv, send
 from armlp.errors import ArmlpError
+from armlp.ftrace.tracer import FunctionTracer
 from armlp.livepatch import Livepatch
 from armlp.livepatch.sysfs import livepatch_status
 from armlp.target import Target
@@ -65,6 +66,7 @@ class Controller:
         self.on_event = on_event or (lambda _msg: None)
         self._paused = False
         self.last_pause_ms = 0.0
+        self.tracer: FunctionTracer | None = None
         self._timers: list[tuple[float, dict[str, Any]]] = []
 
     def schedule(self, delay: float, request: dict[str, Any]) -> None:
@@ -107,6 +109,28 @@ class Controller:
                           + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")")
             return {"name": patch.name, "functions": [f.label for f in patch.funcs],
                     "pause_ms": round(self.last_pause_ms, 3)}
+        if op == "trace_start":
+            if self.tracer is not None:
+                raise ControlError("a trace is already running on this target")
+            filters = req.get("filters") or []
+            if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+                raise ControlError("trace_start: filters must be a list of globs")
+            with self.paused():
+                tracer = FunctionTracer(self.target.ftrace, filters)
+                tracer.start()
+            self.tracer = tracer
+            return {"sites": [r.name for r in tracer.sites]}
+        if op in ("trace_read", "trace_stop"):
+            if self.tracer is None:
+                raise ControlError("no trace is running on this target")
+            with self.paused():
+                entries = self.tracer.read()
+                if op == "trace_stop":
+                    self.tracer.stop()
+            lost = self.tracer.lost
+            if op == "trace_stop":
+                self.tracer = None
+            return {"calls": [[e.function, e.caller] for e in entries], "lost": lost}
         if op == "read":
             # Diagnostics and tests: target memory as the controller sees it.
             address, size = req.get("address"), req.get("size")
