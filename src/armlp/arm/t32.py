@@ -35,23 +35,33 @@ def _check(off: int, what: str, pc: int, target: int) -> None:
         raise EncodingError(f"{what} at {pc:#x} to {target:#x}: offset {off:+#x} outside ±16 MiB")
 
 
+_KIND_BITS = {"bl": 0xD000, "blx": 0xC000, "b": 0x9000}
+
+
+def t32_branch_from_offset(kind: str, off: int) -> int:
+    """``BL``/``BLX``/``B.W`` with the signed offset *off*, which the caller
+    has checked against its range (the loader's depends on the architecture:
+    ±4 MiB for Thumb-1, ±16 MiB for Thumb-2)."""
+    bits = _KIND_BITS.get(kind)
+    if bits is None:
+        raise EncodingError(f"unknown Thumb branch kind {kind!r}")
+    hw1, hw2 = _split(off)
+    hw2 |= bits
+    if kind == "blx":
+        hw2 &= ~1
+    return hw1 | (hw2 << 16)
+
+
 def encode_t32_branch(kind: str, pc: int, target: int) -> int:
     """``BL``, ``BLX`` (to ARM) or ``B.W`` at Thumb address *pc*."""
     if kind == "blx":
         off = (target & ~3) - ((pc + 4) & ~3)
     else:
         off = (target & ~1) - (pc + 4)
-    _check(off, kind, pc, target)
-    hw1, hw2 = _split(off)
-    if kind == "bl":
-        hw2 |= 0xD000
-    elif kind == "blx":
-        hw2 = (hw2 | 0xC000) & ~1
-    elif kind == "b":
-        hw2 |= 0x9000
-    else:
+    if kind not in _KIND_BITS:
         raise EncodingError(f"unknown Thumb branch kind {kind!r}")
-    return hw1 | (hw2 << 16)
+    _check(off, kind, pc, target)
+    return t32_branch_from_offset(kind, off)
 
 
 def decode_t32_branch(value: int, pc: int) -> Branch | None:

@@ -20,7 +20,12 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from armlp.arm.t32 import t32_branch_addend, t32_movw_movt_imm, t32_with_movw_movt_imm
+from armlp.arm.t32 import (
+    t32_branch_addend,
+    t32_branch_from_offset,
+    t32_movw_movt_imm,
+    t32_with_movw_movt_imm,
+)
 from armlp.elf.relocs import Relocation, reloc_type
 from armlp.errors import LoaderError
 from armlp.loader.veneers import VeneerArea
@@ -261,29 +266,16 @@ def _thumb_branch(word: int, rel: Relocation, A: int, sym: Resolved, place: int,
     if sym.thumb:
         off = dest - (place + 4)
         if lo <= off <= hi:
-            return _t32(off, 0xD000 if is_call else 0x9000)
+            return t32_branch_from_offset("bl" if is_call else "b", off)
     elif is_call and arch.blx:
         off = (dest & ~3) - ((place + 4) & ~3)
         if dest % 4:
             raise fail(f"ARM destination {dest:#x} is not word aligned")
         if lo <= off <= hi:
-            return _t32(off, 0xC000)
+            return t32_branch_from_offset("blx", off)
     ven = veneers.get("thumb", dest | int(sym.thumb))
     off = ven.address - (place + 4)
     if not lo <= off <= hi:
         raise fail(f"destination {dest:#x} out of branch range of {place:#x} and the "
                    f"veneer area at {veneers.address:#x} is out of range too")
-    return _t32(off, 0xD000 if is_call else 0x9000)
-
-
-def _t32(off: int, bits: int) -> int:
-    s = (off >> 24) & 1
-    i1 = (off >> 23) & 1
-    i2 = (off >> 22) & 1
-    j1 = (~(i1 ^ s)) & 1
-    j2 = (~(i2 ^ s)) & 1
-    hw1 = 0xF000 | (s << 10) | ((off >> 12) & 0x3FF)
-    hw2 = bits | (j1 << 13) | (j2 << 11) | ((off >> 1) & 0x7FF)
-    if bits == 0xC000:
-        hw2 &= ~1
-    return hw1 | (hw2 << 16)
+    return t32_branch_from_offset("bl" if is_call else "b", off)

@@ -69,30 +69,31 @@ int armlp_ftrace_regs_dispatch(u32 ip, u32 parent_ip, struct pt_regs *regs)
 	return 1;
 }
 
-/* The function tracer: one record per call into the ring. */
-void armlp_trace_func(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
+/* One record into the tracer's ring (head counts records ever written;
+ * concurrent writers may overwrite each other's slot: best effort). */
+static inline void armlp_trace_record(u32 ip, u32 parent_ip, u32 site_sp)
 {
 	struct armlp_trace_ring *r = &armlp_trace_ring;
 	u32 h = r->head;
 	u32 *e = r->buf + (h & r->mask) * 3;
-	(void)op;
 	e[0] = ip;
 	e[1] = parent_ip;
-	e[2] = (u32)fregs + 24;
+	e[2] = site_sp;
 	r->head = h + 1;
 }
 
-/* The same, for sites where it shares a regs trampoline with other users. */
+/* The function tracer, under ftrace_caller: the site sp is fregs + 24. */
+void armlp_trace_func(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
+{
+	(void)op;
+	armlp_trace_record(ip, parent_ip, (u32)fregs + 24);
+}
+
+/* The same, where it shares a regs trampoline with other users. */
 void armlp_trace_func_regs(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
 {
-	struct armlp_trace_ring *r = &armlp_trace_ring;
-	u32 h = r->head;
-	u32 *e = r->buf + (h & r->mask) * 3;
 	(void)op;
-	e[0] = ip;
-	e[1] = parent_ip;
-	e[2] = ((struct pt_regs *)fregs)->ARM_sp;
-	r->head = h + 1;
+	armlp_trace_record(ip, parent_ip, ((struct pt_regs *)fregs)->ARM_sp);
 }
 
 /* Send every call of the ops' sites to op->private (armlp verify's probe). */
