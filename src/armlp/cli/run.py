@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
 def run_qemu(args: argparse.Namespace) -> int:
     import os
 
+    from armlp.control.paths import runtime_dir
     from armlp.control.qemu_live import GdbLive
     from armlp.control.server import Controller
     from armlp.elf.image import ElfImage
@@ -136,6 +137,7 @@ def run_qemu(args: argparse.Namespace) -> int:
     for path, _ in patches:
         if not os.path.isfile(path):
             raise ArmlpError(f"{path}: no such patch module")
+    runtime_dir()       # a control directory that is not private: refuse before starting
     qemu = start_qemu(args.program, args.args)
     try:
         machine = GdbMachine(qemu.conn, interrupt=qemu.interrupt)

@@ -27,6 +27,9 @@ def recv(sock: socket.socket, buf: bytearray) -> dict[str, Any] | None:
             chunk = sock.recv(65536)
         except TimeoutError:
             raise ControlError("timed out waiting for the controller") from None
+        except OSError as exc:
+            raise ControlError(f"connection to the controller lost: "
+                               f"{exc.strerror or exc}") from None
         if not chunk:
             if buf:
                 raise ControlError("connection closed in the middle of a message")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from armlp.errors import MachineError
 from armlp.machine.gdb import GdbMachine
 from armlp.machine.qemu import QemuProcess
+from armlp.machine.rsp import StopReply
 
 POLL = 0.5
 #: Exit status reported when the stub went away without telling how the
@@ -22,40 +23,73 @@ class GdbLive:
         self.exit_status: int | None = None
 
     def interrupt(self) -> None:
-        stop = self.machine.stop()
+        if self.exited() is not None:
+            raise MachineError(f"the program has exited (status {self.exit_status})")
+        try:
+            stop = self.machine.stop()
+        except MachineError as exc:
+            if "connection lost" in str(exc):
+                self._lost()        # raises unless qemu ended on its own
+                raise MachineError(f"the program has exited (status {self.exit_status})") \
+                    from None
+            raise
         if stop.exited:
-            self.exit_status = self._status(stop.kind, stop.status, stop.signal)
+            self.exit_status = self._status(stop)
             raise MachineError(f"the program {stop.describe()}")
 
     def resume(self) -> None:
-        if self.exit_status is None:
+        if self.exited() is None:
             self.machine.resume()
 
     def fileno(self) -> int:
         return self.machine.conn.sock.fileno()
 
+    def exited(self) -> int | None:
+        """The program's exit status once the stub reported its end (also
+        when that report arrived in the middle of a request's work)."""
+        if self.exit_status is None:
+            ex = self.machine.exit or self.machine.conn.exit
+            if ex is not None:
+                self.exit_status = self._status(ex)
+        return self.exit_status
+
     def poll_exit(self) -> int | None:
+        if self.exited() is not None:
+            return self.exit_status
         try:
             stop = self.machine.wait(POLL)
         except MachineError as exc:
             if "timed out" in str(exc):
                 return None        # only the program's own signals, handed back
             if "connection lost" in str(exc):
-                if self.qemu is None:
-                    raise MachineError("stub connection lost; the program's fate is "
-                                       "unknown") from None
-                self.exit_status = self.qemu.wait(5.0)
-                return self.exit_status
+                return self._lost()
             raise
         if stop.exited:
-            self.exit_status = self._status(stop.kind, stop.status, stop.signal)
+            self.exit_status = self._status(stop)
             return self.exit_status
         self.machine.resume()      # a stray stop of ours (late SIGINT): go on
         return None
 
+    def _lost(self) -> int:
+        """The stub connection is gone without an exit report.  Under a
+        qemu-arm armlp started: its status when it ended on its own; when it
+        was killed, one line that says so (there is no program status to
+        pass on)."""
+        if self.exited() is not None:
+            assert self.exit_status is not None
+            return self.exit_status
+        if self.qemu is None:
+            raise MachineError("stub connection lost; the program's fate is unknown")
+        code = self.qemu.wait(5.0)
+        if code < 0:
+            raise MachineError(f"qemu-arm (pid {self.qemu.pid}) was killed by signal {-code}: "
+                               f"the stub connection is lost, the program is gone")
+        self.exit_status = code
+        return code
+
     @staticmethod
-    def _status(kind: str, status: int | None, signal: int) -> int:
-        return (status or 0) if kind == "W" else 128 + signal
+    def _status(stop: StopReply) -> int:
+        return (stop.status or 0) if stop.kind == "W" else 128 + stop.signal
 
 
 QemuLive = GdbLive

@@ -25,6 +25,7 @@ from armlp.errors import ArmlpError
 from armlp.ftrace.tracer import FunctionTracer
 from armlp.livepatch import Livepatch
 from armlp.livepatch.sysfs import livepatch_status
+from armlp.runtime.layout import SITE, SITE_TABLE
 from armlp.target import Target
 
 CLIENT_TIMEOUT = 10.0
@@ -47,6 +48,11 @@ class LiveProcess(Protocol):
 
     def poll_exit(self) -> int | None:
         """Handle what the target reported; its exit status once it has exited."""
+        ...
+
+    def exited(self) -> int | None:
+        """The exit status if the program has ended (also when the end was
+        reported in the middle of a request), else None."""
         ...
 
 
@@ -97,7 +103,8 @@ class Controller:
         if op == "status":
             with self.paused():
                 lp.release_deferred()
-                return {"target": self.info.to_json(), **livepatch_status(lp)}
+                return {"target": self.info.to_json(), **livepatch_status(lp),
+                        "runtime": self._runtime_memory()}
         if op == "patch":
             path = req.get("path")
             if not isinstance(path, str) or not os.path.isabs(path):
@@ -154,6 +161,23 @@ class Controller:
                     "pause_ms": round(self.last_pause_ms, 3)}
         raise ControlError(f"unknown request {op!r}")
 
+    def _runtime_memory(self) -> dict[str, Any]:
+        """Where armlp's own data lives in the target (diagnostics, tests):
+        the runtime module, the site records and their lookup table, each
+        ``[address, size]``, and every mcount site."""
+        ft = self.livepatch.ftrace
+        rt = ft.runtime
+        recs = sorted(r.record for r in ft.records.values())
+        bits, table = SITE_TABLE.unpack(
+            self.target.machine.read(rt.symbol("armlp_sites"), SITE_TABLE.size))
+        return {
+            "module": [rt.module.base, rt.module.size],
+            "site_records": [recs[0], recs[-1] + SITE.size - recs[0]] if recs else [0, 0],
+            "site_table": [table, 4 << bits],
+            "sites": [{"function": r.name, "site": r.ip, "entry": r.report.fn.address}
+                      for r in sorted(ft.records.values(), key=lambda r: r.ip)],
+        }
+
     # -- the loop -------------------------------------------------------------
 
     def serve(self) -> int:
@@ -176,6 +200,9 @@ class Controller:
                 now = time.monotonic()
                 while timers and timers[0][0] <= now:
                     self._run_timer(timers.pop(0)[2])
+                    status = self.process.exited()
+                    if status is not None:
+                        return status
                 wait = max(0.0, timers[0][0] - now) if timers else None
                 by_fd = {c.fileno(): c for c in clients}
                 target_fd = self.process.fileno()
@@ -192,6 +219,9 @@ class Controller:
                 for fd in readable:
                     if fd in by_fd:
                         self._serve_client(by_fd[fd], clients)
+                status = self.process.exited()      # ended while a request ran
+                if status is not None:
+                    return status
         finally:
             for conn in clients:
                 conn.close()
