@@ -158,7 +158,6 @@ def run_qemu(args: argparse.Namespace) -> int:
 
 
 def attach(args: argparse.Namespace) -> int:
-    import contextlib
     import os
     import signal
 
@@ -166,6 +165,7 @@ def attach(args: argparse.Namespace) -> int:
     from armlp.control.server import Controller
     from armlp.elf.image import ElfImage
     from armlp.machine.gdb import GdbMachine
+    from armlp.machine.qemu import send_thread_signal
     from armlp.machine.rsp import RspConnection
     from armlp.target import Target
 
@@ -186,11 +186,10 @@ def attach(args: argparse.Namespace) -> int:
     tids = conn.thread_ids()
     pid = tids[0] if tids else 0
 
-    def interrupt() -> None:
+    def interrupt(thread: int | None) -> None:
         conn.interrupt()
         if local and pid:          # qemu-user's stub does not read the byte while running
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGINT)
+            send_thread_signal(pid, thread or pid, signal.SIGINT)
 
     machine = GdbMachine(conn, interrupt=interrupt)
     target = Target.attach(machine, image)

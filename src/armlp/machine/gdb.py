@@ -110,16 +110,18 @@ def _page_up(v: int) -> int:
 class GdbMachine:
     """A process behind a GDB stub (see the module docstring).
 
-    *interrupt* stops the running target (default: the interrupt byte);
+    *interrupt(thread)* stops the running target, preferably by stopping
+    *thread* — the one armlp last worked with (default: the interrupt byte);
     *segments* overrides the program's ``PT_LOAD`` segments, which are
     otherwise read through the stub's auxiliary vector.
     """
 
-    def __init__(self, conn: RspConnection, *, interrupt: Callable[[], None] | None = None,
+    def __init__(self, conn: RspConnection, *,
+                 interrupt: Callable[[int | None], None] | None = None,
                  segments: Sequence[Segment] | None = None,
                  call_timeout: float = 10.0) -> None:
         self.conn = conn
-        self._interrupt = interrupt or conn.interrupt
+        self._interrupt_thread = interrupt or (lambda _thread: conn.interrupt())
         self.call_timeout = call_timeout
         self.running = False
         self.exit: StopReply | None = None
@@ -331,7 +333,7 @@ class GdbMachine:
         if not self.running:
             raise MachineError("the target is not running")
         self._sigints += 1
-        self._interrupt()
+        self._interrupt_thread(self.thread or None)
         stop = self.conn.wait(timeout or self.conn.timeout)
         if not stop.exited and stop.signal == GDB_SIGINT:
             self._sigints -= 1
@@ -672,7 +674,7 @@ class GdbMachine:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._interrupt()
+                self._interrupt_thread(self.thread or None)
                 stop = self.conn.wait(self.conn.timeout)
                 self._stopped(stop)
                 return None

@@ -12,7 +12,9 @@ unless redirected.  qemu takes one connection per process: the
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import platform
 import shutil
 import signal
 import stat
@@ -30,6 +32,22 @@ from armlp.machine.rsp import DEFAULT_TIMEOUT, RspConnection
 START_TIMEOUT = 10.0
 
 _File = int | IO[Any] | None
+
+
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131, "i386": 270, "i686": 270, "armv7l": 268,
+               "armv8l": 268}
+
+
+def send_thread_signal(pid: int, tid: int, sig: int) -> None:
+    """tgkill(pid, tid, sig); a process-wide kill if this host has no known
+    tgkill number or the thread is gone."""
+    nr = _SYS_TGKILL.get(platform.machine())
+    if nr is not None and os.path.exists(f"/proc/{pid}/task/{tid}"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(nr, pid, tid, sig) == 0:
+            return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 def qemu_binary() -> str:
@@ -54,14 +72,18 @@ class QemuProcess:
     def pid(self) -> int:
         return self.popen.pid
 
-    def interrupt(self) -> None:
+    def interrupt(self, thread: int | None = None) -> None:
         """Stop the running program: qemu-user's stub does not read its
         socket while the program runs, so the interrupt byte alone does not
         arrive; a SIGINT to qemu becomes a signal of the target that qemu
         hands to the stub first (a stop with signal 2, which a following
-        continue drops)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.popen.pid, signal.SIGINT)
+        continue drops).
+
+        The SIGINT goes to one thread (*thread*, else the main one) with
+        tgkill: a process-wide signal may land on any thread, and two
+        threads parked in qemu 7.2's stub at once share its socket and
+        corrupt the conversation."""
+        send_thread_signal(self.popen.pid, thread or self.popen.pid, signal.SIGINT)
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for qemu to end; its exit status (negative: killed by a signal)."""
