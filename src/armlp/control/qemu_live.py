@@ -44,6 +44,13 @@ class GdbLive:
     def fileno(self) -> int:
         return self.machine.conn.sock.fileno()
 
+    def pending(self) -> bool:
+        """Whether the stub already sent something armlp has read but not
+        handled (a stop set aside during a request): select() would not
+        see it again."""
+        conn = self.machine.conn
+        return bool(conn.pending_stops) or bool(conn._buf)
+
     def exited(self) -> int | None:
         """The program's exit status once the stub reported its end (also
         when that report arrived in the middle of a request's work)."""

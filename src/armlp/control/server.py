@@ -50,6 +50,10 @@ class LiveProcess(Protocol):
         """Handle what the target reported; its exit status once it has exited."""
         ...
 
+    def pending(self) -> bool:
+        """Whether a report was already read (during a request) and awaits poll_exit."""
+        ...
+
     def exited(self) -> int | None:
         """The exit status if the program has ended (also when the end was
         reported in the middle of a request), else None."""
@@ -206,9 +210,11 @@ class Controller:
                 wait = max(0.0, timers[0][0] - now) if timers else None
                 by_fd = {c.fileno(): c for c in clients}
                 target_fd = self.process.fileno()
+                if self.process.pending():
+                    wait = 0.0
                 readable, _, _ = select.select([listener.fileno(), target_fd, *by_fd], [], [],
                                                wait)
-                if target_fd in readable:
+                if target_fd in readable or self.process.pending():
                     status = self.process.poll_exit()
                     if status is not None:
                         return status
