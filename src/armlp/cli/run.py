@@ -121,11 +121,9 @@ def run_qemu(args: argparse.Namespace) -> int:
 
     from armlp.control.paths import runtime_dir
     from armlp.control.qemu_live import GdbLive
-    from armlp.control.server import Controller
     from armlp.elf.image import ElfImage
     from armlp.machine.gdb import GdbMachine
     from armlp.machine.qemu import start_qemu
-    from armlp.target import Target
 
     if args.after or args.unpatch_after is not None:
         raise ArmlpError("--after/--unpatch-after are for --machine emu; with qemu use "
@@ -141,15 +139,8 @@ def run_qemu(args: argparse.Namespace) -> int:
     qemu = start_qemu(args.program, args.args)
     try:
         machine = GdbMachine(qemu.conn, interrupt=qemu.interrupt)
-        target = Target.attach(machine, image)
-        controller = Controller(target, GdbLive(machine, qemu), program=args.program,
-                                pid=qemu.pid, on_event=_note)
-        for path, delay in patches:
-            controller.livepatch.load(os.path.abspath(path))     # refuse before it runs
-            controller.schedule(delay, {"op": "patch", "path": os.path.abspath(path)})
-        _note(f"target {controller.id}: {len(target.ftrace.records)} mcount sites ready; "
-              f"control socket {controller.socket_path}")
-        status = controller.serve()
+        status = _control(machine, image, GdbLive(machine, qemu), args.program, qemu.pid,
+                          patches)
     finally:
         qemu.close()
     if args.json:
@@ -158,16 +149,13 @@ def run_qemu(args: argparse.Namespace) -> int:
 
 
 def attach(args: argparse.Namespace) -> int:
-    import os
     import signal
 
     from armlp.control.qemu_live import GdbLive
-    from armlp.control.server import Controller
     from armlp.elf.image import ElfImage
     from armlp.machine.gdb import GdbMachine
     from armlp.machine.qemu import send_thread_signal
     from armlp.machine.rsp import RspConnection
-    from armlp.target import Target
 
     image = ElfImage(args.program)
     patches = [_split_patch(p) for p in args.patch]
@@ -192,11 +180,21 @@ def attach(args: argparse.Namespace) -> int:
             send_thread_signal(pid, thread or pid, signal.SIGINT)
 
     machine = GdbMachine(conn, interrupt=interrupt)
+    return _control(machine, image, GdbLive(machine), args.program, pid, patches)
+
+
+def _control(machine: Any, image: Any, live: Any, program: str, pid: int,
+             patches: list[tuple[str, float]]) -> int:
+    """Attach armlp to a stopped process and serve its controller until it ends."""
+    import os
+
+    from armlp.control.server import Controller
+    from armlp.target import Target
+
     target = Target.attach(machine, image)
-    controller = Controller(target, GdbLive(machine), program=args.program, pid=pid,
-                            on_event=_note)
+    controller = Controller(target, live, program=program, pid=pid, on_event=_note)
     for path, delay in patches:
-        controller.livepatch.load(os.path.abspath(path))
+        controller.livepatch.load(os.path.abspath(path))     # refuse before it runs
         controller.schedule(delay, {"op": "patch", "path": os.path.abspath(path)})
     _note(f"target {controller.id}: {len(target.ftrace.records)} mcount sites ready; "
           f"control socket {controller.socket_path}")
