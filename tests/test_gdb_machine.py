@@ -264,3 +264,27 @@ def test_target_attach_nops_every_site_and_the_program_runs(run: type[Started],
     assert abs(target.runtime.symbol("armlp_sites") - text.addr) < BRANCH_RANGE
     assert s.m.wait_exit(10) == 42
     assert s.output() == "sum 30 add3 14 data 0x11223344\n"
+
+
+def test_abandoned_syscall_lets_the_thread_go_on(run: type[Started], prog: Path) -> None:
+    """If armlp dies with a system call set up on a borrowed thread, the
+    thread runs the call, falls through to armlp's restore stub, gets its own
+    registers back and the program finishes as if nothing happened."""
+    from armlp.machine.gdb import _SCRATCH_SVC, Regs, _decode_regs, _encode_regs
+
+    s = run(prog, "7")
+    m = s.m
+    m._scratch_page()
+    tid = m.thread
+    saved = m.conn.read_all_registers(tid)
+    m._arm_restore(tid, saved)
+    regs = _decode_regs(saved)
+    r = list(regs.r)
+    r[7] = 20                               # getpid
+    scratch = m._scratch
+    assert scratch is not None
+    m.conn.write_all_registers(
+        _encode_regs(saved, Regs(r, regs.sp, regs.lr, scratch + _SCRATCH_SVC, regs.cpsr)), tid)
+    m.conn.sock.close()                     # armlp "dies" here
+    assert s.q.popen.wait(timeout=20) == 42
+    assert s.output() == "sum 63 add3 14 data 0x11223344\n"

@@ -66,7 +66,12 @@ SVC0 = 0xEF000000
 #: ``udf #16`` fills the scratch page; ``mov r0, r0``.
 UDF = 0xE7F001F0
 NOP = 0xE1A00000
-_SCRATCH_SVC, _SCRATCH_RETURN, _SCRATCH_COPY = 0x0, 0x100, 0x200
+_SCRATCH_SVC, _SCRATCH_RETURN, _SCRATCH_COPY, _SCRATCH_RESTORE = 0x0, 0x100, 0x200, 0x300
+#: svc #0; b restore
+_SVC_CODE = (0xEF000000, 0xEA0000BD)
+#: restore: ip = block; flags; r0-r11; lr; sp = saved sp - 8; pop {ip, pc}
+_RESTORE_CODE = (0xE59FC018, 0xE59C0040, 0xE12CF000, 0xE89C0FFF, 0xE59CE038, 0xE59CD034,
+                 0xE24DD008, 0xE8BD9000)
 #: copy(dst=r0, src=r1, n=r2): word by word when all three are word aligned
 #: (each aligned word lands with one store), else byte by byte.
 _COPY_CODE = (0xE1803001, 0xE1833002, 0xE3130003, 0x1A000004, 0xE2522004, 0xB12FFF1E,
@@ -623,6 +628,8 @@ class GdbMachine:
             r[i] = args[i] & 0xFFFFFFFF if i < len(args) else 0
         r[7] = number
         cpsr = regs.cpsr & ~(_CPSR_T | _CPSR_IT)
+        if self._scratch is not None:
+            self._arm_restore(tid, saved)
         self.conn.write_all_registers(_encode_regs(saved, Regs(r, regs.sp, regs.lr, svc, cpsr)),
                                       tid)
         try:
@@ -632,7 +639,9 @@ class GdbMachine:
                     self._stopped(stop)
                     raise MachineError(f"the target {stop.describe()} during syscall {number}")
                 pc = self.conn.read_register(15, tid)
-                if pc in (svc + 4, svc + 8):    # qemu-user 7.2 steps one more
+                done = (svc + 4, svc + 8)            # qemu-user 7.2 steps one more
+                if pc in done or (self._scratch is not None
+                                  and pc == self._scratch + _SCRATCH_RESTORE):
                     return self.conn.read_register(0, tid)
                 if pc != svc:
                     raise MachineError(f"syscall {number}: single step from {svc:#010x} "
@@ -653,17 +662,35 @@ class GdbMachine:
         return r
 
     def _scratch_page(self) -> int:
-        """armlp's page in the target: ``svc #0; nop; nop`` for system calls,
-        then ``udf`` (the return address of calls)."""
+        """armlp's two pages in the target.  Code page: ``svc #0; b restore``
+        for system calls, the return address of calls (an ``udf`` under a
+        breakpoint), the copy routine and ``restore``; data page: the
+        borrowed thread's saved registers.  Returns the calls' return address.
+
+        Why ``restore``: if armlp dies while a system call runs on a borrowed
+        thread, the stub lets the thread go on without armlp; it falls
+        through to ``restore``, which reloads its own registers, flags
+        included, and jumps back to where it was."""
         if self._scratch is None:
-            addr = self._mmap(0, PAGE)
+            addr = self._mmap(0, 2 * PAGE)
             words = [UDF] * (PAGE // 4)
-            words[_SCRATCH_SVC // 4:_SCRATCH_SVC // 4 + 3] = [SVC0, NOP, NOP]
-            at = _SCRATCH_COPY // 4
-            words[at:at + len(_COPY_CODE)] = _COPY_CODE
+            for offset, code in ((_SCRATCH_SVC, _SVC_CODE), (_SCRATCH_COPY, _COPY_CODE),
+                                 (_SCRATCH_RESTORE, _RESTORE_CODE)):
+                words[offset // 4:offset // 4 + len(code)] = code
+            words[_SCRATCH_RESTORE // 4 + len(_RESTORE_CODE)] = addr + PAGE   # the save block
             self.conn.write_memory(addr, struct.pack(f"<{len(words)}I", *words))
             self._scratch = addr
         return self._scratch + _SCRATCH_RETURN
+
+    def _arm_restore(self, tid: int, saved: bytes) -> None:
+        """Prepare ``restore`` to give thread *tid* back its registers *saved*:
+        the save block, and its r12 and pc just below its sp."""
+        assert self._scratch is not None
+        regs = _decode_regs(saved)
+        pc = regs.pc | (1 if regs.cpsr & _CPSR_T else 0)
+        block = struct.pack("<17I", *regs.r, regs.sp, regs.lr, pc, regs.cpsr)
+        self.conn.write_memory(self._scratch + PAGE, block)
+        self.conn.write_memory(regs.sp - 8, struct.pack("<II", regs.r[12], pc))
 
     def _run_until_trap(self, tid: int, pc_wanted: int, timeout: float,
                         what: str) -> StopReply | None:
