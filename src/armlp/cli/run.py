@@ -123,7 +123,7 @@ def run_qemu(args: argparse.Namespace) -> int:
     from armlp.control.qemu_live import GdbLive
     from armlp.elf.image import ElfImage
     from armlp.machine.gdb import GdbMachine
-    from armlp.machine.qemu import start_qemu
+    from armlp.machine.qemu import HostMemory, start_qemu
 
     if args.after or args.unpatch_after is not None:
         raise ArmlpError("--after/--unpatch-after are for --machine emu; with qemu use "
@@ -138,7 +138,8 @@ def run_qemu(args: argparse.Namespace) -> int:
     runtime_dir()       # a control directory that is not private: refuse before starting
     qemu = start_qemu(args.program, args.args)
     try:
-        machine = GdbMachine(qemu.conn, interrupt=qemu.interrupt)
+        host = HostMemory.find(qemu.pid, args.program, _first_address(image))
+        machine = GdbMachine(qemu.conn, interrupt=qemu.interrupt, host_memory=host)
         status = _control(machine, image, GdbLive(machine, qemu), args.program, qemu.pid,
                           patches)
     finally:
@@ -154,7 +155,7 @@ def attach(args: argparse.Namespace) -> int:
     from armlp.control.qemu_live import GdbLive
     from armlp.elf.image import ElfImage
     from armlp.machine.gdb import GdbMachine
-    from armlp.machine.qemu import send_thread_signal
+    from armlp.machine.qemu import HostMemory, send_thread_signal
     from armlp.machine.rsp import RspConnection
 
     image = ElfImage(args.program)
@@ -164,12 +165,12 @@ def attach(args: argparse.Namespace) -> int:
         conn = RspConnection.connect_unix(addr[5:])
         local = True
     else:
-        host, sep, port = addr.rpartition(":")
+        hostname, sep, port = addr.rpartition(":")
         if not sep or not port.isdigit():
             raise ArmlpError(f"bad address {addr!r}: expected unix:PATH or HOST:PORT")
         _note(f"warning: the GDB protocol has no authentication; anyone who can reach "
               f"{addr} controls the process")
-        conn = RspConnection.connect_tcp(host or "127.0.0.1", int(port))
+        conn = RspConnection.connect_tcp(hostname or "127.0.0.1", int(port))
         local = False
     tids = conn.thread_ids()
     pid = tids[0] if tids else 0
@@ -179,8 +180,14 @@ def attach(args: argparse.Namespace) -> int:
         if local and pid:          # qemu-user's stub does not read the byte while running
             send_thread_signal(pid, thread or pid, signal.SIGINT)
 
-    machine = GdbMachine(conn, interrupt=interrupt)
+    memory = HostMemory.find(pid, args.program, _first_address(image)) if local else None
+    machine = GdbMachine(conn, interrupt=interrupt, host_memory=memory)
     return _control(machine, image, GdbLive(machine), args.program, pid, patches)
+
+
+def _first_address(image: Any) -> int:
+    """Where the program's first loaded page is (its first PT_LOAD)."""
+    return int(min(s.addr for s in image.sections if s.is_alloc and s.addr)) & ~0xFFF
 
 
 def _control(machine: Any, image: Any, live: Any, program: str, pid: int,

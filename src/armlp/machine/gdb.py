@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Regs
+from armlp.machine.qemu import HostMemory
 from armlp.machine.rsp import RspConnection, StopReply
 
 PAGE = 0x1000
@@ -123,6 +124,7 @@ class GdbMachine:
 
     def __init__(self, conn: RspConnection, *,
                  interrupt: Callable[[int | None], None] | None = None,
+                 host_memory: HostMemory | None = None,
                  segments: Sequence[Segment] | None = None,
                  call_timeout: float = 10.0) -> None:
         self.conn = conn
@@ -136,6 +138,8 @@ class GdbMachine:
         self._svc: int | None = None
         self._scratch: int | None = None
         self._staging: int | None = None
+        #: Writes through /proc/PID/mem of a local qemu (see HostMemory).
+        self.host_memory = host_memory
         #: qemu-user 7.2's stub stops one thread, the others run on.
         self.all_stop = False
         self._copy_in_target = False
@@ -212,10 +216,34 @@ class GdbMachine:
                 off = w.address - start
                 image[off:off + len(w.new)] = w.new
             images.append((start, image))
+        if self.host_memory is not None:
+            for start, img in images:
+                self._raw_write(start, bytes(img))
+            self._drop_translations(images)
+            return
         if any(self._read_only(start, len(img)) for start, img in images):
             self.make_text_writable()
         for start, img in images:
             self._raw_write(start, bytes(img))
+
+    def _drop_translations(self, images: Sequence[tuple[int, bytes | bytearray]]) -> None:
+        """After code was written behind qemu's back: an mprotect of the pages
+        in the target makes qemu drop what it translated from them (a page
+        it write-protected for its translations regains write permission,
+        which invalidates them), so every thread runs the new code."""
+        pages = sorted({p for start, img in images
+                        for p in range(_page_down(start), _page_up(start + len(img)), PAGE)})
+        runs: list[list[int]] = []
+        for p in pages:
+            if runs and runs[-1][1] == p:
+                runs[-1][1] = p + PAGE
+            else:
+                runs.append([p, p + PAGE])
+        for lo, hi in runs:
+            r = self._syscall(NR_MPROTECT, lo, hi - lo, PROT_RWX)
+            if r != 0:
+                raise MachineError(f"mprotect({lo:#010x}, {hi - lo:#x}) in the target failed: "
+                                   f"errno {-_signed(r)}")
 
     def alloc(self, size: int, *, near: int | None = None) -> int:
         """``mmap2`` RWX anonymous memory in the target; with *near*, within
@@ -486,6 +514,13 @@ class GdbMachine:
 
     def _raw_write(self, address: int, data: bytes) -> None:
         self._forget(address, len(data))
+        if self.host_memory is not None:
+            try:
+                self.host_memory.write(address, data)
+                return
+            except OSError as exc:
+                raise MachineError(f"writing {len(data)} bytes at {address:#010x} through "
+                                   f"/proc/{self.host_memory.pid}/mem: {exc.strerror}") from None
         if self._copy_in_target:
             self._target_copy(address, data)
             return

@@ -164,3 +164,50 @@ def start_qemu(program: str | Path, args: Sequence[str] = (), *,
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return QemuProcess(popen, conn, directory)
+
+
+class HostMemory:
+    """The guest memory of a local qemu-user process, through
+    ``/proc/PID/mem``.
+
+    qemu-user maps guest address *a* at host address *a + guest_base*.
+    Writing there needs no stopped thread and no system call in the target,
+    so it cannot be left half done by a dying controller, and it is not
+    refused on pages qemu write-protected for its translations (the caller
+    then drops those translations with an mprotect in the target).
+    """
+
+    def __init__(self, pid: int, guest_base: int) -> None:
+        self.pid = pid
+        self.guest_base = guest_base
+        self.fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+
+    @classmethod
+    def find(cls, pid: int, program: str | Path, first_vaddr: int) -> HostMemory | None:
+        """The view of process *pid* running *program* (whose first
+        ``PT_LOAD`` starts at *first_vaddr*), or None when this host cannot
+        give it (another machine, no permission, an unexpected layout)."""
+        path = str(Path(program).resolve())
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                for line in maps:
+                    fields = line.split()
+                    if len(fields) >= 6 and fields[5] == path and int(fields[2], 16) == 0:
+                        host = int(fields[0].split("-")[0], 16)
+                        return cls(pid, host - (first_vaddr & ~0xFFF))
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def read(self, address: int, size: int) -> bytes:
+        return os.pread(self.fd, size, address + self.guest_base)
+
+    def write(self, address: int, data: bytes) -> None:
+        done = os.pwrite(self.fd, data, address + self.guest_base)
+        if done != len(data):
+            raise MachineError(f"/proc/{self.pid}/mem: wrote {done} of {len(data)} bytes at "
+                               f"{address:#010x}")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
