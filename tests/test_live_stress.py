@@ -1,0 +1,69 @@
+"""Eight threads call the patched functions in tight loops while the patch
+is enabled and disabled 200 times in a row on a live process under
+qemu-arm: only old or new results, never garbage, and the program keeps
+running to a normal exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from armlp.build import build_program
+from armlp.control.paths import find_target
+from armlp.control.protocol import request
+from armlp.elf.image import ElfImage
+from armlp.toolchain import patch_cflags, tool
+
+HERE = Path(__file__).resolve().parent
+CYCLES = 200
+
+
+@pytest.mark.slow
+def test_200_enable_disable_cycles_under_8_hammering_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prog = build_program([HERE / "programs" / "stress.c"], tmp_path / "stress",
+                         freestanding=False, ldflags=["-pthread"])
+    fix = tmp_path / "stress_fix.o"
+    subprocess.run([tool("gcc"), *patch_cflags(ElfImage(prog).build_id), "-c",
+                    str(HERE / "patches" / "stress_fix.c"), "-o", str(fix)], check=True)
+    monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
+    done = tmp_path / "done"
+    run = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), str(done)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                info = find_target(None)
+                break
+            except Exception:
+                assert run.poll() is None, run.communicate()
+                assert time.monotonic() < deadline, "the controller never came up"
+                time.sleep(0.05)
+        pauses = []
+        for _ in range(CYCLES):
+            pauses.append(request(info.socket, {"op": "patch", "path": str(fix)})["pause_ms"])
+            st = request(info.socket, {"op": "status"})
+            assert [p["name"] for p in st["patches"]] == ["stress"]
+            pauses.append(request(info.socket, {"op": "unpatch", "name": "stress"})["pause_ms"])
+        assert run.poll() is None, "the program stopped during the cycles"
+        done.touch()
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, (out, err[-2000:])
+    m = re.search(r"calls (\d+) new (\d+) bad (\d+)", out)
+    assert m, out
+    calls, fresh, bad = map(int, m.groups())
+    assert bad == 0
+    assert calls > 1_000_000 and 0 < fresh < calls       # both old and new results seen
+    assert "Traceback" not in err
+    assert len(pauses) == 2 * CYCLES
