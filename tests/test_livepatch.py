@@ -197,11 +197,11 @@ def test_failure_halfway_rolls_back(program: Path, monkeypatch: pytest.MonkeyPat
     calls = []
     real = lp._push
 
-    def failing_push(p, f, undo):  # type: ignore[no-untyped-def]
+    def failing_push(p, f, undo, tramps):  # type: ignore[no-untyped-def]
         calls.append(f.label)
         if len(calls) == 4:
             raise ArmlpError("injected failure")
-        real(p, f, undo)
+        return real(p, f, undo, tramps)
     monkeypatch.setattr(lp, "_push", failing_push)
     with pytest.raises(ArmlpError, match="injected"):
         lp.enable(patch)

@@ -113,9 +113,9 @@ class Controller:
             path = req.get("path")
             if not isinstance(path, str) or not os.path.isabs(path):
                 raise ControlError("patch: an absolute path to the patch module is required")
+            patch = lp.read(path)             # the checks that need no stop first
             with self.paused():
-                patch = lp.load(path)         # every check before the first write
-                lp.enable(patch)
+                lp.enable(patch)              # then the target's, before the first write
             self.on_event(f"patch {patch.name} enabled ("
                           + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")")
             return {"name": patch.name, "functions": [f.label for f in patch.funcs],

@@ -62,9 +62,14 @@ class Livepatch:
 
     def load(self, path: str | Path) -> KlpPatch:
         """Read a patch module and check it against the target (no writes)."""
-        patch = read_patch(path, self.target.image, self.target.runtime.exports)
+        patch = self.read(path)
         self.check(patch)
         return patch
+
+    def read(self, path: str | Path) -> KlpPatch:
+        """Read, lay out and resolve a patch module: all the checks that do
+        not look at the target's memory (a live target keeps running)."""
+        return read_patch(path, self.target.image, self.target.runtime.exports)
 
     def check(self, patch: KlpPatch) -> None:
         """Everything that can be checked before writing: build-id, each
@@ -113,7 +118,7 @@ class Livepatch:
         m = self.machine
         image = self.target.image
         exports = self.target.runtime.exports
-        size = relocate_patch(patch, image, exports, 0x10000000).size
+        size = patch.size or relocate_patch(patch, image, exports, 0x10000000).size
         text = image.section(".text")
         mem = m.alloc(size, near=text.addr if text else None)
         undo.append(lambda: m.free(mem, size))
@@ -125,10 +130,12 @@ class Livepatch:
         patch.id = self._next_id
         self._next_id += 1
         new_ops: list[FtraceOps] = []
+        tramps: list[CodeWrite] = []
         for f in patch.funcs:
-            ops = self._push(patch, f, undo)
+            ops = self._push(patch, f, undo, tramps)
             if ops is not None:
                 new_ops.append(ops)
+        m.write_code(tramps)     # the new trampolines, one batch
         if new_ops:     # every newly patched function in one batch of code writes
             self.ftrace.register_ftrace_functions(new_ops)
 
@@ -158,8 +165,8 @@ class Livepatch:
                                             struct.pack("<I", MCOUNT_NOP_ADD_SP)))
         self.machine.write_code(writes)
 
-    def _push(self, patch: KlpPatch, f: KlpFunc,
-              undo: list[Callable[[], None]]) -> FtraceOps | None:
+    def _push(self, patch: KlpPatch, f: KlpFunc, undo: list[Callable[[], None]],
+              tramps: list[CodeWrite]) -> FtraceOps | None:
         """Put *f* on its function's stack; returns the ftrace user to
         register when the function was not patched yet."""
         m = self.machine
@@ -193,7 +200,7 @@ class Livepatch:
             assert rep.undo is not None
             tramp = build_trampoline(rep.undo, f.new_func)
             addr = self.heap.alloc(tramp.size)
-            m.write_code([CodeWrite(addr, bytes(tramp.size), tramp.code())])
+            tramps.append(CodeWrite(addr, bytes(tramp.size), tramp.code()))
             undo.append(lambda: self.heap.free(addr))
             new_stack.tramp, new_stack.literal = addr, addr + 4 * tramp.literal_index
             ops.direct, ops.direct_entry = addr, f.new_func

@@ -62,6 +62,7 @@ class KlpPatch:
     id: int = 0
     memory: int = 0
     memory_size: int = 0
+    size: int = 0               # bytes the module needs (from the trial layout)
 
     @property
     def funcs(self) -> list[KlpFunc]:
@@ -136,7 +137,7 @@ def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
     name, objects = parse_descriptors(image, module)
     tsec = next((s for s in module.sections if s.name == ".armlp.target"), None)
     build_id = tsec.data.split(b"\0")[0].decode() if tsec is not None else None
-    return KlpPatch(name, image.path, image, objects, build_id or None)
+    return KlpPatch(name, image.path, image, objects, build_id or None, size=module.size)
 
 
 def relocate_patch(patch: KlpPatch, target: ElfImage, exports: dict[str, int],

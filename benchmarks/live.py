@@ -1,0 +1,195 @@
+"""Live processes under qemu-arm: the pause a patch costs the target, the
+latency of ``armlp patch``, and the overhead of a patched program.
+
+    .venv/bin/python benchmarks/live.py [--runs 5]
+
+Prints the figures and writes benchmarks/results/live.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from armlp.build import build_program, cache_root
+from armlp.control.paths import find_target
+from armlp.control.protocol import request
+from armlp.elf.image import ElfImage
+from armlp.toolchain import patch_cflags, tool
+
+HERE = Path(__file__).resolve().parent
+N_FUNCS = 100
+LOOP = 3_000_000
+
+PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#define F(i) __attribute__((noinline, noipa)) int f##i(int x) { return x * (i + 3) + i; }
+%(funcs)s
+__attribute__((noinline, noipa)) int hot(int x) { return (x * 7) ^ (x >> 3); }
+static long long now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+                             return t.tv_sec * 1000000000LL + t.tv_nsec; }
+int main(int argc, char **argv)
+{
+    /* argv[1]: "wait FILE" waits for FILE (patches go in first), then times
+     * LOOP calls of hot(); without arguments it just idles for the pause
+     * measurements until the file named by argv[2] exists. */
+    if (argc > 2)
+        while (access(argv[2], F_OK) != 0)
+            usleep(2000);
+    int s = 0;
+    long long t0 = now();
+    for (int i = 0; i < %(loop)d; i++)
+        s += hot(i);
+    long long t1 = now();
+    s += f0(s);
+    printf("loop_ns %%lld sum %%d\n", t1 - t0, s);
+    return 0;
+}
+"""
+
+
+def patch_source(funcs: list[str]) -> str:
+    lines = ["#include <armlp/livepatch.h>", 'ARMLP_PATCH("bench");']
+    for name in funcs:
+        if name == "hot":
+            lines.append("int hot_v2(int x) { return (x * 7) ^ (x >> 3); }")
+        else:
+            i = int(name[1:])
+            lines.append(f"int {name}_v2(int x) {{ return x * ({i} + 3) + {i}; }}")
+        lines.append(f"ARMLP_REPLACE({name}, {name}_v2);")
+    return "\n".join(lines) + "\n"
+
+
+def build(work: Path) -> tuple[Path, dict[str, Path]]:
+    src = work / "live_bench.c"
+    funcs = "\n".join(f"F({i})" for i in range(N_FUNCS))
+    src.write_text(PROGRAM % {"funcs": funcs, "loop": LOOP})
+    prog = build_program([src], work / "live_bench", freestanding=False)
+    flags = patch_cflags(ElfImage(prog).build_id)
+    patches = {}
+    for label, names in (("1", ["f1"]), ("10", [f"f{i}" for i in range(1, 11)]),
+                         ("100", [f"f{i}" for i in range(N_FUNCS)]), ("hot", ["hot"])):
+        c = work / f"patch_{label}.c"
+        c.write_text(patch_source(names))
+        obj = work / f"patch_{label}.o"
+        subprocess.run([tool("gcc"), *flags, "-c", str(c), "-o", str(obj)], check=True)
+        patches[label] = obj
+    return prog, patches
+
+
+def start(prog: Path, go: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), "wait",
+                             str(go)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return proc, find_target(None).socket
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.02)
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3),
+            "max": round(max(values), 3)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    work = cache_root() / "bench-live"
+    work.mkdir(parents=True, exist_ok=True)
+    prog, patches = build(work)
+    rt = tempfile.mkdtemp(prefix="armlp-bench-")
+    env = dict(os.environ, ARMLP_RUNTIME_DIR=rt)
+    os.environ["ARMLP_RUNTIME_DIR"] = rt
+    result: dict[str, object] = {"functions_in_program": N_FUNCS + 2, "runs": args.runs}
+
+    # 1. The pause the target sees, and the whole `armlp patch` command.
+    go = work / "go"
+    go.unlink(missing_ok=True)
+    proc, sock = start(prog, go, env)
+    pauses: dict[str, list[float]] = {k: [] for k in ("1", "10", "100")}
+    latency: list[float] = []
+    for _ in range(args.runs):
+        for label in ("1", "10", "100"):
+            pauses[label].append(request(sock, {"op": "patch", "path": str(patches[label])})
+                                 ["pause_ms"])
+            request(sock, {"op": "unpatch", "name": "bench"})
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "armlp.cli.main", "patch", str(patches["10"])],
+                       check=True, capture_output=True, env=env)
+        latency.append((time.perf_counter() - t0) * 1e3)
+        request(sock, {"op": "unpatch", "name": "bench"})
+    go.touch()
+    proc.communicate(timeout=120)
+    result["pause_ms"] = {k: stats(v) for k, v in pauses.items()}
+    result["armlp_patch_command_ms"] = stats(latency)
+    print("pause of the target while a patch is enabled (ms, min / median / max):")
+    for k, v in pauses.items():
+        s = stats(v)
+        print(f"  {k:>3} functions  {s['min']:8.2f} {s['median']:8.2f} {s['max']:8.2f}")
+    s = stats(latency)
+    print(f"'armlp patch' (10 functions), whole command: {s['min']:.1f} / {s['median']:.1f} / "
+          f"{s['max']:.1f} ms")
+
+    # 2. Overhead on a CPU-bound loop of hot() calls, side by side.
+    def loop_ns(kind: str) -> float:
+        go.unlink(missing_ok=True)
+        if kind == "qemu":
+            go.touch()
+            out = subprocess.run(["qemu-arm", str(prog), "wait", str(go)], check=True,
+                                 capture_output=True, text=True).stdout
+        else:
+            p, s = start(prog, go, env)
+            if kind in ("cold", "hot"):
+                request(s, {"op": "patch", "path": str(patches["100" if kind == "cold"
+                                                                 else "hot"])})
+            go.touch()
+            out, _ = p.communicate(timeout=300)
+        return float(out.split()[1])
+
+    kinds = ("qemu", "armlp", "cold", "hot")
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.runs):
+        for k in kinds:                      # interleaved: the machine is shared
+            times[k].append(loop_ns(k))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result["loop_calls"] = LOOP
+    result["loop_ms"] = {k: stats([t / 1e6 for t in v]) for k, v in times.items()}
+    result["ratio_cold_patch_vs_unpatched"] = round(med["cold"] / med["armlp"], 4)
+    result["fast_path_ns_per_redirected_call"] = round((med["hot"] - med["armlp"]) / LOOP, 2)
+    result["ratio_armlp_nop_sites_vs_plain_qemu"] = round(med["armlp"] / med["qemu"], 4)
+    print(f"\n{LOOP:,} calls of hot() (median of {args.runs}, ms):")
+    for k, label in (("qemu", "plain qemu-arm (sites call glibc's mcount)"),
+                     ("armlp", "armlp run, no patch (sites are NOPs)"),
+                     ("cold", "armlp run, 100 cold functions patched"),
+                     ("hot", "armlp run, hot() patched (fast path)")):
+        print(f"  {label:45} {med[k] / 1e6:9.1f}")
+    print(f"cold patch / unpatched: {result['ratio_cold_patch_vs_unpatched']}  "
+          f"(target: within 2 %)")
+    print(f"fast path: {result['fast_path_ns_per_redirected_call']} ns per redirected call "
+          f"under qemu-arm")
+    out = HERE / "results" / "live.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out.relative_to(HERE.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
