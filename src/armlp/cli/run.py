@@ -176,9 +176,13 @@ def attach(args: argparse.Namespace) -> int:
     pid = tids[0] if tids else 0
 
     def interrupt(thread: int | None) -> None:
-        conn.interrupt()
-        if local and pid:          # qemu-user's stub does not read the byte while running
+        # On this host a SIGINT to one thread stops the program under any stub
+        # (qemu-user's does not read the interrupt byte while the program runs,
+        # and would read it late); a remote stub gets the interrupt byte.
+        if local and pid:
             send_thread_signal(pid, thread or pid, signal.SIGINT)
+        else:
+            conn.interrupt()
 
     memory = HostMemory.find(pid, args.program, _first_address(image)) if local else None
     machine = GdbMachine(conn, interrupt=interrupt, host_memory=memory)
