@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,3 +247,24 @@ def parse_reglist(text: str) -> list[str]:
 def imm(text: str) -> int:
     """``#4992`` or ``#0x1380`` -> int."""
     return int(text.strip().lstrip("#"), 0)
+
+
+def wait_for_target(proc: subprocess.Popen[Any], timeout: float = 30.0) -> Any:
+    """The TargetInfo of the only controller running (ARMLP_RUNTIME_DIR set by
+    the test), once it serves its socket; fails if *proc* ends first."""
+    import time
+
+    from armlp.control.paths import find_target
+    from armlp.errors import ArmlpError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return find_target(None)
+        except ArmlpError:
+            if proc.poll() is not None:
+                pytest.fail(f"the controller ended with status {proc.returncode} before "
+                            f"serving its socket")
+            if time.monotonic() > deadline:
+                pytest.fail("the controller never came up")
+            time.sleep(0.02)

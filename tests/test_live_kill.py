@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from armlp.build import build_program
-from armlp.control.paths import find_target
 from armlp.control.protocol import send
 from armlp.elf.image import ElfImage
 from armlp.toolchain import patch_cflags, tool
+from conftest import wait_for_target
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,14 +38,7 @@ def test_controller_killed_mid_enable(delay_ms: int, tmp_path: Path,
                             str(done), str(result)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                info = find_target(None)
-                break
-            except Exception:
-                assert time.monotonic() < deadline and ctl.poll() is None
-                time.sleep(0.02)
+        info = wait_for_target(ctl)
         time.sleep(0.2)
         import socket
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

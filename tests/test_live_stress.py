@@ -9,16 +9,15 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from armlp.build import build_program
-from armlp.control.paths import find_target
 from armlp.control.protocol import request
 from armlp.elf.image import ElfImage
 from armlp.toolchain import patch_cflags, tool
+from conftest import wait_for_target
 
 HERE = Path(__file__).resolve().parent
 CYCLES = 200
@@ -38,15 +37,7 @@ def test_200_enable_disable_cycles_under_8_hammering_threads(
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=dict(os.environ))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                info = find_target(None)
-                break
-            except Exception:
-                assert run.poll() is None, run.communicate()
-                assert time.monotonic() < deadline, "the controller never came up"
-                time.sleep(0.05)
+        info = wait_for_target(run)
         pauses = []
         for _ in range(CYCLES):
             pauses.append(request(info.socket, {"op": "patch", "path": str(fix)})["pause_ms"])
