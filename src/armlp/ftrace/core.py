@@ -259,16 +259,24 @@ class Ftrace:
         return [sites for _, sites in plan]
 
     def unregister_ftrace_function(self, ops: FtraceOps) -> None:
-        if ops not in self.ops:
-            raise FtraceError(f"ops {ops.name} is not registered")
-        sites = self._sites_of.pop(id(ops))
-        for r in sites:
-            r.users.remove(ops)
-            if not r.users:
-                self._active.pop(r.ip, None)
-        self.ops.remove(ops)
-        self._update(sites)
-        self._free_ops(ops)
+        self.unregister_ftrace_functions([ops])
+
+    def unregister_ftrace_functions(self, opss: list[FtraceOps]) -> None:
+        """Remove several users with one batch of code writes."""
+        for ops in opss:
+            if ops not in self.ops:
+                raise FtraceError(f"ops {ops.name} is not registered")
+        touched: dict[int, DynFtrace] = {}
+        for ops in opss:
+            for r in self._sites_of.pop(id(ops)):
+                r.users.remove(ops)
+                if not r.users:
+                    self._active.pop(r.ip, None)
+                touched[r.ip] = r
+            self.ops.remove(ops)
+        self._update(touched.values())
+        for ops in opss:
+            self._free_ops(ops)
 
     def _alloc_ops(self, ops: FtraceOps) -> None:
         addr = self.heap.alloc(2 * OPS.size)

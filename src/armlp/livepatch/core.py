@@ -15,6 +15,7 @@ rolled back to the exact state before.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -227,6 +228,7 @@ class Livepatch:
         if not patch.enabled:
             raise PatchError(f"patch {patch.name} is not enabled")
         m = self.machine
+        emptied: list[FuncStack] = []
         for f in patch.funcs:
             stack = self.stacks[f.site]
             i = stack.funcs.index(f)
@@ -236,16 +238,20 @@ class Livepatch:
                     write_word(m, stack.klp_ops, below)
                     self._retarget(stack, stack.funcs[i - 1].new_func)
                 else:
-                    self.ftrace.unregister_ftrace_function(stack.ops)
-                    write_word(m, stack.klp_ops, 0)
-                    self.heap.free(stack.klp_ops)
-                    if stack.tramp:
-                        self.dead_tramps.append(stack.tramp)
-                    del self.stacks[f.site]
+                    emptied.append(stack)
             else:
                 above = stack.funcs[i + 1]
                 write_word(m, above.node + 4, below)     # above.next = below
             stack.funcs.remove(f)
+        # Functions left unpatched go back to the NOP in one batch of writes;
+        # only then is their func stack cleared.
+        self.ftrace.unregister_ftrace_functions([st.ops for st in emptied])
+        for stack in emptied:
+            write_word(m, stack.klp_ops, 0)
+            self.heap.free(stack.klp_ops)
+            if stack.tramp:
+                self.dead_tramps.append(stack.tramp)
+            del self.stacks[stack.site]
         patch.enabled = False
         for o in patch.objects:
             o.patched = False
@@ -264,12 +270,20 @@ class Livepatch:
         freed: list[KlpPatch] = []
         if not getattr(self.machine, "all_stop", True):
             return freed
+        if not self.dead_tramps and not self.deferred:
+            return freed
+        live = self._live_words()
+
+        def in_use(lo: int, hi: int) -> bool:
+            i = bisect.bisect_left(live, lo)
+            return i < len(live) and live[i] < hi
+
         for tramp in list(self.dead_tramps):
-            if not self._in_use(tramp, tramp + 32):
+            if not in_use(tramp, tramp + 32):
                 self.heap.free(tramp)
                 self.dead_tramps.remove(tramp)
         for patch in list(self.deferred):
-            if self._in_use(patch.memory, patch.memory + patch.memory_size):
+            if in_use(patch.memory, patch.memory + patch.memory_size):
                 continue
             for f in patch.funcs:
                 if f.node:
@@ -281,19 +295,18 @@ class Livepatch:
             freed.append(patch)
         return freed
 
-    def _in_use(self, lo: int, hi: int) -> bool:
-        """Whether a thread's pc, lr or any word of its stack points into [lo, hi)."""
+    def _live_words(self) -> list[int]:
+        """Every thread's pc, lr and stack words, sorted: whatever armlp memory
+        one of them points into may still be executed or returned into."""
         m = self.machine
+        words: set[int] = set()
         for tid in m.threads():
             regs = m.get_regs(tid)
-            if lo <= regs.pc < hi or lo <= regs.lr < hi:
-                return True
+            words.update((regs.pc, regs.lr))
             top = _stack_top(m, regs.sp)
             raw = m.read(regs.sp, top - regs.sp) if top > regs.sp else b""
-            words = struct.unpack(f"<{len(raw) // 4}I", raw[: len(raw) & ~3])
-            if any(lo <= w < hi for w in words):
-                return True
-        return False
+            words.update(struct.unpack(f"<{len(raw) // 4}I", raw[: len(raw) & ~3]))
+        return sorted(words)
 
     # -- queries --------------------------------------------------------------------
 
