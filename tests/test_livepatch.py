@@ -238,3 +238,11 @@ def test_tracer_on_a_patched_function_falls_back_to_the_generic_path(program: Pa
     tracer.stop()
     assert (read_word(emu, leaf) != original_entry) == FAST
     assert emu.call(leaf, (1,)) == 101
+
+
+def test_replace_names_the_old_function_as_written(program: Path) -> None:
+    target, lp, emu = fresh(program)
+    patch = lp.load(build_patch("renamed", program))
+    assert [(f.old_name, f.new_name) for f in patch.funcs] == [("leaf", "lp_leaf")]
+    lp.enable(patch)
+    assert emu.call(fn(target, "leaf"), (1,)) == 8

@@ -35,13 +35,17 @@ struct armlp_func_desc {
 	static const char armlp__patch_name[]                                  \
 	__attribute__((section(".armlp.name"), used)) = name
 
-/* Replace OLD (with sympos POS) by NEW. */
-#define ARMLP_REPLACE_POS(old, pos, new)                                       \
+/* One descriptor; OLD_NAME is a string. */
+#define ARMLP__DESC(old_name, pos, new)                                        \
 	static const struct armlp_func_desc ARMLP__CAT(armlp__desc_, __LINE__) \
 	__attribute__((section(".armlp.funcs"), used, aligned(4))) =           \
-		{ #old, (pos), 0, (void *)(new) }
+		{ old_name, (pos), 0, (void *)(new) }
 
-#define ARMLP_REPLACE(old, new) ARMLP_REPLACE_POS(old, 0, new)
+/* Replace OLD (with sympos POS) by NEW.  OLD is taken as written, even if a
+ * -D macro renames that identifier in the patch (to build a copy of the
+ * program's own source under another name). */
+#define ARMLP_REPLACE_POS(old, pos, new) ARMLP__DESC(#old, pos, new)
+#define ARMLP_REPLACE(old, new) ARMLP__DESC(#old, 0, new)
 
 /* The build-id of the program this patch was built for (armlp cflags
  * --target PROGRAM defines ARMLP_TARGET_BUILD_ID); armlp refuses to apply
