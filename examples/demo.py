@@ -2,7 +2,7 @@
 
 Builds examples/programs/live_service.c (four worker threads price orders,
 the main thread prints a line every 200 ms; price() forgets a 10% discount)
-and the fix examples/patches/live_fix_price.c, starts the service as a real
+and the fix examples/patches/fix_price.c, starts the service as a real
 Linux process under qemu-arm with ``armlp run``, and while it runs applies
 the fix with ``armlp patch``, shows ``armlp status``, and takes the fix out
 again with ``armlp unpatch``: the printed prices change and change back.
@@ -41,12 +41,12 @@ def main() -> int:
                             freestanding=False, ldflags=["-pthread"])
     flags = subprocess.run([*ARMLP, "cflags", "--target", str(service)], check=True,
                            capture_output=True, text=True).stdout.split()
-    fix = build / "live_fix_price.o"
+    fix = build / "fix_price.o"
     subprocess.run([tool("gcc"), *flags, "-c", str(HERE / "patches" / "live_fix_price.c"),
                     "-o", str(fix)], check=True)
     print(f"built {rel(service)} (examples/programs/live_service.c, -marm -pg -mapcs-frame "
           f"-O2, static glibc, 4 worker threads): price() forgets the 10% discount")
-    print(f"built {rel(fix)} from examples/patches/live_fix_price.c with "
+    print(f"built {rel(fix)} from examples/patches/fix_price.c with "
           f"$(armlp cflags --target {rel(service)})")
     armlp("scan", rel(service), "--function", "price")
     env = dict(os.environ, ARMLP_RUNTIME_DIR=tempfile.mkdtemp(prefix="armlp-demo-"))

@@ -71,7 +71,7 @@ out.close()
 @dataclass(frozen=True)
 class Built:
     service: Path       # examples/programs/live_service.c
-    fix: Path           # examples/patches/live_fix_price.c, bound to service
+    fix: Path           # examples/patches/fix_price.c, bound to service
     target: Path        # tests/programs/live_target.c
     price: Path         # tests/patches/live_price.c, bound to target
     missing: Path       # calls a function target lacks

@@ -1,5 +1,6 @@
-/* The fix: apply the program's discount to orders of 10 items or more.
- * Calls the program's unit_price() and reads its static discount_percent. */
+/* The fix for examples/programs/service.c and live_service.c: apply the
+ * program's discount to orders of 10 items or more.  Calls the program's
+ * unit_price() and reads its static discount_percent. */
 #include <armlp/livepatch.h>
 
 ARMLP_PATCH("fix-price");
