@@ -42,7 +42,7 @@ def main() -> int:
     flags = subprocess.run([*ARMLP, "cflags", "--target", str(service)], check=True,
                            capture_output=True, text=True).stdout.split()
     fix = build / "fix_price.o"
-    subprocess.run([tool("gcc"), *flags, "-c", str(HERE / "patches" / "live_fix_price.c"),
+    subprocess.run([tool("gcc"), *flags, "-c", str(HERE / "patches" / "fix_price.c"),
                     "-o", str(fix)], check=True)
     print(f"built {rel(service)} (examples/programs/live_service.c, -marm -pg -mapcs-frame "
           f"-O2, static glibc, 4 worker threads): price() forgets the 10% discount")

@@ -100,7 +100,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
                     str(patches / "live_price.c"), "-o", str(host)], check=True)
     return Built(
         service=service,
-        fix=_patch(REPO / "examples" / "patches" / "live_fix_price.c", service, d / "fix.o"),
+        fix=_patch(REPO / "examples" / "patches" / "fix_price.c", service, d / "fix.o"),
         target=target,
         price=_patch(patches / "live_price.c", target, d / "price.o"),
         missing=_patch(patches / "live_missing.c", target, d / "missing.o"),
