@@ -214,7 +214,7 @@ def _control(machine: Any, image: Any, live: Any, program: str, pid: int,
 
 def run_emu(args: argparse.Namespace) -> int:
     from armlp.livepatch import Livepatch
-    from armlp.machine.emulator import Emulator, StopReason
+    from armlp.machine.emulator import Emulator
     from armlp.target import Target
 
     target = Target.emulate(args.program, [args.program, *args.args], echo=True)
@@ -225,7 +225,6 @@ def run_emu(args: argparse.Namespace) -> int:
     clock = emu.syscalls.vclock
     events: list[dict[str, object]] = []
     applied_at: float | None = None
-    budget = args.max_instructions
 
     def now_ms() -> float:
         return clock.elapsed_ns(None) / 1e6
@@ -243,8 +242,9 @@ def run_emu(args: argparse.Namespace) -> int:
 
     emu.syscalls.on_sleep = on_sleep
 
-    status: int | None = None
-    while budget > 0:
+    def between() -> None:
+        nonlocal applied_at
+        lp.release_deferred()
         if patches and applied_at is None and now_ms() >= args.after:
             for p in patches:
                 lp.enable(p)
@@ -259,15 +259,8 @@ def run_emu(args: argparse.Namespace) -> int:
                 lp.disable(p)
                 _note(f"{now_ms():.0f} ms: patch {p.name} disabled")
                 events.append({"ms": now_ms(), "event": "disabled", "patch": p.name})
-        stop = emu.run(max_instructions=min(CHUNK, budget))
-        budget -= CHUNK
-        lp.release_deferred()
-        if stop.reason is StopReason.EXITED:
-            status = stop.exit_status
-            break
-    if status is None:
-        raise ArmlpError(f"{args.program}: still running after {args.max_instructions} "
-                         f"instructions (raise --max-instructions)")
+
+    status = emu.run_to_exit(args.max_instructions, CHUNK, between)
     if args.json:
         sys.stdout.write(json.dumps({"exit_status": status, "events": events}) + "\n")
     return status

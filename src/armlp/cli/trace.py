@@ -108,34 +108,25 @@ def run_live(args: argparse.Namespace) -> int:
 
 def run_emu(args: argparse.Namespace) -> int:
     from armlp.ftrace.tracer import FunctionTracer
-    from armlp.machine.emulator import StopReason
+    from armlp.machine.emulator import Emulator
     from armlp.target import Target
 
     target = Target.emulate(args.program, [args.program, *args.args])
     tracer = FunctionTracer(target.ftrace, args.filter)
     tracer.start()
     emu = target.machine
+    assert isinstance(emu, Emulator)
     entries: list[TraceEntry] = []
-    budget = args.max_instructions
-    status: int | None = None
     output = ProgramOutput(emu)
-    while budget > 0:
-        step = min(CHUNK, budget)
-        stop = emu.run(max_instructions=step)  # type: ignore[attr-defined]
-        budget -= step
+
+    def between() -> None:
         new = tracer.read()
         output.flush()
-        if args.json:
-            entries.extend(new)
-        else:
+        if not args.json:
             _print_entries(new, graph=args.graph)
-            entries.extend(new)
-        if stop.reason is StopReason.EXITED:
-            status = stop.exit_status
-            break
-    if status is None:
-        raise ArmlpError(f"{args.program}: still running after {args.max_instructions} "
-                         f"instructions (raise --max-instructions)")
+        entries.extend(new)
+
+    status = emu.run_to_exit(args.max_instructions, CHUNK, between)
     counts = Counter(e.function for e in entries)
     if args.json:
         out = {

@@ -500,6 +500,26 @@ class Emulator:
             reason = StopReason.STOPPED     # a stray return to MAGIC_RETURN
         return Stop(reason, pc)
 
+    def run_to_exit(self, max_instructions: int, chunk: int,
+                    between: Callable[[], None] | None = None) -> int:
+        """Run to the program's exit in *chunk*-instruction steps, calling
+        *between* before each step and once after the last (armlp acts on
+        the stopped program there: patch, read the trace ring); return the
+        exit status.  Raises MachineError when *max_instructions* run out."""
+        budget = max_instructions
+        while budget > 0:
+            if between is not None:
+                between()
+            step = min(chunk, budget)
+            stop = self.run(max_instructions=step)
+            budget -= step
+            if stop.reason is StopReason.EXITED:
+                if between is not None:
+                    between()
+                return int(stop.exit_status or 0)
+        raise MachineError(f"{self.path}: still running after {max_instructions} "
+                           f"instructions (raise --max-instructions)")
+
     def run_until(self, address: int, max_instructions: int | None = None) -> Regs:
         """Run until pc reaches *address*; return the registers there.
         Raises MachineError if the program exits or the budget runs out first."""
