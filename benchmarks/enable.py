@@ -12,8 +12,6 @@ benchmarks/results/enable.json.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from armlp.build import build_program, cache_dir
 from armlp.livepatch import Livepatch
 from armlp.target import Target
 from armlp.toolchain import patch_cflags, tool
+from results_io import stats, write_results
 
 HERE = Path(__file__).resolve().parent
 
@@ -78,16 +77,11 @@ def main() -> int:
     for fast in (True, False):
         figs = measure(exe, obj, args.runs, fast)
         label = "fast path" if fast else "generic path"
-        row = {}
-        for k, v in figs.items():
-            row[k] = {"min": min(v), "median": statistics.median(v), "max": max(v)}
-            print(f"  {label:13} {k:11} {min(v):8.1f} {statistics.median(v):8.1f} "
-                  f"{max(v):8.1f}")
+        row = {k: stats(v, 1) for k, v in figs.items()}
+        for k, st in row.items():
+            print(f"  {label:13} {k:11} {st['min']:8.1f} {st['median']:8.1f} {st['max']:8.1f}")
         result["fast" if fast else "generic"] = row
-    out = HERE / "results" / "enable.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(HERE.parent)}")
+    write_results("enable", result)
     return 0
 
 

@@ -9,7 +9,6 @@ Prints the figures and writes benchmarks/results/live.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -23,6 +22,7 @@ from armlp.control.paths import find_target
 from armlp.control.protocol import request
 from armlp.elf.image import ElfImage
 from armlp.toolchain import patch_cflags, tool
+from results_io import stats, write_results
 
 HERE = Path(__file__).resolve().parent
 N_FUNCS = 100
@@ -99,11 +99,6 @@ def start(prog: Path, go: Path, env: dict[str, str]) -> tuple[subprocess.Popen[s
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise
             time.sleep(0.02)
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3),
-            "max": round(max(values), 3)}
 
 
 def main() -> int:
@@ -184,10 +179,7 @@ def main() -> int:
           f"(target: within 2 %)")
     print(f"fast path: {result['fast_path_ns_per_redirected_call']} ns per redirected call "
           f"under qemu-arm")
-    out = HERE / "results" / "live.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(HERE.parent)}")
+    write_results("live", result)
     return 0
 
 
