@@ -19,7 +19,7 @@ from armlp.build import build_program
 from armlp.elf.image import ElfImage
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
-from armlp.machine.gdb import BRANCH_RANGE, NR_GETPID, NR_GETTID, GdbMachine
+from armlp.machine.gdb import BRANCH_RANGE, NR_GETPID, NR_GETTID
 from armlp.machine.qemu import QemuProcess, start_qemu
 from armlp.machine.rsp import escape, frame, parse_stop_reply, rle_decode, unescape
 from armlp.target import Target
@@ -42,7 +42,7 @@ def threads_prog() -> Path:
 class Started:
     def __init__(self, q: QemuProcess) -> None:
         self.q = q
-        self.m = GdbMachine(q.conn, interrupt=q.interrupt)
+        self.m = q.machine()
 
     def output(self) -> str:
         assert self.q.popen.stdout is not None

@@ -119,11 +119,11 @@ def run(args: argparse.Namespace) -> int:
 def run_qemu(args: argparse.Namespace) -> int:
     import os
 
+    from armlp.control.guardian import Guardian
     from armlp.control.paths import runtime_dir
     from armlp.control.qemu_live import GdbLive
     from armlp.elf.image import ElfImage
-    from armlp.machine.gdb import GdbMachine
-    from armlp.machine.qemu import HostMemory, start_qemu
+    from armlp.machine.qemu import GDB_STOP_SIGNAL, HostMemory, start_qemu
 
     if args.after or args.unpatch_after is not None:
         raise ArmlpError("--after/--unpatch-after are for --machine emu; with qemu use "
@@ -137,12 +137,14 @@ def run_qemu(args: argparse.Namespace) -> int:
             raise ArmlpError(f"{path}: no such patch module")
     runtime_dir()       # a control directory that is not private: refuse before starting
     qemu = start_qemu(args.program, args.args)
+    guardian = Guardian.start(qemu.conn.sock, ours=[GDB_STOP_SIGNAL])
     try:
         host = HostMemory.find(qemu.pid, args.program, _first_address(image))
-        machine = GdbMachine(qemu.conn, interrupt=qemu.interrupt, host_memory=host)
-        status = _control(machine, image, GdbLive(machine, qemu), args.program, qemu.pid,
-                          patches)
+        machine = qemu.machine(host)
+        status = _control(machine, image, GdbLive(machine, qemu, guardian), args.program,
+                          qemu.pid, patches)
     finally:
+        guardian.stand_down()
         qemu.close()
     if args.json:
         sys.stdout.write(json.dumps({"exit_status": status}) + "\n")
@@ -150,12 +152,11 @@ def run_qemu(args: argparse.Namespace) -> int:
 
 
 def attach(args: argparse.Namespace) -> int:
-    import signal
-
+    from armlp.control.guardian import Guardian
     from armlp.control.qemu_live import GdbLive
     from armlp.elf.image import ElfImage
-    from armlp.machine.gdb import GdbMachine
-    from armlp.machine.qemu import HostMemory, send_thread_signal
+    from armlp.machine.gdb import GDB_SIGINT, GdbMachine
+    from armlp.machine.qemu import GDB_STOP_SIGNAL, STOP_SIGNAL, HostMemory, send_thread_signal
     from armlp.machine.rsp import RspConnection
 
     image = ElfImage(args.program)
@@ -176,17 +177,24 @@ def attach(args: argparse.Namespace) -> int:
     pid = tids[0] if tids else 0
 
     def interrupt(thread: int | None) -> None:
-        # On this host a SIGINT to one thread stops the program under any stub
-        # (qemu-user's does not read the interrupt byte while the program runs,
-        # and would read it late); a remote stub gets the interrupt byte.
+        # On this host a signal to one thread stops the program under qemu's
+        # stub (which does not read the interrupt byte while the program
+        # runs); a remote stub gets the interrupt byte.
         if local and pid:
-            send_thread_signal(pid, thread or pid, signal.SIGINT)
+            send_thread_signal(pid, thread or pid, STOP_SIGNAL)
         else:
             conn.interrupt()
 
+    stop_signal = GDB_STOP_SIGNAL if local and pid else GDB_SIGINT
     memory = HostMemory.find(pid, args.program, _first_address(image)) if local else None
-    machine = GdbMachine(conn, interrupt=interrupt, host_memory=memory)
-    return _control(machine, image, GdbLive(machine), args.program, pid, patches)
+    machine = GdbMachine(conn, interrupt=interrupt, host_memory=memory,
+                         stop_signal=stop_signal)
+    guardian = Guardian.start(conn.sock, ours=[stop_signal])
+    try:
+        return _control(machine, image, GdbLive(machine, guardian=guardian), args.program,
+                        pid, patches)
+    finally:
+        guardian.stand_down()
 
 
 def _first_address(image: Any) -> int:

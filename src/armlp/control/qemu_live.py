@@ -3,6 +3,7 @@ qemu-arm that armlp started, or already waiting under a stub (attach)."""
 
 from __future__ import annotations
 
+from armlp.control.guardian import Guardian
 from armlp.errors import MachineError
 from armlp.machine.gdb import GdbMachine
 from armlp.machine.qemu import QemuProcess
@@ -17,14 +18,20 @@ LOST = 255
 class GdbLive:
     """Interrupt, resume and exit detection for one process behind a stub."""
 
-    def __init__(self, machine: GdbMachine, qemu: QemuProcess | None = None) -> None:
+    def __init__(self, machine: GdbMachine, qemu: QemuProcess | None = None,
+                 guardian: Guardian | None = None) -> None:
         self.machine = machine
         self.qemu = qemu
+        #: Told when armlp has the program paused, so that it can let the
+        #: program go should the controller die (armlp.control.guardian).
+        self.guardian = guardian
         self.exit_status: int | None = None
 
     def interrupt(self) -> None:
         if self.exited() is not None:
             raise MachineError(f"the program has exited (status {self.exit_status})")
+        if self.guardian is not None:
+            self.guardian.paused()
         try:
             stop = self.machine.stop()
         except MachineError as exc:
@@ -40,6 +47,8 @@ class GdbLive:
     def resume(self) -> None:
         if self.exited() is None:
             self.machine.resume()
+            if self.guardian is not None:
+                self.guardian.running()
 
     def fileno(self) -> int:
         return self.machine.conn.sock.fileno()

@@ -18,7 +18,8 @@ Stopped and running
     running thread), so this is safe for the livepatch core, but "all
     threads stopped" holds only under gdbserver.  qemu-user also ignores the
     interrupt byte while the program runs: :mod:`armlp.machine.qemu` stops
-    it with a SIGINT to the qemu process instead (pass it as *interrupt*).
+    it with a real-time signal to one thread instead (pass it as
+    *interrupt*, and the signal's GDB number as *stop_signal*).
 
 Syscalls in the target
     :meth:`syscall` borrows the stopped thread: saves its registers (the
@@ -70,6 +71,8 @@ NOP = 0xE1A00000
 _SCRATCH_SVC, _SCRATCH_RETURN, _SCRATCH_COPY, _SCRATCH_RESTORE = 0x0, 0x100, 0x200, 0x300
 #: svc #0; b restore
 _SVC_CODE = (0xEF000000, 0xEA0000BD)
+#: The return address of calls, under armlp's breakpoint: b restore
+_RETURN_CODE = (0xEA00007E,)
 #: restore: ip = block; flags; r0-r11; lr; sp = saved sp - 8; pop {ip, pc}
 _RESTORE_CODE = (0xE59FC018, 0xE59C0040, 0xE12CF000, 0xE89C0FFF, 0xE59CE038, 0xE59CD034,
                  0xE24DD008, 0xE8BD9000)
@@ -126,10 +129,13 @@ class GdbMachine:
                  interrupt: Callable[[int | None], None] | None = None,
                  host_memory: HostMemory | None = None,
                  segments: Sequence[Segment] | None = None,
-                 call_timeout: float = 10.0) -> None:
+                 call_timeout: float = 10.0, stop_signal: int = GDB_SIGINT) -> None:
         self.conn = conn
         self._interrupt_thread = interrupt or (lambda _thread: conn.interrupt())
         self.call_timeout = call_timeout
+        #: The GDB signal number of the stops *interrupt* causes (SIGINT for
+        #: the interrupt byte; qemu: see armlp.machine.qemu.STOP_SIGNAL).
+        self.stop_signal = stop_signal
         self.running = False
         self.exit: StopReply | None = None
         self.thread = 0
@@ -303,6 +309,7 @@ class GdbMachine:
             r[i] = a & 0xFFFFFFFF
         sp = (regs.sp - 256) & ~7
         cpsr = (regs.cpsr & ~(_CPSR_T | _CPSR_IT)) | (_CPSR_T if address & 1 else 0)
+        self._arm_restore(tid, saved)
         self.conn.write_all_registers(_encode_regs(saved, Regs(r, sp, ret, address & ~1, cpsr)),
                                       tid)
         self.conn.set_breakpoint(ret)
@@ -368,7 +375,7 @@ class GdbMachine:
         self._sigints += 1
         self._interrupt_thread(self.thread or None)
         stop = self.conn.wait(timeout or self.conn.timeout)
-        if not stop.exited and stop.signal == GDB_SIGINT:
+        if not stop.exited and stop.signal == self.stop_signal:
             self._sigints -= 1
         elif not stop.exited and stop.signal != GDB_SIGTRAP:
             # A signal of the program's own got there first: the thread is
@@ -379,7 +386,7 @@ class GdbMachine:
         return stop
 
     def wait(self, timeout: float | None = None) -> StopReply:
-        """Wait until the program stops for armlp (breakpoint, SIGINT) or
+        """Wait until the program stops for armlp (breakpoint, stop signal) or
         ends; its own signals are handed back to it.  *timeout* None: no
         limit."""
         if not self.running:
@@ -391,7 +398,7 @@ class GdbMachine:
             if self._leftover(stop):
                 self.conn.resume(0, stop.thread)
                 continue
-            if stop.exited or stop.signal in (GDB_SIGINT, GDB_SIGTRAP):
+            if stop.exited or stop.signal in (self.stop_signal, GDB_SIGTRAP):
                 self._stopped(stop)
                 return stop
             self.conn.resume(stop.signal, stop.thread)
@@ -474,9 +481,9 @@ class GdbMachine:
         self.conn.pending_stops.clear()
 
     def _leftover(self, stop: StopReply) -> bool:
-        """A SIGINT armlp sent that arrived after the target had stopped
+        """A stop signal armlp sent that arrived after the target had stopped
         anyway: drop it."""
-        if not stop.exited and stop.signal == GDB_SIGINT and self._sigints > 0:
+        if not stop.exited and stop.signal == self.stop_signal and self._sigints > 0:
             self._sigints -= 1
             return True
         return False
@@ -709,8 +716,8 @@ class GdbMachine:
         if self._scratch is None:
             addr = self._mmap(0, 2 * PAGE)
             words = [UDF] * (PAGE // 4)
-            for offset, code in ((_SCRATCH_SVC, _SVC_CODE), (_SCRATCH_COPY, _COPY_CODE),
-                                 (_SCRATCH_RESTORE, _RESTORE_CODE)):
+            for offset, code in ((_SCRATCH_SVC, _SVC_CODE), (_SCRATCH_RETURN, _RETURN_CODE),
+                                 (_SCRATCH_COPY, _COPY_CODE), (_SCRATCH_RESTORE, _RESTORE_CODE)):
                 words[offset // 4:offset // 4 + len(code)] = code
             words[_SCRATCH_RESTORE // 4 + len(_RESTORE_CODE)] = addr + PAGE   # the save block
             self.conn.write_memory(addr, struct.pack(f"<{len(words)}I", *words))

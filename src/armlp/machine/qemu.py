@@ -23,15 +23,28 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from armlp.errors import MachineError
 from armlp.machine.rsp import DEFAULT_TIMEOUT, RspConnection
+
+if TYPE_CHECKING:
+    from armlp.machine.gdb import GdbMachine
 
 #: How long qemu gets to create its socket.
 START_TIMEOUT = 10.0
 
 _File = int | IO[Any] | None
+
+
+#: The signal armlp stops a thread with: the host's last real-time signal,
+#: which qemu 7.2 maps to the guest's signal 62 (host SIGRTMIN+k is guest
+#: 32+k) and its stub reports as GDB signal 74 (GDB_SIGNAL_REALTIME_62).
+#: Not SIGINT: a stop of armlp's must be told apart from the program's own
+#: signals (a terminal's ^C is the program's), also by the guardian after
+#: the controller died (armlp.control.guardian).
+STOP_SIGNAL = signal.SIGRTMAX
+GDB_STOP_SIGNAL = 45 + (STOP_SIGNAL - signal.SIGRTMIN + 32) - 33
 
 
 _SYS_TGKILL = {"x86_64": 234, "aarch64": 131, "i386": 270, "i686": 270, "armv7l": 268,
@@ -75,15 +88,21 @@ class QemuProcess:
     def interrupt(self, thread: int | None = None) -> None:
         """Stop the running program: qemu-user's stub does not read its
         socket while the program runs, so the interrupt byte alone does not
-        arrive; a SIGINT to qemu becomes a signal of the target that qemu
-        hands to the stub first (a stop with signal 2, which a following
-        continue drops).
+        arrive; :data:`STOP_SIGNAL` to qemu becomes a signal of the target
+        that qemu hands to the stub first (a stop with
+        :data:`GDB_STOP_SIGNAL`, which a following continue drops).
 
-        The SIGINT goes to one thread (*thread*, else the main one) with
+        The signal goes to one thread (*thread*, else the main one) with
         tgkill: a process-wide signal may land on any thread, and two
         threads parked in qemu 7.2's stub at once share its socket and
         corrupt the conversation."""
-        send_thread_signal(self.popen.pid, thread or self.popen.pid, signal.SIGINT)
+        send_thread_signal(self.popen.pid, thread or self.popen.pid, STOP_SIGNAL)
+
+    def machine(self, host_memory: HostMemory | None = None) -> GdbMachine:
+        """The :class:`~armlp.machine.gdb.GdbMachine` of this process."""
+        from armlp.machine.gdb import GdbMachine
+        return GdbMachine(self.conn, interrupt=self.interrupt, host_memory=host_memory,
+                          stop_signal=GDB_STOP_SIGNAL)
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for qemu to end; its exit status (negative: killed by a signal)."""

@@ -1,0 +1,86 @@
+"""The controller SIGKILLed while it has the program paused to enable a
+100-function patch: the program keeps running, every call returns the old
+or the new result (whatever was fully applied), and it ends normally.
+
+The kill lands inside the pause: the test watches qemu's threads until one
+is parked in the GDB stub (blocked reading the stub's Unix socket), then
+waits *delay_ms* more.  Delays span the whole pause (80-100 ms for this
+first patch here, which also maps and links the module), so
+runs die with the patch not started, half written and fully applied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from armlp.build import build_program
+from armlp.control.protocol import send
+from armlp.elf.image import ElfImage
+from armlp.toolchain import patch_cflags, tool
+from conftest import wait_for_target
+
+HERE = Path(__file__).resolve().parent
+
+
+def _parked(pid: int) -> bool:
+    """Whether a thread of qemu *pid* is parked in its stub (reading the socket)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "wchan").read_text() == "unix_stream_read_generic":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay_ms", [0, 5, 10, 20, 30, 45, 60, 70, 80, 90, 100, 115, 140])
+def test_controller_killed_mid_enable(delay_ms: int, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    prog = build_program([HERE / "programs" / "many.c"], tmp_path / "many",
+                         freestanding=False, ldflags=["-pthread"])
+    fix = tmp_path / "many_fix.o"
+    subprocess.run([tool("gcc"), *patch_cflags(ElfImage(prog).build_id), "-c",
+                    str(HERE / "patches" / "many_fix.c"), "-o", str(fix)], check=True)
+    monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
+    done, result = tmp_path / "done", tmp_path / "result"
+    ctl = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog),
+                            str(done), str(result)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        info = wait_for_target(ctl)
+        time.sleep(0.2)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(info.socket)
+            send(s, {"op": "patch", "path": str(fix)})
+            deadline = time.monotonic() + 20
+            while not _parked(info.pid):
+                assert time.monotonic() < deadline, "the controller never paused the program"
+                time.sleep(0.0005)
+            time.sleep(delay_ms / 1000)
+            os.kill(ctl.pid, signal.SIGKILL)      # the controller dies, qemu lives on
+        ctl.wait(timeout=10)
+        time.sleep(0.3)                           # the program keeps running ...
+        done.touch()
+        deadline = time.monotonic() + 60
+        while not result.exists() or not result.read_text().endswith("\n"):
+            assert time.monotonic() < deadline, "the program did not finish"
+            time.sleep(0.05)
+    finally:
+        done.touch()
+        if ctl.poll() is None:
+            ctl.kill()
+    m = re.fullmatch(r"calls (\d+) new (\d+) bad (\d+)\n", result.read_text())
+    assert m, result.read_text()
+    calls, fresh, bad = map(int, m.groups())
+    print(f"killed {delay_ms} ms into the pause: {calls} calls, {fresh} new, {bad} bad")
+    assert bad == 0 and calls > 10_000
