@@ -21,7 +21,14 @@ from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
 from armlp.machine.gdb import BRANCH_RANGE, NR_GETPID, NR_GETTID
 from armlp.machine.qemu import QemuProcess, start_qemu
-from armlp.machine.rsp import escape, frame, parse_stop_reply, rle_decode, unescape
+from armlp.machine.rsp import (
+    RspConnection,
+    escape,
+    frame,
+    parse_stop_reply,
+    rle_decode,
+    unescape,
+)
 from armlp.target import Target
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -81,6 +88,44 @@ def test_framing_and_encodings() -> None:
     assert parse_stop_reply(b"W2a").exited and parse_stop_reply(b"W2a").status == 42
     with pytest.raises(MachineError, match="stop reply"):
         parse_stop_reply(b"OK")
+
+
+def test_a_late_reply_is_consumed_before_the_next_request() -> None:
+    """A stub that acks a request but answers late (qemu held up by a lock a
+    frozen thread holds): the request times out; settle() reads and acks the
+    late reply, so the next request is not eaten by the stub's resends."""
+    import socket
+    import threading
+
+    ours, stubs = socket.socketpair()
+    conn = RspConnection(ours, timeout=2.0)
+    gate = threading.Event()
+
+    def stub() -> None:
+        buf = b""
+        for reply, wait in ((b"OK", True), (b"mc8f", False)):
+            while b"#" not in buf or len(buf) < buf.index(b"#") + 3:
+                buf += stubs.recv(4096)
+            buf = buf[buf.index(b"#") + 3:]
+            stubs.sendall(b"+")
+            if wait:
+                gate.wait(5)
+            stubs.sendall(frame(reply))
+            while b"+" not in buf:      # qemu: wait for the ack
+                buf += stubs.recv(4096)
+            buf = buf[buf.index(b"+") + 1:]
+
+    t = threading.Thread(target=stub)
+    t.start()
+    with pytest.raises(MachineError, match="timed out"), conn.timeout_of(0.1):
+        conn.request(b"Hgc84", "selecting thread 0xc84")
+    assert conn.in_flight == "selecting thread 0xc84"
+    gate.set()
+    assert conn.request(b"qfThreadInfo") == b"mc8f"      # settles first
+    assert conn.in_flight is None
+    t.join(5)
+    ours.close()
+    stubs.close()
 
 
 # --- memory and registers ----------------------------------------------------------
@@ -286,5 +331,31 @@ def test_abandoned_syscall_lets_the_thread_go_on(run: type[Started], prog: Path)
     m.conn.write_all_registers(
         _encode_regs(saved, Regs(r, regs.sp, regs.lr, scratch + _SCRATCH_SVC, regs.cpsr)), tid)
     m.conn.sock.close()                     # armlp "dies" here
+    assert s.q.popen.wait(timeout=20) == 42
+    assert s.output() == "sum 63 add3 14 data 0x11223344\n"
+
+
+def test_abandoned_call_returns_the_thread_to_its_code(run: type[Started], prog: Path) -> None:
+    """armlp dies during a call on a borrowed thread; the guardian's detach
+    (here: the stub's ``D``) removes the breakpoint on the return address,
+    where ``b restore`` gives the thread back its registers."""
+    from armlp.machine.gdb import _SCRATCH_RETURN, Regs, _decode_regs, _encode_regs
+
+    s = run(prog, "7")
+    m = s.m
+    ret = m._scratch_page()
+    assert m._scratch is not None and ret == m._scratch + _SCRATCH_RETURN
+    tid = m.thread
+    saved = m.conn.read_all_registers(tid)
+    m._arm_restore(tid, saved)
+    regs = _decode_regs(saved)
+    fn = m.alloc(4096)
+    m.write(fn, struct.pack("<2I", MOV_R0_7, BX_LR))
+    m.conn.write_all_registers(
+        _encode_regs(saved, Regs(list(regs.r), (regs.sp - 256) & ~7, ret, fn,
+                                 regs.cpsr & ~0x20)), tid)
+    m.conn.set_breakpoint(ret)
+    assert m.conn.request(b"D") == b"OK"    # what the guardian sends for a dead armlp
+    m.conn.sock.close()
     assert s.q.popen.wait(timeout=20) == 42
     assert s.output() == "sum 63 add3 14 data 0x11223344\n"

@@ -11,6 +11,7 @@ runs die with the patch not started, half written and fully applied.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -79,6 +80,11 @@ def test_controller_killed_mid_enable(delay_ms: int, tmp_path: Path,
         done.touch()
         if ctl.poll() is None:
             ctl.kill()
+        with contextlib.suppress(NameError, ProcessLookupError):
+            deadline = time.monotonic() + 10       # a program that hangs is killed
+            while os.path.exists(f"/proc/{info.pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(info.pid, signal.SIGKILL)
     m = re.fullmatch(r"calls (\d+) new (\d+) bad (\d+)\n", result.read_text())
     assert m, result.read_text()
     calls, fresh, bad = map(int, m.groups())

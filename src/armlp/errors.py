@@ -40,5 +40,10 @@ class CodeModificationError(MachineError):
     """A code word was not the expected one: refuse to write over it."""
 
 
+class StubStalledError(MachineError):
+    """The GDB stub did not answer while armlp held the other threads
+    stopped; they were let go and the stub's late reply consumed."""
+
+
 class PatchError(ArmlpError):
     """A live patch cannot be enabled or disabled as asked."""

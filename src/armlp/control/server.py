@@ -25,6 +25,7 @@ from armlp.errors import ArmlpError
 from armlp.ftrace.tracer import FunctionTracer
 from armlp.livepatch import Livepatch
 from armlp.livepatch.sysfs import livepatch_status
+from armlp.machine.base import all_threads_stopped
 from armlp.runtime.layout import SITE, SITE_TABLE
 from armlp.target import Target
 
@@ -108,7 +109,7 @@ class Controller:
             with self.paused():
                 lp.release_deferred()
                 return {"target": self.info.to_json(), **livepatch_status(lp),
-                        "runtime": self._runtime_memory()}
+                        "all_stop": self._all_stop(), "runtime": self._runtime_memory()}
         if op == "patch":
             path = req.get("path")
             if not isinstance(path, str) or not os.path.isabs(path):
@@ -164,6 +165,11 @@ class Controller:
             return {"name": name, "memory_freed": not deferred,
                     "pause_ms": round(self.last_pause_ms, 3)}
         raise ControlError(f"unknown request {op!r}")
+
+    def _all_stop(self) -> bool:
+        """Whether code writes and frees stop every thread of the target."""
+        with all_threads_stopped(self.target.machine) as stopped:
+            return stopped
 
     def _runtime_memory(self) -> dict[str, Any]:
         """Where armlp's own data lives in the target (diagnostics, tests):

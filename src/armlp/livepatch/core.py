@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, encode_bl
-from armlp.errors import ArmlpError, PatchError
+from armlp.errors import ArmlpError, PatchError, StubStalledError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch.patch import KlpFunc, KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.trampoline import build_trampoline
-from armlp.machine.base import CodeWrite, read_word, write_word
+from armlp.machine.base import CodeWrite, all_threads_stopped, read_word, write_word
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS, KLP_FUNC_NODE, KLP_OPS
 from armlp.target import Target
 
@@ -262,17 +262,25 @@ class Livepatch:
     def release_deferred(self) -> list[KlpPatch]:
         """Free the memory of disabled patches no thread can still be in.
 
-        Only on machines that stop every thread (the emulator, gdbserver):
-        where threads keep running while armlp works (qemu-user's stub), a
-        check of their pcs and stacks proves nothing a moment later, so the
-        memory stays until the program ends.
+        The proof is a scan of every thread's registers and stack taken with
+        all threads stopped (the emulator, gdbserver, qemu-user frozen with
+        ptrace): a disabled patch is unreachable (no site, stack or ops
+        leads into it any more), so a thread that neither executes it nor
+        holds an address in it now never will, and the frees may follow
+        the thaw.  Where threads cannot all be stopped (qemu-user's stub
+        without ptrace) a scan proves nothing, and the memory stays until
+        the program ends.
         """
         freed: list[KlpPatch] = []
-        if not getattr(self.machine, "all_stop", True):
-            return freed
         if not self.dead_tramps and not self.deferred:
             return freed
-        live = self._live_words()
+        try:
+            with all_threads_stopped(self.machine) as stopped:
+                if not stopped:
+                    return freed
+                live = self._live_words()
+        except StubStalledError:
+            return freed        # no proof this time: the next request tries again
 
         def in_use(lo: int, hi: int) -> bool:
             i = bisect.bisect_left(live, lo)
@@ -296,15 +304,26 @@ class Livepatch:
         return freed
 
     def _live_words(self) -> list[int]:
-        """Every thread's pc, lr and stack words, sorted: whatever armlp memory
-        one of them points into may still be executed or returned into."""
+        """Every thread's registers and stack words from sp up, sorted:
+        whatever armlp memory one of them points into may still be executed
+        or returned into.  All registers, not only pc and lr: a thread
+        between loading a function's address and branching to it holds it
+        in one.
+
+        Not below sp: dead frames there keep stale return addresses for
+        ever.  A thread qemu stopped inside a translated block may have
+        pushed words below the sp its state shows; those came from
+        registers whose stored copies still hold the values (qemu stores
+        them before every memory access and at every branch, and a return
+        address into a patch is made by a branch)."""
         m = self.machine
         words: set[int] = set()
         for tid in m.threads():
             regs = m.get_regs(tid)
-            words.update((regs.pc, regs.lr))
+            words.update(regs.as_list())
+            low = regs.sp & ~3
             top = _stack_top(m, regs.sp)
-            raw = m.read(regs.sp, top - regs.sp) if top > regs.sp else b""
+            raw = m.read(low, top - low) if top > low else b""
             words.update(struct.unpack(f"<{len(raw) // 4}I", raw[: len(raw) & ~3]))
         return sorted(words)
 

@@ -18,8 +18,9 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
+import contextlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -110,3 +111,17 @@ def read_word(machine: Machine, address: int) -> int:
 
 def write_word(machine: Machine, address: int, value: int) -> None:
     machine.write(address, struct.pack("<I", value & 0xFFFFFFFF))
+
+
+@contextlib.contextmanager
+def all_threads_stopped(machine: Machine) -> Iterator[bool]:
+    """``with all_threads_stopped(m) as stopped:`` every thread of the
+    target held still inside the block when *stopped*.  A machine stops
+    whole unless it says otherwise: one with ``all_stopped()`` (the GDB
+    machine) is asked; one with ``all_stop = False`` cannot."""
+    stopper = getattr(machine, "all_stopped", None)
+    if stopper is not None:
+        with stopper() as stopped:
+            yield bool(stopped)
+        return
+    yield bool(getattr(machine, "all_stop", True))

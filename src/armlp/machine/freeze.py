@@ -16,7 +16,12 @@ Why this cannot deadlock or break the program:
   finds it (in guest code, in qemu's translator, in a system call, which is
   restarted after the thaw).  While frozen, armlp reads and writes guest
   memory through ``/proc/PID/mem`` (:class:`armlp.machine.qemu.HostMemory`),
-  which is kernel work only, so it never waits for a frozen thread.
+  which is kernel work only, so it never waits for a frozen thread.  The
+  GDB stub, served by the one thread left running, is another matter: it
+  is qemu code and can wait for a host lock a frozen thread holds (seen:
+  about one freeze in 500 under load).  The GDB machine bounds every stub
+  reply while frozen and thaws on a stall
+  (:meth:`armlp.machine.gdb.GdbMachine.all_stopped`).
 * Nothing is left behind if the controller dies: the kernel detaches the
   tracees of a tracer that exits, even by SIGKILL, and they go on.
 * A signal the program gets while frozen stays pending and is delivered

@@ -99,10 +99,15 @@ class QemuProcess:
         send_thread_signal(self.popen.pid, thread or self.popen.pid, STOP_SIGNAL)
 
     def machine(self, host_memory: HostMemory | None = None) -> GdbMachine:
-        """The :class:`~armlp.machine.gdb.GdbMachine` of this process."""
+        """The :class:`~armlp.machine.gdb.GdbMachine` of this process; with
+        *host_memory*, one that stops every thread for code writes when this
+        host lets armlp ptrace qemu."""
+        from armlp.machine.freeze import Freezer
         from armlp.machine.gdb import GdbMachine
+        freezer = Freezer(self.pid) if host_memory is not None and \
+            Freezer.available(self.pid) else None
         return GdbMachine(self.conn, interrupt=self.interrupt, host_memory=host_memory,
-                          stop_signal=GDB_STOP_SIGNAL)
+                          stop_signal=GDB_STOP_SIGNAL, freezer=freezer)
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for qemu to end; its exit status (negative: killed by a signal)."""
@@ -220,6 +225,20 @@ class HostMemory:
 
     def read(self, address: int, size: int) -> bytes:
         return os.pread(self.fd, size, address + self.guest_base)
+
+    def regions(self) -> list[tuple[int, int, str]]:
+        """The guest's mapped ranges ``(start, end, perms)`` from
+        ``/proc/PID/maps``.  Left out: qemu's own mappings outside the
+        guest's 4 GiB, and inaccessible ones (qemu reserves the whole guest
+        space and maps what the guest unmaps back to PROT_NONE)."""
+        out = []
+        with open(f"/proc/{self.pid}/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                lo, hi = (int(x, 16) - self.guest_base for x in fields[0].split("-"))
+                if lo >= 0 and hi <= 1 << 32 and fields[1][:3] != "---":
+                    out.append((lo, hi, fields[1][:3]))
+        return out
 
     def write(self, address: int, data: bytes) -> None:
         done = os.pwrite(self.fd, data, address + self.guest_base)

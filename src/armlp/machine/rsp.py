@@ -199,6 +199,8 @@ class RspConnection:
         self.pending_stops: list[StopReply] = []
         #: The ``W``/``X`` reply, once the target has ended.
         self.exit: StopReply | None = None
+        #: The request whose reply has not arrived (it timed out): see settle().
+        self.in_flight: str | None = None
         self.target_xml = b""
 
     # --- construction ------------------------------------------------------
@@ -364,9 +366,13 @@ class RspConnection:
                 timeout: float | None = None) -> bytes:
         """Send *data* and return its reply; ``Exx`` raises MachineError."""
         what = what or data[:40].decode("ascii", "replace")
+        if self.in_flight is not None:
+            self.settle()
         self.round_trips += 1
+        self.in_flight = what
         self.send_packet(data, what, timeout)
         reply = self.receive(what, timeout)
+        self.in_flight = None
         while data != b"?" and _is_stop(reply):
             # Another thread stopped on its own (qemu-user parks each thread
             # that gets a signal in the stub and reports it at once).
@@ -380,6 +386,25 @@ class RspConnection:
         if _is_error(reply):
             raise MachineError(f"{what}: the stub answered {reply.decode('ascii', 'replace')}")
         return reply
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for (and drop) the reply of a request that timed out.
+
+        In ack mode a stub that finally answers waits for our ``+`` and takes
+        every other byte as a request to send its reply again: the next
+        request would be eaten.  So the late reply is read (and acked)
+        first; it comes once whatever held the stub up lets go."""
+        what, self.in_flight = self.in_flight, None
+        if what is None:
+            return
+        reply = self.receive(f"{what} (late)", timeout)
+        while _is_stop(reply):
+            stop = parse_stop_reply(reply)
+            if stop.exited:
+                self.exit = stop
+                return
+            self.pending_stops.append(stop)
+            reply = self.receive(f"{what} (late)", timeout)
 
     def request_ok(self, data: bytes, what: str | None = None) -> None:
         """A request whose only good answer is ``OK``."""
