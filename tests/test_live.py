@@ -690,8 +690,11 @@ def test_unpatch_defers_the_free_while_a_thread_is_inside(progs: tuple[Path, Pat
     assert res.json()["memory_freed"] is False
     st = live.cli("status", "--json")
     (t,) = st.json()["targets"]
-    assert t["deferred_frees"] == ["live-slow"]
+    assert t["deferred_frees"] == ["live-slow"] and t["all_stop"] is True
     assert _mapped(pid, target, new)
+    text = live.cli("status").out
+    assert "writes stop all threads" in text
+    assert "kept until no thread can be in them: live-slow" in text
     # The worker wakes up 1.5 s after its call and returns through the kept
     # code: had the memory been freed, it would return into unmapped memory
     # and the program would die.  (Whether a later request frees it depends

@@ -88,7 +88,8 @@ def status(args: argparse.Namespace) -> int:
         print("no running targets")
     for st in results:
         t = st["target"]
-        print(f"{t['id']}: {t['program']} (pid {t['pid']})")
+        stop = "all threads" if st.get("all_stop") else "one thread (no ptrace: frees kept)"
+        print(f"{t['id']}: {t['program']} (pid {t['pid']}); writes stop {stop}")
         for p in st["patches"]:
             print(f"  {p['name']}: enabled={int(p['enabled'])} transition="
                   f"{int(p['transition'])}")
@@ -99,6 +100,8 @@ def status(args: argparse.Namespace) -> int:
                     print(f"      {f['name']},{f['sympos']} -> {f['new']}{mark}")
         if not st["patches"]:
             print("  no patches")
+        if st.get("deferred_frees"):
+            print(f"  kept until no thread can be in them: {', '.join(st['deferred_frees'])}")
         sites = st["sites"]
         print(f"  sites: {len(sites['in_use'])} of {sites['total']} in use")
         for s in sites["in_use"]:
