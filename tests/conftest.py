@@ -268,3 +268,18 @@ def wait_for_target(proc: subprocess.Popen[Any], timeout: float = 30.0) -> Any:
             if time.monotonic() > deadline:
                 pytest.fail("the controller never came up")
             time.sleep(0.02)
+
+
+def program_and_patch(program: Path, patch: Path, out: Path) -> tuple[Path, Path]:
+    """Build the pthreads program *program* (static glibc, ``-pg``) and the
+    live patch *patch* bound to its build-id, both into directory *out*."""
+    from armlp.build import build_program
+    from armlp.elf.image import ElfImage
+    from armlp.toolchain import patch_cflags, tool
+
+    prog = build_program([program], out / program.stem, freestanding=False,
+                         ldflags=["-pthread"])
+    obj = out / f"{patch.stem}.o"
+    subprocess.run([tool("gcc"), *patch_cflags(ElfImage(prog).build_id), "-c", str(patch),
+                    "-o", str(obj)], check=True)
+    return prog, obj

@@ -650,14 +650,20 @@ def _mapped(pid: int, program: Path, address: int) -> bool:
         host.close()
 
 
-def test_unpatch_frees_the_memory_no_thread_is_in(progs: tuple[Path, Path, Path],
-                                                  live: Live) -> None:
-    target, price, _slow = progs
+def _run_patched(live: Live, target: Path, patch: Path) -> tuple[Run, int, int]:
+    """live_target running with *patch* applied: the run, qemu's pid, and the
+    address of the patch's new function."""
     r = live.run("t", target, "60", "50")
     pid = r.info()["pid"]
     wait_until("2 lines", lambda: len(target_prices(r.out())) >= 2)
-    assert live.cli("patch", price).code == 0
-    new = _new_address(live)
+    assert live.cli("patch", patch).code == 0
+    return r, pid, _new_address(live)
+
+
+def test_unpatch_frees_the_memory_no_thread_is_in(progs: tuple[Path, Path, Path],
+                                                  live: Live) -> None:
+    target, price, _slow = progs
+    r, pid, new = _run_patched(live, target, price)
     wait_until("patched lines", lambda: 1001 in target_prices(r.out()))
     res = live.cli("unpatch", "live-price", "--json")
     assert res.code == 0, res.err
@@ -679,11 +685,7 @@ def test_unpatch_frees_the_memory_no_thread_is_in(progs: tuple[Path, Path, Path]
 def test_unpatch_defers_the_free_while_a_thread_is_inside(progs: tuple[Path, Path, Path],
                                                           live: Live) -> None:
     target, _price, slow = progs
-    r = live.run("t", target, "60", "50")
-    pid = r.info()["pid"]
-    wait_until("2 lines", lambda: len(target_prices(r.out())) >= 2)
-    assert live.cli("patch", slow).code == 0
-    new = _new_address(live)
+    r, pid, new = _run_patched(live, target, slow)
     time.sleep(0.3)          # the worker is now asleep inside price_v2
     res = live.cli("unpatch", "live-slow", "--json")
     assert res.code == 0, res.err

@@ -23,11 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
 from armlp.control.protocol import send
-from armlp.elf.image import ElfImage
-from armlp.toolchain import patch_cflags, tool
-from conftest import wait_for_target
+from conftest import program_and_patch, wait_for_target
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,11 +44,8 @@ def _parked(pid: int) -> bool:
 @pytest.mark.parametrize("delay_ms", [0, 5, 10, 20, 30, 45, 60, 70, 80, 90, 100, 115, 140])
 def test_controller_killed_mid_enable(delay_ms: int, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    prog = build_program([HERE / "programs" / "many.c"], tmp_path / "many",
-                         freestanding=False, ldflags=["-pthread"])
-    fix = tmp_path / "many_fix.o"
-    subprocess.run([tool("gcc"), *patch_cflags(ElfImage(prog).build_id), "-c",
-                    str(HERE / "patches" / "many_fix.c"), "-o", str(fix)], check=True)
+    prog, fix = program_and_patch(HERE / "programs" / "many.c",
+                                  HERE / "patches" / "many_fix.c", tmp_path)
     monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
     done, result = tmp_path / "done", tmp_path / "result"
     ctl = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog),

@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
 from armlp.control.protocol import request
-from armlp.elf.image import ElfImage
-from armlp.toolchain import patch_cflags, tool
-from conftest import wait_for_target
+from conftest import program_and_patch, wait_for_target
 
 HERE = Path(__file__).resolve().parent
 CYCLES = 200
@@ -26,11 +23,8 @@ CYCLES = 200
 @pytest.mark.slow
 def test_200_enable_disable_cycles_under_8_hammering_threads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    prog = build_program([HERE / "programs" / "stress.c"], tmp_path / "stress",
-                         freestanding=False, ldflags=["-pthread"])
-    fix = tmp_path / "stress_fix.o"
-    subprocess.run([tool("gcc"), *patch_cflags(ElfImage(prog).build_id), "-c",
-                    str(HERE / "patches" / "stress_fix.c"), "-o", str(fix)], check=True)
+    prog, fix = program_and_patch(HERE / "programs" / "stress.c",
+                                  HERE / "patches" / "stress_fix.c", tmp_path)
     monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
     done = tmp_path / "done"
     run = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), str(done)],
