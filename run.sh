@@ -12,12 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(gcc-arm-linux-gnueabi binutils-arm-linux-gnueabi libc6-dev-armel-cross
-              qemu-user gdb-multiarch python3-venv make)
+              qemu-user qemu-system-arm gdb-multiarch python3-venv make)
 
 need_apt() {
     command -v arm-linux-gnueabi-gcc >/dev/null || return 0
     command -v arm-linux-gnueabi-objdump >/dev/null || return 0
     command -v qemu-arm >/dev/null || return 0
+    command -v qemu-system-arm >/dev/null || return 0
     command -v gdb-multiarch >/dev/null || return 0
     [ -e /usr/arm-linux-gnueabi/lib/libc.a ] || return 0
     python3 -c 'import ensurepip, venv' 2>/dev/null || return 0
@@ -79,7 +80,16 @@ setup_zlib() {
     rm -rf "$tmp"
 }
 
-setup() { setup_apt; setup_venv; setup_zlib; }
+# A 32-bit ARM Linux with a real gdbserver for the attach test
+# (tests/test_gdbserver.py): Debian's armhf kernel, busybox and gdbserver,
+# fetched once into build/vm.
+setup_vm() {
+    [ -s build/vm/vmlinuz ] && return 0
+    echo "== fetching an ARM Linux kernel and gdbserver into build/vm"
+    tests/vm/gdbserver-vm.sh prepare
+}
+
+setup() { setup_apt; setup_venv; setup_zlib; setup_vm; }
 
 case "${1:-}" in
     setup) setup ;;

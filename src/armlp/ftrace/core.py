@@ -130,7 +130,8 @@ class Ftrace:
         self.ops: list[FtraceOps] = []
         self.veneers = VeneerPool(machine)
         self.heap = TargetHeap(machine, near=self._text_address(),
-                               quarantine=not getattr(machine, "all_stop", True))
+                               quarantine=getattr(machine, "quarantine_heap",
+                                                  not getattr(machine, "all_stop", True)))
         self._active: dict[int, DynFtrace] = {}          # sites with users
         self._sites_of: dict[int, list[DynFtrace]] = {}  # id(ops) -> its sites
         self.mcount = self._mcount_address()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, encode_bl
-from armlp.errors import ArmlpError, PatchError, StubStalledError
+from armlp.errors import ArmlpError, MachineError, PatchError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch.patch import KlpFunc, KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.trampoline import build_trampoline
@@ -279,8 +279,8 @@ class Livepatch:
                 if not stopped:
                     return freed
                 live = self._live_words()
-        except StubStalledError:
-            return freed        # no proof this time: the next request tries again
+        except MachineError:
+            return freed        # no proof this time (a stalled stub, no memory map...): later
 
         def in_use(lo: int, hi: int) -> bool:
             i = bisect.bisect_left(live, lo)
@@ -345,8 +345,9 @@ class Livepatch:
 def _stack_top(machine: object, sp: int) -> int:
     """End of the mapped region holding *sp* (the stack's top), if known."""
     regions = getattr(machine, "regions", None)
-    if regions is not None:
-        for start, end, _prot in regions():
-            if start <= sp < end:
-                return int(end)
-    return sp + 0x10000
+    if regions is None:
+        return sp + 0x10000
+    for start, end, _prot in regions():
+        if start <= sp < end:
+            return int(end)
+    raise MachineError(f"a thread's sp {sp:#010x} is in no mapped region")

@@ -87,6 +87,9 @@ _CPSR_T = 1 << 5
 _CPSR_IT = (0x3F << 10) | (0x3 << 25)
 _AT_PHDR, _AT_PHENT, _AT_PHNUM, _AT_ENTRY = 3, 4, 5, 9
 _PT_LOAD, _PF_X, _PF_W = 1, 1, 2
+#: GDB's numbers of the signals a program takes in its stride: ALRM, URG,
+#: CONT, CHLD, IO, VTALRM, PROF, WINCH, USR1, USR2.
+_PASSED_SIGNALS = (14, 16, 19, 20, 23, 26, 27, 28, 30, 31)
 #: How long the stub may take to answer while armlp holds the other threads
 #: stopped (see GdbMachine.all_stopped); normally well under a millisecond.
 FROZEN_REPLY_TIMEOUT = 0.25
@@ -151,8 +154,12 @@ class GdbMachine:
         self._staging: int | None = None
         #: Writes through /proc/PID/mem of a local qemu (see HostMemory).
         self.host_memory = host_memory
-        #: qemu-user 7.2's stub stops one thread, the others run on ...
-        self.all_stop = False
+        #: qemu-user 7.2's stub stops one thread, the others run on; a stub
+        #: that knows non-stop mode (gdbserver) runs in all-stop by default ...
+        self.all_stop = conn.features.get("QNonStop") == "+"
+        #: Freed heap blocks are never reused: under a stub, threads may be
+        #: stopped inside the runtime holding a pointer to one.
+        self.quarantine_heap = True
         #: ... unless armlp may ptrace the local qemu: then code writes and
         #: the scan before a free stop every thread (see all_stopped).
         self.freezer = freezer
@@ -166,6 +173,10 @@ class GdbMachine:
         stop = conn.stop_reason()
         if stop.exited:
             raise MachineError(f"the target has {stop.describe()}")
+        #: The process id: on Linux its first thread's id.
+        tids = conn.thread_ids()
+        self._pid: int | None = tids[0] if tids else None
+        self._pass_signals()
         self._stopped(stop)
         self.segments = list(segments) if segments is not None else self._read_segments()
 
@@ -287,11 +298,20 @@ class GdbMachine:
 
     def regions(self) -> list[tuple[int, int, str]]:
         """The program's mapped memory as ``(start, end, perms)`` guest
-        ranges, from qemu's ``/proc/PID/maps`` (a local qemu only; else the
-        program's segments)."""
-        if self.host_memory is None:
-            return [(s.start, s.end, "r-x" if s.executable else "rw-") for s in self.segments]
-        return self.host_memory.regions()
+        ranges: qemu's ``/proc/PID/maps`` for a local qemu, else the
+        process's own through the stub's host I/O (``vFile``, gdbserver)."""
+        if self.host_memory is not None:
+            return self.host_memory.regions()
+        if self._pid is None:
+            raise MachineError("the process id is unknown: cannot read its memory map")
+        maps = self.conn.read_file(f"/proc/{self._pid}/maps").decode("ascii", "replace")
+        out = []
+        for line in maps.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and "-" in fields[0]:
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                out.append((lo, hi, fields[1][:3]))
+        return out
 
     def _drop_translations(self, images: Sequence[tuple[int, bytes | bytearray]]) -> None:
         """After code was written behind qemu's back: an mprotect of the pages
@@ -527,6 +547,17 @@ class GdbMachine:
         self._rwx_text = True
 
     # --- internals ---------------------------------------------------------------
+
+    def _pass_signals(self) -> None:
+        """Let the program's everyday signals go to it without a stop
+        (``QPassSignals``, when the stub has it): a ``-pg`` program's SIGPROF
+        timer alone would stop every thread 100 times a second."""
+        if self.conn.features.get("QPassSignals") != "+":
+            return
+        own = {GDB_SIGINT, GDB_SIGTRAP, self.stop_signal}
+        passed = [s for s in _PASSED_SIGNALS if s not in own]
+        self.conn.request_ok(b"QPassSignals:" + ";".join(f"{s:x}" for s in passed).encode(),
+                             "QPassSignals")
 
     def _need_stopped(self, what: str) -> None:
         if self.exit is not None or self.conn.exit is not None:

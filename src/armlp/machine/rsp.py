@@ -194,6 +194,7 @@ class RspConnection:
         self._selected: dict[str, int | None] = {"g": None, "c": None}
         self._x_supported: bool | None = None
         self._vcont: set[str] | None = None
+        self._p_supported: bool | None = None
         self.round_trips = 0
         #: Stop replies that arrived while armlp waited for something else.
         self.pending_stops: list[StopReply] = []
@@ -234,7 +235,8 @@ class RspConnection:
     def handshake(self) -> None:
         """``qSupported`` (PacketSize, features), then ``QStartNoAckMode``
         if offered, then ``qXfer:features:read:target.xml`` when offered (qemu
-        switches its ``g`` packet to the XML layout after it)."""
+        switches its ``g`` packet to the XML layout after it; gdbserver needs a
+        thread selected first)."""
         self.features = {}
         reply = self.request(b"qSupported:swbreak+;vContSupported+;xmlRegisters=arm",
                              "qSupported").decode("ascii", "replace")
@@ -253,6 +255,11 @@ class RspConnection:
                 self.request(b"QStartNoAckMode", "QStartNoAckMode") == b"OK":
             self.ack_mode = False
         if self.features.get("qXfer:features:read") == "+":
+            # gdbserver describes the current thread's process: without one
+            # selected it fails an assertion and drops the connection.
+            with contextlib.suppress(MachineError):
+                self.request(b"Hg0", "selecting any thread")
+            self._selected["g"] = None
             self.target_xml = self.read_xfer("features", "target.xml")
 
     def close(self) -> None:
@@ -439,6 +446,30 @@ class RspConnection:
             raise MachineError(f"qfThreadInfo: unexpected reply {reply[:60]!r}")
         return ids
 
+    def read_file(self, path: str) -> bytes:
+        """A file of the stub's machine, through host I/O (``vFile``): how
+        armlp reads a device's ``/proc/PID/maps``."""
+        reply = self.request(b"vFile:open:" + path.encode().hex().encode() + b",0,0",
+                             f"opening {path} on the stub's machine")
+        if not reply.startswith(b"F") or reply.startswith(b"F-"):
+            raise MachineError(f"cannot open {path} through the stub: {reply[:40]!r}")
+        fd = int(reply[1:].split(b";")[0], 16)
+        out = bytearray()
+        try:
+            while True:
+                reply = self.request(f"vFile:pread:{fd:x},{0x1000:x},{len(out):x}".encode(),
+                                     f"reading {path}")
+                head, _, data = reply.partition(b";")
+                if not head.startswith(b"F") or head.startswith(b"F-"):
+                    raise MachineError(f"cannot read {path} through the stub: {reply[:40]!r}")
+                n = int(head[1:], 16)
+                if n == 0:
+                    return bytes(out)
+                out += unescape(data)[:n]
+        finally:
+            with contextlib.suppress(MachineError):
+                self.request(f"vFile:close:{fd:x}".encode(), f"closing {path}")
+
     def stop_reason(self) -> StopReply:
         """``?``."""
         return parse_stop_reply(self.request(b"?"))
@@ -528,22 +559,44 @@ class RspConnection:
         self.request_ok(b"G" + data.hex().encode(), "writing registers")
 
     def read_register(self, regnum: int, thread: int | None = None) -> int:
-        """``p n`` as a little-endian number."""
+        """``p n`` as a little-endian number; from ``g`` for a core register
+        when the stub has no ``p`` (gdbserver for ARM answers it empty)."""
         if thread is not None:
             self.select_thread(thread)
-        reply = self.request(f"p{regnum:x}".encode(), f"reading register {regnum}")
-        try:
-            return int.from_bytes(bytes.fromhex(reply.decode("ascii")), "little")
-        except ValueError:
-            raise MachineError(f"reading register {regnum}: malformed reply "
-                               f"{reply[:60]!r}") from None
+        if self._p_supported is not False:
+            reply = self.request(f"p{regnum:x}".encode(), f"reading register {regnum}")
+            if reply:
+                self._p_supported = True
+                try:
+                    return int.from_bytes(bytes.fromhex(reply.decode("ascii")), "little")
+                except ValueError:
+                    raise MachineError(f"reading register {regnum}: malformed reply "
+                                       f"{reply[:60]!r}") from None
+            self._p_supported = False
+        if regnum > 15:
+            raise MachineError(f"reading register {regnum}: the stub has no 'p' packet")
+        raw = self.read_all_registers()
+        return int.from_bytes(raw[4 * regnum:4 * regnum + 4], "little")
 
     def write_register(self, regnum: int, value: int, thread: int | None = None) -> None:
-        """``P n=v`` (32-bit)."""
+        """``P n=v`` (32-bit); through ``g``/``G`` for a core register when
+        the stub has no ``P``."""
         if thread is not None:
             self.select_thread(thread)
-        self.request_ok(f"P{regnum:x}={_hex_le32(value)}".encode(),
-                        f"writing register {regnum}")
+        if self._p_supported is not False:
+            reply = self.request(f"P{regnum:x}={_hex_le32(value)}".encode(),
+                                 f"writing register {regnum}")
+            if reply == b"OK":
+                return
+            if reply:
+                raise MachineError(f"writing register {regnum}: unexpected reply "
+                                   f"{reply[:60]!r}")
+            self._p_supported = False
+        if regnum > 15:
+            raise MachineError(f"writing register {regnum}: the stub has no 'P' packet")
+        raw = bytearray(self.read_all_registers())
+        raw[4 * regnum:4 * regnum + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+        self.write_all_registers(bytes(raw))
 
     # --- execution -------------------------------------------------------------
 
