@@ -13,13 +13,15 @@ Stopped and running
     to the program and continues.
 
     qemu-user 7.2 is not all-stop: only the thread that reported a stop is
-    parked in the stub; the program's other threads keep running.  Every
-    code write armlp makes is one aligned word per site (atomic for a
-    running thread), so this is safe for the livepatch core, but "all
-    threads stopped" holds only under gdbserver.  qemu-user also ignores the
-    interrupt byte while the program runs: :mod:`armlp.machine.qemu` stops
-    it with a real-time signal to one thread instead (pass it as
-    *interrupt*, and the signal's GDB number as *stop_signal*).
+    parked in the stub; the program's other threads keep running.  For a
+    local qemu armlp stops them itself (*freezer*, see :meth:`all_stopped`)
+    around code writes and the scan before a free; gdbserver is all-stop by
+    itself.  Without either, every code write is still one aligned word per
+    site (atomic for a running thread), ordered so the target is consistent
+    at every instant.  qemu-user also ignores the interrupt byte while the
+    program runs: :mod:`armlp.machine.qemu` stops it with a real-time signal
+    to one thread instead (pass it as *interrupt*, and the signal's GDB
+    number as *stop_signal*).
 
 Syscalls in the target
     :meth:`syscall` borrows the stopped thread: saves its registers (the
@@ -35,7 +37,9 @@ Syscalls in the target
 Calls
     :meth:`call` runs a function on the borrowed thread with ``lr`` at a
     breakpoint in a scratch page armlp maps, then restores the thread.
-    Other threads run meanwhile under qemu-user.
+    Other threads run meanwhile.  Should armlp die, a system call or a call
+    in progress ends in ``b restore``, which gives the thread back its own
+    registers (see :mod:`armlp.control.guardian`).
 """
 
 from __future__ import annotations
