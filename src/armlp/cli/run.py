@@ -155,6 +155,7 @@ def attach(args: argparse.Namespace) -> int:
     from armlp.control.guardian import Guardian
     from armlp.control.qemu_live import GdbLive
     from armlp.elf.image import ElfImage
+    from armlp.machine.freeze import Freezer
     from armlp.machine.gdb import GDB_SIGINT, GdbMachine
     from armlp.machine.qemu import GDB_STOP_SIGNAL, STOP_SIGNAL, HostMemory, send_thread_signal
     from armlp.machine.rsp import RspConnection
@@ -187,14 +188,17 @@ def attach(args: argparse.Namespace) -> int:
 
     stop_signal = GDB_STOP_SIGNAL if local and pid else GDB_SIGINT
     memory = HostMemory.find(pid, args.program, _first_address(image)) if local else None
+    freezer = Freezer(pid) if memory is not None and Freezer.available(pid) else None
     machine = GdbMachine(conn, interrupt=interrupt, host_memory=memory,
-                         stop_signal=stop_signal)
+                         stop_signal=stop_signal, freezer=freezer)
     guardian = Guardian.start(conn.sock, ours=[stop_signal])
-    try:
-        return _control(machine, image, GdbLive(machine, guardian=guardian), args.program,
-                        pid, patches)
-    finally:
-        guardian.stand_down()
+    # Stood down only when the program has ended: if armlp fails (or is
+    # interrupted) while the program it did not start runs on, the guardian
+    # lets it go cleanly.
+    status = _control(machine, image, GdbLive(machine, guardian=guardian), args.program, pid,
+                      patches)
+    guardian.stand_down()
+    return status
 
 
 def _first_address(image: Any) -> int:

@@ -46,9 +46,12 @@ GDB_SIGTRAP = 5
 #: qemu's packet reader (inside a packet, after an escape or run-length
 #: byte, inside the checksum): the packet fails its checksum and is dropped.
 _FLUSH = b"x#00"
-#: A stop reply (``T``/``S`` signal, ``W``/``X`` end); the other replies the
-#: dead controller left unread, binary data included, are skipped.
-_STOP = re.compile(rb"\$([TSWX])([0-9a-fA-F]{2})[^$#]*#[0-9a-fA-F]{2}")
+#: A packet, and a stop reply's body (``T``/``S`` signal, ``W``/``X`` end);
+#: the other replies the dead controller left unread are acked and skipped.
+_PACKET = re.compile(rb"\$([^$#]*)#[0-9a-fA-F]{2}")
+_STOP = re.compile(rb"([TSWX])([0-9a-fA-F]{2})(?:[^$#]*)")
+#: How long a paused program's guardian waits for a stop still on its way.
+_SETTLE = 0.3
 
 
 class Guardian:
@@ -126,29 +129,54 @@ def _watch(pipe: int, sock: socket.socket, drop: frozenset[int]) -> None:
 
 
 def _take_over(sock: socket.socket, *, paused: bool, drop: frozenset[int]) -> None:
-    """Serve the stub until the program ends (see the module docstring)."""
-    sock.settimeout(None)
+    """Serve the stub until the program ends (see the module docstring).
+
+    Every packet is acked (qemu 7.2 resends a packet for every other byte it
+    reads meanwhile).  A stop of armlp's kind (its stop signal, SIGTRAP) is
+    answered with ``D``: qemu removes every breakpoint and lets the thread
+    go.  A stop that arrives before that ``D``'s ``OK`` was answered by it,
+    and gets no second answer (a stray continue would be taken by the next
+    stop, and every later signal would reach the wrong stop).  Paused: a
+    stop still on its way gets ``D`` as its answer; if none comes within
+    :data:`_SETTLE` seconds the parked thread waits for a command, and gets
+    the ``D``."""
     try:
-        # qemu 7.2's stub has no no-ack mode: every packet it sends waits for
-        # a '+', perhaps the one the dead controller never sent.  A '+' too
-        # many is ignored.
-        sock.sendall(b"+" + (_FLUSH + frame(b"D") if paused else b""))
+        sock.sendall(b"+" + _FLUSH)
+        detach_owed, detach_sent = paused, False
+        sock.settimeout(_SETTLE if paused else None)
         buf = b""
         while True:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                sock.settimeout(None)
+                if detach_owed:
+                    sock.sendall(frame(b"D"))
+                    detach_owed, detach_sent = False, True
+                continue
             if not chunk:
                 return      # qemu is gone
             buf += chunk
-            if b"#" in chunk:
-                sock.sendall(b"+")      # one packet at a time: one ack covers it
             end = 0
-            for m in _STOP.finditer(buf):
-                kind, sig = m.group(1), int(m.group(2), 16)
+            for m in _PACKET.finditer(buf):
+                end = m.end()
+                sock.sendall(b"+")
+                body = m.group(1)
+                if body == b"OK" and detach_sent:
+                    detach_sent = False
+                    continue
+                stop = _STOP.fullmatch(body)
+                if stop is None or detach_sent:
+                    continue
+                kind, sig = stop.group(1), int(stop.group(2), 16)
                 if kind in (b"W", b"X"):
                     return
-                reply = b"c" if sig in drop else b"C%02x" % sig
-                sock.sendall(frame(reply))
-                end = m.end()
-            buf = buf[end:][-4096:]      # an unfinished stop reply is short
+                if sig in drop:
+                    sock.sendall(frame(b"D"))
+                    detach_owed, detach_sent = False, True
+                    sock.settimeout(None)
+                else:
+                    sock.sendall(frame(b"C%02x" % sig))
+            buf = buf[end:][-4096:]      # an unfinished packet is kept
     except OSError:
         return

@@ -30,6 +30,9 @@ from armlp.machine.base import CodeWrite, all_threads_stopped, read_word, write_
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS, KLP_FUNC_NODE, KLP_OPS
 from armlp.target import Target
 
+#: How far below a thread's sp the scan before a free starts (see _live_words).
+SP_SLACK = 16
+
 
 @dataclass(eq=False)
 class FuncStack:
@@ -50,7 +53,8 @@ class Livepatch:
     def __init__(self, target: Target, *, fast: bool = True) -> None:
         self.target = target
         self.fast = fast
-        self.dead_tramps: list[int] = []
+        #: Fast-path trampolines no site uses any more: (address, size).
+        self.dead_tramps: list[tuple[int, int]] = []
         self.machine = target.machine
         self.ftrace = target.ftrace
         self.heap = target.ftrace.heap
@@ -250,7 +254,7 @@ class Livepatch:
             write_word(m, stack.klp_ops, 0)
             self.heap.free(stack.klp_ops)
             if stack.tramp:
-                self.dead_tramps.append(stack.tramp)
+                self.dead_tramps.append((stack.tramp, stack.literal + 4 - stack.tramp))
             del self.stacks[stack.site]
         patch.enabled = False
         for o in patch.objects:
@@ -286,10 +290,24 @@ class Livepatch:
             i = bisect.bisect_left(live, lo)
             return i < len(live) and live[i] < hi
 
-        for tramp in list(self.dead_tramps):
-            if not in_use(tramp, tramp + 32):
+        # Indirect ways in: a thread inside (or holding) a trampoline, a
+        # veneer or a func node may still load a patch's address from it.
+        derived: set[int] = set()
+        for tramp, size in self.dead_tramps:
+            if in_use(tramp, tramp + size):
+                derived.add(read_word(self.machine, tramp + size - 4))     # its literal
+        for (_pool, target), veneer in self.ftrace.veneers.by_target.items():
+            if in_use(veneer, veneer + 8):
+                derived.add(target)
+        for patch in self.deferred:
+            for f in patch.funcs:
+                if f.node and in_use(f.node, f.node + KLP_FUNC_NODE.size):
+                    derived.add(f.new_func)
+        for tramp, size in list(self.dead_tramps):
+            if not in_use(tramp, tramp + size):
                 self.heap.free(tramp)
-                self.dead_tramps.remove(tramp)
+                self.dead_tramps.remove((tramp, size))
+        live = sorted(set(live) | derived)
         for patch in list(self.deferred):
             if in_use(patch.memory, patch.memory + patch.memory_size):
                 continue
@@ -310,18 +328,21 @@ class Livepatch:
         between loading a function's address and branching to it holds it
         in one.
 
-        Not below sp: dead frames there keep stale return addresses for
+        Hardly below sp: dead frames there keep stale return addresses for
         ever.  A thread qemu stopped inside a translated block may have
         pushed words below the sp its state shows; those came from
         registers whose stored copies still hold the values (qemu stores
         them before every memory access and at every branch, and a return
-        address into a patch is made by a branch)."""
+        address into a patch is made by a branch).  The other way round, a
+        return (``pop {..., pc}``, ``ldmdb fp, {fp, sp, pc}``) may have
+        stored the new sp but not yet pc: its return address sits just
+        below sp, within :data:`SP_SLACK`."""
         m = self.machine
         words: set[int] = set()
         for tid in m.threads():
             regs = m.get_regs(tid)
             words.update(regs.as_list())
-            low = regs.sp & ~3
+            low = (regs.sp - SP_SLACK) & ~3
             top = _stack_top(m, regs.sp)
             raw = m.read(low, top - low) if top > low else b""
             words.update(struct.unpack(f"<{len(raw) // 4}I", raw[: len(raw) & ~3]))

@@ -278,12 +278,18 @@ class GdbMachine:
         stub allocates memory for every packet, and a frozen thread may hold
         the allocator's lock): a stub reply that takes longer than
         :data:`FROZEN_REPLY_TIMEOUT` thaws the threads, waits for the late
-        reply and raises :class:`~armlp.errors.StubStalledError`."""
+        reply and raises :class:`~armlp.errors.StubStalledError`.  A freeze
+        that fails (another tracer appeared) yields False: code writes then
+        go on word by word, frees wait."""
         self._need_stopped("stop every thread")
         if self.freezer is None or self.freezer.is_frozen:
-            yield self.all_stop or self.freezer is not None
+            yield self.all_stop or (self.freezer is not None and self.freezer.is_frozen)
             return
-        self.freezer.freeze(keep={self.thread})
+        try:
+            self.freezer.freeze(keep={self.thread})
+        except MachineError:
+            yield self.all_stop
+            return
         stalled = False
         try:
             with self.conn.timeout_of(FROZEN_REPLY_TIMEOUT):

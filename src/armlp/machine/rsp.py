@@ -346,8 +346,14 @@ class RspConnection:
             if good:
                 return rle_decode(body)
 
-    def send_packet(self, data: bytes, what: str, timeout: float | None = None) -> None:
-        """Send one packet (acknowledged in ack mode)."""
+    def send_packet(self, data: bytes, what: str, timeout: float | None = None, *,
+                    reply_expected: bool = False) -> None:
+        """Send one packet (acknowledged in ack mode).  A reply still owed
+        for an earlier request is read first (see :meth:`settle`)."""
+        if self.in_flight is not None:
+            self.settle()
+        if reply_expected:
+            self.in_flight = what
         packet = frame(data)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         for _ in range(_RESENDS + 1):
@@ -367,19 +373,19 @@ class RspConnection:
                     all(c in b"0123456789abcdef" for c in reply[1:]):
                 self.console += bytes.fromhex(reply[1:].decode())
                 continue
+            if _is_stop(reply):
+                # qemu points its current threads (Hg, Hc) at a thread that
+                # stops: armlp's idea of the selection is stale.
+                self._selected = {"g": None, "c": None}
             return reply
 
     def request(self, data: bytes, what: str | None = None, *,
                 timeout: float | None = None) -> bytes:
         """Send *data* and return its reply; ``Exx`` raises MachineError."""
         what = what or data[:40].decode("ascii", "replace")
-        if self.in_flight is not None:
-            self.settle()
         self.round_trips += 1
-        self.in_flight = what
-        self.send_packet(data, what, timeout)
+        self.send_packet(data, what, timeout, reply_expected=True)
         reply = self.receive(what, timeout)
-        self.in_flight = None
         while data != b"?" and _is_stop(reply):
             # Another thread stopped on its own (qemu-user parks each thread
             # that gets a signal in the stub and reports it at once).
@@ -390,6 +396,7 @@ class RspConnection:
                 raise MachineError(f"{what}: the target {stop.describe()}")
             self.pending_stops.append(stop)
             reply = self.receive(what, timeout)
+        self.in_flight = None
         if _is_error(reply):
             raise MachineError(f"{what}: the stub answered {reply.decode('ascii', 'replace')}")
         return reply
@@ -401,7 +408,7 @@ class RspConnection:
         every other byte as a request to send its reply again: the next
         request would be eaten.  So the late reply is read (and acked)
         first; it comes once whatever held the stub up lets go."""
-        what, self.in_flight = self.in_flight, None
+        what = self.in_flight
         if what is None:
             return
         reply = self.receive(f"{what} (late)", timeout)
@@ -409,9 +416,10 @@ class RspConnection:
             stop = parse_stop_reply(reply)
             if stop.exited:
                 self.exit = stop
-                return
+                break
             self.pending_stops.append(stop)
             reply = self.receive(f"{what} (late)", timeout)
+        self.in_flight = None       # only now: a settle that times out is tried again
 
     def request_ok(self, data: bytes, what: str | None = None) -> None:
         """A request whose only good answer is ``OK``."""
