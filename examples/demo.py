@@ -5,7 +5,8 @@ the main thread prints a line every 200 ms; price() forgets a 10% discount)
 and the fix examples/patches/fix_price.c, starts the service as a real
 Linux process under qemu-arm with ``armlp run``, and while it runs applies
 the fix with ``armlp patch``, shows ``armlp status``, and takes the fix out
-again with ``armlp unpatch``: the printed prices change and change back.
+again with ``armlp unpatch``: the printed prices change and change back, and
+a last ``armlp status`` shows the target as it was.
 
 Run through ``./run.sh demo`` (which installs what is missing first).
 """
@@ -60,6 +61,8 @@ def main() -> int:
         armlp("status")
         time.sleep(0.9)
         armlp("unpatch", "fix-price")
+        time.sleep(0.6)
+        armlp("status")
         status = run.wait(timeout=60)
     finally:
         if run.poll() is None:

@@ -61,6 +61,10 @@ class LiveProcess(Protocol):
         ...
 
 
+#: First retry of a deferred free, and the longest back-off (seconds).
+RELEASE_FIRST, RELEASE_MAX = 0.1, 5.0
+
+
 class Controller:
     """Serves requests for one target until its program exits."""
 
@@ -79,6 +83,13 @@ class Controller:
         self.last_pause_ms = 0.0
         self.tracer: FunctionTracer | None = None
         self._timers: list[tuple[float, dict[str, Any]]] = []
+        #: When to retry freeing disabled patches (None: nothing to free),
+        #: with a back-off: a thread that was inside a patch has usually
+        #: left it a moment later.
+        self._release_at: float | None = None
+        self._release_delay = RELEASE_FIRST
+        m = target.machine
+        self._can_free = bool(getattr(m, "all_stop", True) or getattr(m, "freezer", None))
 
     def schedule(self, delay: float, request: dict[str, Any]) -> None:
         """Handle *request* *delay* seconds after serving starts (``--patch P@DELAY``)."""
@@ -213,7 +224,16 @@ class Controller:
                     status = self.process.exited()
                     if status is not None:
                         return status
-                wait = max(0.0, timers[0][0] - now) if timers else None
+                if self._release_at is not None and self._release_at <= now:
+                    self._retry_release()
+                    status = self.process.exited()
+                    if status is not None:
+                        return status
+                if self._release_at is None and self.livepatch.deferred and self._can_free:
+                    self._release_at = now + self._release_delay
+                due = [t[0] for t in timers[:1]] + \
+                    ([self._release_at] if self._release_at is not None else [])
+                wait = max(0.0, min(due) - now) if due else None
                 by_fd = {c.fileno(): c for c in clients}
                 target_fd = self.process.fileno()
                 if self.process.pending():
@@ -243,6 +263,24 @@ class Controller:
                     f.unlink()
             with contextlib.suppress(OSError):
                 self.dir.rmdir()
+
+    def _retry_release(self) -> None:
+        """Try again to free disabled patches; back off while threads are
+        still found in them."""
+        lp = self.livepatch
+        freed = []
+        try:
+            with self.paused():
+                freed = lp.release_deferred()
+        except ArmlpError as exc:
+            self.on_event(f"freeing disabled patches failed: {exc}")
+        for patch in freed:
+            self.on_event(f"patch {patch.name}: memory freed")
+        if lp.deferred:
+            self._release_delay = min(self._release_delay * 2, RELEASE_MAX)
+            self._release_at = time.monotonic() + self._release_delay
+        else:
+            self._release_delay, self._release_at = RELEASE_FIRST, None
 
     def _run_timer(self, req: dict[str, Any]) -> None:
         try:
