@@ -246,3 +246,23 @@ def test_replace_names_the_old_function_as_written(program: Path) -> None:
     assert [(f.old_name, f.new_name) for f in patch.funcs] == [("leaf", "lp_leaf")]
     lp.enable(patch)
     assert emu.call(fn(target, "leaf"), (1,)) == 8
+
+
+def test_disabled_patch_is_freed_only_when_nothing_refers_to_it(program: Path) -> None:
+    """A disabled patch's memory stays while a register or a word of the
+    program's data holds one of its addresses (a callback the program kept),
+    and is unmapped once neither does."""
+    target, lp, emu = fresh(program)
+    patch = lp.load(build_patch("rec", program))
+    lp.enable(patch)
+    new = patch.funcs[0].new_func
+    sink = int(target.image.symbols.by_name["rec_sink"][0].value)
+    emu.write(sink, new.to_bytes(4, "little"))      # the program keeps a pointer
+    lp.disable(patch)
+    assert lp.deferred == [patch] and any(lo <= new < hi for lo, hi, _ in emu.regions())
+    emu.write(sink, bytes(4))
+    emu.set_reg("r5", new)                           # ... then only a register
+    assert lp.release_deferred() == [] and lp.deferred == [patch]
+    emu.set_reg("r5", 0)
+    assert lp.release_deferred() == [patch] and lp.deferred == []
+    assert not any(lo <= new < hi for lo, hi, _ in emu.regions())

@@ -15,7 +15,6 @@ rolled back to the exact state before.
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,14 +23,12 @@ from pathlib import Path
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, encode_bl
 from armlp.errors import ArmlpError, MachineError, PatchError
 from armlp.ftrace.core import FtraceOps
+from armlp.livepatch import liveness
 from armlp.livepatch.patch import KlpFunc, KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.trampoline import build_trampoline
 from armlp.machine.base import CodeWrite, all_threads_stopped, read_word, write_word
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS, KLP_FUNC_NODE, KLP_OPS
 from armlp.target import Target
-
-#: How far below a thread's sp the scan before a free starts (see _live_words).
-SP_SLACK = 16
 
 
 @dataclass(eq=False)
@@ -264,16 +261,16 @@ class Livepatch:
         self.release_deferred()
 
     def release_deferred(self) -> list[KlpPatch]:
-        """Free the memory of disabled patches no thread can still be in.
+        """Free the memory of disabled patches nothing can reach any more.
 
-        The proof is a scan of every thread's registers and stack taken with
-        all threads stopped (the emulator, gdbserver, qemu-user frozen with
-        ptrace): a disabled patch is unreachable (no site, stack or ops
-        leads into it any more), so a thread that neither executes it nor
-        holds an address in it now never will, and the frees may follow
-        the thaw.  Where threads cannot all be stopped (qemu-user's stub
-        without ptrace) a scan proves nothing, and the memory stays until
-        the program ends.
+        The proof is a copy of every thread's registers and stack and of the
+        program's writable memory, taken with all threads stopped (the
+        emulator, gdbserver, qemu-user frozen with ptrace): see
+        :mod:`armlp.livepatch.liveness`.  A disabled patch is unreachable from
+        armlp's own structures, so what nothing refers to now never will
+        be, and the frees may follow the thaw.  Where threads cannot all be
+        stopped (qemu-user's stub without ptrace) a scan proves nothing, and
+        the memory stays until the program ends.
         """
         freed: list[KlpPatch] = []
         if not self.dead_tramps and not self.deferred:
@@ -282,34 +279,29 @@ class Livepatch:
             with all_threads_stopped(self.machine) as stopped:
                 if not stopped:
                     return freed
-                live = self._live_words()
+                snap = liveness.take(self.machine, own=_own_memory(self.machine))
         except MachineError:
             return freed        # no proof this time (a stalled stub, no memory map...): later
-
-        def in_use(lo: int, hi: int) -> bool:
-            i = bisect.bisect_left(live, lo)
-            return i < len(live) and live[i] < hi
-
         # Indirect ways in: a thread inside (or holding) a trampoline, a
         # veneer or a func node may still load a patch's address from it.
         derived: set[int] = set()
         for tramp, size in self.dead_tramps:
-            if in_use(tramp, tramp + size):
+            if snap.refers(tramp, tramp + size):
                 derived.add(read_word(self.machine, tramp + size - 4))     # its literal
         for (_pool, target), veneer in self.ftrace.veneers.by_target.items():
-            if in_use(veneer, veneer + 8):
+            if snap.refers(veneer, veneer + 8):
                 derived.add(target)
         for patch in self.deferred:
             for f in patch.funcs:
-                if f.node and in_use(f.node, f.node + KLP_FUNC_NODE.size):
+                if f.node and snap.refers(f.node, f.node + KLP_FUNC_NODE.size):
                     derived.add(f.new_func)
         for tramp, size in list(self.dead_tramps):
-            if not in_use(tramp, tramp + size):
+            if not snap.refers(tramp, tramp + size):
                 self.heap.free(tramp)
                 self.dead_tramps.remove((tramp, size))
-        live = sorted(set(live) | derived)
+        snap.words |= derived
         for patch in list(self.deferred):
-            if in_use(patch.memory, patch.memory + patch.memory_size):
+            if snap.refers(patch.memory, patch.memory + patch.memory_size):
                 continue
             for f in patch.funcs:
                 if f.node:
@@ -320,33 +312,6 @@ class Livepatch:
             self.deferred.remove(patch)
             freed.append(patch)
         return freed
-
-    def _live_words(self) -> list[int]:
-        """Every thread's registers and stack words from sp up, sorted:
-        whatever armlp memory one of them points into may still be executed
-        or returned into.  All registers, not only pc and lr: a thread
-        between loading a function's address and branching to it holds it
-        in one.
-
-        Hardly below sp: dead frames there keep stale return addresses for
-        ever.  A thread qemu stopped inside a translated block may have
-        pushed words below the sp its state shows; those came from
-        registers whose stored copies still hold the values (qemu stores
-        them before every memory access and at every branch, and a return
-        address into a patch is made by a branch).  The other way round, a
-        return (``pop {..., pc}``, ``ldmdb fp, {fp, sp, pc}``) may have
-        stored the new sp but not yet pc: its return address sits just
-        below sp, within :data:`SP_SLACK`."""
-        m = self.machine
-        words: set[int] = set()
-        for tid in m.threads():
-            regs = m.get_regs(tid)
-            words.update(regs.as_list())
-            low = (regs.sp - SP_SLACK) & ~3
-            top = _stack_top(m, regs.sp)
-            raw = m.read(low, top - low) if top > low else b""
-            words.update(struct.unpack(f"<{len(raw) // 4}I", raw[: len(raw) & ~3]))
-        return sorted(words)
 
     # -- queries --------------------------------------------------------------------
 
@@ -363,12 +328,8 @@ class Livepatch:
         return stack.funcs[-1].new_func if stack else rep.fn.address
 
 
-def _stack_top(machine: object, sp: int) -> int:
-    """End of the mapped region holding *sp* (the stack's top), if known."""
-    regions = getattr(machine, "regions", None)
-    if regions is None:
-        return sp + 0x10000
-    for start, end, _prot in regions():
-        if start <= sp < end:
-            return int(end)
-    raise MachineError(f"a thread's sp {sp:#010x} is in no mapped region")
+def _own_memory(machine: object) -> list[tuple[int, int]]:
+    """armlp's own memory in the target (its allocations, its scratch page):
+    the scan before a free leaves it out."""
+    own = getattr(machine, "armlp_memory", None)
+    return list(own()) if own is not None else []

@@ -413,6 +413,10 @@ class Emulator:
         except _UcError as exc:
             raise MachineError(f"cannot map {size:#x} bytes at {address:#010x}: {exc}") from None
 
+    def armlp_memory(self) -> list[tuple[int, int]]:
+        """Every range armlp allocated in the target."""
+        return [(a, a + n) for a, n in self._allocs.items()]
+
     def regions(self) -> list[tuple[int, int, int]]:
         """Mapped regions as (start, end exclusive, UC_PROT_* flags)."""
         return sorted((b, e + 1, p) for b, e, p in self.uc.mem_regions())

@@ -306,6 +306,16 @@ class GdbMachine:
             raise StubStalledError(f"the stub stalled on {what} while the other threads were "
                                    f"stopped (a lock one of them holds?)")
 
+    def armlp_memory(self) -> list[tuple[int, int]]:
+        """Every range armlp mapped in the target: its allocations, the
+        scratch pages, the staging area."""
+        out = [(a, a + n) for a, n in self._allocs.items()]
+        if self._scratch is not None:
+            out.append((self._scratch, self._scratch + 2 * PAGE))
+        if self._staging is not None:
+            out.append((self._staging, self._staging + _STAGING))
+        return out
+
     def regions(self) -> list[tuple[int, int, str]]:
         """The program's mapped memory as ``(start, end, perms)`` guest
         ranges: qemu's ``/proc/PID/maps`` for a local qemu, else the
