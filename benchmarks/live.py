@@ -119,12 +119,14 @@ def main() -> int:
     go.unlink(missing_ok=True)
     proc, sock = start(prog, go, env)
     pauses: dict[str, list[float]] = {k: [] for k in ("1", "10", "100")}
+    unpauses: dict[str, list[float]] = {k: [] for k in ("1", "10", "100")}
     latency: list[float] = []
     for _ in range(args.runs):
         for label in ("1", "10", "100"):
             pauses[label].append(request(sock, {"op": "patch", "path": str(patches[label])})
                                  ["pause_ms"])
-            request(sock, {"op": "unpatch", "name": "bench"})
+            unpauses[label].append(request(sock, {"op": "unpatch", "name": "bench"})
+                                   ["pause_ms"])
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "armlp.cli.main", "patch", str(patches["10"])],
                        check=True, capture_output=True, env=env)
@@ -133,11 +135,14 @@ def main() -> int:
     go.touch()
     proc.communicate(timeout=120)
     result["pause_ms"] = {k: stats(v) for k, v in pauses.items()}
+    result["unpatch_pause_ms"] = {k: stats(v) for k, v in unpauses.items()}
     result["armlp_patch_command_ms"] = stats(latency)
-    print("pause of the target while a patch is enabled (ms, min / median / max):")
-    for k, v in pauses.items():
-        s = stats(v)
-        print(f"  {k:>3} functions  {s['min']:8.2f} {s['median']:8.2f} {s['max']:8.2f}")
+    for what, table in (("enabled", pauses), ("disabled (with the proof before the free)",
+                                               unpauses)):
+        print(f"pause of the target while a patch is {what} (ms, min / median / max):")
+        for k, v in table.items():
+            s = stats(v)
+            print(f"  {k:>3} functions  {s['min']:8.2f} {s['median']:8.2f} {s['max']:8.2f}")
     s = stats(latency)
     print(f"'armlp patch' (10 functions), whole command: {s['min']:.1f} / {s['median']:.1f} / "
           f"{s['max']:.1f} ms")

@@ -19,6 +19,7 @@ run: reachability only shrinks, so the scan of the copy may follow.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,13 +45,36 @@ class Snapshot:
 
     words: set[int] = field(default_factory=set)
     chunks: list[bytes] = field(default_factory=list)
+    _by_top: dict[int, list[int]] = field(default_factory=dict)
 
     def refers(self, lo: int, hi: int) -> bool:
         """Whether a register or an aligned memory word holds an address in
         ``[lo, hi)``."""
         if any(lo <= w < hi for w in self.words):
             return True
-        return any(_has_word_in(c, lo, hi) for c in self.chunks)
+        for top in range(lo >> 16, ((hi - 1) >> 16) + 1):
+            found = self._with_top(top)
+            i = bisect.bisect_left(found, lo)
+            if i < len(found) and found[i] < hi:
+                return True
+        return False
+
+    def _with_top(self, top: int) -> list[int]:
+        """The aligned memory words whose upper half is *top*, sorted: one
+        search (at C speed) through the copies per 64 KiB of addresses
+        asked about, however many ranges lie there."""
+        found = self._by_top.get(top)
+        if found is None:
+            needle = struct.pack("<H", top)
+            words = []
+            for buf in self.chunks:
+                i = buf.find(needle, 2)
+                while i != -1:
+                    if i % 4 == 2:
+                        words.append(struct.unpack_from("<I", buf, i - 2)[0])
+                    i = buf.find(needle, i + 1)
+            found = self._by_top[top] = sorted(words)
+        return found
 
 
 def take(machine: Machine, own: Sequence[tuple[int, int]]) -> Snapshot:
@@ -92,17 +116,3 @@ def _writable(perms: object) -> bool:
     if isinstance(perms, str):
         return "w" in perms
     return bool(int(perms) & _UC_PROT_WRITE)  # type: ignore[call-overload]
-
-
-def _has_word_in(buf: bytes, lo: int, hi: int) -> bool:
-    """Whether an aligned little-endian word of *buf* is in ``[lo, hi)``: a
-    search (at C speed) for the upper halves such words have, each hit
-    checked whole."""
-    for top in range(lo >> 16, ((hi - 1) >> 16) + 1):
-        needle = struct.pack("<H", top)
-        i = buf.find(needle, 2)
-        while i != -1:
-            if i % 4 == 2 and lo <= struct.unpack_from("<I", buf, i - 2)[0] < hi:
-                return True
-            i = buf.find(needle, i + 1)
-    return False
