@@ -18,7 +18,10 @@ GDB stub on a private Unix socket before the first instruction, turns every
 mcount site into the NOP, loads its runtime, and stays up for the program's
 life serving a control socket: 'armlp patch', 'unpatch' and 'status' talk to
 it.  It exits with the program's exit status.  --patch PATCH.o@SECONDS
-applies a patch that long after the start.
+applies a patch that long after the start.  Code writes stop every thread
+(ptrace); should armlp be killed, a guardian process lets the program run on
+with whatever was fully applied.  armlp stops threads with the host's
+SIGRTMAX (the program's signal 62), so leave that signal alone.
 
 --machine emu: the program runs in armlp's emulator.  --after MS applies the
 --patch modules once the program's clock has advanced MS milliseconds (the
