@@ -25,7 +25,6 @@ from armlp.errors import ArmlpError
 from armlp.ftrace.tracer import FunctionTracer
 from armlp.livepatch import Livepatch
 from armlp.livepatch.sysfs import livepatch_status
-from armlp.machine.base import all_threads_stopped
 from armlp.runtime.layout import SITE, SITE_TABLE
 from armlp.target import Target
 
@@ -89,7 +88,8 @@ class Controller:
         self._release_at: float | None = None
         self._release_delay = RELEASE_FIRST
         m = target.machine
-        self._can_free = bool(getattr(m, "all_stop", True) or getattr(m, "freezer", None))
+        #: Whether every thread can be stopped (else no free is ever proven).
+        self.stops_all = bool(getattr(m, "stops_all", getattr(m, "all_stop", True)))
 
     def schedule(self, delay: float, request: dict[str, Any]) -> None:
         """Handle *request* *delay* seconds after serving starts (``--patch P@DELAY``)."""
@@ -120,7 +120,7 @@ class Controller:
             with self.paused():
                 lp.release_deferred()
                 return {"target": self.info.to_json(), **livepatch_status(lp),
-                        "all_stop": self._all_stop(), "runtime": self._runtime_memory()}
+                        "all_stop": self.stops_all, "runtime": self._runtime_memory()}
         if op == "patch":
             path = req.get("path")
             if not isinstance(path, str) or not os.path.isabs(path):
@@ -177,11 +177,6 @@ class Controller:
                     "pause_ms": round(self.last_pause_ms, 3)}
         raise ControlError(f"unknown request {op!r}")
 
-    def _all_stop(self) -> bool:
-        """Whether code writes and frees stop every thread of the target."""
-        with all_threads_stopped(self.target.machine) as stopped:
-            return stopped
-
     def _runtime_memory(self) -> dict[str, Any]:
         """Where armlp's own data lives in the target (diagnostics, tests):
         the runtime module, the site records and their lookup table, each
@@ -229,7 +224,7 @@ class Controller:
                     status = self.process.exited()
                     if status is not None:
                         return status
-                if self._release_at is None and self.livepatch.deferred and self._can_free:
+                if self._release_at is None and self.livepatch.deferred and self.stops_all:
                     self._release_at = now + self._release_delay
                 due = [t[0] for t in timers[:1]] + \
                     ([self._release_at] if self._release_at is not None else [])

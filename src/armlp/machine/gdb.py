@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from armlp.errors import CodeModificationError, MachineError, StubStalledError
 from armlp.machine.base import CodeWrite, Regs
 from armlp.machine.freeze import Freezer
-from armlp.machine.qemu import HostMemory
+from armlp.machine.qemu import HostMemory, parse_maps
 from armlp.machine.rsp import RspConnection, StopReply
 
 PAGE = 0x1000
@@ -264,6 +264,12 @@ class GdbMachine:
         for start, img in images:
             self._raw_write(start, bytes(img))
 
+    @property
+    def stops_all(self) -> bool:
+        """Whether code writes and the scan before a free can stop every
+        thread (the stub is all-stop, or armlp may freeze the others)."""
+        return self.all_stop or self.freezer is not None
+
     @contextlib.contextmanager
     def all_stopped(self) -> Iterator[bool]:
         """``with machine.all_stopped() as stopped:`` every thread of the
@@ -283,7 +289,7 @@ class GdbMachine:
         go on word by word, frees wait."""
         self._need_stopped("stop every thread")
         if self.freezer is None or self.freezer.is_frozen:
-            yield self.all_stop or (self.freezer is not None and self.freezer.is_frozen)
+            yield self.stops_all
             return
         try:
             self.freezer.freeze(keep={self.thread})
@@ -324,14 +330,8 @@ class GdbMachine:
             return self.host_memory.regions()
         if self._pid is None:
             raise MachineError("the process id is unknown: cannot read its memory map")
-        maps = self.conn.read_file(f"/proc/{self._pid}/maps").decode("ascii", "replace")
-        out = []
-        for line in maps.splitlines():
-            fields = line.split()
-            if len(fields) >= 2 and "-" in fields[0]:
-                lo, hi = (int(x, 16) for x in fields[0].split("-"))
-                out.append((lo, hi, fields[1][:3]))
-        return out
+        return parse_maps(self.conn.read_file(f"/proc/{self._pid}/maps")
+                          .decode("ascii", "replace"))
 
     def _drop_translations(self, images: Sequence[tuple[int, bytes | bytearray]]) -> None:
         """After code was written behind qemu's back: an mprotect of the pages

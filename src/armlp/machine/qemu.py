@@ -190,6 +190,22 @@ def start_qemu(program: str | Path, args: Sequence[str] = (), *,
     return QemuProcess(popen, conn, directory)
 
 
+def parse_maps(text: str, base: int = 0) -> list[tuple[int, int, str]]:
+    """The accessible ranges of a ``/proc/PID/maps`` text as ``(start, end,
+    perms)``, less *base* (qemu-user's guest base), within 32-bit addresses.
+    Inaccessible ones are left out: qemu reserves the whole guest space and
+    maps what the guest unmaps back to PROT_NONE."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or "-" not in fields[0]:
+            continue
+        lo, hi = (int(x, 16) - base for x in fields[0].split("-"))
+        if lo >= 0 and hi <= 1 << 32 and fields[1][:3] != "---":
+            out.append((lo, hi, fields[1][:3]))
+    return out
+
+
 class HostMemory:
     """The guest memory of a local qemu-user process, through
     ``/proc/PID/mem``.
@@ -227,18 +243,11 @@ class HostMemory:
         return os.pread(self.fd, size, address + self.guest_base)
 
     def regions(self) -> list[tuple[int, int, str]]:
-        """The guest's mapped ranges ``(start, end, perms)`` from
-        ``/proc/PID/maps``.  Left out: qemu's own mappings outside the
-        guest's 4 GiB, and inaccessible ones (qemu reserves the whole guest
-        space and maps what the guest unmaps back to PROT_NONE)."""
-        out = []
+        """The guest's mapped ranges ``(start, end, perms)`` from qemu's
+        ``/proc/PID/maps`` (its own mappings outside the guest's 4 GiB left
+        out)."""
         with open(f"/proc/{self.pid}/maps") as maps:
-            for line in maps:
-                fields = line.split()
-                lo, hi = (int(x, 16) - self.guest_base for x in fields[0].split("-"))
-                if lo >= 0 and hi <= 1 << 32 and fields[1][:3] != "---":
-                    out.append((lo, hi, fields[1][:3]))
-        return out
+            return parse_maps(maps.read(), self.guest_base)
 
     def write(self, address: int, data: bytes) -> None:
         done = os.pwrite(self.fd, data, address + self.guest_base)
