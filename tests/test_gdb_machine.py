@@ -315,21 +315,19 @@ def test_abandoned_syscall_lets_the_thread_go_on(run: type[Started], prog: Path)
     """If armlp dies with a system call set up on a borrowed thread, the
     thread runs the call, falls through to armlp's restore stub, gets its own
     registers back and the program finishes as if nothing happened."""
-    from armlp.machine.gdb import _SCRATCH_SVC, Regs, _decode_regs, _encode_regs
+    from armlp.machine.gdb import Regs, _decode_regs, _encode_regs
 
     s = run(prog, "7")
     m = s.m
-    m._scratch_page()
+    svc = m._scratch_at("svc")
     tid = m.thread
     saved = m.conn.read_all_registers(tid)
     m._arm_restore(tid, saved)
     regs = _decode_regs(saved)
     r = list(regs.r)
     r[7] = 20                               # getpid
-    scratch = m._scratch
-    assert scratch is not None
-    m.conn.write_all_registers(
-        _encode_regs(saved, Regs(r, regs.sp, regs.lr, scratch + _SCRATCH_SVC, regs.cpsr)), tid)
+    m.conn.write_all_registers(_encode_regs(saved, Regs(r, regs.sp, regs.lr, svc, regs.cpsr)),
+                               tid)
     m.conn.sock.close()                     # armlp "dies" here
     assert s.q.popen.wait(timeout=20) == 42
     assert s.output() == "sum 63 add3 14 data 0x11223344\n"
@@ -339,12 +337,11 @@ def test_abandoned_call_returns_the_thread_to_its_code(run: type[Started], prog:
     """armlp dies during a call on a borrowed thread; the guardian's detach
     (here: the stub's ``D``) removes the breakpoint on the return address,
     where ``b restore`` gives the thread back its registers."""
-    from armlp.machine.gdb import _SCRATCH_RETURN, Regs, _decode_regs, _encode_regs
+    from armlp.machine.gdb import Regs, _decode_regs, _encode_regs
 
     s = run(prog, "7")
     m = s.m
-    ret = m._scratch_page()
-    assert m._scratch is not None and ret == m._scratch + _SCRATCH_RETURN
+    ret = m._scratch_at("return")
     tid = m.thread
     saved = m.conn.read_all_registers(tid)
     m._arm_restore(tid, saved)

@@ -30,8 +30,8 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from armlp.build import build_program
-from armlp.cli.run import _first_address
 from armlp.control.protocol import request
+from armlp.control.qemu_live import first_address
 from armlp.elf.image import ElfImage
 from armlp.machine.qemu import HostMemory
 from armlp.toolchain import patch_cflags, tool
@@ -642,7 +642,7 @@ def _new_address(live: Live) -> int:
 
 def _mapped(pid: int, program: Path, address: int) -> bool:
     """Whether guest *address* is mapped in qemu *pid* (its /proc/PID/maps)."""
-    host = HostMemory.find(pid, program, _first_address(ElfImage(program)))
+    host = HostMemory.find(pid, program, first_address(ElfImage(program)))
     assert host is not None
     try:
         return any(lo <= address < hi for lo, hi, _ in host.regions())

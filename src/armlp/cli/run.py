@@ -120,13 +120,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_qemu(args: argparse.Namespace) -> int:
-    import os
-
-    from armlp.control.guardian import Guardian
+    from armlp.control import qemu_live
     from armlp.control.paths import runtime_dir
-    from armlp.control.qemu_live import GdbLive
     from armlp.elf.image import ElfImage
-    from armlp.machine.qemu import GDB_STOP_SIGNAL, HostMemory, start_qemu
 
     if args.after or args.unpatch_after is not None:
         raise ArmlpError("--after/--unpatch-after are for --machine emu; with qemu use "
@@ -135,90 +131,44 @@ def run_qemu(args: argparse.Namespace) -> int:
     if image.is_relocatable:
         raise ArmlpError(f"{args.program}: a relocatable object, not a program")
     patches = [_split_patch(p) for p in args.patch]
-    for path, _ in patches:
-        if not os.path.isfile(path):
-            raise ArmlpError(f"{path}: no such patch module")
     runtime_dir()       # a control directory that is not private: refuse before starting
-    qemu = start_qemu(args.program, args.args)
-    guardian = Guardian.start(qemu.conn.sock, ours=[GDB_STOP_SIGNAL])
+    live = qemu_live.start(image, args.program, args.args)
+    assert live.qemu is not None and live.guardian is not None
     try:
-        host = HostMemory.find(qemu.pid, args.program, _first_address(image))
-        machine = qemu.machine(host)
-        status = _control(machine, image, GdbLive(machine, qemu, guardian), args.program,
-                          qemu.pid, patches)
+        status = _control(image, live, args.program, patches)
     finally:
-        guardian.stand_down()
-        qemu.close()
+        live.guardian.stand_down()
+        live.qemu.close()
     if args.json:
         sys.stdout.write(json.dumps({"exit_status": status}) + "\n")
     return status
 
 
 def attach(args: argparse.Namespace) -> int:
-    from armlp.control.guardian import Guardian
-    from armlp.control.qemu_live import GdbLive
+    from armlp.control import qemu_live
     from armlp.elf.image import ElfImage
-    from armlp.machine.freeze import Freezer
-    from armlp.machine.gdb import GDB_SIGINT, GdbMachine
-    from armlp.machine.qemu import GDB_STOP_SIGNAL, STOP_SIGNAL, HostMemory, send_thread_signal
-    from armlp.machine.rsp import RspConnection
 
     image = ElfImage(args.program)
     patches = [_split_patch(p) for p in args.patch]
-    addr: str = args.address
-    if addr.startswith("unix:"):
-        conn = RspConnection.connect_unix(addr[5:])
-        local = True
-    else:
-        hostname, sep, port = addr.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ArmlpError(f"bad address {addr!r}: expected unix:PATH or HOST:PORT")
-        _note(f"warning: the GDB protocol has no authentication; anyone who can reach "
-              f"{addr} controls the process")
-        conn = RspConnection.connect_tcp(hostname or "127.0.0.1", int(port))
-        local = False
-    tids = conn.thread_ids()
-    pid = tids[0] if tids else 0
-
-    def interrupt(thread: int | None) -> None:
-        # On this host a signal to one thread stops the program under qemu's
-        # stub (which does not read the interrupt byte while the program
-        # runs); a remote stub gets the interrupt byte.
-        if local and pid:
-            send_thread_signal(pid, thread or pid, STOP_SIGNAL)
-        else:
-            conn.interrupt()
-
-    stop_signal = GDB_STOP_SIGNAL if local and pid else GDB_SIGINT
-    memory = HostMemory.find(pid, args.program, _first_address(image)) if local else None
-    freezer = Freezer(pid) if memory is not None and Freezer.available(pid) else None
-    machine = GdbMachine(conn, interrupt=interrupt, host_memory=memory,
-                         stop_signal=stop_signal, freezer=freezer)
-    guardian = Guardian.start(conn.sock, ours=[stop_signal])
+    live = qemu_live.attach(image, args.program, args.address, _note)
+    assert live.guardian is not None
     # Stood down only when the program has ended: if armlp fails (or is
     # interrupted) while the program it did not start runs on, the guardian
     # lets it go cleanly.
-    status = _control(machine, image, GdbLive(machine, guardian=guardian), args.program, pid,
-                      patches)
-    guardian.stand_down()
+    status = _control(image, live, args.program, patches)
+    live.guardian.stand_down()
     return status
 
 
-def _first_address(image: Any) -> int:
-    """Where the program's first loaded page is (its first PT_LOAD)."""
-    return int(min(s.addr for s in image.sections if s.is_alloc and s.addr)) & ~0xFFF
-
-
-def _control(machine: Any, image: Any, live: Any, program: str, pid: int,
-             patches: list[tuple[str, float]]) -> int:
+def _control(image: Any, live: Any, program: str, patches: list[tuple[str, float]]) -> int:
     """Attach armlp to a stopped process and serve its controller until it ends."""
     import os
 
     from armlp.control.server import Controller
     from armlp.target import Target
 
-    target = Target.attach(machine, image)
-    controller = Controller(target, live, program=program, pid=pid, on_event=_note)
+    target = Target.attach(live.machine, image)
+    controller = Controller(target, live, program=program, pid=live.pid, on_event=_note)
     for path, delay in patches:
         controller.livepatch.load(os.path.abspath(path))     # refuse before it runs
         controller.schedule(delay, {"op": "patch", "path": os.path.abspath(path)})

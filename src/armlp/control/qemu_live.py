@@ -3,11 +3,23 @@ qemu-arm that armlp started, or already waiting under a stub (attach)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from armlp.control.guardian import Guardian
-from armlp.errors import MachineError
-from armlp.machine.gdb import GdbMachine
-from armlp.machine.qemu import QemuProcess
-from armlp.machine.rsp import StopReply
+from armlp.elf.image import ElfImage
+from armlp.errors import ArmlpError, MachineError
+from armlp.machine.freeze import Freezer
+from armlp.machine.gdb import GDB_SIGINT, GdbMachine
+from armlp.machine.qemu import (
+    GDB_STOP_SIGNAL,
+    GUEST_STOP_SIGNAL,
+    STOP_SIGNAL,
+    HostMemory,
+    QemuProcess,
+    send_thread_signal,
+    start_qemu,
+)
+from armlp.machine.rsp import RspConnection, StopReply
 
 POLL = 0.5
 #: Exit status reported when the stub went away without telling how the
@@ -19,9 +31,11 @@ class GdbLive:
     """Interrupt, resume and exit detection for one process behind a stub."""
 
     def __init__(self, machine: GdbMachine, qemu: QemuProcess | None = None,
-                 guardian: Guardian | None = None) -> None:
+                 guardian: Guardian | None = None, *, pid: int = 0) -> None:
         self.machine = machine
         self.qemu = qemu
+        #: The program's process id (on its own machine for a remote stub).
+        self.pid = pid
         #: Told when armlp has the program paused, so that it can let the
         #: program go should the controller die (armlp.control.guardian).
         self.guardian = guardian
@@ -108,4 +122,63 @@ class GdbLive:
         return (stop.status or 0) if stop.kind == "W" else 128 + stop.signal
 
 
-QemuLive = GdbLive
+def first_address(image: ElfImage) -> int:
+    """Where the program's first loaded page is (its first PT_LOAD)."""
+    return int(min(s.addr for s in image.sections if s.is_alloc and s.addr)) & ~0xFFF
+
+
+def start(image: ElfImage, program: str, args: Sequence[str]) -> GdbLive:
+    """Start *program* under qemu-arm, stopped before its first instruction,
+    with everything armlp sets up around it: the machine (all-stop through
+    ptrace when this host allows it, armlp's agent thread), the guardian."""
+    qemu = start_qemu(program, args)
+    guardian = Guardian.start(qemu.conn.sock, ours=[GDB_STOP_SIGNAL])
+    try:
+        host = HostMemory.find(qemu.pid, program, first_address(image))
+        machine = qemu.machine(host)
+    except BaseException:
+        guardian.stand_down()
+        qemu.close()
+        raise
+    return GdbLive(machine, qemu, guardian, pid=qemu.pid)
+
+
+def attach(image: ElfImage, program: str, address: str,
+           warn: Callable[[str], None]) -> GdbLive:
+    """Take over a program waiting under a GDB stub: ``unix:PATH`` (a
+    ``qemu-arm -g PATH`` on this host: stopped with armlp's signal to its
+    agent thread, all-stop through ptrace when allowed) or ``HOST:PORT`` (a
+    device's gdbserver: the interrupt byte, all-stop by itself)."""
+    if address.startswith("unix:"):
+        conn = RspConnection.connect_unix(address[5:])
+        local = True
+    else:
+        hostname, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ArmlpError(f"bad address {address!r}: expected unix:PATH or HOST:PORT")
+        warn(f"warning: the GDB protocol has no authentication; anyone who can reach "
+             f"{address} controls the process")
+        conn = RspConnection.connect_tcp(hostname or "127.0.0.1", int(port))
+        local = False
+    tids = conn.thread_ids()
+    pid = tids[0] if tids else 0
+    local = local and pid > 0
+
+    def interrupt(thread: int | None) -> None:
+        # qemu-user's stub does not read the interrupt byte while the program
+        # runs: a signal to one thread stops it; a remote stub gets the byte.
+        if local:
+            send_thread_signal(pid, thread or pid, STOP_SIGNAL)
+        else:
+            conn.interrupt()
+
+    memory = HostMemory.find(pid, program, first_address(image)) if local else None
+    freezer = Freezer(pid) if memory is not None and Freezer.available(pid) else None
+    machine = GdbMachine(conn, interrupt=interrupt, host_memory=memory,
+                         stop_signal=GDB_STOP_SIGNAL if local else GDB_SIGINT,
+                         freezer=freezer, agent_signal=GUEST_STOP_SIGNAL if local else None)
+    if local:
+        machine.start_agent()
+    guardian = Guardian.start(conn.sock, ours=[machine.stop_signal])
+    return GdbLive(machine, guardian=guardian, pid=pid)
+

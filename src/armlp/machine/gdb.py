@@ -56,6 +56,7 @@ from armlp.machine.base import CodeWrite, Regs
 from armlp.machine.freeze import Freezer
 from armlp.machine.qemu import HostMemory, parse_maps
 from armlp.machine.rsp import RspConnection, StopReply
+from armlp.machine.scratch import SCRATCH_PAGES, agent_mask, scratch_code
 
 PAGE = 0x1000
 #: Branch range of B/BL: a word within ±32 MiB.
@@ -70,22 +71,9 @@ MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 GDB_SIGINT, GDB_SIGTRAP = 2, 5
 #: ``svc #0`` in ARM state.
 SVC0 = 0xEF000000
-#: ``udf #16`` fills the scratch page; ``mov r0, r0``.
-UDF = 0xE7F001F0
-NOP = 0xE1A00000
-_SCRATCH_SVC, _SCRATCH_RETURN, _SCRATCH_COPY, _SCRATCH_RESTORE = 0x0, 0x100, 0x200, 0x300
-#: svc #0; b restore
-_SVC_CODE = (0xEF000000, 0xEA0000BD)
-#: The return address of calls, under armlp's breakpoint: b restore
-_RETURN_CODE = (0xEA00007E,)
-#: restore: ip = block; flags; r0-r11; lr; sp = saved sp - 8; pop {ip, pc}
-_RESTORE_CODE = (0xE59FC018, 0xE59C0040, 0xE12CF000, 0xE89C0FFF, 0xE59CE038, 0xE59CD034,
-                 0xE24DD008, 0xE8BD9000)
-#: copy(dst=r0, src=r1, n=r2): word by word when all three are word aligned
-#: (each aligned word lands with one store), else byte by byte.
-_COPY_CODE = (0xE1803001, 0xE1833002, 0xE3130003, 0x1A000004, 0xE2522004, 0xB12FFF1E,
-              0xE4913004, 0xE4803004, 0xEAFFFFFA, 0xE2522001, 0xB12FFF1E, 0xE4D13001,
-              0xE4C03001, 0xEAFFFFFA)
+#: clone flags of a thread (what pthread_create passes, less TLS and tid words).
+CLONE_THREAD_FLAGS = 0x00050F00
+NR_CLONE = 120
 _STAGING = 16 * 4096
 _CPSR_T = 1 << 5
 _CPSR_IT = (0x3F << 10) | (0x3 << 25)
@@ -141,13 +129,18 @@ class GdbMachine:
                  host_memory: HostMemory | None = None,
                  segments: Sequence[Segment] | None = None,
                  call_timeout: float = 10.0, stop_signal: int = GDB_SIGINT,
-                 freezer: Freezer | None = None) -> None:
+                 freezer: Freezer | None = None, agent_signal: int | None = None) -> None:
         self.conn = conn
         self._interrupt_thread = interrupt or (lambda _thread: conn.interrupt())
         self.call_timeout = call_timeout
         #: The GDB signal number of the stops *interrupt* causes (SIGINT for
         #: the interrupt byte; qemu: see armlp.machine.qemu.STOP_SIGNAL).
         self.stop_signal = stop_signal
+        #: The guest signal number *interrupt* delivers (qemu: 62), when
+        #: armlp may start its agent thread (see start_agent).
+        self.agent_signal = agent_signal
+        #: armlp's agent thread, once started: every stop of armlp's goes to it.
+        self.agent: int | None = None
         self.running = False
         self.exit: StopReply | None = None
         self.thread = 0
@@ -317,7 +310,7 @@ class GdbMachine:
         scratch pages, the staging area."""
         out = [(a, a + n) for a, n in self._allocs.items()]
         if self._scratch is not None:
-            out.append((self._scratch, self._scratch + 2 * PAGE))
+            out.append((self._scratch, self._scratch + SCRATCH_PAGES * PAGE))
         if self._staging is not None:
             out.append((self._staging, self._staging + _STAGING))
         return out
@@ -401,7 +394,7 @@ class GdbMachine:
             raise MachineError(f"call of {address:#010x}: at most four arguments "
                                f"({len(args)} given)")
         self._need_stopped("call a function")
-        ret = self._scratch_page()
+        ret = self._scratch_at("return")
         tid = self.thread
         saved = self.conn.read_all_registers(tid)
         regs = _decode_regs(saved)
@@ -429,8 +422,9 @@ class GdbMachine:
         return result
 
     def threads(self) -> list[int]:
+        """The program's threads (armlp's agent thread is not one)."""
         self._need_stopped("list threads")
-        return self.conn.thread_ids()
+        return [t for t in self.conn.thread_ids() if t != self.agent]
 
     def get_regs(self, thread: int | None = None) -> Regs:
         """Registers of *thread* (default: the stopped thread).  Under
@@ -474,7 +468,7 @@ class GdbMachine:
         if not self.running:
             raise MachineError("the target is not running")
         self._sigints += 1
-        self._interrupt_thread(self.thread or None)
+        self._interrupt_thread(self.agent or self.thread or None)
         stop = self.conn.wait(timeout or self.conn.timeout)
         if not stop.exited and stop.signal == self.stop_signal:
             self._sigints -= 1
@@ -565,6 +559,31 @@ class GdbMachine:
                     raise MachineError(f"mprotect({start:#010x}, {end - start:#x}, RWX) in "
                                        f"the target failed: errno {-_signed(r)}")
         self._rwx_text = True
+
+    def start_agent(self) -> int:
+        """Start armlp's agent thread in the stopped program and return its id.
+
+        The agent (``runtime/scratch.S``) is a thread of the program that
+        blocks every signal but :attr:`agent_signal` and sleeps.  From then on
+        :meth:`stop` signals the agent alone, so the stop interrupts none of
+        the program's system calls: qemu-user turns a signal that interrupts
+        a blocking host call into ``EINTR`` for the guest (a program in
+        ``read``, ``poll`` or ``nanosleep`` would see it), and the agent's
+        own wait is the only one interrupted.  System calls and calls run on
+        the stopped agent too, never on a thread of the program's."""
+        if self.agent is not None:
+            return self.agent
+        if self.agent_signal is None:
+            raise MachineError("this stub has no agent signal: cannot start the agent thread")
+        self._need_stopped("start the agent thread")
+        base = self._scratch_base()
+        stack = base + SCRATCH_PAGES * PAGE - 64
+        tid = self._syscall(NR_CLONE, CLONE_THREAD_FLAGS, stack, 0, 0, 0, at="clone")
+        if _signed(tid) <= 0:
+            raise MachineError(f"clone of armlp's agent thread in the target failed: "
+                               f"errno {-_signed(tid)}")
+        self.agent = tid
+        return tid
 
     # --- internals ---------------------------------------------------------------
 
@@ -664,7 +683,7 @@ class GdbMachine:
         (aligned words with single stores, so no thread sees half a word)."""
         if self._staging is None:
             self._staging = self._mmap(0, _STAGING, prot=PROT_READ | PROT_WRITE)
-        copy = self._scratch_page() - _SCRATCH_RETURN + _SCRATCH_COPY
+        copy = self._scratch_at("copy")
         for off in range(0, len(data), _STAGING):
             part = data[off:off + _STAGING]
             self.conn.write_memory(self._staging, part)
@@ -741,7 +760,7 @@ class GdbMachine:
         outside the registers (qemu-user 7.2 steps the instruction after an
         ``svc`` together with it; the registers are restored anyway)."""
         if self._scratch is not None:
-            return self._scratch + _SCRATCH_SVC
+            return self._scratch_at("svc")
         if self._svc is not None:
             return self._svc
         chunk = 2048
@@ -764,16 +783,18 @@ class GdbMachine:
         raise MachineError("no usable 'svc #0' instruction in the program's text to run a "
                            "system call with")
 
-    def _syscall(self, number: int, *args: int) -> int:
+    def _syscall(self, number: int, *args: int, at: str = "svc") -> int:
+        """System call *number* on the stopped thread, through the scratch
+        page's ``svc`` named *at*; the thread's registers are restored."""
         if len(args) > 6:
             raise MachineError(f"syscall {number}: at most six arguments")
         if self._scratch is None and not self._bootstrap:
             self._bootstrap = True      # the scratch page's own mmap uses the text's svc
             try:
-                self._scratch_page()
+                self._scratch_base()
             finally:
                 self._bootstrap = False
-        svc = self._find_svc()
+        svc = self._find_svc() if self._scratch is None else self._scratch_at(at)
         tid = self.thread
         saved = self.conn.read_all_registers(tid)
         regs = _decode_regs(saved)
@@ -795,7 +816,7 @@ class GdbMachine:
                 pc = self.conn.read_register(15, tid)
                 done = (svc + 4, svc + 8)            # qemu-user 7.2 steps one more
                 if pc in done or (self._scratch is not None
-                                  and pc == self._scratch + _SCRATCH_RESTORE):
+                                  and pc == self._scratch_at("restore")):
                     return self.conn.read_register(0, tid)
                 if pc != svc:
                     raise MachineError(f"syscall {number}: single step from {svc:#010x} "
@@ -815,26 +836,24 @@ class GdbMachine:
                                f"errno {-_signed(r)}")
         return r
 
-    def _scratch_page(self) -> int:
-        """armlp's two pages in the target.  Code page: ``svc #0; b restore``
-        for system calls, the return address of calls (an ``udf`` under a
-        breakpoint), the copy routine and ``restore``; data page: the
-        borrowed thread's saved registers.  Returns the calls' return address.
+    def _scratch_base(self) -> int:
+        """armlp's pages in the target (see :mod:`armlp.machine.scratch`),
+        mapped and written on first use.
 
         Why ``restore``: if armlp dies while a system call runs on a borrowed
         thread, the stub lets the thread go on without armlp; it falls
         through to ``restore``, which reloads its own registers, flags
         included, and jumps back to where it was."""
         if self._scratch is None:
-            addr = self._mmap(0, 2 * PAGE)
-            words = [UDF] * (PAGE // 4)
-            for offset, code in ((_SCRATCH_SVC, _SVC_CODE), (_SCRATCH_RETURN, _RETURN_CODE),
-                                 (_SCRATCH_COPY, _COPY_CODE), (_SCRATCH_RESTORE, _RESTORE_CODE)):
-                words[offset // 4:offset // 4 + len(code)] = code
-            words[_SCRATCH_RESTORE // 4 + len(_RESTORE_CODE)] = addr + PAGE   # the save block
-            self.conn.write_memory(addr, struct.pack(f"<{len(words)}I", *words))
+            addr = self._mmap(0, SCRATCH_PAGES * PAGE)
+            mask = agent_mask(self.agent_signal) if self.agent_signal else (0xFFFFFFFF,) * 2
+            self.conn.write_memory(addr, scratch_code().page((mask[0], mask[1])))
             self._scratch = addr
-        return self._scratch + _SCRATCH_RETURN
+        return self._scratch
+
+    def _scratch_at(self, name: str) -> int:
+        """Address of the scratch page's entry ``armlp_scratch_NAME``."""
+        return self._scratch_base() + scratch_code().offset(name)
 
     def _arm_restore(self, tid: int, saved: bytes) -> None:
         """Prepare ``restore`` to give thread *tid* back its registers *saved*:

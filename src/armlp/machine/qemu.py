@@ -44,7 +44,8 @@ _File = int | IO[Any] | None
 #: signals (a terminal's ^C is the program's), also by the guardian after
 #: the controller died (armlp.control.guardian).
 STOP_SIGNAL = signal.SIGRTMAX
-GDB_STOP_SIGNAL = 45 + (STOP_SIGNAL - signal.SIGRTMIN + 32) - 33
+GUEST_STOP_SIGNAL = STOP_SIGNAL - signal.SIGRTMIN + 32
+GDB_STOP_SIGNAL = 45 + GUEST_STOP_SIGNAL - 33
 
 
 _SYS_TGKILL = {"x86_64": 234, "aarch64": 131, "i386": 270, "i686": 270, "armv7l": 268,
@@ -106,8 +107,11 @@ class QemuProcess:
         from armlp.machine.gdb import GdbMachine
         freezer = Freezer(self.pid) if host_memory is not None and \
             Freezer.available(self.pid) else None
-        return GdbMachine(self.conn, interrupt=self.interrupt, host_memory=host_memory,
-                          stop_signal=GDB_STOP_SIGNAL, freezer=freezer)
+        machine = GdbMachine(self.conn, interrupt=self.interrupt, host_memory=host_memory,
+                             stop_signal=GDB_STOP_SIGNAL, freezer=freezer,
+                             agent_signal=GUEST_STOP_SIGNAL)
+        machine.start_agent()
+        return machine
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for qemu to end; its exit status (negative: killed by a signal)."""

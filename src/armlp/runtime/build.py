@@ -16,6 +16,9 @@ from armlp.toolchain import PREFIX, compile_object
 
 SOURCES = ("entry.S", "ftrace.c", "livepatch.c")
 HEADERS = ("armlp_rt.h",)
+#: armlp's scratch page for targets behind a GDB stub (armlp.machine.scratch):
+#: built here, but placed by the machine, not loaded with the runtime.
+SCRATCH_SOURCE = "scratch.S"
 #: No -pg: the runtime must never call the tracer it implements.  armv5te is
 #: the armel baseline, so the runtime runs on every core armlp targets.
 CFLAGS = ("-marm", "-march=armv5te", "-O2", "-ffreestanding", "-fno-pic",
@@ -28,7 +31,7 @@ def _digest() -> str:
     h = hashlib.sha256()
     h.update(PREFIX.encode())
     h.update(" ".join(CFLAGS).encode())
-    for name in (*HEADERS, *SOURCES):
+    for name in (*HEADERS, *SOURCES, SCRATCH_SOURCE):
         path = SOURCE_DIR / name
         if path.exists():
             h.update(name.encode() + b"\0" + path.read_bytes())
@@ -37,18 +40,27 @@ def _digest() -> str:
 
 def runtime_objects() -> list[Path]:
     """The runtime's object files, built if missing or out of date."""
+    return [o for o in _objects() if o.stem != Path(SCRATCH_SOURCE).stem]
+
+
+def scratch_object() -> Path:
+    """The scratch page's object file (see :mod:`armlp.machine.scratch`)."""
+    return next(o for o in _objects() if o.stem == Path(SCRATCH_SOURCE).stem)
+
+
+def _objects() -> list[Path]:
+    """Every object built from this directory, built if missing or out of date."""
     out = cache_root() / f"runtime-{_digest()}"
-    objs = [out / (Path(s).stem + ".o") for s in SOURCES if (SOURCE_DIR / s).exists()]
+    sources = [*SOURCES, SCRATCH_SOURCE]
+    objs = [out / (Path(s).stem + ".o") for s in sources]
     if all(o.exists() for o in objs):
         return objs
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmpdir = Path(tmp)
-        for src in SOURCES:
+        for src in sources:
             path = SOURCE_DIR / src
-            if path.exists():
-                compile_object(path, tmpdir / (path.stem + ".o"),
-                               [*CFLAGS, f"-I{SOURCE_DIR}"])
+            compile_object(path, tmpdir / (path.stem + ".o"), [*CFLAGS, f"-I{SOURCE_DIR}"])
         try:
             os.replace(tmpdir, out)
         except OSError:
