@@ -645,7 +645,7 @@ def _mapped(pid: int, program: Path, address: int) -> bool:
     host = HostMemory.find(pid, program, first_address(ElfImage(program)))
     assert host is not None
     try:
-        return any(lo <= address < hi for lo, hi, _ in host.regions())
+        return any(r.start <= address < r.end for r in host.regions())
     finally:
         host.close()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from armlp.control.protocol import send
+from armlp.control.protocol import encode
 from conftest import program_and_patch, wait_for_target
 
 HERE = Path(__file__).resolve().parent
@@ -56,7 +56,7 @@ def test_controller_killed_mid_enable(delay_ms: int, tmp_path: Path,
         time.sleep(0.2)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(info.socket)
-            send(s, {"op": "patch", "path": str(fix)})
+            s.sendall(encode({"op": "patch", "path": str(fix)}))
             deadline = time.monotonic() + 20
             while not _parked(info.pid):
                 assert time.monotonic() < deadline, "the controller never paused the program"

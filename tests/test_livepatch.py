@@ -60,7 +60,7 @@ def fn(target: Target, name: str, sympos: int | None = None) -> int:
 
 def snapshot(emu: Emulator) -> dict[tuple[int, int], bytes]:
     """Every mapped byte of the target."""
-    return {(s, e): emu.read(s, e - s) for s, e, _ in emu.regions()}
+    return {(s, e): emu.read(s, e - s) for s, e in ((r.start, r.end) for r in emu.regions())}
 
 
 def test_every_shape_patched_and_unpatched(program: Path) -> None:
@@ -259,10 +259,10 @@ def test_disabled_patch_is_freed_only_when_nothing_refers_to_it(program: Path) -
     sink = int(target.image.symbols.by_name["rec_sink"][0].value)
     emu.write(sink, new.to_bytes(4, "little"))      # the program keeps a pointer
     lp.disable(patch)
-    assert lp.deferred == [patch] and any(lo <= new < hi for lo, hi, _ in emu.regions())
+    assert lp.deferred == [patch] and any(r.start <= new < r.end for r in emu.regions())
     emu.write(sink, bytes(4))
     emu.set_reg("r5", new)                           # ... then only a register
     assert lp.release_deferred() == [] and lp.deferred == [patch]
     emu.set_reg("r5", 0)
     assert lp.release_deferred() == [patch] and lp.deferred == []
-    assert not any(lo <= new < hi for lo, hi, _ in emu.regions())
+    assert not any(r.start <= new < r.end for r in emu.regions())

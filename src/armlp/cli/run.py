@@ -164,6 +164,7 @@ def _control(image: Any, live: Any, program: str, patches: list[tuple[str, float
     """Attach armlp to a stopped process and serve its controller until it ends."""
     import os
 
+    from armlp.control.protocol import Patch
     from armlp.control.server import Controller
     from armlp.target import Target
 
@@ -171,7 +172,7 @@ def _control(image: Any, live: Any, program: str, patches: list[tuple[str, float
     controller = Controller(target, live, program=program, pid=live.pid, on_event=_note)
     for path, delay in patches:
         controller.livepatch.load(os.path.abspath(path))     # refuse before it runs
-        controller.schedule(delay, {"op": "patch", "path": os.path.abspath(path)})
+        controller.schedule(delay, Patch(os.path.abspath(path)))
     _note(f"target {controller.id}: {len(target.ftrace.records)} mcount sites ready; "
           f"control socket {controller.socket_path}")
     return controller.serve()

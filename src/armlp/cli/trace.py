@@ -63,38 +63,44 @@ def run_live(args: argparse.Namespace) -> int:
     import time
 
     from armlp.control.paths import find_target
-    from armlp.control.protocol import request
+    from armlp.control.protocol import Session, finite
 
     if args.program is not None or args.graph:
         raise ArmlpError("trace --target: no PROGRAM and no --graph (threads share the ring)")
+    if args.duration is not None:
+        finite(args.duration, "--duration")
     info = find_target(None if args.target == "-" else args.target)
-    request(info.socket, {"op": "trace_start", "filters": args.filter})
     counts: Counter[str] = Counter()
     calls: list[list[str]] = []
     lost = 0
     deadline = None if args.duration is None else time.monotonic() + args.duration
     op = "trace_read"
-    try:
-        while True:
-            if deadline is not None and time.monotonic() >= deadline:
-                op = "trace_stop"
-            res = request(info.socket, {"op": op})
+    # One session for the whole trace: should this process go away (killed,
+    # or its output closed: 'armlp trace ... | head'), the controller sees
+    # the connection close and stops the tracer.
+    with Session(info.socket) as session:
+        session.request({"op": "trace_start", "filters": args.filter})
+        try:
+            while True:
+                if deadline is not None and time.monotonic() >= deadline:
+                    op = "trace_stop"
+                res = session.request({"op": op})
+                lost = res["lost"]
+                for fn, caller in res["calls"]:
+                    counts[fn] += 1
+                    if args.json:
+                        calls.append([fn, caller])
+                    else:
+                        sys.stdout.write(f"{fn} <- {caller}\n")
+                sys.stdout.flush()
+                if op == "trace_stop":
+                    break
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            res = session.request({"op": "trace_stop"})
             lost = res["lost"]
-            for fn, caller in res["calls"]:
+            for fn, _caller in res["calls"]:
                 counts[fn] += 1
-                if args.json:
-                    calls.append([fn, caller])
-                else:
-                    sys.stdout.write(f"{fn} <- {caller}\n")
-            sys.stdout.flush()
-            if op == "trace_stop":
-                break
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        res = request(info.socket, {"op": "trace_stop"})
-        lost = res["lost"]
-        for fn, _caller in res["calls"]:
-            counts[fn] += 1
     if args.json:
         sys.stdout.write(json.dumps({"target": info.id, "lost": lost,
                                      "calls": [{"function": f, "caller": c} for f, c in calls],

@@ -1,10 +1,20 @@
 """The controller: owns one live target, serves its control socket.
 
-It stops the target (all threads, all-stop) for each request, does the work
-through the livepatch core, and lets it run again; between requests it
-waits on the stub for the program's exit.  A client that disconnects
-mid-command does not interrupt the work: the command completes or rolls
-back on its own, only the reply is lost.
+It stops the target for each request, does the work through the livepatch
+core, and lets it run again; between requests it waits on the stub for the
+program's exit.
+
+Nothing a client does can take the target down or hold the controller up:
+
+* requests are typed and bounded (:mod:`armlp.control.protocol`) and every
+  handler's failure, expected or not, is one error line to that client,
+  with the target resumed exactly as it was (the livepatch core rolls back
+  a half-done enable or disable);
+* clients are read without blocking, each with its own buffer and a
+  deadline for a message it started: a slow or silent client is dropped,
+  the program's stops are answered meanwhile;
+* a client that disconnects mid-command loses only the reply; a trace ends
+  with the connection that started it.
 """
 
 from __future__ import annotations
@@ -12,15 +22,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from armlp.control.paths import ControlError, TargetInfo, runtime_dir
-from armlp.control.protocol import recv, send
+from armlp.control.protocol import (
+    MAX_REQUEST,
+    Patch,
+    Read,
+    Request,
+    Status,
+    TraceRead,
+    TraceStart,
+    TraceStop,
+    Unpatch,
+    decode,
+    encode,
+    parse_request,
+)
 from armlp.errors import ArmlpError
 from armlp.ftrace.tracer import FunctionTracer
 from armlp.livepatch import Livepatch
@@ -28,7 +53,12 @@ from armlp.livepatch.sysfs import livepatch_status
 from armlp.runtime.layout import SITE, SITE_TABLE
 from armlp.target import Target
 
-CLIENT_TIMEOUT = 10.0
+#: How long a client may take to finish a message it started, or to read a
+#: reply, before it is dropped.
+CLIENT_DEADLINE = 5.0
+MAX_CLIENTS = 32
+#: sun_path of a Unix socket: 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH = 107
 
 
 class LiveProcess(Protocol):
@@ -64,6 +94,25 @@ class LiveProcess(Protocol):
 RELEASE_FIRST, RELEASE_MAX = 0.1, 5.0
 
 
+def target_id(program: str, pid: int) -> str:
+    """The id of a target: its program's name (safe characters, at most 32)
+    and its pid."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(program).name)[:32] or "program"
+    return f"{name}-{pid}"
+
+
+@dataclass
+class Client:
+    """One connection to the controller."""
+
+    sock: socket.socket
+    inbox: bytearray = field(default_factory=bytearray)
+    outbox: bytearray = field(default_factory=bytearray)
+    #: When the message being received, or the reply being sent, must be done.
+    deadline: float | None = None
+    closing: bool = False
+
+
 class Controller:
     """Serves requests for one target until its program exits."""
 
@@ -72,26 +121,34 @@ class Controller:
         self.target = target
         self.process = process
         self.livepatch = Livepatch(target)
-        self.id = f"{Path(program).name}-{pid}"
+        self.id = target_id(program, pid)
         self.dir = runtime_dir() / self.id
-        self.dir.mkdir(mode=0o700, exist_ok=True)
         self.socket_path = self.dir / "ctl.sock"
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
+            raise ControlError(f"the control socket path {self.socket_path} is longer than a "
+                               f"Unix socket allows: set ARMLP_RUNTIME_DIR to a shorter "
+                               f"directory")
         self.info = TargetInfo(self.id, str(program), pid, os.getpid(), str(self.socket_path))
         self.on_event = on_event or (lambda _msg: None)
         self._paused = False
         self.last_pause_ms = 0.0
         self.tracer: FunctionTracer | None = None
-        self._timers: list[tuple[float, dict[str, Any]]] = []
+        self._tracer_owner: Client | None = None
+        self._timers: list[tuple[float, Request]] = []
         #: When to retry freeing disabled patches (None: nothing to free),
         #: with a back-off: a thread that was inside a patch has usually
         #: left it a moment later.
         self._release_at: float | None = None
         self._release_delay = RELEASE_FIRST
-        m = target.machine
         #: Whether every thread can be stopped (else no free is ever proven).
-        self.stops_all = bool(getattr(m, "stops_all", getattr(m, "all_stop", True)))
+        self.stops_all = target.machine.stops_all
+        self._handlers: dict[type, Callable[[Any, Client | None], Any]] = {
+            Status: self._status, Patch: self._patch, Unpatch: self._unpatch,
+            TraceStart: self._trace_start, TraceRead: self._trace_read,
+            TraceStop: self._trace_read, Read: self._read,
+        }
 
-    def schedule(self, delay: float, request: dict[str, Any]) -> None:
+    def schedule(self, delay: float, request: Request) -> None:
         """Handle *request* *delay* seconds after serving starts (``--patch P@DELAY``)."""
         self._timers.append((delay, request))
 
@@ -113,69 +170,62 @@ class Controller:
             self.process.resume()
             self.last_pause_ms = (time.perf_counter() - t0) * 1e3
 
-    def handle(self, req: dict[str, Any]) -> Any:
-        op = req.get("op")
+    def handle(self, req: Request, client: Client | None = None) -> Any:
+        """Serve one typed request (for *client*, None for a timer)."""
+        return self._handlers[type(req)](req, client)
+
+    def _status(self, _req: Status, _client: Client | None) -> Any:
+        with self.paused():
+            self.livepatch.release_deferred()
+            return {"target": self.info.to_json(), **livepatch_status(self.livepatch),
+                    "all_stop": self.stops_all, "runtime": self._runtime_memory(),
+                    "trace": self.tracer is not None}
+
+    def _patch(self, req: Patch, _client: Client | None) -> Any:
         lp = self.livepatch
-        if op == "status":
-            with self.paused():
-                lp.release_deferred()
-                return {"target": self.info.to_json(), **livepatch_status(lp),
-                        "all_stop": self.stops_all, "runtime": self._runtime_memory()}
-        if op == "patch":
-            path = req.get("path")
-            if not isinstance(path, str) or not os.path.isabs(path):
-                raise ControlError("patch: an absolute path to the patch module is required")
-            patch = lp.read(path)             # the checks that need no stop first
-            with self.paused():
-                lp.enable(patch)              # then the target's, before the first write
-            self.on_event(f"patch {patch.name} enabled ("
-                          + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")")
-            return {"name": patch.name, "functions": [f.label for f in patch.funcs],
-                    "pause_ms": round(self.last_pause_ms, 3)}
-        if op == "trace_start":
-            if self.tracer is not None:
-                raise ControlError("a trace is already running on this target")
-            filters = req.get("filters") or []
-            if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
-                raise ControlError("trace_start: filters must be a list of globs")
-            with self.paused():
-                tracer = FunctionTracer(self.target.ftrace, filters)
-                tracer.start()
-            self.tracer = tracer
-            return {"sites": [r.name for r in tracer.sites]}
-        if op in ("trace_read", "trace_stop"):
-            if self.tracer is None:
-                raise ControlError("no trace is running on this target")
-            with self.paused():
-                entries = self.tracer.read()
-                if op == "trace_stop":
-                    self.tracer.stop()
-            lost = self.tracer.lost
-            if op == "trace_stop":
-                self.tracer = None
-            return {"calls": [[e.function, e.caller] for e in entries], "lost": lost}
-        if op == "read":
-            # Diagnostics and tests: target memory as the controller sees it.
-            address, size = req.get("address"), req.get("size")
-            if not isinstance(address, int) or not isinstance(size, int) or \
-                    not 0 < size <= 1 << 20:
-                raise ControlError("read: integer address and size (at most 1 MiB) required")
-            with self.paused():
-                return {"address": address, "data": self.target.machine.read(address,
-                                                                            size).hex()}
-        if op == "unpatch":
-            name = req.get("name")
-            if not isinstance(name, str):
-                raise ControlError("unpatch: a patch name is required")
-            with self.paused():
-                patch = lp.find(name)
-                lp.disable(patch)
-                deferred = patch in lp.deferred
-            self.on_event(f"patch {name} disabled" + (" (its memory is kept until provably unused)"
-                                                      if deferred else ""))
-            return {"name": name, "memory_freed": not deferred,
-                    "pause_ms": round(self.last_pause_ms, 3)}
-        raise ControlError(f"unknown request {op!r}")
+        patch = lp.read(req.path)             # the checks that need no stop first
+        with self.paused():
+            lp.enable(patch)                  # then the target's, before the first write
+        self.on_event(f"patch {patch.name} enabled ("
+                      + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")")
+        return {"name": patch.name, "functions": [f.label for f in patch.funcs],
+                "pause_ms": round(self.last_pause_ms, 3)}
+
+    def _unpatch(self, req: Unpatch, _client: Client | None) -> Any:
+        lp = self.livepatch
+        with self.paused():
+            patch = lp.find(req.name)
+            lp.disable(patch)
+            deferred = patch in lp.deferred
+        self.on_event(f"patch {patch.name} disabled" + (" (its memory is kept until provably "
+                                                        "unused)" if deferred else ""))
+        return {"name": patch.name, "memory_freed": not deferred,
+                "pause_ms": round(self.last_pause_ms, 3)}
+
+    def _trace_start(self, req: TraceStart, client: Client | None) -> Any:
+        if self.tracer is not None:
+            raise ControlError("a trace is already running on this target")
+        with self.paused():
+            tracer = FunctionTracer(self.target.ftrace, list(req.filters))
+            tracer.start()
+        self.tracer, self._tracer_owner = tracer, client
+        return {"sites": [r.name for r in tracer.sites]}
+
+    def _trace_read(self, req: TraceRead | TraceStop, _client: Client | None) -> Any:
+        tracer = self.tracer
+        if tracer is None:
+            raise ControlError("no trace is running on this target")
+        with self.paused():
+            entries = tracer.read()
+            if isinstance(req, TraceStop):
+                tracer.stop()
+                self.tracer = self._tracer_owner = None
+        return {"calls": [[e.function, e.caller] for e in entries], "lost": tracer.lost}
+
+    def _read(self, req: Read, _client: Client | None) -> Any:
+        with self.paused():
+            return {"address": req.address,
+                    "data": self.target.machine.read(req.address, req.size).hex()}
 
     def _runtime_memory(self) -> dict[str, Any]:
         """Where armlp's own data lives in the target (diagnostics, tests):
@@ -194,20 +244,50 @@ class Controller:
                       for r in sorted(ft.records.values(), key=lambda r: r.ip)],
         }
 
+    def _serve_request(self, req: Request, client: Client | None) -> dict[str, Any]:
+        """The reply to one request; no failure of a handler escapes."""
+        try:
+            return {"ok": True, "result": self.handle(req, client)}
+        except ArmlpError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            what = type(req).__name__.lower()
+            self.on_event(f"internal error in {what}: {type(exc).__name__}: {exc}")
+            return {"ok": False, "error": f"internal error in {what} "
+                                          f"({type(exc).__name__}: {exc}); the target is "
+                                          f"unchanged"}
+
     # -- the loop -------------------------------------------------------------
 
-    def serve(self) -> int:
-        """Run the target, serving requests, until its program exits."""
+    def listen(self) -> socket.socket:
+        """The control socket, and the info file that lets clients find it."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
         try:
-            listener.bind(str(self.socket_path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.socket_path, 0o600)
-        listener.listen(8)
-        (self.dir / "info.json").write_text(json.dumps(self.info.to_json()))
-        clients: dict[socket.socket, bytearray] = {}
+            self.dir.mkdir(mode=0o700, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()       # a stale one of a reused pid
+            old_umask = os.umask(0o177)
+            try:
+                listener.bind(str(self.socket_path))
+            finally:
+                os.umask(old_umask)
+            os.chmod(self.socket_path, 0o600)
+            listener.listen(8)
+            listener.setblocking(False)
+            tmp = self.dir / "info.json.tmp"
+            tmp.write_text(json.dumps(self.info.to_json()))
+            tmp.replace(self.dir / "info.json")
+        except OSError as exc:
+            listener.close()
+            self._remove_files()
+            raise ControlError(f"cannot serve the control socket in {self.dir}: "
+                               f"{exc.strerror or exc}") from None
+        return listener
+
+    def serve(self, listener: socket.socket | None = None) -> int:
+        """Run the target, serving requests, until its program exits."""
+        listener = listener or self.listen()
+        clients: dict[int, Client] = {}
         start = time.monotonic()
         timers = sorted((start + d, i, r) for i, (d, r) in enumerate(self._timers))
         try:
@@ -226,38 +306,121 @@ class Controller:
                         return status
                 if self._release_at is None and self.livepatch.deferred and self.stops_all:
                     self._release_at = now + self._release_delay
+                for c in [c for c in clients.values() if c.deadline is not None
+                          and c.deadline <= now]:
+                    self._drop(c, clients)          # too slow: dropped, nothing else waits
                 due = [t[0] for t in timers[:1]] + \
-                    ([self._release_at] if self._release_at is not None else [])
+                    ([self._release_at] if self._release_at is not None else []) + \
+                    [c.deadline for c in clients.values() if c.deadline is not None]
                 wait = max(0.0, min(due) - now) if due else None
-                by_fd = {c.fileno(): c for c in clients}
                 target_fd = self.process.fileno()
                 if self.process.pending():
                     wait = 0.0
-                readable, _, _ = select.select([listener.fileno(), target_fd, *by_fd], [], [],
-                                               wait)
+                readable, writable, _ = select.select(
+                    [listener.fileno(), target_fd, *clients],
+                    [fd for fd, c in clients.items() if c.outbox], [], wait)
                 if target_fd in readable or self.process.pending():
                     status = self.process.poll_exit()
                     if status is not None:
                         return status
                 if listener.fileno() in readable:
-                    conn, _ = listener.accept()
-                    conn.settimeout(CLIENT_TIMEOUT)
-                    clients[conn] = bytearray()
+                    self._accept(listener, clients)
+                for fd in writable:
+                    if fd in clients:
+                        self._flush(clients[fd], clients)
                 for fd in readable:
-                    if fd in by_fd:
-                        self._serve_client(by_fd[fd], clients)
+                    if fd in clients:
+                        self._receive(clients[fd], clients)
                 status = self.process.exited()      # ended while a request ran
                 if status is not None:
                     return status
         finally:
-            for conn in clients:
-                conn.close()
+            for c in clients.values():
+                c.sock.close()
             listener.close()
-            for f in (self.socket_path, self.dir / "info.json"):
-                with contextlib.suppress(OSError):
-                    f.unlink()
+            self._remove_files()
+
+    def _remove_files(self) -> None:
+        for f in (self.socket_path, self.dir / "info.json", self.dir / "info.json.tmp"):
             with contextlib.suppress(OSError):
-                self.dir.rmdir()
+                f.unlink()
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+
+    def _accept(self, listener: socket.socket, clients: dict[int, Client]) -> None:
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return
+        if len(clients) >= MAX_CLIENTS:
+            sock.close()
+            return
+        sock.setblocking(False)
+        clients[sock.fileno()] = Client(sock)
+
+    def _receive(self, client: Client, clients: dict[int, Client]) -> None:
+        """Read what the client sent; serve each complete line."""
+        try:
+            chunk = client.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(client, clients)
+            return
+        client.inbox += chunk
+        while b"\n" in client.inbox and not client.closing:
+            line, _, rest = bytes(client.inbox).partition(b"\n")
+            client.inbox[:] = rest
+            try:
+                reply = self._serve_request(parse_request(decode(line)), client)
+            except ControlError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            self._reply(client, reply, clients)
+        if len(client.inbox) > MAX_REQUEST:
+            self._reply(client, {"ok": False, "error": f"request longer than {MAX_REQUEST} "
+                                                       f"bytes"}, clients)
+            client.closing = True
+            client.inbox.clear()
+        if client.inbox and client.deadline is None:
+            client.deadline = time.monotonic() + CLIENT_DEADLINE
+        elif not client.inbox and not client.outbox:
+            client.deadline = None
+
+    def _reply(self, client: Client, reply: dict[str, Any], clients: dict[int, Client]) -> None:
+        client.outbox += encode(reply)
+        self._flush(client, clients)
+
+    def _flush(self, client: Client, clients: dict[int, Client]) -> None:
+        try:
+            sent = client.sock.send(client.outbox)
+        except BlockingIOError:
+            sent = 0
+        except OSError:          # the client went away: the work stands, the reply is lost
+            self._drop(client, clients)
+            return
+        del client.outbox[:sent]
+        if client.outbox:
+            if client.deadline is None:
+                client.deadline = time.monotonic() + CLIENT_DEADLINE
+        elif client.closing:
+            self._drop(client, clients)
+        elif not client.inbox:
+            client.deadline = None
+
+    def _drop(self, client: Client, clients: dict[int, Client]) -> None:
+        """Close a client; a trace it started ends with it."""
+        clients.pop(client.sock.fileno(), None)
+        client.sock.close()
+        if self._tracer_owner is client and self.tracer is not None:
+            try:
+                with self.paused():
+                    self.tracer.stop()
+                self.on_event("trace stopped: its client went away")
+            except ArmlpError as exc:
+                self.on_event(f"stopping the trace of a client that went away failed: {exc}")
+            self.tracer = self._tracer_owner = None
 
     def _retry_release(self) -> None:
         """Try again to free disabled patches; back off while threads are
@@ -277,28 +440,7 @@ class Controller:
         else:
             self._release_delay, self._release_at = RELEASE_FIRST, None
 
-    def _run_timer(self, req: dict[str, Any]) -> None:
-        try:
-            self.handle(req)
-        except ArmlpError as exc:
-            self.on_event(f"{req.get('op')} failed: {exc}")
-
-    def _serve_client(self, conn: socket.socket, clients: dict[socket.socket, bytearray]
-                      ) -> None:
-        try:
-            req = recv(conn, clients[conn])
-        except (ControlError, OSError):
-            req = None
-        if req is None:
-            clients.pop(conn).clear()
-            conn.close()
-            return
-        try:
-            reply = {"ok": True, "result": self.handle(req)}
-        except ArmlpError as exc:
-            reply = {"ok": False, "error": str(exc)}
-        try:
-            send(conn, reply)
-        except OSError:      # the client went away: the work stands, the reply is lost
-            clients.pop(conn, None)
-            conn.close()
+    def _run_timer(self, req: Request) -> None:
+        reply = self._serve_request(req, None)
+        if not reply["ok"]:
+            self.on_event(f"{type(req).__name__.lower()} failed: {reply['error']}")

@@ -130,8 +130,7 @@ class Ftrace:
         self.ops: list[FtraceOps] = []
         self.veneers = VeneerPool(machine)
         self.heap = TargetHeap(machine, near=self._text_address(),
-                               quarantine=getattr(machine, "quarantine_heap",
-                                                  not getattr(machine, "all_stop", True)))
+                               quarantine=machine.quarantine_heap)
         self._active: dict[int, DynFtrace] = {}          # sites with users
         self._sites_of: dict[int, list[DynFtrace]] = {}  # id(ops) -> its sites
         self.mcount = self._mcount_address()

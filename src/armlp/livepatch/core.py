@@ -26,7 +26,7 @@ from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
 from armlp.livepatch.patch import KlpFunc, KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.trampoline import build_trampoline
-from armlp.machine.base import CodeWrite, all_threads_stopped, read_word, write_word
+from armlp.machine.base import CodeWrite, read_word, write_word
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS, KLP_FUNC_NODE, KLP_OPS
 from armlp.target import Target
 
@@ -276,10 +276,10 @@ class Livepatch:
         if not self.dead_tramps and not self.deferred:
             return freed
         try:
-            with all_threads_stopped(self.machine) as stopped:
+            with self.machine.all_stopped() as stopped:
                 if not stopped:
                     return freed
-                snap = liveness.take(self.machine, own=_own_memory(self.machine))
+                snap = liveness.take(self.machine, own=self.machine.armlp_memory())
         except MachineError:
             return freed        # no proof this time (a stalled stub, no memory map...): later
         # Indirect ways in: a thread inside (or holding) a trampoline, a
@@ -326,10 +326,3 @@ class Livepatch:
         rep = self.target.scan.find(name, sympos)
         stack = self.stacks.get(rep.site or -1)
         return stack.funcs[-1].new_func if stack else rep.fn.address
-
-
-def _own_memory(machine: object) -> list[tuple[int, int]]:
-    """armlp's own memory in the target (its allocations, its scratch page):
-    the scan before a free leaves it out."""
-    own = getattr(machine, "armlp_memory", None)
-    return list(own()) if own is not None else []

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from armlp.errors import MachineError
-from armlp.machine.base import Machine
+from armlp.machine.base import Machine, Region
 
 #: How far below a thread's sp its stack is copied: a return (``pop {...,
 #: pc}``, ``ldmdb fp, {fp, sp, pc}``) interrupted by qemu between storing the
@@ -34,9 +34,6 @@ from armlp.machine.base import Machine
 #: state shows; those came from registers whose stored copies still hold the
 #: values (qemu stores them before every memory access and at every branch).
 SP_SLACK = 16
-#: Writable according to a region's permissions: ``rw-`` text (GDB machine)
-#: or Unicorn's UC_PROT_WRITE bit (emulator).
-_UC_PROT_WRITE = 2
 
 
 @dataclass
@@ -82,9 +79,7 @@ def take(machine: Machine, own: Sequence[tuple[int, int]]) -> Snapshot:
     *own* are armlp's ranges, left out.  Every thread must be stopped.
     MachineError when a thread's stack or a mapping cannot be read: no
     proof then."""
-    regions_of = getattr(machine, "regions", None)
-    regions = [(int(lo), int(hi), p) for lo, hi, p in regions_of()] \
-        if regions_of is not None else None
+    regions = machine.regions()
     snap = Snapshot()
     stacks: set[tuple[int, int]] = set()
     for tid in machine.threads():
@@ -94,8 +89,9 @@ def take(machine: Machine, own: Sequence[tuple[int, int]]) -> Snapshot:
         stacks.add((lo, hi))
         low = max(lo, (regs.sp - SP_SLACK) & ~3)
         snap.chunks.append(machine.read(low, hi - low) if hi > low else b"")
-    for lo, hi, perms in regions or ():
-        if (lo, hi) in stacks or not _writable(perms):
+    for r in regions:
+        lo, hi = r.start, r.end
+        if (lo, hi) in stacks or not r.writable:
             continue
         if any(a < hi and lo < b for a, b in own):
             continue
@@ -103,16 +99,8 @@ def take(machine: Machine, own: Sequence[tuple[int, int]]) -> Snapshot:
     return snap
 
 
-def _region_of(regions: list[tuple[int, int, object]] | None, sp: int) -> tuple[int, int]:
-    if regions is None:
-        return (sp & ~3, (sp & ~3) + 0x10000)
-    for lo, hi, _perms in regions:
-        if lo <= sp < hi:
-            return (lo, hi)
+def _region_of(regions: list[Region], sp: int) -> tuple[int, int]:
+    for r in regions:
+        if r.start <= sp < r.end:
+            return (r.start, r.end)
     raise MachineError(f"a thread's sp {sp:#010x} is in no mapped region")
-
-
-def _writable(perms: object) -> bool:
-    if isinstance(perms, str):
-        return "w" in perms
-    return bool(int(perms) & _UC_PROT_WRITE)  # type: ignore[call-overload]

@@ -18,9 +18,9 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
-import contextlib
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -54,6 +54,22 @@ class CodeWrite:
     address: int
     expected: bytes
     new: bytes
+
+
+@dataclass(frozen=True)
+class Region:
+    """A mapped range of target memory, ``[start, end)``, and its access."""
+
+    start: int
+    end: int
+    readable: bool = True
+    writable: bool = False
+    executable: bool = False
+
+    @classmethod
+    def from_perms(cls, start: int, end: int, perms: str) -> Region:
+        """From ``/proc/PID/maps`` permissions (``rwxp``)."""
+        return cls(start, end, perms[:1] == "r", perms[1:2] == "w", perms[2:3] == "x")
 
 
 @runtime_checkable
@@ -104,6 +120,36 @@ class Machine(Protocol):
     def set_regs(self, regs: Regs, thread: int | None = None) -> None:
         ...
 
+    @property
+    def stops_all(self) -> bool:
+        """Whether :meth:`all_stopped` can hold every thread still (a
+        machine that cannot is written word by word, and never frees)."""
+        ...
+
+    @property
+    def quarantine_heap(self) -> bool:
+        """Whether freed heap blocks must never be reused (threads may still
+        hold a pointer to one while armlp works)."""
+        ...
+
+    def all_stopped(self) -> AbstractContextManager[bool]:
+        """``with machine.all_stopped() as stopped:`` every thread of the
+        target held still inside the block when *stopped*."""
+        ...
+
+    def regions(self) -> list[Region]:
+        """The target's mapped memory."""
+        ...
+
+    def armlp_memory(self) -> list[tuple[int, int]]:
+        """Every range armlp mapped in the target (``[start, end)``)."""
+        ...
+
+    def flush_icache(self, address: int, size: int) -> None:
+        """Make every thread execute what is now in ``[address, address +
+        size)`` (the machine's ``flush_icache_range``)."""
+        ...
+
 
 def read_word(machine: Machine, address: int) -> int:
     return int(struct.unpack("<I", machine.read(address, 4))[0])
@@ -111,17 +157,3 @@ def read_word(machine: Machine, address: int) -> int:
 
 def write_word(machine: Machine, address: int, value: int) -> None:
     machine.write(address, struct.pack("<I", value & 0xFFFFFFFF))
-
-
-@contextlib.contextmanager
-def all_threads_stopped(machine: Machine) -> Iterator[bool]:
-    """``with all_threads_stopped(m) as stopped:`` every thread of the
-    target held still inside the block when *stopped*.  A machine stops
-    whole unless it says otherwise: one with ``all_stopped()`` (the GDB
-    machine) is asked; one with ``all_stop = False`` cannot."""
-    stopper = getattr(machine, "all_stopped", None)
-    if stopper is not None:
-        with stopper() as stopped:
-            yield bool(stopped)
-        return
-    yield bool(getattr(machine, "all_stop", True))

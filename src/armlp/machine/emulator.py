@@ -45,9 +45,10 @@ Errors
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +58,7 @@ from unicorn import arm_const as ac
 
 from armlp.elf.image import ET_EXEC, ElfImage
 from armlp.errors import CodeModificationError, MachineError
-from armlp.machine.base import REG_ORDER, CodeWrite, Regs
+from armlp.machine.base import REG_ORDER, CodeWrite, Region, Regs
 from armlp.machine.syscalls import LinuxSyscalls, SyscallStop, UnknownSyscall, VirtualClock
 
 #: The binding's stubs are incomplete (py2 and py3 flavours): use it untyped.
@@ -417,9 +418,20 @@ class Emulator:
         """Every range armlp allocated in the target."""
         return [(a, a + n) for a, n in self._allocs.items()]
 
-    def regions(self) -> list[tuple[int, int, int]]:
-        """Mapped regions as (start, end exclusive, UC_PROT_* flags)."""
-        return sorted((b, e + 1, p) for b, e, p in self.uc.mem_regions())
+    def regions(self) -> list[Region]:
+        """Mapped regions, from Unicorn's UC_PROT_* flags."""
+        return sorted((Region(b, e + 1, bool(p & uc.UC_PROT_READ), bool(p & uc.UC_PROT_WRITE),
+                              bool(p & uc.UC_PROT_EXEC)) for b, e, p in self.uc.mem_regions()),
+                      key=lambda r: r.start)
+
+    #: One thread, stopped whenever armlp runs: every write is all-stop.
+    stops_all = True
+    quarantine_heap = False
+
+    @contextlib.contextmanager
+    def all_stopped(self) -> Iterator[bool]:
+        """The emulator runs only when armlp lets it: always stopped here."""
+        yield True
 
     @property
     def exited(self) -> bool:
@@ -562,7 +574,8 @@ class Emulator:
     def _find_free(self, size: int, lo: int, hi: int, *, top_down: bool) -> int | None:
         gaps: list[tuple[int, int]] = []
         cur = lo
-        for b, e, _ in self.regions():
+        for r in self.regions():
+            b, e = r.start, r.end
             if e <= cur:
                 continue
             if b >= hi:

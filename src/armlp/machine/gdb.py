@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from armlp.errors import CodeModificationError, MachineError, StubStalledError
-from armlp.machine.base import CodeWrite, Regs
+from armlp.machine.base import CodeWrite, Region, Regs
 from armlp.machine.freeze import Freezer
 from armlp.machine.qemu import HostMemory, parse_maps
 from armlp.machine.rsp import RspConnection, StopReply
@@ -156,7 +156,7 @@ class GdbMachine:
         self.all_stop = conn.features.get("QNonStop") == "+"
         #: Freed heap blocks are never reused: under a stub, threads may be
         #: stopped inside the runtime holding a pointer to one.
-        self.quarantine_heap = True
+        self.quarantine_heap: bool = True
         #: ... unless armlp may ptrace the local qemu: then code writes and
         #: the scan before a free stop every thread (see all_stopped).
         self.freezer = freezer
@@ -257,6 +257,13 @@ class GdbMachine:
         for start, img in images:
             self._raw_write(start, bytes(img))
 
+    def flush_icache(self, address: int, size: int) -> None:
+        """After a write behind the target's back (``/proc/PID/mem``): make
+        qemu drop what it translated from those pages.  Stub writes flush by
+        themselves (qemu's write path, gdbserver's ptrace)."""
+        if size > 0 and self.host_memory is not None:
+            self._drop_translations([(address, bytes(size))])
+
     @property
     def stops_all(self) -> bool:
         """Whether code writes and the scan before a free can stop every
@@ -315,7 +322,7 @@ class GdbMachine:
             out.append((self._staging, self._staging + _STAGING))
         return out
 
-    def regions(self) -> list[tuple[int, int, str]]:
+    def regions(self) -> list[Region]:
         """The program's mapped memory as ``(start, end, perms)`` guest
         ranges: qemu's ``/proc/PID/maps`` for a local qemu, else the
         process's own through the stub's host I/O (``vFile``, gdbserver)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from armlp.errors import MachineError
+from armlp.machine.base import Region
 from armlp.machine.rsp import DEFAULT_TIMEOUT, RspConnection
 
 if TYPE_CHECKING:
@@ -194,9 +195,9 @@ def start_qemu(program: str | Path, args: Sequence[str] = (), *,
     return QemuProcess(popen, conn, directory)
 
 
-def parse_maps(text: str, base: int = 0) -> list[tuple[int, int, str]]:
-    """The accessible ranges of a ``/proc/PID/maps`` text as ``(start, end,
-    perms)``, less *base* (qemu-user's guest base), within 32-bit addresses.
+def parse_maps(text: str, base: int = 0) -> list[Region]:
+    """The accessible ranges of a ``/proc/PID/maps`` text, less *base*
+    (qemu-user's guest base), within 32-bit addresses.
     Inaccessible ones are left out: qemu reserves the whole guest space and
     maps what the guest unmaps back to PROT_NONE."""
     out = []
@@ -206,7 +207,7 @@ def parse_maps(text: str, base: int = 0) -> list[tuple[int, int, str]]:
             continue
         lo, hi = (int(x, 16) - base for x in fields[0].split("-"))
         if lo >= 0 and hi <= 1 << 32 and fields[1][:3] != "---":
-            out.append((lo, hi, fields[1][:3]))
+            out.append(Region.from_perms(lo, hi, fields[1]))
     return out
 
 
@@ -246,7 +247,7 @@ class HostMemory:
     def read(self, address: int, size: int) -> bytes:
         return os.pread(self.fd, size, address + self.guest_base)
 
-    def regions(self) -> list[tuple[int, int, str]]:
+    def regions(self) -> list[Region]:
         """The guest's mapped ranges ``(start, end, perms)`` from qemu's
         ``/proc/PID/maps`` (its own mappings outside the guest's 4 GiB left
         out)."""
