@@ -150,13 +150,13 @@ def test_an_undo_that_crashes_is_a_failure_not_an_error(corrupted: dict[str, Any
 
 
 @pytest.mark.parametrize("args,message", [
-    (["/nonexistent/prog"], "cannot read"),
+    (["/nonexistent/prog"], "no such file"),
     (["{notelf}"], "not an ELF"),
     (["{object}"], "not a static executable"),
     (["{prog}", "--function", "no_such_function"], "no function named"),
     (["{prog}", "--function", "memcpy"], "is not patchable"),
     (["{prog}", "--function", "many_args,x"], "SYMPOS must be a number"),
-    (["{prog}", "--trials", "0"], "--trials must be at least 1"),
+    (["{prog}", "--trials", "0"], "--trials: '0': at least 1 is required"),
     (["{prog}", "--paths", "generic,quick"], "bad --paths"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

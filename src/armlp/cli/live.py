@@ -52,11 +52,9 @@ def _print(args: argparse.Namespace, result: object, text: str) -> None:
 def patch(args: argparse.Namespace) -> int:
     from armlp.control.paths import find_target
     from armlp.control.protocol import request
+    from armlp.inputs import check_input
 
-    path = os.path.abspath(args.patch)
-    if not os.path.isfile(path):
-        from armlp.errors import ArmlpError
-        raise ArmlpError(f"{args.patch}: no such file")
+    path = os.path.abspath(check_input(args.patch, "patch module"))
     info = find_target(args.target)
     res = request(info.socket, {"op": "patch", "path": path})
     _print(args, res, f"{info.id}: patch {res['name']} enabled "

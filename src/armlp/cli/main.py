@@ -7,9 +7,12 @@ code 2; nothing a user types produces a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from armlp import __version__
 from armlp.errors import ArmlpError
@@ -23,10 +26,18 @@ COMMANDS = {"scan": "scan", "trace": "trace", "verify": "verify", "run": "run",
             "attach": "run", "cflags": "run", "patch": "live", "unpatch": "live", "status": "live"}
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line too: what is wrong, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"armlp: error: {self.prog}: {printable(message)} "
+                              f"(see '{self.prog} --help')\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand, or only of *command*: the one the user
     typed, so that ``armlp scan`` does not import what ``armlp run`` needs."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="armlp",
         description="Live patching for 32-bit ARM code built with -marm -pg -mapcs-frame.",
     )
@@ -39,21 +50,55 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def printable(text: object, limit: int = 2000) -> str:
+    """*text* as one line a terminal shows as it is: control characters and
+    undecodable bytes escaped, at most *limit* characters."""
+    s = str(text)
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+    return out if len(out) <= limit else out[:limit] + "..."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Everything after the first "--" belongs to the program (run, trace).
+    rest: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1:]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
+    if rest:
+        if not hasattr(args, "args"):
+            parser.error(f"armlp {args.command} takes no program arguments after '--'")
+        args.args = [*args.args, *rest]
     try:
         return int(args.func(args))
     except ArmlpError as exc:
-        print(f"armlp: error: {exc}", file=sys.stderr)
+        print(f"armlp: error: {printable(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("armlp: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _quiet_stdout()
         return 0
+    except RecursionError:
+        print("armlp: error: input nested too deeply to process", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if os.environ.get("ARMLP_DEBUG"):
+            raise
+        print(f"armlp: error: internal error ({type(exc).__name__}: {printable(exc, 300)}); "
+              f"ARMLP_DEBUG=1 shows the traceback", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (``armlp ... | head``): no second error at exit."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from armlp.cli.args import amount, count
 from armlp.errors import ArmlpError
+
+if TYPE_CHECKING:
+    from armlp.control.qemu_live import GdbLive
+    from armlp.control.server import Controller
+    from armlp.elf.image import ElfImage
 
 RUN_HELP = """\
 Run PROGRAM (a static ARM executable built with -pg) under armlp.
@@ -62,13 +68,13 @@ def register(sub: Any) -> None:
     p.add_argument("--patch", action="append", default=[], metavar="PATCH.o[@SECONDS]",
                    help="patch module to apply (repeatable: applied in order, stacked); "
                         "with qemu, @SECONDS delays it")
-    p.add_argument("--after", type=float, default=0.0, metavar="MS",
+    p.add_argument("--after", type=amount, default=0.0, metavar="MS",
                    help="apply the patches after MS ms of the program's clock (default 0)")
-    p.add_argument("--unpatch-after", type=float, default=None, metavar="MS",
+    p.add_argument("--unpatch-after", type=amount, default=None, metavar="MS",
                    help="disable the patches (newest first) MS ms after applying them")
     p.add_argument("--json", action="store_true",
                    help="print a JSON summary of events and the exit status at the end")
-    p.add_argument("--max-instructions", type=int, default=5_000_000_000, metavar="N",
+    p.add_argument("--max-instructions", type=count, default=5_000_000_000, metavar="N",
                    help="stop the program after N instructions")
     p.set_defaults(func=run)
     a = sub.add_parser("attach", help="take control of a program waiting under a GDB stub",
@@ -104,13 +110,21 @@ def _note(msg: str) -> None:
 
 
 def _split_patch(spec: str) -> tuple[str, float]:
+    """``PATCH.o[@SECONDS]``: a regular file (checked now, before anything
+    starts) and a finite delay of at least 0."""
+    from armlp.control.protocol import finite
+    from armlp.inputs import check_input
+
     path, sep, delay = spec.rpartition("@")
     if not sep:
-        return spec, 0.0
-    try:
-        return path, float(delay)
-    except ValueError:
-        raise ArmlpError(f"bad --patch {spec!r}: expected PATCH.o@SECONDS") from None
+        path, seconds = spec, 0.0
+    else:
+        try:
+            seconds = finite(float(delay), f"the delay of --patch {spec!r}")
+        except ValueError:
+            raise ArmlpError(f"bad --patch {spec!r}: expected PATCH.o@SECONDS") from None
+    check_input(path, "patch module")
+    return path, seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_qemu(args: argparse.Namespace) -> int:
+    import signal
+
     from armlp.control import qemu_live
     from armlp.control.paths import runtime_dir
     from armlp.elf.image import ElfImage
@@ -134,9 +150,26 @@ def run_qemu(args: argparse.Namespace) -> int:
     runtime_dir()       # a control directory that is not private: refuse before starting
     live = qemu_live.start(image, args.program, args.args)
     assert live.qemu is not None and live.guardian is not None
+    try:                # refusals before the program's first instruction: it never runs
+        controller = _controller(image, live, args.program, patches)
+        listener = controller.listen()
+    except BaseException:
+        live.guardian.stand_down()
+        live.qemu.close()
+        raise
+    # From here on the program runs: a terminal's ^C is the program's (it
+    # ends with its SIGINT, or goes on), and no error of armlp's ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        status = _control(image, live, args.program, patches)
-    finally:
+        status = controller.serve(listener)
+    except Exception as exc:
+        if live.qemu.popen.poll() is not None:      # nothing left to keep alive
+            live.guardian.stand_down()
+            live.qemu.close()
+            raise ArmlpError(_describe(exc)) from None
+        _note(f"error: {_describe(exc)}; the program runs on without armlp")
+        status = live.abandon() or 0
+    else:
         live.guardian.stand_down()
         live.qemu.close()
     if args.json:
@@ -145,6 +178,8 @@ def run_qemu(args: argparse.Namespace) -> int:
 
 
 def attach(args: argparse.Namespace) -> int:
+    import signal
+
     from armlp.control import qemu_live
     from armlp.elf.image import ElfImage
 
@@ -152,16 +187,27 @@ def attach(args: argparse.Namespace) -> int:
     patches = [_split_patch(p) for p in args.patch]
     live = qemu_live.attach(image, args.program, args.address, _note)
     assert live.guardian is not None
-    # Stood down only when the program has ended: if armlp fails (or is
-    # interrupted) while the program it did not start runs on, the guardian
-    # lets it go cleanly.
-    status = _control(image, live, args.program, patches)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Stood down only when the program has ended: if armlp fails while the
+    # program it did not start runs on, the guardian lets it go cleanly.
+    try:
+        controller = _controller(image, live, args.program, patches)
+        status = controller.serve()
+    except Exception as exc:
+        live.abandon()
+        raise ArmlpError(f"{_describe(exc)}; the program runs on without armlp") from None
     live.guardian.stand_down()
     return status
 
 
-def _control(image: Any, live: Any, program: str, patches: list[tuple[str, float]]) -> int:
-    """Attach armlp to a stopped process and serve its controller until it ends."""
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ArmlpError) else \
+        f"internal error ({type(exc).__name__}: {exc})"
+
+
+def _controller(image: ElfImage, live: GdbLive, program: str,
+                patches: list[tuple[str, float]]) -> Controller:
+    """Attach armlp to a stopped process: its controller, ready to serve."""
     import os
 
     from armlp.control.protocol import Patch
@@ -175,7 +221,7 @@ def _control(image: Any, live: Any, program: str, patches: list[tuple[str, float
         controller.schedule(delay, Patch(os.path.abspath(path)))
     _note(f"target {controller.id}: {len(target.ftrace.records)} mcount sites ready; "
           f"control socket {controller.socket_path}")
-    return controller.serve()
+    return controller
 
 
 def run_emu(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from armlp.cli.args import amount, count
 from armlp.errors import ArmlpError
 
 if TYPE_CHECKING:   # imported in run(): `armlp scan` should not pay for the emulator
@@ -36,7 +37,7 @@ def register(sub: Any) -> None:
     p.add_argument("--target", metavar="ID",
                    help="trace a running target instead (see 'armlp status'); "
                         "'-' for the only one")
-    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--duration", type=amount, default=None, metavar="SECONDS",
                    help="with --target: stop after SECONDS (default: until Ctrl-C)")
     p.add_argument("args", nargs="*", metavar="ARGS", help="program arguments (after --)")
     p.add_argument("--filter", action="append", default=[], metavar="GLOB",
@@ -44,7 +45,7 @@ def register(sub: Any) -> None:
                         "repeatable")
     p.add_argument("--graph", action="store_true", help="indent calls by nesting depth")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--max-instructions", type=int, default=2_000_000_000, metavar="N",
+    p.add_argument("--max-instructions", type=count, default=2_000_000_000, metavar="N",
                    help="stop the program after N instructions (default 2e9)")
     p.set_defaults(func=run)
 

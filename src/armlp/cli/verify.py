@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from armlp.cli.args import count
 from armlp.cli.scan import parse_function_spec
 from armlp.errors import ArmlpError
 
@@ -66,7 +67,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--function", metavar="NAME[,SYMPOS]",
                    help="verify this function only")
-    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, metavar="N",
+    p.add_argument("--trials", type=count, default=DEFAULT_TRIALS, metavar="N",
                    help=f"random entry contexts per function and path "
                         f"(default {DEFAULT_TRIALS})")
     p.add_argument("--paths", metavar="PATH[,PATH...]",
@@ -80,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
     from armlp.target import Target
     from armlp.verify import PATHS, Prover
 
-    if args.trials < 1:
-        raise ArmlpError(f"--trials must be at least 1, not {args.trials}")
     paths = PATHS if args.paths is None else tuple(args.paths.split(","))
     unknown = [p for p in paths if p not in PATHS]
     if unknown or not paths:

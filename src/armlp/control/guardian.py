@@ -97,6 +97,19 @@ class Guardian:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
 
+    def abandon(self, *, wait: bool) -> None:
+        """The controller gives up (an error it cannot recover from): the
+        guardian takes over as if the controller had died.  With *wait*,
+        return once it has ended (when the program has: it is armlp's child)."""
+        if self._pipe is None:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self._pipe)
+        self._pipe = None
+        if wait:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+
     def _say(self, what: bytes) -> None:
         if self._pipe is not None:
             with contextlib.suppress(OSError):

@@ -3,6 +3,7 @@ qemu-arm that armlp started, or already waiting under a stub (attach)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 from armlp.control.guardian import Guardian
@@ -99,6 +100,26 @@ class GdbLive:
             return self.exit_status
         self.machine.resume()      # a stray stop of ours (late SIGINT): go on
         return None
+
+    def abandon(self) -> int | None:
+        """Leave the program to the guardian, for good (the controller hit
+        an error it cannot recover from): it lets the program go from any
+        stop of armlp's and answers its stops until it ends.  Under a
+        qemu-arm armlp started, wait for that end and return the program's
+        exit status; after attach, return None at once."""
+        if self.guardian is None:
+            raise MachineError("no guardian to leave the program to")
+        freezer = self.machine.freezer
+        if freezer is not None and freezer.is_frozen:
+            with contextlib.suppress(MachineError):
+                freezer.thaw()
+        self.machine.conn.close()          # the guardian holds its own copy
+        self.guardian.abandon(wait=self.qemu is not None)
+        if self.qemu is None:
+            return None
+        code = self.qemu.popen.wait()
+        self.exit_status = code if code >= 0 else 128 - code
+        return self.exit_status
 
     def _lost(self) -> int:
         """The stub connection is gone without an exit report.  Under a

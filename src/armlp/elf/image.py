@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from armlp.errors import ElfError
+from armlp.inputs import read_input
 
 if TYPE_CHECKING:
     # pyelftools is imported on first use (relocations): it takes longer to
@@ -77,12 +78,7 @@ class ElfImage:
     def __init__(self, path: str | Path, data: bytes | None = None) -> None:
         self.path = Path(path)
         if data is None:
-            try:
-                data = self.path.read_bytes()
-            except IsADirectoryError:
-                raise ElfError(f"{self.path}: is a directory, not an ELF file") from None
-            except OSError as exc:
-                raise ElfError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+            data = read_input(self.path, "ELF file")
         self.data = data
         self._parse_header()
         self.sections = self._parse_sections()

@@ -10,6 +10,7 @@ enable) and the descriptors are decoded from the section bytes it produced.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,12 @@ from armlp.loader import LoadedModule, load_objects
 
 DESC = struct.Struct("<IIII")
 PROGRAM = "program"
+#: A patch's name: what the kernel allows in a module name, and '.'.
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Sections whose code runs at load time in a program; armlp does not run
+#: them (callbacks are the way to run code when a patch is enabled).
+_CONSTRUCTORS = (".init_array", ".ctors", ".preinit_array", ".fini_array", ".dtors",
+                 ".init", ".fini")
 
 
 @dataclass(eq=False)
@@ -98,8 +105,12 @@ def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[
     name_secs = [s for s in module.sections if s.name == ".armlp.name"]
     name = (name_secs[0].data.split(b"\0")[0].decode("utf-8", "replace") if name_secs
             else path.stem)
+    if not NAME_RE.fullmatch(name):
+        raise PatchError(f"{path}: patch name {name[:80]!r} is not 1-64 letters, digits, "
+                         f"'-', '_' or '.' (set it with ARMLP_PATCH)")
     by_object: dict[str, KlpObject] = {}
     by_addr = {s.address: s.name for s in module.symbols if s.is_function}
+    code = [(s.address, s.end) for s in module.sections if s.executable and not s.nobits]
     for sec in funcs_secs:
         if sec.size % DESC.size:
             raise PatchError(f"{path}: .armlp.funcs is {sec.size} bytes, not a multiple "
@@ -110,9 +121,17 @@ def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[
             if obj != PROGRAM:
                 raise PatchError(f"{path}: {old}: object {obj!r} (only the main program "
                                  f"can be patched for now)")
+            if not old or len(old) > 256 or not old.isprintable():
+                raise PatchError(f"{path}: a descriptor names no valid function to replace "
+                                 f"({old[:40]!r})")
+            if new_ptr == 0:
+                raise PatchError(f"{path}: the replacement of {old} is NULL")
             if new_ptr & 1:
                 raise PatchError(f"{path}: replacement of {old} is Thumb code; build the "
                                  f"patch with -marm")
+            if not any(lo <= new_ptr < hi for lo, hi in code):
+                raise PatchError(f"{path}: the replacement of {old} ({new_ptr:#x}) is not a "
+                                 f"function of the patch (data, or code outside it)")
             new_name = by_addr.get(new_ptr, f"{new_ptr:#x}")
             func = KlpFunc(old, sympos, new_ptr, new_name)
             by_object.setdefault(obj, KlpObject(obj)).funcs.append(func)
@@ -133,10 +152,21 @@ def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
     if not image.is_relocatable:
         raise PatchError(f"{image.path}: not a relocatable object (.o); build the patch "
                          f"with -c")
+    ctors = [s.name for s in image.sections if s.name.startswith(_CONSTRUCTORS) and s.size]
+    if ctors:
+        raise PatchError(f"{image.path}: has {ctors[0]}: armlp does not run a patch's "
+                         f"constructors or destructors (remove __attribute__((constructor)) "
+                         f"and static initialisers that need code)")
     module = load_objects([image], base=base, target=target, exports=exports)
     name, objects = parse_descriptors(image, module)
     tsec = next((s for s in module.sections if s.name == ".armlp.target"), None)
-    build_id = tsec.data.split(b"\0")[0].decode() if tsec is not None else None
+    build_id = None
+    if tsec is not None:
+        raw = tsec.data.split(b"\0")[0]
+        if not re.fullmatch(rb"[0-9a-f]{2,128}", raw):
+            raise PatchError(f"{image.path}: .armlp.target holds no build-id "
+                             f"({raw[:40]!r}): rebuild the patch with armlp cflags --target")
+        build_id = raw.decode()
     return KlpPatch(name, image.path, image, objects, build_id or None, size=module.size)
 
 

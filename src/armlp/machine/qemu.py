@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from armlp.errors import MachineError
+from armlp.inputs import check_input
 from armlp.machine.base import Region
 from armlp.machine.rsp import DEFAULT_TIMEOUT, RspConnection
 
@@ -151,9 +152,7 @@ def start_qemu(program: str | Path, args: Sequence[str] = (), *,
     inherited), *cwd* its working directory.  *timeout* is the connection's
     reply timeout.
     """
-    prog = Path(program)
-    if not prog.is_file():
-        raise MachineError(f"{prog}: no such program")
+    prog = check_input(program, "program")
     directory = Path(tempfile.mkdtemp(prefix="armlp-"))
     os.chmod(directory, stat.S_IRWXU)
     sock = directory / "gdb.sock"

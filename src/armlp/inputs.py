@@ -1,0 +1,86 @@
+"""Reading the files a user names: regular files only, of bounded size.
+
+A device (``/dev/zero`` never ends), a FIFO (never opens, or never ends) or
+a directory given as a program, patch or image is refused with one line
+before anything is read; a file larger than :data:`MAX_INPUT` too.  The
+file is opened without blocking and checked on the open descriptor, so it
+cannot be swapped for a FIFO between the check and the read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from armlp.errors import ArmlpError
+
+#: The largest input armlp reads (a kernel image with debug information is
+#: a few hundred MB).
+MAX_INPUT = 2 << 30
+
+
+class InputError(ArmlpError):
+    """An input file is missing, unreadable, not a regular file, or too large."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_input(path: str | Path, what: str = "file") -> Path:
+    """*path* if it names a regular file of at most :data:`MAX_INPUT` bytes."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        raise InputError(f"{p}: no such file" if isinstance(exc, FileNotFoundError)
+                         else f"{p}: cannot read: {exc.strerror or exc}") from None
+    _check(p, st, what)
+    return p
+
+
+def _check(p: Path, st: os.stat_result, what: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{p}: {_kind(st.st_mode)}, not a {what}")
+    if st.st_size > MAX_INPUT:
+        raise InputError(f"{p}: {st.st_size} bytes, larger than the {MAX_INPUT >> 20} MiB "
+                         f"armlp reads")
+
+
+def read_input(path: str | Path, what: str = "file") -> bytes:
+    """The bytes of the regular file *path* (see the module docstring)."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if isinstance(exc, IsADirectoryError):
+            raise InputError(f"{p}: a directory, not a {what}") from None
+        raise InputError(f"{p}: no such file" if isinstance(exc, FileNotFoundError)
+                         else f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        _check(p, st, what)
+        chunks = []
+        left = st.st_size + 1           # one more: a file that grew is still bounded
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise InputError(f"{p}: changed while being read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
