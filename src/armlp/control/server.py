@@ -223,9 +223,17 @@ class Controller:
         return {"calls": [[e.function, e.caller] for e in entries], "lost": tracer.lost}
 
     def _read(self, req: Read, _client: Client | None) -> Any:
+        m = self.target.machine
         with self.paused():
-            return {"address": req.address,
-                    "data": self.target.machine.read(req.address, req.size).hex()}
+            end = req.address + req.size
+            at = req.address
+            for r in sorted((r for r in m.regions() if r.readable), key=lambda r: r.start):
+                if r.start <= at < r.end:
+                    at = r.end
+            if at < end:
+                raise ControlError(f"read: [{req.address:#x}, {end:#x}) is not mapped readable "
+                                   f"in the target")
+            return {"address": req.address, "data": m.read(req.address, req.size).hex()}
 
     def _runtime_memory(self) -> dict[str, Any]:
         """Where armlp's own data lives in the target (diagnostics, tests):
@@ -369,6 +377,8 @@ class Controller:
         if not chunk:
             self._drop(client, clients)
             return
+        if client.closing:
+            return                  # said all there is to say to this one
         client.inbox += chunk
         while b"\n" in client.inbox and not client.closing:
             line, _, rest = bytes(client.inbox).partition(b"\n")
