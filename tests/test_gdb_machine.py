@@ -19,16 +19,10 @@ from armlp.build import build_program
 from armlp.elf.image import ElfImage
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
-from armlp.machine.gdb import BRANCH_RANGE, NR_GETPID, NR_GETTID
+from armlp.machine.inject import BRANCH_RANGE, NR_GETPID, NR_GETTID
 from armlp.machine.qemu import QemuProcess, start_qemu
-from armlp.machine.rsp import (
-    RspConnection,
-    escape,
-    frame,
-    parse_stop_reply,
-    rle_decode,
-    unescape,
-)
+from armlp.machine.rsp import RspConnection
+from armlp.machine.rsp_packets import escape, frame, parse_stop_reply, rle_decode, unescape
 from armlp.target import Target
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -315,7 +309,7 @@ def test_abandoned_syscall_lets_the_thread_go_on(run: type[Started], prog: Path)
     """If armlp dies with a system call set up on a borrowed thread, the
     thread runs the call, falls through to armlp's restore stub, gets its own
     registers back and the program finishes as if nothing happened."""
-    from armlp.machine.gdb import Regs, _decode_regs, _encode_regs
+    from armlp.machine.inject import Regs, _decode_regs, _encode_regs
 
     s = run(prog, "7")
     m = s.m
@@ -337,7 +331,7 @@ def test_abandoned_call_returns_the_thread_to_its_code(run: type[Started], prog:
     """armlp dies during a call on a borrowed thread; the guardian's detach
     (here: the stub's ``D``) removes the breakpoint on the return address,
     where ``b restore`` gives the thread back its registers."""
-    from armlp.machine.gdb import Regs, _decode_regs, _encode_regs
+    from armlp.machine.inject import Regs, _decode_regs, _encode_regs
 
     s = run(prog, "7")
     m = s.m

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from armlp.control.guardian import _take_over
-from armlp.machine.rsp import frame
+from armlp.machine.rsp_packets import frame
 
 OURS = frozenset({74, 5})
 

@@ -38,7 +38,7 @@ import signal
 import socket
 from collections.abc import Collection
 
-from armlp.machine.rsp import frame
+from armlp.machine.rsp_packets import frame
 
 #: GDB's SIGTRAP: the stop of a single step or breakpoint.
 GDB_SIGTRAP = 5

@@ -10,7 +10,8 @@ from armlp.control.guardian import Guardian
 from armlp.elf.image import ElfImage
 from armlp.errors import ArmlpError, MachineError
 from armlp.machine.freeze import Freezer
-from armlp.machine.gdb import GDB_SIGINT, GdbMachine
+from armlp.machine.gdb import GdbMachine
+from armlp.machine.inject import GDB_SIGINT
 from armlp.machine.qemu import (
     GDB_STOP_SIGNAL,
     GUEST_STOP_SIGNAL,
@@ -20,7 +21,8 @@ from armlp.machine.qemu import (
     send_thread_signal,
     start_qemu,
 )
-from armlp.machine.rsp import RspConnection, StopReply
+from armlp.machine.rsp import RspConnection
+from armlp.machine.rsp_packets import StopReply
 
 POLL = 0.5
 #: Exit status reported when the stub went away without telling how the

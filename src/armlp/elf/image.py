@@ -35,8 +35,24 @@ EF_ARM_BE8 = 0x00800000
 
 _EHDR = struct.Struct("<16sHHIIIIIHHHHHH")
 _SHDR = struct.Struct("<IIIIIIIIII")
+_PHDR = struct.Struct("<IIIIIIII")
+PT_LOAD, PT_INTERP = 1, 3
+PF_X, PF_W, PF_R = 1, 2, 4
 _NHDR = struct.Struct("<III")
 NT_GNU_BUILD_ID = 3
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One program header (``PT_LOAD``, ``PT_INTERP``...), checked against the file."""
+
+    type: int
+    offset: int
+    vaddr: int
+    filesz: int
+    memsz: int
+    flags: int
+    align: int
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,7 @@ class Section:
     link: int
     info: int
     entsize: int
+    addralign: int = 1
 
     @property
     def is_alloc(self) -> bool:
@@ -127,6 +144,8 @@ class ElfImage:
             raise self._fail(f"section name table index {e_shstrndx} out of range")
         self.type: int = e_type
         self.entry: int = e_entry
+        self.phoff, self.phentsize, self.phnum = struct.unpack_from("<I", d, 28)[0], \
+            *struct.unpack_from("<HH", d, 42)
         self.flags: int = e_flags
         self._shoff, self._shnum, self._shstrndx = e_shoff, e_shnum, e_shstrndx
 
@@ -146,8 +165,33 @@ class ElfImage:
             if h[0] >= max(len(names), 1) and i:
                 raise self._fail(f"section {i} name offset {h[0]:#x} outside the name table")
             out.append(Section(i, _cstr(names, h[0]), h[1], h[2], h[3], h[4], h[5], h[6], h[7],
-                               h[9]))
+                               h[9], h[8]))
         return out
+
+    @cached_property
+    def segments(self) -> list[Segment]:
+        """The program headers, each checked against the file (ElfError)."""
+        d = self.data
+        if self.phnum == 0:
+            return []
+        if self.phentsize != _PHDR.size:
+            raise self._fail(f"program header size {self.phentsize}, expected {_PHDR.size}")
+        if self.phoff + self.phnum * _PHDR.size > len(d):
+            raise self._fail(f"truncated program header table ({self.phnum} entries at "
+                             f"{self.phoff:#x}, file has {len(d)} bytes)")
+        out = []
+        for i in range(self.phnum):
+            p_type, off, vaddr, _pa, filesz, memsz, flags, align = _PHDR.unpack_from(
+                d, self.phoff + i * _PHDR.size)
+            if p_type in (PT_LOAD, PT_INTERP) and (off + filesz > len(d) or filesz > memsz
+                                                   or vaddr + memsz > 1 << 32):
+                raise self._fail(f"program header {i}: {filesz:#x} bytes at {off:#x} for "
+                                 f"{memsz:#x} at {vaddr:#x} do not fit the file or 32 bits")
+            out.append(Segment(p_type, off, vaddr, filesz, memsz, flags, align))
+        return out
+
+    def segment_data(self, seg: Segment) -> bytes:
+        return self.data[seg.offset:seg.offset + seg.filesz]
 
     # -- queries ------------------------------------------------------------
 

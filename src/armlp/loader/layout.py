@@ -93,7 +93,7 @@ def collect_sections(objects: Sequence[ObjectFile]) -> list[InputSection]:
 
 
 def _section_align(obj: ObjectFile, sec: Section) -> int:
-    align = int(obj.image.elffile.get_section(sec.index)["sh_addralign"]) or 1
+    align = sec.addralign or 1
     if align & (align - 1):
         raise LoaderError(f"{obj.name}: section {sec.name}: alignment {align} is not a "
                           f"power of two")

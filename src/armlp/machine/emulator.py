@@ -56,7 +56,7 @@ from typing import Any, Literal
 import unicorn as _unicorn
 from unicorn import arm_const as ac
 
-from armlp.elf.image import ET_EXEC, ElfImage
+from armlp.elf.image import ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, ElfImage
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import REG_ORDER, CodeWrite, Region, Regs
 from armlp.machine.syscalls import LinuxSyscalls, SyscallStop, UnknownSyscall, VirtualClock
@@ -109,7 +109,6 @@ _AT_CLKTCK, _AT_SECURE, _AT_RANDOM = 17, 23, 25
 #: half, thumb, fast_mult, vfp, edsp, tls, vfpv3, idiva (what a Cortex-A15 has).
 _HWCAP = 0x2 | 0x4 | 0x10 | 0x40 | 0x80 | 0x8000 | 0x2000 | 0x20000
 
-PT_LOAD, PF_X, PF_W, PF_R = 1, 1, 2, 4
 
 
 class StopReason(enum.Enum):
@@ -199,44 +198,42 @@ class Emulator:
         if self.path is not None:
             raise MachineError(f"{path}: the emulator already holds {self.path}")
         image = ElfImage(path)
-        elf = image.elffile
-        if elf["e_type"] != "ET_EXEC" and elf.header["e_type"] != ET_EXEC:
-            raise MachineError(f"{path}: not a static executable (type {elf['e_type']}); "
+        if image.type != ET_EXEC:
+            raise MachineError(f"{path}: not a static executable (ELF type {image.type}); "
                                f"the emulator runs static, non-PIE ARM programs")
-        segs = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+        segs = [s for s in image.segments if s.type == PT_LOAD]
         if not segs:
             raise MachineError(f"{path}: no PT_LOAD segment")
-        if any(s["p_type"] == "PT_INTERP" for s in elf.iter_segments()):
+        if any(s.type == PT_INTERP for s in image.segments):
             raise MachineError(f"{path}: dynamically linked; build it -static")
         perms: dict[int, int] = {}
         for s in segs:
-            lo, hi = s["p_vaddr"], s["p_vaddr"] + s["p_memsz"]
-            if s["p_memsz"] == 0:
+            lo, hi = s.vaddr, s.vaddr + s.memsz
+            if s.memsz == 0:
                 continue
             if lo < MIN_ADDR or hi > STACK_TOP - STACK_SIZE:
                 raise MachineError(f"{path}: segment {lo:#x}-{hi:#x} outside the user range")
-            flags = s["p_flags"]
-            prot = ((uc.UC_PROT_READ if flags & PF_R else 0)
-                    | (uc.UC_PROT_WRITE if flags & PF_W else 0)
-                    | (uc.UC_PROT_EXEC if flags & PF_X else 0))
+            prot = ((uc.UC_PROT_READ if s.flags & PF_R else 0)
+                    | (uc.UC_PROT_WRITE if s.flags & PF_W else 0)
+                    | (uc.UC_PROT_EXEC if s.flags & PF_X else 0))
             for page in range(_align_down(lo), _align_up(hi), PAGE):
                 perms[page] = perms.get(page, 0) | prot
         for start, end, prot in _runs(perms):
             self.uc.mem_map(start, end - start, prot)
         end_of_image = 0
         for s in segs:
-            data = s.data()
+            data = image.segment_data(s)
             if data:
-                self.uc.mem_write(s["p_vaddr"], data[: s["p_memsz"]])
-            end_of_image = max(end_of_image, s["p_vaddr"] + s["p_memsz"])
+                self.uc.mem_write(s.vaddr, data[: s.memsz])
+            end_of_image = max(end_of_image, s.vaddr + s.memsz)
         self.path = Path(path)
-        self.entry = elf["e_entry"]
+        self.entry = image.entry
         self.brk_start = self.brk = self._brk_mapped = _align_up(end_of_image)
         phdr = 0
         for s in segs:
-            if s["p_offset"] <= elf["e_phoff"] < s["p_offset"] + s["p_filesz"]:
-                phdr = s["p_vaddr"] + elf["e_phoff"] - s["p_offset"]
-        aux = [(_AT_PHDR, phdr), (_AT_PHENT, elf["e_phentsize"]), (_AT_PHNUM, elf["e_phnum"]),
+            if s.offset <= image.phoff < s.offset + s.filesz:
+                phdr = s.vaddr + image.phoff - s.offset
+        aux = [(_AT_PHDR, phdr), (_AT_PHENT, image.phentsize), (_AT_PHNUM, image.phnum),
                (_AT_PAGESZ, PAGE), (_AT_ENTRY, self.entry), (_AT_UID, 0), (_AT_EUID, 0),
                (_AT_GID, 0), (_AT_EGID, 0), (_AT_HWCAP, _HWCAP), (_AT_CLKTCK, 100),
                (_AT_SECURE, 0)]

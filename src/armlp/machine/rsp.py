@@ -37,146 +37,27 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from armlp.errors import MachineError
+from armlp.machine.rsp_packets import (
+    ESCAPED,
+    StopReply,
+    checksum,
+    frame,
+    hex_le32,
+    is_error,
+    is_stop,
+    parse_stop_reply,
+    parse_thread_id,
+    rle_decode,
+    unescape,
+)
 
 #: Seconds to wait for an acknowledgement or a reply, unless told otherwise.
 DEFAULT_TIMEOUT = 5.0
 #: What armlp assumes before ``qSupported`` says otherwise.
 DEFAULT_PACKET_SIZE = 400
-_ESCAPED = frozenset(b"#$}*")
 _RESENDS = 3
-
-
-def checksum(data: bytes) -> int:
-    """The RSP checksum: the sum of the bytes modulo 256."""
-    return sum(data) & 0xFF
-
-
-def frame(data: bytes) -> bytes:
-    """``$data#cs`` (data already escaped)."""
-    return b"$" + data + b"#%02x" % checksum(data)
-
-
-def escape(data: bytes) -> bytes:
-    """Binary data for ``X`` and friends: ``#$}*`` become ``}`` + byte ^ 0x20."""
-    out = bytearray()
-    for b in data:
-        if b in _ESCAPED:
-            out += bytes((0x7D, b ^ 0x20))
-        else:
-            out.append(b)
-    return bytes(out)
-
-
-def unescape(data: bytes) -> bytes:
-    """Undo :func:`escape` (binary replies such as ``qXfer``)."""
-    out = bytearray()
-    it = iter(data)
-    for b in it:
-        if b == 0x7D:
-            nxt = next(it, None)
-            if nxt is None:
-                raise MachineError("malformed reply from the stub: escape at the end")
-            out.append(nxt ^ 0x20)
-        else:
-            out.append(b)
-    return bytes(out)
-
-
-def rle_decode(data: bytes) -> bytes:
-    """Expand run-length encoding: ``c*N`` repeats c ``ord(N) - 29`` more times."""
-    if b"*" not in data:
-        return data
-    out = bytearray()
-    i = 0
-    while i < len(data):
-        b = data[i]
-        if b == 0x2A:       # '*'
-            if not out or i + 1 >= len(data):
-                raise MachineError(f"malformed run-length encoding in reply {data[:40]!r}")
-            out += bytes((out[-1],)) * (data[i + 1] - 29)
-            i += 2
-        else:
-            out.append(b)
-            i += 1
-    return bytes(out)
-
-
-def _hex_le32(value: int) -> str:
-    return (value & 0xFFFFFFFF).to_bytes(4, "little").hex()
-
-
-@dataclass(frozen=True)
-class StopReply:
-    """A stop reply: why the target stopped, or that it ended.
-
-    *kind* is ``"T"``/``"S"`` (stopped by *signal*), ``"W"`` (exited with
-    *status*) or ``"X"`` (killed by *signal*).
-    """
-
-    kind: str
-    signal: int = 0
-    status: int | None = None
-    thread: int | None = None
-    registers: dict[int, bytes] = field(default_factory=dict)
-    info: dict[str, str] = field(default_factory=dict)
-    raw: bytes = b""
-
-    @property
-    def exited(self) -> bool:
-        """The process is gone (``W`` or ``X``)."""
-        return self.kind in ("W", "X")
-
-    def describe(self) -> str:
-        if self.kind == "W":
-            return f"exited with status {self.status}"
-        if self.kind == "X":
-            return f"killed by signal {self.signal}"
-        where = f" (thread {self.thread:#x})" if self.thread is not None else ""
-        return f"stopped by signal {self.signal}{where}"
-
-
-def parse_stop_reply(reply: bytes) -> StopReply:
-    """Parse ``T``/``S``/``W``/``X`` replies; MachineError on anything else."""
-    text = reply.decode("ascii", "replace")
-    if not text or text[0] not in "TSWX" or len(text) < 3:
-        raise MachineError(f"expected a stop reply from the stub, got {text[:60]!r}")
-    kind = text[0]
-    try:
-        code = int(text[1:3], 16)
-    except ValueError:
-        raise MachineError(f"malformed stop reply {text[:60]!r}") from None
-    info: dict[str, str] = {}
-    regs: dict[int, bytes] = {}
-    thread: int | None = None
-    rest = text[3:]
-    for part in rest.split(";"):
-        if not part or ":" not in part:
-            continue
-        key, value = part.split(":", 1)
-        if kind == "T" and all(c in "0123456789abcdefABCDEF" for c in key):
-            regs[int(key, 16)] = bytes.fromhex(value)
-        else:
-            info[key] = value
-    if "thread" in info:
-        thread = parse_thread_id(info["thread"])
-    if kind == "W":
-        return StopReply(kind, status=code, info=info, raw=reply)
-    if kind == "X":
-        return StopReply(kind, signal=code, info=info, raw=reply)
-    return StopReply(kind, signal=code, thread=thread, registers=regs, info=info, raw=reply)
-
-
-def parse_thread_id(text: str) -> int:
-    """A thread id, plain (``1a2b``) or multiprocess (``p1a2b.1a2c``)."""
-    if text.startswith("p"):
-        text = text.split(".", 1)[1] if "." in text else text[1:]
-    try:
-        return int(text, 16)
-    except ValueError:
-        raise MachineError(f"malformed thread id {text!r} from the stub") from None
 
 
 class RspConnection:
@@ -373,7 +254,7 @@ class RspConnection:
                     all(c in b"0123456789abcdef" for c in reply[1:]):
                 self.console += bytes.fromhex(reply[1:].decode())
                 continue
-            if _is_stop(reply):
+            if is_stop(reply):
                 # qemu points its current threads (Hg, Hc) at a thread that
                 # stops: armlp's idea of the selection is stale.
                 self._selected = {"g": None, "c": None}
@@ -386,7 +267,7 @@ class RspConnection:
         self.round_trips += 1
         self.send_packet(data, what, timeout, reply_expected=True)
         reply = self.receive(what, timeout)
-        while data != b"?" and _is_stop(reply):
+        while data != b"?" and is_stop(reply):
             # Another thread stopped on its own (qemu-user parks each thread
             # that gets a signal in the stub and reports it at once).
             stop = parse_stop_reply(reply)
@@ -397,7 +278,7 @@ class RspConnection:
             self.pending_stops.append(stop)
             reply = self.receive(what, timeout)
         self.in_flight = None
-        if _is_error(reply):
+        if is_error(reply):
             raise MachineError(f"{what}: the stub answered {reply.decode('ascii', 'replace')}")
         return reply
 
@@ -412,7 +293,7 @@ class RspConnection:
         if what is None:
             return
         reply = self.receive(f"{what} (late)", timeout)
-        while _is_stop(reply):
+        while is_stop(reply):
             stop = parse_stop_reply(reply)
             if stop.exited:
                 self.exit = stop
@@ -532,7 +413,7 @@ class RspConnection:
             j = i
             while j < len(data):
                 b = data[j]
-                piece = bytes((0x7D, b ^ 0x20)) if b in _ESCAPED else bytes((b,))
+                piece = bytes((0x7D, b ^ 0x20)) if b in ESCAPED else bytes((b,))
                 if len(head) + 8 + len(payload) + len(piece) > room:
                     break
                 payload += piece
@@ -592,7 +473,7 @@ class RspConnection:
         if thread is not None:
             self.select_thread(thread)
         if self._p_supported is not False:
-            reply = self.request(f"P{regnum:x}={_hex_le32(value)}".encode(),
+            reply = self.request(f"P{regnum:x}={hex_le32(value)}".encode(),
                                  f"writing register {regnum}")
             if reply == b"OK":
                 return
@@ -646,7 +527,7 @@ class RspConnection:
         if self.pending_stops:
             return self.pending_stops.pop(0)
         reply = self.receive("a stop reply", timeout, forever=forever)
-        if _is_error(reply):
+        if is_error(reply):
             raise MachineError(f"resuming: the stub answered {reply.decode('ascii', 'replace')}")
         stop = parse_stop_reply(reply)
         if stop.exited:
@@ -690,19 +571,3 @@ class RspConnection:
             yield
         finally:
             self.timeout = old
-
-
-def _is_stop(reply: bytes) -> bool:
-    """A stop reply: ``Tnn...``, ``Snn``, ``Wnn[;...]``, ``Xnn[;...]``."""
-    if len(reply) < 3 or reply[:1] not in b"TSWX":
-        return False
-    if not all(c in b"0123456789abcdefABCDEF" for c in reply[1:3]):
-        return False
-    return reply[:1] == b"T" or len(reply) == 3 or reply[3:4] == b";"
-
-
-def _is_error(reply: bytes) -> bool:
-    if reply.startswith(b"E."):
-        return True
-    return len(reply) == 3 and reply[:1] == b"E" and \
-        all(c in b"0123456789abcdefABCDEF" for c in reply[1:])

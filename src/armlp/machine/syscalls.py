@@ -40,7 +40,11 @@ SYS_CLOCK_GETTIME64 = 403
 SYS_CLOCK_NANOSLEEP_TIME64 = 407
 ARM_SET_TLS = 0x0F0005
 
-EBADF, EFAULT, EINVAL, ENOSYS = 9, 14, 22, 38
+EBADF, EFAULT, EINVAL, ENOSPC, ENOSYS = 9, 14, 22, 28, 38
+#: At most this much per write (what a pipe takes at once: a short write).
+MAX_WRITE = 64 * 1024
+#: The most output a program may leave in the emulator's buffers.
+MAX_OUTPUT = 256 << 20
 
 CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID = 2, 3
@@ -151,6 +155,8 @@ class LinuxSyscalls:
     # --- output ---------------------------------------------------------
 
     def _emit(self, fd: int, data: bytes) -> int:
+        if len(self.stdout) + len(self.stderr) + len(data) > MAX_OUTPUT:
+            return -ENOSPC
         if fd == 1:
             self.stdout += data
         elif fd == 2:
@@ -165,6 +171,7 @@ class LinuxSyscalls:
         fd, buf, count = a[0], a[1], a[2]
         if fd not in (1, 2):
             return -EBADF
+        count = min(count, MAX_WRITE)        # a short write, as to a pipe
         return self._emit(fd, host.read(buf, count) if count else b"")
 
     def _writev(self, host: SyscallHost, a: tuple[int, ...]) -> int:
@@ -176,6 +183,7 @@ class LinuxSyscalls:
         data = bytearray()
         for i in range(cnt):
             base, length = struct.unpack("<II", host.read(iov + 8 * i, 8))
+            length = min(length, MAX_WRITE - len(data))
             if length:
                 data += host.read(base, length)
         return self._emit(fd, bytes(data))
