@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from armlp.arm.a32 import BRANCH_RANGE
 from armlp.build import build_program
 from armlp.elf.image import ElfImage
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
-from armlp.machine.emulator import BRANCH_RANGE, MAGIC_RETURN, Emulator, StopReason
+from armlp.machine.emulator import MAGIC_RETURN, Emulator, StopReason
 
 HELLO = r"""
 #include "armlp_fs.h"

@@ -33,7 +33,9 @@ PUSH_LR = 0xE52DE004
 #: ``mov ip, sp``: the first instruction of an APCS frame.
 MOV_IP_SP = 0xE1A0C00D
 
-BRANCH_MIN = -(1 << 25)
+#: How far a B/BL reaches either side, in bytes (±32 MiB).
+BRANCH_RANGE = 1 << 25
+BRANCH_MIN = -BRANCH_RANGE
 BRANCH_MAX = (1 << 25) - 4
 LDR_LITERAL_MAX = 4095
 

@@ -56,30 +56,24 @@ from typing import Any, Literal
 import unicorn as _unicorn
 from unicorn import arm_const as ac
 
-from armlp.elf.image import ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, ElfImage
 from armlp.errors import CodeModificationError, MachineError
-from armlp.machine.base import REG_ORDER, CodeWrite, Region, Regs
+from armlp.machine.address_space import AddressSpace
+from armlp.machine.base import REG_ORDER, CodeWrite, Regs
+from armlp.machine.exec_loader import (
+    PAGE,
+    _align_down,
+    _align_up,
+    load_program,
+)
 from armlp.machine.syscalls import LinuxSyscalls, SyscallStop, UnknownSyscall, VirtualClock
 
 #: The binding's stubs are incomplete (py2 and py3 flavours): use it untyped.
 uc: Any = _unicorn
 _UcError: type[Exception] = uc.UcError
 
-PAGE = 0x1000
-#: Lowest address armlp maps (Linux's mmap_min_addr).
-MIN_ADDR = 0x10000
-#: The initial stack: [STACK_TOP - STACK_SIZE, STACK_TOP).
-STACK_TOP = 0xBF000000
-STACK_SIZE = 8 << 20
-#: Where :meth:`Emulator.alloc` places memory without *near*.
-MMAP_BASE = 0x40000000
-#: Highest address (exclusive) :meth:`Emulator.alloc` uses.
-ALLOC_LIMIT = 0xFFFE0000
 #: Return address of :meth:`Emulator.call`: a mapped page of ``udf`` that
 #: is never executed (emulation stops when pc reaches it).
 MAGIC_RETURN = 0xFFFF8000
-#: Branch range of B/BL: a word within ±32 MiB.
-BRANCH_RANGE = 32 << 20
 
 _MODE_USR = 0x10
 _CPSR_T = 1 << 5
@@ -102,12 +96,7 @@ _ACCESS = {uc.UC_MEM_READ_UNMAPPED: "read of unmapped", uc.UC_MEM_WRITE_UNMAPPED
            uc.UC_MEM_READ_PROT: "read of protected", uc.UC_MEM_WRITE_PROT:
            "write to protected", uc.UC_MEM_FETCH_PROT: "fetch from non-executable"}
 
-# Auxiliary vector tags.
-_AT_PHDR, _AT_PHENT, _AT_PHNUM, _AT_PAGESZ, _AT_ENTRY = 3, 4, 5, 6, 9
-_AT_UID, _AT_EUID, _AT_GID, _AT_EGID, _AT_PLATFORM, _AT_HWCAP = 11, 12, 13, 14, 15, 16
-_AT_CLKTCK, _AT_SECURE, _AT_RANDOM = 17, 23, 25
-#: half, thumb, fast_mult, vfp, edsp, tls, vfpv3, idiva (what a Cortex-A15 has).
-_HWCAP = 0x2 | 0x4 | 0x10 | 0x40 | 0x80 | 0x8000 | 0x2000 | 0x20000
+
 
 
 
@@ -132,15 +121,7 @@ class Stop:
 CodeHook = Callable[["Emulator", int, int], None]
 
 
-def _align_up(v: int, a: int = PAGE) -> int:
-    return (v + a - 1) & ~(a - 1)
-
-
-def _align_down(v: int, a: int = PAGE) -> int:
-    return v & ~(a - 1)
-
-
-class Emulator:
+class Emulator(AddressSpace):
     """One static ARM Linux process under Unicorn (see the module docstring).
 
     *echo* also copies the program's stdout/stderr to the host's;
@@ -193,82 +174,13 @@ class Emulator:
     def load(self, path: str | Path, argv: Sequence[str] | None = None,
              envp: Sequence[str] | Mapping[str, str] = ()) -> None:
         """Map the ``PT_LOAD`` segments of a static ARM executable and set up
-        the initial stack and registers as Linux does; argv defaults to
-        ``[path]``."""
+        the initial stack and registers as Linux does (see
+        :mod:`armlp.machine.exec_loader`); argv defaults to ``[path]``."""
         if self.path is not None:
             raise MachineError(f"{path}: the emulator already holds {self.path}")
-        image = ElfImage(path)
-        if image.type != ET_EXEC:
-            raise MachineError(f"{path}: not a static executable (ELF type {image.type}); "
-                               f"the emulator runs static, non-PIE ARM programs")
-        segs = [s for s in image.segments if s.type == PT_LOAD]
-        if not segs:
-            raise MachineError(f"{path}: no PT_LOAD segment")
-        if any(s.type == PT_INTERP for s in image.segments):
-            raise MachineError(f"{path}: dynamically linked; build it -static")
-        perms: dict[int, int] = {}
-        for s in segs:
-            lo, hi = s.vaddr, s.vaddr + s.memsz
-            if s.memsz == 0:
-                continue
-            if lo < MIN_ADDR or hi > STACK_TOP - STACK_SIZE:
-                raise MachineError(f"{path}: segment {lo:#x}-{hi:#x} outside the user range")
-            prot = ((uc.UC_PROT_READ if s.flags & PF_R else 0)
-                    | (uc.UC_PROT_WRITE if s.flags & PF_W else 0)
-                    | (uc.UC_PROT_EXEC if s.flags & PF_X else 0))
-            for page in range(_align_down(lo), _align_up(hi), PAGE):
-                perms[page] = perms.get(page, 0) | prot
-        for start, end, prot in _runs(perms):
-            self.uc.mem_map(start, end - start, prot)
-        end_of_image = 0
-        for s in segs:
-            data = image.segment_data(s)
-            if data:
-                self.uc.mem_write(s.vaddr, data[: s.memsz])
-            end_of_image = max(end_of_image, s.vaddr + s.memsz)
+        self.entry, end_of_image = load_program(self, path, argv, envp)
         self.path = Path(path)
-        self.entry = image.entry
         self.brk_start = self.brk = self._brk_mapped = _align_up(end_of_image)
-        phdr = 0
-        for s in segs:
-            if s.offset <= image.phoff < s.offset + s.filesz:
-                phdr = s.vaddr + image.phoff - s.offset
-        aux = [(_AT_PHDR, phdr), (_AT_PHENT, image.phentsize), (_AT_PHNUM, image.phnum),
-               (_AT_PAGESZ, PAGE), (_AT_ENTRY, self.entry), (_AT_UID, 0), (_AT_EUID, 0),
-               (_AT_GID, 0), (_AT_EGID, 0), (_AT_HWCAP, _HWCAP), (_AT_CLKTCK, 100),
-               (_AT_SECURE, 0)]
-        env = [f"{k}={v}" for k, v in envp.items()] if isinstance(envp, Mapping) else list(envp)
-        sp = self._build_stack(list(argv) if argv is not None else [str(path)], env, aux)
-        regs = Regs([0] * 13, sp, 0, self.entry & ~1, _MODE_USR | (_CPSR_T if self.entry & 1
-                                                                    else 0))
-        self.set_regs(regs)
-
-    def _build_stack(self, argv: list[str], envp: list[str],
-                     aux: list[tuple[int, int]]) -> int:
-        base = STACK_TOP - STACK_SIZE
-        self.uc.mem_map(base, STACK_SIZE, uc.UC_PROT_READ | uc.UC_PROT_WRITE)
-        top = STACK_TOP - 16
-        blobs: list[int] = []
-
-        def put(data: bytes) -> int:
-            nonlocal top
-            top -= len(data)
-            self.uc.mem_write(top, data)
-            return top
-
-        put(b"\0" * 4)
-        argv_ptrs = [put(a.encode() + b"\0") for a in argv]
-        env_ptrs = [put(e.encode() + b"\0") for e in envp]
-        platform = put(b"v7l\0")
-        random = put(bytes(range(0xA0, 0xB0)))     # AT_RANDOM: fixed, for reproducibility
-        blobs.extend([platform, random])
-        aux = [*aux, (_AT_PLATFORM, platform), (_AT_RANDOM, random), (0, 0)]
-        words = [len(argv), *argv_ptrs, 0, *env_ptrs, 0]
-        for k, v in aux:
-            words.extend((k, v))
-        sp = _align_down(top - 4 * len(words), 16)
-        self.uc.mem_write(sp, struct.pack(f"<{len(words)}I", *words))
-        return sp
 
     # --- the Machine protocol ----------------------------------------------
 
@@ -307,41 +219,6 @@ class Emulator:
             self.write(w.address, w.new)
         for w in writes:
             self.flush_icache(w.address, len(w.new))
-
-    def alloc(self, size: int, *, near: int | None = None) -> int:
-        """Map RWX memory, page aligned and zeroed.
-
-        With *near*, the block lies within B/BL range (±32 MiB) of it when a
-        free region there exists (the highest one, leaving room for brk);
-        otherwise, and without *near*, the first free region from
-        ``MMAP_BASE`` up.
-        """
-        if size <= 0:
-            raise MachineError(f"alloc of {size} bytes")
-        size = _align_up(size)
-        addr: int | None = None
-        if near is not None:
-            lo = max(MIN_ADDR, _align_up(near - BRANCH_RANGE + PAGE))
-            hi = min(ALLOC_LIMIT, _align_down(near + BRANCH_RANGE - PAGE))
-            addr = self._find_free(size, lo, hi, top_down=True)
-        if addr is None:
-            addr = self._find_free(size, MMAP_BASE, ALLOC_LIMIT, top_down=False)
-        if addr is None:
-            addr = self._find_free(size, MIN_ADDR, ALLOC_LIMIT, top_down=False)
-        if addr is None:
-            raise MachineError(f"no free region of {size:#x} bytes")
-        self.uc.mem_map(addr, size, uc.UC_PROT_ALL)
-        self._allocs[addr] = size
-        return addr
-
-    def free(self, address: int, size: int) -> None:
-        """Unmap a block from :meth:`alloc` (and its translated code)."""
-        have = self._allocs.get(address)
-        if have is None or _align_up(size) != have:
-            raise MachineError(f"free({address:#010x}, {size:#x}): not a block from alloc")
-        self.flush_icache(address, have)
-        self.uc.mem_unmap(address, have)
-        del self._allocs[address]
 
     def call(self, address: int, args: Sequence[int] = (), *,
              regs: Mapping[str, int] | None = None, max_instructions: int = 10_000_000) -> int:
@@ -403,23 +280,6 @@ class Emulator:
         """Drop Unicorn's translated code for [address, address + size)."""
         if size > 0:
             self.uc.ctl_remove_cache(address, address + size)
-
-    def map(self, address: int, size: int, prot: int = uc.UC_PROT_ALL) -> None:
-        """Map memory at a fixed page-aligned address (Unicorn ``UC_PROT_*``)."""
-        try:
-            self.uc.mem_map(address, _align_up(size), prot)
-        except _UcError as exc:
-            raise MachineError(f"cannot map {size:#x} bytes at {address:#010x}: {exc}") from None
-
-    def armlp_memory(self) -> list[tuple[int, int]]:
-        """Every range armlp allocated in the target."""
-        return [(a, a + n) for a, n in self._allocs.items()]
-
-    def regions(self) -> list[Region]:
-        """Mapped regions, from Unicorn's UC_PROT_* flags."""
-        return sorted((Region(b, e + 1, bool(p & uc.UC_PROT_READ), bool(p & uc.UC_PROT_WRITE),
-                              bool(p & uc.UC_PROT_EXEC)) for b, e, p in self.uc.mem_regions()),
-                      key=lambda r: r.start)
 
     #: One thread, stopped whenever armlp runs: every write is all-stop.
     stops_all = True
@@ -568,26 +428,6 @@ class Emulator:
         if thread not in (None, 1):
             raise MachineError(f"no thread {thread}: the emulator has one thread (1)")
 
-    def _find_free(self, size: int, lo: int, hi: int, *, top_down: bool) -> int | None:
-        gaps: list[tuple[int, int]] = []
-        cur = lo
-        for r in self.regions():
-            b, e = r.start, r.end
-            if e <= cur:
-                continue
-            if b >= hi:
-                break
-            if b > cur:
-                gaps.append((cur, b))
-            cur = max(cur, e)
-        if cur < hi:
-            gaps.append((cur, hi))
-        for g0, g1 in (reversed(gaps) if top_down else gaps):
-            a = _align_down(g1 - size) if top_down else _align_up(g0)
-            if g0 <= a and a + size <= g1:
-                return a
-        return None
-
     def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap a hook: an exception is stored, emulation stopped, and the
         exception re-raised when emu_start returns."""
@@ -735,15 +575,3 @@ class Emulator:
         finally:
             self._in_call = None
             self.set_regs(saved)
-
-
-def _runs(perms: Mapping[int, int]) -> list[tuple[int, int, int]]:
-    """Pages with permissions -> maximal [start, end) runs of equal permissions."""
-    out: list[tuple[int, int, int]] = []
-    for page in sorted(perms):
-        prot = perms[page]
-        if out and out[-1][1] == page and out[-1][2] == prot:
-            out[-1] = (out[-1][0], page + PAGE, prot)
-        else:
-            out.append((page, page + PAGE, prot))
-    return out

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from armlp.arm.a32 import BRANCH_RANGE
 from armlp.elf.image import PF_W, PF_X
 from armlp.errors import MachineError
 from armlp.machine.base import Regs
@@ -39,8 +40,6 @@ from armlp.machine.rsp_packets import StopReply
 from armlp.machine.scratch import SCRATCH_PAGES, agent_mask, scratch_code
 
 PAGE = 0x1000
-#: Branch range of B/BL: a word within ±32 MiB.
-BRANCH_RANGE = 32 << 20
 #: ARM EABI syscall numbers armlp uses.
 NR_GETPID, NR_MUNMAP, NR_MPROTECT, NR_MMAP2, NR_GETTID = 20, 91, 125, 192, 224
 NR_CLONE = 120

@@ -1,0 +1,137 @@
+"""Loading a static ARM Linux executable into the emulator, as the kernel's
+``execve`` does: its ``PT_LOAD`` segments with their permissions, the
+initial stack (argv, envp, the auxiliary vector) and the registers."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import unicorn as _unicorn
+
+from armlp.elf.image import ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, ElfImage
+from armlp.errors import MachineError
+from armlp.machine.base import Regs
+
+if TYPE_CHECKING:
+    from armlp.machine.emulator import Emulator
+
+#: The binding's stubs are incomplete: use it untyped.
+uc: Any = _unicorn
+
+PAGE = 0x1000
+#: Lowest address armlp maps (Linux's mmap_min_addr).
+MIN_ADDR = 0x10000
+#: The initial stack: [STACK_TOP - STACK_SIZE, STACK_TOP).
+STACK_TOP = 0xBF000000
+STACK_SIZE = 8 << 20
+
+
+def _align_up(v: int, a: int = PAGE) -> int:
+    return (v + a - 1) & ~(a - 1)
+
+
+def _align_down(v: int, a: int = PAGE) -> int:
+    return v & ~(a - 1)
+
+# Auxiliary vector tags.
+_AT_PHDR, _AT_PHENT, _AT_PHNUM, _AT_PAGESZ, _AT_ENTRY = 3, 4, 5, 6, 9
+_AT_UID, _AT_EUID, _AT_GID, _AT_EGID, _AT_PLATFORM, _AT_HWCAP = 11, 12, 13, 14, 15, 16
+_AT_CLKTCK, _AT_SECURE, _AT_RANDOM = 17, 23, 25
+#: half, thumb, fast_mult, vfp, edsp, tls, vfpv3, idiva (what a Cortex-A15 has).
+_HWCAP = 0x2 | 0x4 | 0x10 | 0x40 | 0x80 | 0x8000 | 0x2000 | 0x20000
+_MODE_USR = 0x10
+_CPSR_T = 1 << 5
+
+
+def load_program(emu: Emulator, path: str | Path, argv: Sequence[str] | None,
+                 envp: Sequence[str] | Mapping[str, str]) -> tuple[int, int]:
+    """Map *path* into *emu* and set up its first thread; returns the entry
+    point and the end of the image (where the heap starts)."""
+    image = ElfImage(path)
+    if image.type != ET_EXEC:
+        raise MachineError(f"{path}: not a static executable (ELF type {image.type}); "
+                           f"the emulator runs static, non-PIE ARM programs")
+    segs = [s for s in image.segments if s.type == PT_LOAD]
+    if not segs:
+        raise MachineError(f"{path}: no PT_LOAD segment")
+    if any(s.type == PT_INTERP for s in image.segments):
+        raise MachineError(f"{path}: dynamically linked; build it -static")
+    perms: dict[int, int] = {}
+    for s in segs:
+        lo, hi = s.vaddr, s.vaddr + s.memsz
+        if s.memsz == 0:
+            continue
+        if lo < MIN_ADDR or hi > STACK_TOP - STACK_SIZE:
+            raise MachineError(f"{path}: segment {lo:#x}-{hi:#x} outside the user range")
+        prot = ((uc.UC_PROT_READ if s.flags & PF_R else 0)
+                | (uc.UC_PROT_WRITE if s.flags & PF_W else 0)
+                | (uc.UC_PROT_EXEC if s.flags & PF_X else 0))
+        for page in range(_align_down(lo), _align_up(hi), PAGE):
+            perms[page] = perms.get(page, 0) | prot
+    for start, end, prot in _runs(perms):
+        emu.uc.mem_map(start, end - start, prot)
+    end_of_image = 0
+    for s in segs:
+        data = image.segment_data(s)
+        if data:
+            emu.uc.mem_write(s.vaddr, data[: s.memsz])
+        end_of_image = max(end_of_image, s.vaddr + s.memsz)
+    entry = image.entry
+    phdr = 0
+    for s in segs:
+        if s.offset <= image.phoff < s.offset + s.filesz:
+            phdr = s.vaddr + image.phoff - s.offset
+    aux = [(_AT_PHDR, phdr), (_AT_PHENT, image.phentsize), (_AT_PHNUM, image.phnum),
+           (_AT_PAGESZ, PAGE), (_AT_ENTRY, entry), (_AT_UID, 0), (_AT_EUID, 0),
+           (_AT_GID, 0), (_AT_EGID, 0), (_AT_HWCAP, _HWCAP), (_AT_CLKTCK, 100),
+           (_AT_SECURE, 0)]
+    env = [f"{k}={v}" for k, v in envp.items()] if isinstance(envp, Mapping) else list(envp)
+    sp = _build_stack(emu, list(argv) if argv is not None else [str(path)], env, aux)
+    regs = Regs([0] * 13, sp, 0, entry & ~1, _MODE_USR | (_CPSR_T if entry & 1
+                                                                else 0))
+    emu.set_regs(regs)
+    return entry, end_of_image
+
+
+def _build_stack(emu: Emulator, argv: list[str], envp: list[str],
+                 aux: list[tuple[int, int]]) -> int:
+
+    base = STACK_TOP - STACK_SIZE
+    emu.uc.mem_map(base, STACK_SIZE, uc.UC_PROT_READ | uc.UC_PROT_WRITE)
+    top = STACK_TOP - 16
+    blobs: list[int] = []
+
+    def put(data: bytes) -> int:
+        nonlocal top
+        top -= len(data)
+        emu.uc.mem_write(top, data)
+        return top
+
+    put(b"\0" * 4)
+    argv_ptrs = [put(a.encode() + b"\0") for a in argv]
+    env_ptrs = [put(e.encode() + b"\0") for e in envp]
+    platform = put(b"v7l\0")
+    random = put(bytes(range(0xA0, 0xB0)))     # AT_RANDOM: fixed, for reproducibility
+    blobs.extend([platform, random])
+    aux = [*aux, (_AT_PLATFORM, platform), (_AT_RANDOM, random), (0, 0)]
+    words = [len(argv), *argv_ptrs, 0, *env_ptrs, 0]
+    for k, v in aux:
+        words.extend((k, v))
+    sp = _align_down(top - 4 * len(words), 16)
+    emu.uc.mem_write(sp, struct.pack(f"<{len(words)}I", *words))
+    return sp
+
+
+def _runs(perms: Mapping[int, int]) -> list[tuple[int, int, int]]:
+    """Pages with permissions -> maximal [start, end) runs of equal permissions."""
+    out: list[tuple[int, int, int]] = []
+    for page in sorted(perms):
+        prot = perms[page]
+        if out and out[-1][1] == page and out[-1][2] == prot:
+            out[-1] = (out[-1][0], page + PAGE, prot)
+        else:
+            out.append((page, page + PAGE, prot))
+    return out
