@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import random
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,10 +54,25 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _quiet_fd1() -> Iterator[None]:
+    """The emulated program writes its output to fd 1 itself: hide it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def _run(args: Sequence[str]) -> tuple[int | str, str, float]:
     out, err = io.StringIO(), io.StringIO()
     t0 = time.monotonic()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with _quiet_fd1(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code: int | str = armlp_main(list(args))
         except SystemExit as exc:

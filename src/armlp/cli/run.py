@@ -25,9 +25,12 @@ mcount site into the NOP, loads its runtime, and stays up for the program's
 life serving a control socket: 'armlp patch', 'unpatch' and 'status' talk to
 it.  It exits with the program's exit status.  --patch PATCH.o@SECONDS
 applies a patch that long after the start.  Code writes stop every thread
-(ptrace); should armlp be killed, a guardian process lets the program run on
-with whatever was fully applied.  armlp stops threads with the host's
-SIGRTMAX (the program's signal 62), so leave that signal alone.
+(ptrace); should armlp be killed or fail, a guardian process lets the program
+run on with whatever was fully applied.  armlp adds one thread of its own to
+the program (its agent): armlp's stops are the host's SIGRTMAX (the
+program's signal 62) to the agent alone, so no system call of the program's
+is interrupted; leave that signal alone.  ^C in the terminal is the
+program's: armlp itself ignores it.  Program arguments go after '--'.
 
 --machine emu: the program runs in armlp's emulator.  --after MS applies the
 --patch modules once the program's clock has advanced MS milliseconds (the
