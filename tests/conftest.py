@@ -161,10 +161,10 @@ def armlp(*args: str | Path) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
-_SCAN_CACHE: dict[Path, dict[str, object]] = {}
+_SCAN_CACHE: dict[Path, dict[str, Any]] = {}
 
 
-def scan_json(path: Path) -> dict[str, object]:
+def scan_json(path: Path) -> dict[str, Any]:
     """``armlp scan --json PATH``, parsed (cached per path)."""
     cached = _SCAN_CACHE.get(path)
     if cached is None:
@@ -176,10 +176,10 @@ def scan_json(path: Path) -> dict[str, object]:
     return cached
 
 
-def functions_by_key(doc: dict[str, object]) -> dict[tuple[str, int], dict[str, object]]:
+def functions_by_key(doc: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
     funcs = doc["functions"]
     assert isinstance(funcs, list)
-    out: dict[tuple[str, int], dict[str, object]] = {}
+    out: dict[tuple[str, int], dict[str, Any]] = {}
     for f in funcs:
         key = (f["name"], f["sympos"])
         assert key not in out, f"duplicate function {key}"

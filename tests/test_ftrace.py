@@ -204,6 +204,7 @@ def test_prover_detects_a_wrong_undo() -> None:
     rec = next(r for r in target.ftrace.records.values()
                if r.report.verdict.rule == "push" and r.report.undo
                and r.report.undo.frame_size > 0)
+    assert rec.report.undo is not None
     target.machine.write(rec.record + 12, struct.pack("<I", rec.report.undo.frame_size + 8))
     proofs = Prover(target).prove([rec], trials=2)
     assert not proofs[0].verified and "sp=" in (proofs[0].paths["generic"].mismatch or "")
@@ -242,7 +243,9 @@ def test_runtime_out_of_branch_range_goes_through_veneers(calls_program: Path) -
     ftrace = Ftrace(emu, scan(image))
     ftrace.runtime = Runtime.load(emu)            # no 'near': far from the text
     caller = ftrace.runtime.symbol("ftrace_caller")
-    assert not branch_in_range(image.section(".text").addr, caller)
+    text = image.section(".text")
+    assert text is not None
+    assert not branch_in_range(text.addr, caller)
     ftrace.ftrace_init()
     target = Target(emu, image, ftrace.scan, ftrace.runtime, ftrace)
     tracer = FunctionTracer(ftrace)

@@ -9,17 +9,17 @@ from __future__ import annotations
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
+from armlp.arm.a32 import BRANCH_RANGE, MCOUNT_NOP_ADD_SP
 from armlp.build import build_program
 from armlp.elf.image import ElfImage
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
-from armlp.machine.inject import BRANCH_RANGE, NR_GETPID, NR_GETTID
+from armlp.machine.inject import NR_GETPID, NR_GETTID
 from armlp.machine.qemu import QemuProcess, start_qemu
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import escape, frame, parse_stop_reply, rle_decode, unescape
@@ -50,8 +50,12 @@ class Started:
         return self.q.popen.stdout.read().decode()
 
 
+#: Starts a program under qemu-arm and wraps it (the ``run`` fixture).
+Launch = Callable[..., Started]
+
+
 @pytest.fixture
-def run(tmp_path: Path) -> Iterator[type[Started]]:
+def run(tmp_path: Path) -> Iterator[Launch]:
     started: list[Started] = []
 
     class Runner(Started):
@@ -125,7 +129,7 @@ def test_a_late_reply_is_consumed_before_the_next_request() -> None:
 # --- memory and registers ----------------------------------------------------------
 
 
-def test_registers_and_memory_match_the_elf(run: type[Started], prog: Path) -> None:
+def test_registers_and_memory_match_the_elf(run: Launch, prog: Path) -> None:
     s = run(prog)
     assert isinstance(s.m, Machine)
     image = ElfImage(prog)
@@ -140,7 +144,7 @@ def test_registers_and_memory_match_the_elf(run: type[Started], prog: Path) -> N
         s.m.read(0x10, 4)
 
 
-def test_data_write_reads_back(run: type[Started], prog: Path) -> None:
+def test_data_write_reads_back(run: Launch, prog: Path) -> None:
     s = run(prog)
     addr = sym(prog, "data_word")
     assert read_word(s.m, addr) == 0x11223344
@@ -158,7 +162,7 @@ def test_data_write_reads_back(run: type[Started], prog: Path) -> None:
     assert "data 0xcafef00d" in s.output()
 
 
-def test_alloc_is_rwx_and_near_the_text(run: type[Started], prog: Path) -> None:
+def test_alloc_is_rwx_and_near_the_text(run: Launch, prog: Path) -> None:
     s = run(prog)
     text = ElfImage(prog).section(".text")
     assert text is not None
@@ -176,7 +180,7 @@ def test_alloc_is_rwx_and_near_the_text(run: type[Started], prog: Path) -> None:
         s.m.read(b, 4)
 
 
-def test_syscall_restores_the_thread_bit_for_bit(run: type[Started], prog: Path) -> None:
+def test_syscall_restores_the_thread_bit_for_bit(run: Launch, prog: Path) -> None:
     s = run(prog)
     conn = s.q.conn
     before = conn.read_all_registers(s.m.thread)
@@ -187,7 +191,7 @@ def test_syscall_restores_the_thread_bit_for_bit(run: type[Started], prog: Path)
     assert s.m.wait_exit(10) == 42
 
 
-def test_call_runs_a_function_and_restores(run: type[Started], prog: Path) -> None:
+def test_call_runs_a_function_and_restores(run: Launch, prog: Path) -> None:
     s = run(prog)
     before = s.q.conn.read_all_registers(s.m.thread)
     assert s.m.call(sym(prog, "add3"), [1, 2, 3]) == 1 + 4 + 9
@@ -202,7 +206,7 @@ def test_call_runs_a_function_and_restores(run: type[Started], prog: Path) -> No
 # --- code writes ------------------------------------------------------------------
 
 
-def test_write_code_on_text_takes_effect_after_the_code_ran(run: type[Started],
+def test_write_code_on_text_takes_effect_after_the_code_ran(run: Launch,
                                                              prog: Path) -> None:
     s = run(prog)
     triple = sym(prog, "triple")
@@ -219,7 +223,7 @@ def test_write_code_on_text_takes_effect_after_the_code_ran(run: type[Started],
     assert s.output().startswith("sum 28 ")        # 0 + 7 * 4
 
 
-def test_write_code_refusal_leaves_memory_untouched(run: type[Started], prog: Path) -> None:
+def test_write_code_refusal_leaves_memory_untouched(run: Launch, prog: Path) -> None:
     s = run(prog)
     triple, add3 = sym(prog, "triple"), sym(prog, "add3")
     before = (s.m.read(triple, 16), s.m.read(add3, 16))
@@ -235,7 +239,7 @@ def test_write_code_refusal_leaves_memory_untouched(run: type[Started], prog: Pa
 # --- running, threads, failures -----------------------------------------------------
 
 
-def test_exit_status_and_output(run: type[Started], prog: Path) -> None:
+def test_exit_status_and_output(run: Launch, prog: Path) -> None:
     s = run(prog, "7")
     assert s.m.wait_exit(10) == 42
     assert s.output() == "sum 63 add3 14 data 0x11223344\n"
@@ -243,7 +247,7 @@ def test_exit_status_and_output(run: type[Started], prog: Path) -> None:
         s.m.read(0x10000, 4)
 
 
-def test_threads_of_a_pthreads_program(run: type[Started], threads_prog: Path) -> None:
+def test_threads_of_a_pthreads_program(run: Launch, threads_prog: Path) -> None:
     s = run(threads_prog)
     s.m.resume()
     counters = sym(threads_prog, "counters")
@@ -267,7 +271,7 @@ def test_threads_of_a_pthreads_program(run: type[Started], threads_prog: Path) -
     assert s.output() == "threads done\n"
 
 
-def test_killed_qemu_is_connection_lost(run: type[Started], prog: Path) -> None:
+def test_killed_qemu_is_connection_lost(run: Launch, prog: Path) -> None:
     s = run(prog)
     s.q.popen.kill()
     s.q.popen.wait()
@@ -279,7 +283,7 @@ def test_killed_qemu_is_connection_lost(run: type[Started], prog: Path) -> None:
     assert time.monotonic() - t0 < 1.0
 
 
-def test_killed_while_running_is_connection_lost(run: type[Started], prog: Path) -> None:
+def test_killed_while_running_is_connection_lost(run: Launch, prog: Path) -> None:
     s = run(prog, "100000000")
     s.m.resume()
     s.q.popen.kill()
@@ -290,7 +294,7 @@ def test_killed_while_running_is_connection_lost(run: type[Started], prog: Path)
 # --- the livepatch core on a real process ---------------------------------------------
 
 
-def test_target_attach_nops_every_site_and_the_program_runs(run: type[Started],
+def test_target_attach_nops_every_site_and_the_program_runs(run: Launch,
                                                              prog: Path) -> None:
     s = run(prog)
     target = Target.attach(s.m, ElfImage(prog))
@@ -305,11 +309,12 @@ def test_target_attach_nops_every_site_and_the_program_runs(run: type[Started],
     assert s.output() == "sum 30 add3 14 data 0x11223344\n"
 
 
-def test_abandoned_syscall_lets_the_thread_go_on(run: type[Started], prog: Path) -> None:
+def test_abandoned_syscall_lets_the_thread_go_on(run: Launch, prog: Path) -> None:
     """If armlp dies with a system call set up on a borrowed thread, the
     thread runs the call, falls through to armlp's restore stub, gets its own
     registers back and the program finishes as if nothing happened."""
-    from armlp.machine.inject import Regs, _decode_regs, _encode_regs
+    from armlp.machine.base import Regs
+    from armlp.machine.inject import _decode_regs, _encode_regs
 
     s = run(prog, "7")
     m = s.m
@@ -327,11 +332,12 @@ def test_abandoned_syscall_lets_the_thread_go_on(run: type[Started], prog: Path)
     assert s.output() == "sum 63 add3 14 data 0x11223344\n"
 
 
-def test_abandoned_call_returns_the_thread_to_its_code(run: type[Started], prog: Path) -> None:
+def test_abandoned_call_returns_the_thread_to_its_code(run: Launch, prog: Path) -> None:
     """armlp dies during a call on a borrowed thread; the guardian's detach
     (here: the stub's ``D``) removes the breakpoint on the return address,
     where ``b restore`` gives the thread back its registers."""
-    from armlp.machine.inject import Regs, _decode_regs, _encode_regs
+    from armlp.machine.base import Regs
+    from armlp.machine.inject import _decode_regs, _encode_regs
 
     s = run(prog, "7")
     m = s.m

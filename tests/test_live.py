@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from armlp.build import build_program
 from armlp.control.protocol import request
@@ -253,7 +254,7 @@ def no_traceback(text: str) -> None:
 
 
 def service_values(out: str) -> list[tuple[int, ...]]:
-    rows = []
+    rows: list[tuple[int, ...]] = []
     for ln in out.splitlines():
         m = SERVICE_LINE.match(ln)
         if m:
@@ -263,7 +264,7 @@ def service_values(out: str) -> list[tuple[int, ...]]:
 
 
 def target_prices(out: str) -> list[int]:
-    rows = []
+    rows: list[int] = []
     for ln in out.splitlines():
         m = TARGET_LINE.match(ln)
         if m:
@@ -379,8 +380,11 @@ def _ranges(program: Path, status: dict[str, Any]) -> list[tuple[str, int, int]]
             if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 1:
                 out.append(("text segment", seg["p_vaddr"], seg["p_memsz"]))
         symtab = elf.get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection)
         for name in ("price", "untraced", "main"):
-            (sym,) = symtab.get_symbol_by_name(name)
+            syms = symtab.get_symbol_by_name(name)
+            assert syms is not None and len(syms) == 1, name
+            sym = syms[0]
             out.append((name, sym["st_value"] & ~1, 64))
     rt = status["runtime"]
     for key in ("module", "site_records", "site_table"):
@@ -457,7 +461,7 @@ def test_target_exits_while_patches_are_applied(built: Built, live: Live) -> Non
     # each either succeeds or fails with one line.
     r = live.run("race", built.target, "8", "50", "3")
     r.info()
-    outcomes = []
+    outcomes: list[Any] = []
     name = "live-price"
     while r.proc.poll() is None:
         res = live.cli("patch", built.price) if len(outcomes) % 2 == 0 else \

@@ -309,28 +309,3 @@ def test_stale_entries_are_removed_and_do_not_break_status(tmp_path: Path,
     assert not (rt / "gone-1").exists() and not (rt / "garbage").exists()
     res = armlp("status")
     assert res.code == 0 and "no running targets" in res.out
-
-
-def test_patch_and_unpatch_while_a_trace_runs(running: Running, blocking: tuple[Path, Path]
-                                             ) -> None:
-    """The function tracer and a patch of the same function, together (issue
-    9, item 3): every cycle succeeds, the trace sees calls, the program ends
-    normally."""
-    trace = subprocess.Popen([*ARMLP, "trace", "--target", running.info.id, "--filter",
-                              "price", "--json", "--duration", "60"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not request(running.info.socket, {"op": "status"})["trace"]:
-        assert time.monotonic() < deadline, "the trace never started"
-        time.sleep(0.05)
-    for i in range(100):
-        res = request(running.info.socket, {"op": "patch", "path": str(blocking[1])})
-        assert res["functions"] == ["price"]
-        request(running.info.socket, {"op": "unpatch", "name": "price-x3"})
-        if i % 20 == 0:
-            running.line()
-    status = request(running.info.socket, {"op": "status"})
-    assert status["trace"] and status["patches"] == []
-    trace.terminate()
-    trace.wait(20)
-    running.check_unharmed()

@@ -11,6 +11,7 @@ build/zlib).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import struct
 from collections.abc import Sequence
@@ -225,7 +226,8 @@ def build_zlib(dest: Path) -> list[Path]:
 
 def external_symbols(objs: Sequence[Path], start: int) -> dict[str, int]:
     """Addresses for every symbol the objects use but none defines (libc)."""
-    defined, used = set(), set()
+    defined: set[str] = set()
+    used: set[str] = set()
     for o in objs:
         for sym in ElfImage(o).symbols.symbols:
             if sym.name and sym.bind != 0:
@@ -361,7 +363,7 @@ def test_rela_gives_the_same_bytes_as_rel(tmp_path: Path) -> None:
                 elif rel.type_name in ("R_ARM_CALL", "R_ARM_JUMP24"):
                     struct.pack_into("<I", data, rel.offset, (word & 0xFF000000) | 0x123456)
             addr = addresses[i, sec.index]
-            apply_relocate_add(data, addr, rela, lambda r, i=i: resolver.resolve(i, r.symbol),
+            apply_relocate_add(data, addr, rela, functools.partial(_resolve, resolver, i),
                                area, where=obj.name, arch=obj.arch)
             assert bytes(data) == module.section(sec.name, obj.name).data, (obj.name, sec.name)
             compared += 1
@@ -480,8 +482,9 @@ def build_veneer_case(tmp_path: Path) -> tuple[list[Path], LoadedModule]:
 
 def run_function(module: LoadedModule, name: str, arg: int) -> int:
     """Call *name* (arg in r0) in Unicorn with the module mapped; return r0."""
-    import unicorn
+    import unicorn as _unicorn
     import unicorn.arm_const as a
+    unicorn: Any = _unicorn        # the binding is untyped
     uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_ARM)
     pages: set[int] = set()
     for addr, data in module.chunks():
@@ -681,3 +684,7 @@ def test_marker_relocations_need_no_definition(tmp_path: Path) -> None:
     module = load_object(obj, base=BASE)
     assert module.section(".text").data == ElfImage(obj).section_data(
         ElfImage(obj).sections[1])
+
+
+def _resolve(resolver: Any, index: int, rel: Any) -> Any:
+    return resolver.resolve(index, rel.symbol)

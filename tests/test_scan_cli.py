@@ -48,7 +48,7 @@ def _check_entry(f: dict[str, object]) -> None:
     if f["mcount_site"] is not None:
         site = f["mcount_site"]
         assert isinstance(site, int)
-        assert f["address"] <= site < f["address"] + max(f["size"], 4)  # type: ignore[operator]
+        assert f["address"] <= site < f["address"] + max(f["size"], 4)
 
 
 @pytest.mark.parametrize("which", ["apcs-O2", "noapcs-O0", "thumb-Os", "asm", "program"])

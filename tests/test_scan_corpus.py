@@ -34,6 +34,7 @@ the frame size is 4 x (registers in every push before the mcount
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,7 +128,7 @@ def frame_from_objdump(prologue: list[Insn]) -> tuple[int, dict[str, int], set[s
     return frame, {r: off + frame for r, off in slots.items()}, written
 
 
-def check_function(f: dict[str, object], kind: str, variant: str,
+def check_function(f: dict[str, Any], kind: str, variant: str,
                    insns: list[Insn] | None) -> None:
     want_patchable, want_rule, want_reason = expected(kind, variant)
     label = f"{f['name']},{f['sympos']}"

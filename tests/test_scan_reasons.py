@@ -30,7 +30,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("kind", ["object", "executable"])
 def test_refusal_reasons(files: dict[str, Path], kind: str) -> None:
     doc = scan_json(files[kind])
-    funcs = {f["name"]: f for f in doc["functions"]}  # type: ignore[index, union-attr]
+    funcs = {f["name"]: f for f in doc["functions"]}
     for name, (code, text) in EXPECTED.items():
         f = funcs[name]
         assert f["patchable"] is False and f["rule"] is None and f["undo"] is None, name

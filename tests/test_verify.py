@@ -118,12 +118,13 @@ def corrupted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
             # random r11 of the context reads unmapped memory.
             target.machine.write(rec.record + SITE_RULE_OFFSET, bytes([RULES["apcs"]]))
         else:
+            assert rec.report.undo is not None
             target.machine.write(rec.record + 12,
                                  struct.pack("<I", rec.report.undo.frame_size + 8))
         state["name"] = rec.report.fn.name
         return target
 
-    monkeypatch.setattr(Target, "emulate", classmethod(emulate))
+    monkeypatch.setattr(Target, "emulate", classmethod(emulate))  # type: ignore[arg-type]
     yield state
 
 
