@@ -26,9 +26,12 @@ from results_io import stats, write_results
 
 HERE = Path(__file__).resolve().parent
 N_FUNCS = 100
+#: Threads that spin while the loaded pauses are measured.
+BUSY = 8
 LOOP = 3_000_000
 
 PROGRAM = r"""
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -36,13 +39,19 @@ PROGRAM = r"""
 #define F(i) __attribute__((noinline, noipa)) int f##i(int x) { return x * (i + 3) + i; }
 %(funcs)s
 __attribute__((noinline, noipa)) int hot(int x) { return (x * 7) ^ (x >> 3); }
+static void *spin(void *arg) { volatile int s = (int)(long)arg; for (;;) s += hot(s); }
 static long long now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
                              return t.tv_sec * 1000000000LL + t.tv_nsec; }
 int main(int argc, char **argv)
 {
     /* argv[1]: "wait FILE" waits for FILE (patches go in first), then times
      * LOOP calls of hot(); without arguments it just idles for the pause
-     * measurements until the file named by argv[2] exists. */
+     * measurements until the file named by argv[2] exists.  argv[3]: that
+     * many threads spin calling hot() meanwhile (the loaded pause). */
+    for (int i = 0; argc > 3 && i < atoi(argv[3]); i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, spin, (void *)(long)i);
+    }
     if (argc > 2)
         while (access(argv[2], F_OK) != 0)
             usleep(2000);
@@ -74,7 +83,7 @@ def build(work: Path) -> tuple[Path, dict[str, Path]]:
     src = work / "live_bench.c"
     funcs = "\n".join(f"F({i})" for i in range(N_FUNCS))
     src.write_text(PROGRAM % {"funcs": funcs, "loop": LOOP})
-    prog = build_program([src], work / "live_bench", freestanding=False)
+    prog = build_program([src], work / "live_bench", freestanding=False, ldflags=["-pthread"])
     flags = patch_cflags(ElfImage(prog).build_id)
     patches = {}
     for label, names in (("1", ["f1"]), ("10", [f"f{i}" for i in range(1, 11)]),
@@ -87,10 +96,12 @@ def build(work: Path) -> tuple[Path, dict[str, Path]]:
     return prog, patches
 
 
-def start(prog: Path, go: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+def start(prog: Path, go: Path, env: dict[str, str], busy: int = 0
+          ) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), "wait",
-                             str(go)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env)
+                             str(go), *([str(busy)] if busy else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -146,6 +157,28 @@ def main() -> int:
     s = stats(latency)
     print(f"'armlp patch' (10 functions), whole command: {s['min']:.1f} / {s['median']:.1f} / "
           f"{s['max']:.1f} ms")
+
+    # 1b. The same pauses with 8 threads spinning on 2 cores.
+    go.unlink(missing_ok=True)
+    proc, sock = start(prog, go, env, busy=BUSY)
+    time.sleep(0.5)
+    loaded: dict[str, list[float]] = {k: [] for k in ("1", "10", "100")}
+    for _ in range(args.runs * 4):
+        for label in ("1", "10", "100"):
+            loaded[label].append(request(sock, {"op": "patch", "path": str(patches[label])})
+                                 ["pause_ms"])
+            request(sock, {"op": "unpatch", "name": "bench"})
+    go.touch()
+    proc.communicate(timeout=120)
+    result["loaded_pause_ms"] = {k: {**stats(v), "p90": round(sorted(v)[int(len(v) * 0.9)], 3)}
+                                 for k, v in loaded.items()}
+    print(f"pause while a patch is enabled with {BUSY} busy threads (ms, min / median / p90 / "
+          f"max, {args.runs * 4} runs):")
+    for k, v in loaded.items():
+        s = stats(v)
+        p90 = result["loaded_pause_ms"][k]["p90"]  # type: ignore[index]
+        print(f"  {k:>3} functions  {s['min']:8.2f} {s['median']:8.2f} {p90:8.2f} "
+              f"{s['max']:8.2f}")
 
     # 2. Overhead on a CPU-bound loop of hot() calls, side by side.
     def loop_ns(kind: str) -> float:
