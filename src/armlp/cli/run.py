@@ -115,7 +115,6 @@ def _note(msg: str) -> None:
 def _split_patch(spec: str) -> tuple[str, float]:
     """``PATCH.o[@SECONDS]``: a regular file (checked now, before anything
     starts) and a finite delay of at least 0."""
-    from armlp.control.protocol import finite
     from armlp.inputs import check_input
 
     path, sep, delay = spec.rpartition("@")
@@ -123,9 +122,10 @@ def _split_patch(spec: str) -> tuple[str, float]:
         path, seconds = spec, 0.0
     else:
         try:
-            seconds = finite(float(delay), f"the delay of --patch {spec!r}")
-        except ValueError:
-            raise ArmlpError(f"bad --patch {spec!r}: expected PATCH.o@SECONDS") from None
+            seconds = amount(delay)
+        except argparse.ArgumentTypeError as exc:
+            raise ArmlpError(f"bad --patch {spec!r}: expected PATCH.o@SECONDS ({exc})") \
+                from None
     check_input(path, "patch module")
     return path, seconds
 

@@ -64,12 +64,10 @@ def run_live(args: argparse.Namespace) -> int:
     import time
 
     from armlp.control.paths import find_target
-    from armlp.control.protocol import Session, finite
+    from armlp.control.protocol import Session
 
     if args.program is not None or args.graph:
         raise ArmlpError("trace --target: no PROGRAM and no --graph (threads share the ring)")
-    if args.duration is not None:
-        finite(args.duration, "--duration")
     info = find_target(None if args.target == "-" else args.target)
     counts: Counter[str] = Counter()
     calls: list[list[str]] = []

@@ -13,7 +13,6 @@ never a hang.
 from __future__ import annotations
 
 import json
-import math
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,13 +149,6 @@ def _no_constant(name: str) -> float:
 def encode(obj: dict[str, Any]) -> bytes:
     """One message line."""
     return json.dumps(obj, allow_nan=False).encode() + b"\n"
-
-
-def finite(value: float, what: str) -> float:
-    """*value* when it is a finite number of at least 0 (durations, delays)."""
-    if not math.isfinite(value) or value < 0:
-        raise ControlError(f"{what} must be a finite number of at least 0, not {value}")
-    return value
 
 
 class Session:

@@ -55,6 +55,16 @@ class Segment:
     align: int
 
 
+def program_headers(raw: bytes, count: int, entsize: int) -> list[Segment]:
+    """*count* program headers of *entsize* bytes each from *raw* (a file's
+    table, or the one a running process maps: see AT_PHDR)."""
+    if entsize < _PHDR.size or len(raw) < count * entsize:
+        raise ElfError(f"program header table of {len(raw)} bytes for {count} entries of "
+                       f"{entsize}")
+    return [Segment(*(f for j, f in enumerate(_PHDR.unpack_from(raw, i * entsize)) if j != 3))
+            for i in range(count)]
+
+
 @dataclass(frozen=True)
 class Section:
     """One section header, with its name resolved."""
@@ -179,15 +189,15 @@ class ElfImage:
         if self.phoff + self.phnum * _PHDR.size > len(d):
             raise self._fail(f"truncated program header table ({self.phnum} entries at "
                              f"{self.phoff:#x}, file has {len(d)} bytes)")
-        out = []
-        for i in range(self.phnum):
-            p_type, off, vaddr, _pa, filesz, memsz, flags, align = _PHDR.unpack_from(
-                d, self.phoff + i * _PHDR.size)
-            if p_type in (PT_LOAD, PT_INTERP) and (off + filesz > len(d) or filesz > memsz
-                                                   or vaddr + memsz > 1 << 32):
-                raise self._fail(f"program header {i}: {filesz:#x} bytes at {off:#x} for "
-                                 f"{memsz:#x} at {vaddr:#x} do not fit the file or 32 bits")
-            out.append(Segment(p_type, off, vaddr, filesz, memsz, flags, align))
+        out = program_headers(d[self.phoff:self.phoff + self.phnum * _PHDR.size],
+                              self.phnum, _PHDR.size)
+        for i, s in enumerate(out):
+            if s.type in (PT_LOAD, PT_INTERP) and (s.offset + s.filesz > len(d)
+                                                   or s.filesz > s.memsz
+                                                   or s.vaddr + s.memsz > 1 << 32):
+                raise self._fail(f"program header {i}: {s.filesz:#x} bytes at {s.offset:#x} "
+                                 f"for {s.memsz:#x} at {s.vaddr:#x} do not fit the file or "
+                                 f"32 bits")
         return out
 
     def segment_data(self, seg: Segment) -> bytes:

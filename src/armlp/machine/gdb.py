@@ -39,7 +39,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from armlp.elf.image import PT_LOAD
+from armlp.elf.image import PF_R, PF_W, PF_X, PT_LOAD, program_headers
 from armlp.errors import CodeModificationError, MachineError, StubStalledError
 from armlp.machine.base import CodeWrite, Region, Regs
 from armlp.machine.freeze import Freezer
@@ -49,7 +49,6 @@ from armlp.machine.inject import (
     PAGE,
     STAGING,
     Injection,
-    Segment,
     _decode_regs,
     _encode_regs,
     _page_down,
@@ -85,7 +84,7 @@ class GdbMachine(Injection):
     def __init__(self, conn: RspConnection, *,
                  interrupt: Callable[[int | None], None] | None = None,
                  host_memory: HostMemory | None = None,
-                 segments: Sequence[Segment] | None = None,
+                 segments: Sequence[Region] | None = None,
                  call_timeout: float = 10.0, stop_signal: int = GDB_SIGINT,
                  freezer: Freezer | None = None, agent_signal: int | None = None) -> None:
         self.conn = conn
@@ -500,7 +499,7 @@ class GdbMachine(Injection):
             self._copy_in_target = True
             self._target_copy(address, data)
 
-    def _text_segment(self, address: int, size: int) -> Segment | None:
+    def _text_segment(self, address: int, size: int) -> Region | None:
         for seg in self.segments:
             if seg.executable and seg.start <= address and address + size <= seg.end:
                 return seg
@@ -534,7 +533,7 @@ class GdbMachine(Injection):
         return any(s.start < address + size and address < _page_up(s.end) and not s.writable
                    for s in self.segments)
 
-    def _read_segments(self) -> list[Segment]:
+    def _read_segments(self) -> list[Region]:
         if self.conn.features.get("qXfer:auxv:read") != "+":
             raise MachineError("the stub does not serve the auxiliary vector "
                                "(qXfer:auxv:read): pass the program's segments")
@@ -550,12 +549,9 @@ class GdbMachine(Injection):
             raise MachineError("the auxiliary vector has no program headers (AT_PHDR)")
         self.entry = vals.get(_AT_ENTRY, 0)
         raw = self.conn.read_memory(phdr, phent * phnum)
-        segs = []
-        for i in range(phnum):
-            p_type, _off, vaddr, _pa, _fsz, memsz, flags, _al = struct.unpack_from(
-                "<8I", raw, i * phent)
-            if p_type == PT_LOAD and memsz:
-                segs.append(Segment(vaddr, vaddr + memsz, flags))
+        segs = [Region(p.vaddr, p.vaddr + p.memsz, bool(p.flags & PF_R), bool(p.flags & PF_W),
+                       bool(p.flags & PF_X))
+                for p in program_headers(raw, phnum, phent) if p.type == PT_LOAD and p.memsz]
         if not segs:
             raise MachineError("the program has no PT_LOAD segment")
         return segs

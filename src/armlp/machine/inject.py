@@ -29,12 +29,10 @@ import contextlib
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from armlp.arm.a32 import BRANCH_RANGE
-from armlp.elf.image import PF_W, PF_X
 from armlp.errors import MachineError
-from armlp.machine.base import Regs
+from armlp.machine.base import Region, Regs
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import StopReply
 from armlp.machine.scratch import SCRATCH_PAGES, agent_mask, scratch_code
@@ -57,23 +55,6 @@ _CPSR_T = 1 << 5
 _CPSR_IT = (0x3F << 10) | (0x3 << 25)
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A ``PT_LOAD`` segment of the program (from its program headers)."""
-
-    start: int
-    end: int
-    flags: int
-
-    @property
-    def executable(self) -> bool:
-        return bool(self.flags & PF_X)
-
-    @property
-    def writable(self) -> bool:
-        return bool(self.flags & PF_W)
-
-
 def _page_down(v: int) -> int:
     return v & ~(PAGE - 1)
 
@@ -89,7 +70,7 @@ class Injection:
 
     conn: RspConnection
     thread: int
-    segments: list[Segment]
+    segments: list[Region]
     exit: StopReply | None
     running: bool
     call_timeout: float
