@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from armlp.cli.main import main as armlp_main
+from live_helpers import Built, Live, build_live
 
 CORPUS = Path(__file__).parent / "corpus"
 CROSS = "arm-linux-gnueabi-"
@@ -283,3 +284,22 @@ def program_and_patch(program: Path, patch: Path, out: Path) -> tuple[Path, Path
     subprocess.run([tool("gcc"), *patch_cflags(ElfImage(prog).build_id), "-c", str(patch),
                     "-o", str(obj)], check=True)
     return prog, obj
+
+
+# --- the live tests' programs and processes (tests/test_live*.py) ------------
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The programs and patches of test_live.py and test_live_faults.py."""
+    return build_live(tmp_path_factory.mktemp("live"))
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    """A private runtime directory; every process started through it is
+    killed (by process group) in teardown."""
+    lv = Live(tmp_path)
+    try:
+        yield lv
+    finally:
+        lv.kill_all()
