@@ -50,23 +50,30 @@ class Trampoline:
         return struct.pack(f"<{len(self.words)}I", *self.words)
 
 
+def undo_words(undo: UndoRecipe, sp_bias: int) -> list[int]:
+    """The instructions that undo a ``push``-rule prologue, entered with
+    sp = site sp - *sp_bias* (4 while the mcount ``push {lr}`` is still on
+    the stack, 0 after the kernel's ftrace_regs_caller popped it)."""
+    if undo.rule != "push":
+        raise PatchError(f"no undo for rule {undo.rule!r} without a frame pointer chain")
+    words: list[int] = []
+    for reg, off in undo.loads:
+        if reg != FP:
+            raise PatchError(f"the prologue changes r{reg}; only fp can be reloaded")
+        slot = off + sp_bias
+        if slot <= 4095:
+            words.append(encode_ldr_imm(FP, SP, slot))
+        else:      # a frame over 4 KiB: address the slot through ip (scratch)
+            words += encode_add_wide(IP, SP, slot & ~0xFFF)
+            words.append(encode_ldr_imm(FP, IP, slot & 0xFFF))
+    return words + encode_add_sp(undo.frame_size + sp_bias)
+
+
 def build_trampoline(undo: UndoRecipe, target: int) -> Trampoline:
     """The fast-path trampoline for a function with recipe *undo*."""
-    words: list[int] = []
     if undo.rule == "apcs":
-        words += [encode_ldr_imm(SP, FP, -8), encode_ldr_imm(FP, FP, -12)]
-    elif undo.rule == "push":
-        for reg, off in undo.loads:
-            if reg != FP:
-                raise PatchError(f"undo recipe reloads r{reg}; the fast path only knows fp")
-            slot = off + 4
-            if slot <= 4095:
-                words.append(encode_ldr_imm(FP, SP, slot))
-            else:      # a frame over 4 KiB: address the slot through ip (scratch)
-                words += encode_add_wide(IP, SP, slot & ~0xFFF)
-                words.append(encode_ldr_imm(FP, IP, slot & 0xFFF))
-        words += encode_add_sp(undo.frame_size + 4)
+        words = [encode_ldr_imm(SP, FP, -8), encode_ldr_imm(FP, FP, -12)]
     else:
-        raise PatchError(f"no fast path for rule {undo.rule!r}")
+        words = undo_words(undo, 4)
     words += [LDR_PC_PC_M4, target & 0xFFFFFFFF]
     return Trampoline(tuple(words), len(words) - 1)

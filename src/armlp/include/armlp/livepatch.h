@@ -20,6 +20,47 @@
 #ifndef ARMLP_LIVEPATCH_H
 #define ARMLP_LIVEPATCH_H
 
+#ifdef __KERNEL__
+/*
+ * A kernel live patch (`armlp kernel build`): the same macros record what is
+ * replaced as plain text in .armlp.kfuncs, which the build reads, scans in
+ * the release's vmlinux, and turns into the patch module's klp_func table
+ * and trampolines; the records themselves are discarded from the module.
+ */
+struct armlp_kfunc_rec {
+	char old_name[128];
+	char new_name[128];
+	char object[64];
+	unsigned long old_sympos;
+};
+
+#define ARMLP__CAT2(a, b) a##b
+#define ARMLP__CAT(a, b) ARMLP__CAT2(a, b)
+
+#define ARMLP_PATCH(name)                                                      \
+	static const char armlp__patch_name[]                                  \
+	__attribute__((section(".armlp.name"), used)) = name
+
+#define ARMLP__DESC(old_name, pos, new)                                        \
+	static const struct armlp_kfunc_rec ARMLP__CAT(armlp__rec_, __LINE__)  \
+	__attribute__((section(".armlp.kfuncs"), used, aligned(4))) =          \
+		{ old_name, #new, "", (pos) };                                 \
+	static void *const ARMLP__CAT(armlp__keep_, __LINE__)                  \
+	__attribute__((section(".discard.armlp"), used)) = (void *)(new)
+
+#define ARMLP_REPLACE_POS(old, pos, new) ARMLP__DESC(#old, pos, new)
+#define ARMLP_REPLACE(old, new) ARMLP__DESC(#old, 0, new)
+
+/*
+ * A kernel symbol that is static or not exported, declared as for programs:
+ *   extern unsigned int saved_command_line_len ARMLP_SYMBOL(saved_command_line_len, 0);
+ * The build gives it the address the release's vmlinux has for it (the
+ * POS-th symbol of that name when there are several); the core checks it
+ * against kallsyms at load.
+ */
+#define ARMLP_SYMBOL(name, pos) __asm__("\".klp.sym.vmlinux." #name "," #pos "\"")
+
+#else /* !__KERNEL__: a program's live patch */
 struct armlp_func_desc {
 	const char *old_name;     /* function to replace */
 	unsigned long old_sympos; /* 0: the name is unique */
@@ -60,5 +101,7 @@ static const char armlp__target_build_id[]
 /* Refer to a static of the patched program: ARMLP_SYMBOL(counter, 2) is the
  * second static named "counter" (kernel .klp.sym naming, main program). */
 #define ARMLP_SYMBOL(name, pos) __asm__("\".klp.sym.program." #name "," #pos "\"")
+
+#endif /* __KERNEL__ */
 
 #endif

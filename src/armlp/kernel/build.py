@@ -1,0 +1,267 @@
+"""``armlp kernel build``: a kernel live patch module from a patch's C.
+
+The patch is written as for programs (``<armlp/livepatch.h>``: ARMLP_PATCH,
+ARMLP_REPLACE, ARMLP_REPLACE_POS, ARMLP_SYMBOL) with the kernel's own
+headers.  Building it:
+
+1. compiles the patch alone with Kbuild and reads what it replaces (the
+   ``.armlp.kfuncs`` records) and which kernel symbols it names;
+2. finds each function in the release's vmlinux and scans it with armlp's own
+   analysis: its mcount site, its prologue and the recipe that undoes it; a
+   function that is not patchable is refused here, with the reason;
+3. generates the module's tables: per function its address, size, site, the
+   crc32 of its code (checked by the core at load) and its trampoline, whose
+   words are encoded here by the same encoders the program path uses;
+4. builds the core module (``armlp_klp.ko``) and the patch module with
+   Kbuild, and writes both beside ``load-order``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from armlp.analysis.mcount import SiteFinder
+from armlp.analysis.prologue import DescribeFn
+from armlp.analysis.scan import analyse_function
+from armlp.elf.image import ElfImage
+from armlp.elf.symbols import FunctionSymbol
+from armlp.errors import ArmlpError, PatchError
+from armlp.inputs import check_input
+from armlp.kernel.kit import KernelKit
+from armlp.livepatch.trampoline import undo_words
+from armlp.toolchain import INCLUDE_DIR
+
+MODULE_DIR = Path(__file__).parent / "module"
+CORE_NAME = "armlp_klp"
+CORE_SOURCES = ("core.c", "patch.c", "transition.c", "core.h", "klp.h")
+KSYM_PREFIX = ".klp.sym.vmlinux."
+NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,55}$")
+REC = struct.Struct("<128s128s64sI")
+#: Sections whose code is gone after boot.
+INIT_SECTIONS = (".init.text", ".exit.text")
+
+
+class KernelBuildError(ArmlpError):
+    """A kernel patch cannot be built: a refused function, a failed Kbuild."""
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One ARMLP_REPLACE, resolved in the release's vmlinux."""
+
+    old_name: str
+    old_sympos: int
+    new_name: str
+    fn: FunctionSymbol
+    site: int
+    crc: int
+    rule: str
+    tramp: tuple[int, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"old_name": self.old_name, "old_sympos": self.old_sympos,
+                "new_name": self.new_name, "address": self.fn.address, "size": self.fn.size,
+                "site": self.site, "rule": self.rule, "crc32": self.crc,
+                "trampoline": [f"{w:#010x}" for w in self.tramp]}
+
+
+@dataclass
+class KernelPatch:
+    """What a patch's source asks for, resolved; and where its modules went."""
+
+    source: Path
+    name: str
+    release: str
+    funcs: list[Replacement] = field(default_factory=list)
+    symbols: dict[str, tuple[str, int]] = field(default_factory=dict)   # asm name -> (name, addr)
+    modules: list[Path] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"patch": self.name, "source": str(self.source), "release": self.release,
+                "functions": [f.to_json() for f in self.funcs],
+                "symbols": {n: a for n, a in self.symbols.values()},
+                "load_order": [m.name for m in self.modules]}
+
+
+def build(source: Path, kit: KernelKit, out: Path, *, name: str | None = None) -> KernelPatch:
+    """Build *source* into ``out/<name>.ko`` with the core module beside it."""
+    source = check_input(source, "patch source").resolve()
+    if source.suffix != ".c":
+        raise KernelBuildError(f"{source}: a kernel patch is a C file")
+    work = Path(tempfile.mkdtemp(prefix="armlp-kbuild-"))
+    try:
+        first = _pass_one(source, kit, work / "pass1")
+        patch_name, records, ksyms = _read_pass_one(first)
+        mod_name = _module_name(name or patch_name or source.stem)
+        image = ElfImage(kit.vmlinux)
+        patch = KernelPatch(source, mod_name, kit.release)
+        patch.funcs = [_resolve(image, *r) for r in records]
+        if not patch.funcs:
+            raise KernelBuildError(f"{source}: replaces nothing (no ARMLP_REPLACE)")
+        patch.symbols = {s: _resolve_symbol(image, s) for s in ksyms}
+        core = _kbuild(kit, work / "core", {f: (MODULE_DIR / f).read_text()
+                                            for f in CORE_SOURCES},
+                       f"obj-m := {CORE_NAME}.o\n{CORE_NAME}-y := core.o patch.o transition.o\n")
+        gen = generate(patch)
+        pko = _kbuild(kit, work / "patch", {"armlp_gen.c": gen},
+                      f"obj-m := {mod_name}.o\n{mod_name}-y := armlp_gen.o\n"
+                      f"ccflags-y := -I{INCLUDE_DIR} -I{MODULE_DIR}\n"
+                      f"KBUILD_EXTRA_SYMBOLS := {work / 'core' / 'Module.symvers'}\n")
+        out.mkdir(parents=True, exist_ok=True)
+        patch.modules = [out / f"{CORE_NAME}.ko", out / f"{mod_name}.ko"]
+        shutil.copyfile(core / f"{CORE_NAME}.ko", patch.modules[0])
+        shutil.copyfile(pko / f"{mod_name}.ko", patch.modules[1])
+        (out / "load-order").write_text("".join(m.name + "\n" for m in patch.modules))
+        return patch
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _module_name(name: str) -> str:
+    mod = name.replace("-", "_")
+    if not NAME_RE.match(mod):
+        raise KernelBuildError(f"patch name {name!r}: a module name is 1-55 letters, digits, "
+                               f"'_' or '-'")
+    if mod == CORE_NAME:
+        raise KernelBuildError(f"patch name {name!r} is the core module's")
+    return mod
+
+
+def _pass_one(source: Path, kit: KernelKit, d: Path) -> Path:
+    """The patch compiled alone, for its records (no module is linked)."""
+    d.mkdir(parents=True)
+    (d / "armlp_pass1.c").write_text(f'#include "{source}"\n')
+    (d / "Kbuild").write_text(f"obj-m := armlp_pass1.o\nccflags-y := -I{INCLUDE_DIR}\n")
+    _make(kit, d, "armlp_pass1.o")
+    return d / "armlp_pass1.o"
+
+
+def _read_pass_one(obj: Path) -> tuple[str | None, list[tuple[str, int, str]], list[str]]:
+    img = ElfImage(obj)
+    name_sec = img.section(".armlp.name")
+    name = None
+    if name_sec is not None:
+        name = img.section_data(name_sec).split(b"\0", 1)[0].decode("utf-8", "replace")
+    records: list[tuple[str, int, str]] = []
+    sec = img.section(".armlp.kfuncs")
+    if sec is not None:
+        data = img.section_data(sec)
+        for off in range(0, len(data) - REC.size + 1, REC.size):
+            old, new, _obj, pos = REC.unpack_from(data, off)
+            records.append((_cstr(old), pos, _cstr(new)))
+    ksyms = sorted({s.name for s in img.symbols.symbols
+                    if not s.defined and s.name.startswith(KSYM_PREFIX)})
+    return name, records, ksyms
+
+
+def _cstr(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def _resolve(image: ElfImage, old: str, sympos: int, new: str) -> Replacement:
+    """*old* in vmlinux, scanned: refused here unless patchable."""
+    same = [f for f in image.symbols.functions() if f.name == old]
+    where = f"{image.path.name}"
+    if not same:
+        raise KernelBuildError(f"{old}: no such function in {where}")
+    if sympos == 0 and len(same) > 1:
+        raise KernelBuildError(f"{old}: {len(same)} functions have that name in {where}: "
+                               f"say which with ARMLP_REPLACE_POS({old}, 1..{len(same)}, ...)")
+    fn = same[0] if sympos == 0 else next((f for f in same if max(f.sympos, 1) == sympos),
+                                          None)
+    if fn is None:
+        raise KernelBuildError(f"{old}: no sympos {sympos} ({len(same)} with that name)")
+    label = f"{old},{sympos}" if sympos else old
+    if fn.section_name in INIT_SECTIONS:
+        raise KernelBuildError(f"{label}: not patchable: in {fn.section_name}, freed after boot")
+    rep = analyse_function(image, SiteFinder(image), fn, {}, DescribeFn())
+    verdict = rep.verdict
+    if not verdict.patchable or rep.site is None or verdict.undo is None:
+        raise KernelBuildError(f"{label}: not patchable: {verdict.reason}")
+    try:
+        words = undo_words(verdict.undo, 0)
+    except PatchError as exc:
+        raise KernelBuildError(f"{label}: not patchable: {exc}") from None
+    code = bytearray(image.read(fn.address, fn.size))
+    off = rep.site - fn.address
+    code[off:off + 4] = bytes(4)          # the site word is ftrace's
+    return Replacement(old, sympos, new, fn, rep.site, zlib.crc32(code), verdict.rule or "",
+                       tuple(words))
+
+
+def _resolve_symbol(image: ElfImage, asm_name: str) -> tuple[str, int]:
+    spec = asm_name[len(KSYM_PREFIX):]
+    name, _, pos = spec.rpartition(",")
+    if not name or not pos.isdigit():
+        raise KernelBuildError(f"{asm_name}: ARMLP_SYMBOL needs NAME and a sympos number")
+    try:
+        sym = image.symbols.lookup(name, int(pos), where=image.path.name)
+    except ArmlpError as exc:
+        raise KernelBuildError(f"ARMLP_SYMBOL({name}, {pos}): {exc}") from None
+    return name, sym.value
+
+
+def generate(patch: KernelPatch) -> str:
+    """The patch module's C: the patch's source, its trampolines, its tables."""
+    describe = DescribeFn()
+    out = [f"/* Generated by armlp kernel build from {patch.source.name} for "
+           f"{patch.release}: do not edit. */",
+           f'#include "{patch.source}"', '#include "klp.h"', ""]
+    for asm_name, (_name, addr) in patch.symbols.items():
+        out.append(f'asm(".set \\"{asm_name}\\", {addr:#010x}");')
+    for i, f in enumerate(patch.funcs):
+        lines = [".pushsection .text.armlp_tramp, \\\"ax\\\", %progbits", ".arm", ".align 2",
+                 f".type armlp_tramp_{i}, %function", f"armlp_tramp_{i}:"]
+        lines += [f"\\t.inst {w:#010x}\\t@ {describe(w)}" for w in f.tramp]
+        lines += [f"\\tb {f.new_name}", f".size armlp_tramp_{i}, . - armlp_tramp_{i}",
+                  ".popsection"]
+        out.append(f"/* {f.old_name}: rule {f.rule}, site +{f.site - f.fn.address:#x} */")
+        out.append("asm(" + "\n    ".join(f'"{line}\\n"' for line in lines) + ");")
+        out.append(f"extern char armlp_tramp_{i}[];")
+    out += ["", "static struct klp_func armlp_funcs[] = {"]
+    for i, f in enumerate(patch.funcs):
+        out.append(f'\t{{ .old_name = "{f.old_name}", .old_sympos = {f.old_sympos}, '
+                   f".new_func = (void *){f.new_name},\n"
+                   f"\t  .old_addr = {f.fn.address:#010x}, .old_size = {f.fn.size:#x}, "
+                   f".site = {f.site:#010x}, .old_crc = {f.crc:#010x},\n"
+                   f"\t  .trampoline = armlp_tramp_{i}, .tramp_size = {4 * len(f.tramp) + 4} }},")
+    out += ["\t{ }", "};", "", "static struct klp_sym armlp_syms[] = {"]
+    out += [f'\t{{ "{n}", {a:#010x} }},' for n, a in patch.symbols.values()]
+    out += ["\t{ }", "};", "",
+            "static struct klp_object armlp_objs[] = {",
+            "\t{ .name = NULL, .funcs = armlp_funcs },", "\t{ }", "};", "",
+            "static struct klp_patch armlp_patch = {",
+            "\t.mod = THIS_MODULE,", "\t.objs = armlp_objs,",
+            f'\t.release = "{patch.release}",', "\t.syms = armlp_syms,", "};", "",
+            "static int __init armlp_patch_init(void)", "{",
+            "\treturn klp_enable_patch(&armlp_patch);", "}", "",
+            "static void __exit armlp_patch_exit(void)", "{", "}", "",
+            "module_init(armlp_patch_init);", "module_exit(armlp_patch_exit);",
+            'MODULE_LICENSE("GPL");', 'MODULE_INFO(armlp_livepatch, "Y");', ""]
+    return "\n".join(out)
+
+
+def _kbuild(kit: KernelKit, d: Path, files: dict[str, str], kbuild: str) -> Path:
+    d.mkdir(parents=True)
+    for name, text in files.items():
+        (d / name).write_text(text)
+    (d / "Kbuild").write_text(kbuild)
+    _make(kit, d, "modules")
+    return d
+
+
+def _make(kit: KernelKit, d: Path, target: str) -> None:
+    args = [*kit.make_args(d)[:-1], target]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        errors = [ln for ln in (proc.stderr + proc.stdout).splitlines()
+                  if "error" in ln.lower()] or (proc.stderr or proc.stdout).splitlines()
+        detail = errors[0].strip() if errors else f"exit {proc.returncode}"
+        raise KernelBuildError(f"Kbuild failed: {detail}")
