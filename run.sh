@@ -12,11 +12,17 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(gcc-arm-linux-gnueabi binutils-arm-linux-gnueabi libc6-dev-armel-cross
+              gcc-arm-linux-gnueabihf
               qemu-user qemu-system-arm gdb-multiarch python3-venv make)
+
+# The kernel live patching kit (armlp kernel build: headers, host kbuild,
+# vmlinux of Debian's armhf kernel) and the test guest live here.
+export ARMLP_KERNEL_CACHE="${ARMLP_KERNEL_CACHE:-$PWD/build/kernel}"
 
 need_apt() {
     command -v arm-linux-gnueabi-gcc >/dev/null || return 0
     command -v arm-linux-gnueabi-objdump >/dev/null || return 0
+    command -v arm-linux-gnueabihf-gcc >/dev/null || return 0
     command -v qemu-arm >/dev/null || return 0
     command -v qemu-system-arm >/dev/null || return 0
     command -v gdb-multiarch >/dev/null || return 0
@@ -89,7 +95,16 @@ setup_vm() {
     tests/vm/gdbserver-vm.sh prepare
 }
 
-setup() { setup_apt; setup_venv; setup_zlib; setup_vm; }
+# Debian's armhf kernel: what `armlp kernel build` needs for it (headers, the
+# host's kbuild of the same version, vmlinux with symbols) and its vmlinuz
+# and a busybox for the test guest, fetched once into $ARMLP_KERNEL_CACHE.
+setup_kernel() {
+    compgen -G "$ARMLP_KERNEL_CACHE/*/guest/busybox" >/dev/null && return 0
+    echo "== fetching Debian's armhf kernel kit into $ARMLP_KERNEL_CACHE"
+    .venv/bin/armlp kernel fetch --guest
+}
+
+setup() { setup_apt; setup_venv; setup_zlib; setup_vm; setup_kernel; }
 
 case "${1:-}" in
     setup) setup ;;

@@ -8,7 +8,9 @@ the fix with ``armlp patch``, shows ``armlp status``, and takes the fix out
 again with ``armlp unpatch``: the printed prices change and change back, and
 a last ``armlp status`` shows the target as it was.
 
-Run through ``./run.sh demo`` (which installs what is missing first).
+Then the kernel part (examples/demo_kernel.py): Debian's stock ARM kernel,
+live patched.  Run through ``./run.sh demo`` (which installs what is missing
+first); ``./run.sh demo program`` or ``./run.sh demo kernel`` runs one part.
 """
 
 from __future__ import annotations
@@ -36,7 +38,19 @@ def armlp(*args: str) -> None:
     subprocess.run([*ARMLP, *args], check=True)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    parts = argv or ["program", "kernel"]
+    if any(p not in ("program", "kernel") for p in parts):
+        print("usage: ./run.sh demo [program] [kernel]", file=sys.stderr)
+        return 2
+    status = program() if "program" in parts else 0
+    if status == 0 and "kernel" in parts:
+        import demo_kernel
+        status = demo_kernel.main()
+    return status
+
+
+def program() -> int:
     build = HERE.parent / "build"
     service = build_program([HERE / "programs" / "live_service.c"], build / "live_service",
                             freestanding=False, ldflags=["-pthread"])
@@ -72,4 +86,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

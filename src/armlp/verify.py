@@ -28,7 +28,8 @@ COMPARED = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "
             "sp", "lr")
 STACK_ARG_WORDS = 8
 PATHS = ("generic", "fast", "entry")
-_UDF = struct.pack("<I", 0xE7F000F0)
+#: A page of ``udf``: a probe that faults if executed.
+UDF_PAGE = struct.pack("<I", 0xE7F000F0) * 1024
 
 
 @dataclass
@@ -61,20 +62,15 @@ class FunctionProof:
         }
 
 
-class Prover:
-    """Runs redirect proofs on an emulated target."""
+@dataclass
+class Bench:
+    """An emulator, a probe (where the new function would be: udf words) and a
+    stack: what a proof calls functions on."""
 
-    def __init__(self, target: Target, *, seed: int = 0) -> None:
-        if not isinstance(target.machine, Emulator):
-            raise TypeError("proofs run in the emulator")
-        self.target = target
-        self.emu: Emulator = target.machine
-        self.rng = random.Random(seed)
-        text = target.image.section(".text")
-        # Near the code, as a patch module is placed: branches reach it directly.
-        self.probe = self.emu.alloc(4096, near=text.addr if text else None)
-        self.emu.write(self.probe, _UDF * 1024)
-        self.stack_top = self.emu.get_regs().sp
+    emu: Emulator
+    probe: int
+    stack_top: int
+    rng: random.Random
 
     def random_context(self) -> dict[str, int]:
         rnd = self.rng.getrandbits
@@ -83,6 +79,53 @@ class Prover:
         ctx["sp"] = (self.stack_top - 0x30000 - 8 * rnd(10)) & ~7
         ctx["lr"] = rnd(32) & ~3
         return ctx
+
+    def check_path(self, entry: int, trials: int) -> PathResult:
+        """Call *entry* with random contexts; the probe must see each one."""
+        result = PathResult()
+        emu = self.emu
+        for _ in range(trials):
+            ctx = self.random_context()
+            args = [self.rng.getrandbits(32) for _ in range(STACK_ARG_WORDS)]
+            sp = ctx["sp"]
+            emu.write(sp, struct.pack(f"<{STACK_ARG_WORDS}I", *args))
+            before = emu.instructions
+            try:
+                got = emu.call_regs(entry, (), until=self.probe, regs=ctx,
+                                    max_instructions=100_000)
+            except MachineError as exc:   # a wrong undo may crash: a failed proof
+                result.verified = False
+                result.mismatch = f"the call did not reach the probe: {exc}"
+                break
+            if before is not None and emu.instructions is not None:
+                result.instructions = emu.instructions - before
+            stack = struct.unpack(f"<{STACK_ARG_WORDS}I", emu.read(sp, 4 * STACK_ARG_WORDS))
+            seen = dict(zip(COMPARED, [*got.r[:12], got.sp, got.lr], strict=True))
+            bad = [f"{k}={seen[k]:#x} (want {ctx[k]:#x})" for k in COMPARED if seen[k] != ctx[k]]
+            if list(stack) != args:
+                bad.append("stack arguments changed")
+            if bad:
+                result.verified = False
+                result.mismatch = ", ".join(bad)
+                break
+        return result
+
+
+class Prover:
+    """Runs redirect proofs on an emulated target."""
+
+    def __init__(self, target: Target, *, seed: int = 0) -> None:
+        if not isinstance(target.machine, Emulator):
+            raise TypeError("proofs run in the emulator")
+        self.target = target
+        self.emu: Emulator = target.machine
+        text = target.image.section(".text")
+        # Near the code, as a patch module is placed: branches reach it directly.
+        probe = self.emu.alloc(4096, near=text.addr if text else None)
+        self.emu.write(probe, UDF_PAGE)
+        self.bench = Bench(self.emu, probe, self.emu.get_regs().sp, random.Random(seed))
+        self.probe = probe
+        self.check_path = self.bench.check_path
 
     def prove(self, recs: Iterable[DynFtrace], trials: int = 8,
               paths: Sequence[str] = ("generic",)) -> list[FunctionProof]:
@@ -138,33 +181,3 @@ class Prover:
         finally:
             ft.unregister_ftrace_function(ops)
             ft.heap.free(addr)
-
-    def check_path(self, entry: int, trials: int) -> PathResult:
-        """Call *entry* with random contexts; the probe must see each one."""
-        result = PathResult()
-        emu = self.emu
-        for _ in range(trials):
-            ctx = self.random_context()
-            args = [self.rng.getrandbits(32) for _ in range(STACK_ARG_WORDS)]
-            sp = ctx["sp"]
-            emu.write(sp, struct.pack(f"<{STACK_ARG_WORDS}I", *args))
-            before = emu.instructions
-            try:
-                got = emu.call_regs(entry, (), until=self.probe, regs=ctx,
-                                    max_instructions=100_000)
-            except MachineError as exc:   # a wrong undo may crash: a failed proof
-                result.verified = False
-                result.mismatch = f"the call did not reach the probe: {exc}"
-                break
-            if before is not None and emu.instructions is not None:
-                result.instructions = emu.instructions - before
-            stack = struct.unpack(f"<{STACK_ARG_WORDS}I", emu.read(sp, 4 * STACK_ARG_WORDS))
-            seen = dict(zip(COMPARED, [*got.r[:12], got.sp, got.lr], strict=True))
-            bad = [f"{k}={seen[k]:#x} (want {ctx[k]:#x})" for k in COMPARED if seen[k] != ctx[k]]
-            if list(stack) != args:
-                bad.append("stack arguments changed")
-            if bad:
-                result.verified = False
-                result.mismatch = ", ".join(bad)
-                break
-        return result

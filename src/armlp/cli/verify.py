@@ -8,15 +8,17 @@ import json
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from armlp.cli.args import count
 from armlp.cli.scan import parse_function_spec
 from armlp.errors import ArmlpError
 
+from armlp.elf.image import ElfImage
+
 if TYPE_CHECKING:   # imported in run(): `armlp --help` should not pay for the emulator
-    from armlp.analysis.scan import FunctionReport
-    from armlp.target import Target
+    from armlp.analysis.scan import FunctionReport, ScanResult
     from armlp.verify import FunctionProof
 
 HELP = """\
@@ -86,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not paths:
         raise ArmlpError(f"bad --paths {args.paths!r}: choose from {', '.join(PATHS)}")
     want = parse_function_spec(args.function) if args.function else None
+    image = ElfImage(args.program)
+    if image.kind == "vmlinux":
+        return _run_kernel(args, image, want)
     target = Target.emulate(args.program, count_instructions=True)
-    reports = _selected(target, want)
+    reports = _selected(target.scan, want)
     patchable = [r for r in reports if r.verdict.patchable]
     skipped = [r for r in reports if r.site is not None and not r.verdict.patchable]
     records = target.ftrace.records
@@ -97,7 +102,28 @@ def run(args: argparse.Namespace) -> int:
     proofs = Prover(target, seed=args.seed).prove([records[r.site] for r in patchable
                                                    if r.site is not None],
                                                   trials=args.trials, paths=paths)
-    doc = _document(args, target, reports, proofs, skipped)
+    return _report(args, target.image, reports, proofs, skipped, paths)
+
+
+def _run_kernel(args: argparse.Namespace, image: ElfImage,
+                want: tuple[str, int | None] | None) -> int:
+    """A kernel image: the one path armlp_klp takes (:mod:`armlp.kernel.verify`)."""
+    from armlp.analysis.scan import scan
+    from armlp.kernel.verify import PATH, KernelProver
+
+    if args.paths not in (None, PATH):
+        raise ArmlpError(f"bad --paths {args.paths!r}: a kernel image has one path, {PATH}")
+    reports = _selected(scan(image), want)
+    patchable = [r for r in reports if r.verdict.patchable and r.site is not None]
+    skipped = [r for r in reports if r.site is not None and not r.verdict.patchable]
+    proofs = KernelProver(image, seed=args.seed).prove(patchable, trials=args.trials)
+    return _report(args, image, reports, proofs, skipped, (PATH,))
+
+
+def _report(args: argparse.Namespace, image: ElfImage, reports: list[FunctionReport],
+            proofs: list[FunctionProof], skipped: list[FunctionReport],
+            paths: Sequence[str]) -> int:
+    doc = _document(args, image, reports, proofs, skipped)
     doc["paths"] = list(paths)
     if args.json:
         sys.stdout.write(json.dumps(doc) + "\n")
@@ -106,10 +132,11 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(not p.verified for p in proofs) else 0
 
 
-def _selected(target: Target, want: tuple[str, int | None] | None) -> list[FunctionReport]:
+def _selected(result: ScanResult, want: tuple[str, int | None] | None
+              ) -> list[FunctionReport]:
     if want is None:
-        return list(target.scan.functions)
-    report = target.scan.find(*want)
+        return list(result.functions)
+    report = result.find(*want)
     v = report.verdict
     if report.site is None or not v.patchable:
         raise ArmlpError(f"{report.fn.label} is not patchable: {v.reason}; nothing to verify")
@@ -133,7 +160,7 @@ def _path_stats(proofs: list[FunctionProof]) -> dict[str, dict[str, object]]:
     return out
 
 
-def _document(args: argparse.Namespace, target: Target, reports: list[FunctionReport],
+def _document(args: argparse.Namespace, image: ElfImage, reports: list[FunctionReport],
               proofs: list[FunctionProof], skipped: list[FunctionReport]
               ) -> dict[str, object]:
     by_rule: dict[str, dict[str, int]] = {}
@@ -143,7 +170,7 @@ def _document(args: argparse.Namespace, target: Target, reports: list[FunctionRe
     reasons = Counter(r.verdict.reason_code for r in skipped)
     return {
         "program": str(args.program),
-        "build_id": target.image.build_id,
+        "build_id": image.build_id,
         "trials": args.trials,
         "seed": args.seed,
         "summary": {

@@ -18,6 +18,7 @@ headers.  Building it:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import struct
@@ -106,14 +107,12 @@ def build(source: Path, kit: KernelKit, out: Path, *, name: str | None = None) -
         if not patch.funcs:
             raise KernelBuildError(f"{source}: replaces nothing (no ARMLP_REPLACE)")
         patch.symbols = {s: _resolve_symbol(image, s) for s in ksyms}
-        core = _kbuild(kit, work / "core", {f: (MODULE_DIR / f).read_text()
-                                            for f in CORE_SOURCES},
-                       f"obj-m := {CORE_NAME}.o\n{CORE_NAME}-y := core.o patch.o transition.o\n")
+        core = core_module(kit)
         gen = generate(patch)
         pko = _kbuild(kit, work / "patch", {"armlp_gen.c": gen},
                       f"obj-m := {mod_name}.o\n{mod_name}-y := armlp_gen.o\n"
                       f"ccflags-y := -I{INCLUDE_DIR} -I{MODULE_DIR}\n"
-                      f"KBUILD_EXTRA_SYMBOLS := {work / 'core' / 'Module.symvers'}\n")
+                      f"KBUILD_EXTRA_SYMBOLS := {core / 'Module.symvers'}\n")
         out.mkdir(parents=True, exist_ok=True)
         patch.modules = [out / f"{CORE_NAME}.ko", out / f"{mod_name}.ko"]
         shutil.copyfile(core / f"{CORE_NAME}.ko", patch.modules[0])
@@ -122,6 +121,26 @@ def build(source: Path, kit: KernelKit, out: Path, *, name: str | None = None) -
         return patch
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def core_module(kit: KernelKit) -> Path:
+    """The directory of the core module built for *kit*'s release: built once
+    per release and source (kept in the kit, by a hash of the sources)."""
+    sources = {f: (MODULE_DIR / f).read_text() for f in CORE_SOURCES}
+    digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
+    done = kit.root / CORE_NAME / digest
+    if (done / f"{CORE_NAME}.ko").exists():
+        return done
+    tmp = Path(tempfile.mkdtemp(prefix=f".{CORE_NAME}-", dir=kit.root))
+    try:
+        _kbuild(kit, tmp / "src", sources,
+                f"obj-m := {CORE_NAME}.o\n{CORE_NAME}-y := core.o patch.o transition.o\n")
+        done.parent.mkdir(exist_ok=True)
+        if not done.exists():
+            (tmp / "src").rename(done)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return done
 
 
 def _module_name(name: str) -> str:

@@ -200,10 +200,9 @@ def _extract_vmlinux(deb: Path, rel: str, dest: Path) -> None:
     """Stream only the image out of the -dbg package (it is mostly modules)."""
     member = f"./usr/lib/debug/boot/vmlinux-{rel}"
     with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
-                          stdout=subprocess.PIPE) as deb_tar:
-        with dest.open("wb") as f:
-            tar = subprocess.run(["tar", "-xO", member], stdin=deb_tar.stdout, stdout=f,
-                                 stderr=subprocess.PIPE, check=False)
+                          stdout=subprocess.PIPE) as deb_tar, dest.open("wb") as f:
+        tar = subprocess.run(["tar", "-xO", member], stdin=deb_tar.stdout, stdout=f,
+                             stderr=subprocess.PIPE, check=False)
     if tar.returncode != 0 or dest.stat().st_size == 0:
         raise KitError(f"{deb.name} has no {member}")
 

@@ -10,6 +10,8 @@ mounts proc, sysfs, devtmpfs and tracefs, and the files asked for under
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +33,10 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tracefs tracefs /sys/kernel/tracing
 stty -echo
 echo {READY}
-exec sh
+# The shell is not pid 1: init must never exit, whatever the shell does.
+sh
+echo "ARMLP-GUEST-SHELL-EXITED $?"
+exec sleep 2147483647
 """
 #: Kernel log lines that mean something went wrong.
 BAD_LOG = re.compile(r"WARNING:|BUG:|Oops|Unable to handle|Internal error|"
@@ -78,12 +83,14 @@ class Guest:
     """One booted guest; a context manager that powers it off."""
 
     def __init__(self, kit: KernelKit, files: Mapping[str, Path] | None = None, *,
-                 cpus: int = 2, memory_mb: int = 256, boot_timeout: float = 120) -> None:
+                 cpus: int = 2, memory_mb: int = 256, boot_timeout: float = 120,
+                 loglevel: int = 1) -> None:
         self.kit = kit
         self.files = dict(files or {})
         self.cpus = cpus
         self.memory_mb = memory_mb
         self.boot_timeout = boot_timeout
+        self.loglevel = loglevel
         self._out = bytearray()
         self._cond = threading.Condition()
         self._seq = 0
@@ -111,7 +118,7 @@ class Guest:
                "-smp", str(self.cpus), "-m", str(self.memory_mb), "-nic", "none",
                "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
                "-kernel", str(vmlinuz), "-initrd", str(initrd),
-               "-append", "console=ttyAMA0 rdinit=/init quiet loglevel=1 panic=-1"]
+               "-append", f"console=ttyAMA0 rdinit=/init quiet loglevel={self.loglevel} panic=-1"]
         start = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
@@ -123,7 +130,7 @@ class Guest:
     def _reader(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         while True:
-            chunk = self.proc.stdout.read1(65536)
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
             with self._cond:
                 if not chunk:
                     self._cond.notify_all()
@@ -158,8 +165,11 @@ class Guest:
         self._seq += 1
         mark = f"@@{self._seq}@@"
         # The status echo is written so that its own text cannot match.
-        self.proc.stdin.write(f"{command}\necho \"@@$?@{self._seq}@@\"\n".encode())
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(f"{command}\necho \"@@$?@{self._seq}@@\"\n".encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise GuestError(f"the guest died: {self.console_tail()}") from None
         m = self._wait_for(rf"(?s)(.*?)@@(\d+)@{mark[2:]}", timeout)
         return int(m.group(2)), m.group(1).replace("\r", "").strip("\n")
 
@@ -169,6 +179,11 @@ class Guest:
         if rc != 0:
             raise GuestError(f"guest: {command!r} exited {rc}: {out}")
         return out
+
+    def spawn(self, command: str) -> None:
+        """Start *command* in the background, detached from the shell (busybox
+        sh on a console ends when a job of its own finishes)."""
+        self.sh(f"({command} </dev/null >/dev/null 2>&1 &)")
 
     def dmesg(self) -> str:
         return self.sh("dmesg")
@@ -184,7 +199,8 @@ class Guest:
         if self.proc is not None:
             for f in (self.proc.stdin, self.proc.stdout):
                 if f is not None:
-                    f.close()
+                    with contextlib.suppress(OSError):
+                        f.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

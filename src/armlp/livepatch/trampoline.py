@@ -53,9 +53,12 @@ class Trampoline:
 def undo_words(undo: UndoRecipe, sp_bias: int) -> list[int]:
     """The instructions that undo a ``push``-rule prologue, entered with
     sp = site sp - *sp_bias* (4 while the mcount ``push {lr}`` is still on
-    the stack, 0 after the kernel's ftrace_regs_caller popped it)."""
+    the stack, 0 after the kernel's ftrace_regs_caller popped it).  An APCS
+    frame is undone through fp, wherever sp is."""
+    if undo.rule == "apcs":
+        return [encode_ldr_imm(SP, FP, -8), encode_ldr_imm(FP, FP, -12)]
     if undo.rule != "push":
-        raise PatchError(f"no undo for rule {undo.rule!r} without a frame pointer chain")
+        raise PatchError(f"no undo for rule {undo.rule!r}")
     words: list[int] = []
     for reg, off in undo.loads:
         if reg != FP:
@@ -71,9 +74,5 @@ def undo_words(undo: UndoRecipe, sp_bias: int) -> list[int]:
 
 def build_trampoline(undo: UndoRecipe, target: int) -> Trampoline:
     """The fast-path trampoline for a function with recipe *undo*."""
-    if undo.rule == "apcs":
-        words = [encode_ldr_imm(SP, FP, -8), encode_ldr_imm(FP, FP, -12)]
-    else:
-        words = undo_words(undo, 4)
-    words += [LDR_PC_PC_M4, target & 0xFFFFFFFF]
+    words = [*undo_words(undo, 4), LDR_PC_PC_M4, target & 0xFFFFFFFF]
     return Trampoline(tuple(words), len(words) - 1)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import unicorn as _unicorn
 
-from armlp.elf.image import ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, ElfImage
+from armlp.elf.image import ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, ElfImage, Segment
 from armlp.errors import MachineError
 from armlp.machine.base import Regs
 
@@ -59,26 +59,7 @@ def load_program(emu: Emulator, path: str | Path, argv: Sequence[str] | None,
         raise MachineError(f"{path}: no PT_LOAD segment")
     if any(s.type == PT_INTERP for s in image.segments):
         raise MachineError(f"{path}: dynamically linked; build it -static")
-    perms: dict[int, int] = {}
-    for s in segs:
-        lo, hi = s.vaddr, s.vaddr + s.memsz
-        if s.memsz == 0:
-            continue
-        if lo < MIN_ADDR or hi > STACK_TOP - STACK_SIZE:
-            raise MachineError(f"{path}: segment {lo:#x}-{hi:#x} outside the user range")
-        prot = ((uc.UC_PROT_READ if s.flags & PF_R else 0)
-                | (uc.UC_PROT_WRITE if s.flags & PF_W else 0)
-                | (uc.UC_PROT_EXEC if s.flags & PF_X else 0))
-        for page in range(_align_down(lo), _align_up(hi), PAGE):
-            perms[page] = perms.get(page, 0) | prot
-    for start, end, prot in _runs(perms):
-        emu.uc.mem_map(start, end - start, prot)
-    end_of_image = 0
-    for s in segs:
-        data = image.segment_data(s)
-        if data:
-            emu.uc.mem_write(s.vaddr, data[: s.memsz])
-        end_of_image = max(end_of_image, s.vaddr + s.memsz)
+    end_of_image = map_segments(emu, image, segs, MIN_ADDR, STACK_TOP - STACK_SIZE)
     entry = image.entry
     phdr = 0
     for s in segs:
@@ -94,6 +75,55 @@ def load_program(emu: Emulator, path: str | Path, argv: Sequence[str] | None,
                                                                 else 0))
     emu.set_regs(regs)
     return entry, end_of_image
+
+
+#: Where a 32-bit ARM kernel's image lives (PAGE_OFFSET up; the vectors page
+#: and fixmaps above KERNEL_LIMIT are left out).
+KERNEL_BASE = 0xC0000000
+KERNEL_LIMIT = 0xFF000000
+
+
+def load_kernel_image(emu: Emulator, image: ElfImage, scratch: int) -> int:
+    """Map a ``vmlinux``'s ``PT_LOAD`` segments at their addresses and
+    *scratch* RWX bytes right after the image (within branch range of its
+    text, as modules are; room for code and a stack); returns the scratch
+    address.  The emulator stays in user mode: only unprivileged kernel code
+    runs, which is all a prologue and ftrace_regs_caller are."""
+    segs = [s for s in image.segments
+            if s.type == PT_LOAD and KERNEL_BASE <= s.vaddr < KERNEL_LIMIT]
+    if not segs:
+        raise MachineError(f"{image.path}: no segment at kernel addresses")
+    base = _align_up(map_segments(emu, image, segs, KERNEL_BASE, KERNEL_LIMIT))
+    emu.uc.mem_map(base, _align_up(scratch), uc.UC_PROT_ALL)
+    return base
+
+
+def map_segments(emu: Emulator, image: ElfImage, segs: Sequence[Segment], lo_limit: int,
+                 hi_limit: int) -> int:
+    """Map *segs* of *image* with their permissions (refusing any outside
+    [lo_limit, hi_limit)) and copy their bytes; returns the end of the image."""
+    perms: dict[int, int] = {}
+    for s in segs:
+        lo, hi = s.vaddr, s.vaddr + s.memsz
+        if s.memsz == 0:
+            continue
+        if lo < lo_limit or hi > hi_limit:
+            raise MachineError(f"{image.path}: segment {lo:#x}-{hi:#x} outside the range "
+                               f"{lo_limit:#x}-{hi_limit:#x}")
+        prot = ((uc.UC_PROT_READ if s.flags & PF_R else 0)
+                | (uc.UC_PROT_WRITE if s.flags & PF_W else 0)
+                | (uc.UC_PROT_EXEC if s.flags & PF_X else 0))
+        for page in range(_align_down(lo), _align_up(hi), PAGE):
+            perms[page] = perms.get(page, 0) | prot
+    for start, end, prot in _runs(perms):
+        emu.uc.mem_map(start, end - start, prot)
+    end_of_image = 0
+    for s in segs:
+        data = image.segment_data(s)
+        if data:
+            emu.uc.mem_write(s.vaddr, data[: s.memsz])
+        end_of_image = max(end_of_image, s.vaddr + s.memsz)
+    return end_of_image
 
 
 def _build_stack(emu: Emulator, argv: list[str], envp: list[str],

@@ -24,6 +24,7 @@
 #include <linux/kallsyms.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task.h>
+#include <linux/sched/task_stack.h>
 #include <linux/stop_machine.h>
 #include <asm/stacktrace.h>
 #include "core.h"
@@ -100,6 +101,13 @@ static bool klp_find_blocker(struct klp_patch *patch, struct klp_blocker *b)
 	for_each_process_thread(g, t) {
 		/* Running tasks are this CPU's caller and the other stoppers. */
 		if (t == current || READ_ONCE(t->on_cpu))
+			continue;
+		/*
+		 * A task that has exited runs no more code, and its stack may be
+		 * freed already: never walk it.  (No refcount is taken: nothing
+		 * can free a stack while every CPU is stopped.)
+		 */
+		if (t->exit_state || !refcount_read(&t->stack_refcount))
 			continue;
 		memset(&frame, 0, sizeof(frame));
 		frame.fp = thread_saved_fp(t);
