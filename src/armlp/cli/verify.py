@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from armlp.cli.args import count
 from armlp.cli.scan import parse_function_spec
-from armlp.errors import ArmlpError
-
 from armlp.elf.image import ElfImage
+from armlp.errors import ArmlpError
 
 if TYPE_CHECKING:   # imported in run(): `armlp --help` should not pay for the emulator
     from armlp.analysis.scan import FunctionReport, ScanResult

@@ -25,8 +25,7 @@ import struct
 from collections.abc import Iterable
 
 from armlp.analysis.scan import FunctionReport
-from armlp.arm.a32 import IP, LR, PC, encode_b, encode_bl, encode_bx, encode_ldr_imm, \
-    encode_str_imm
+from armlp.arm.a32 import IP, LR, PC, encode_b, encode_bl, encode_bx, encode_ldr_imm, encode_str_imm
 from armlp.elf.image import ElfImage
 from armlp.errors import ArmlpError
 from armlp.livepatch.trampoline import undo_words
