@@ -70,6 +70,9 @@ def _ambiguous_name() -> str:
     ("extern int x ARMLP_SYMBOL(no_such_symbol, 0);\n"
      "static int g(void) { return x; }\nARMLP_REPLACE(cmdline_proc_show, g);",
      r"ARMLP_SYMBOL\(no_such_symbol, 0\): symbol 'no_such_symbol' not found"),
+    ("extern int x ARMLP_SYMBOL(AMBIGUOUS, 0);\n"
+     "static int g(void) { return x; }\nARMLP_REPLACE(cmdline_proc_show, g);",
+     r"ARMLP_SYMBOL\(\w+, 0\): symbol '\w+' is ambiguous in vmlinux: \d+ symbols"),
     ("static int broken(void) { return undeclared; }", r"Kbuild failed: .*undeclared"),
     ("/* nothing */", r"replaces nothing"),
 ])
@@ -77,6 +80,7 @@ def test_refusals_name_the_reason_and_build_nothing(tmp_path: Path, body: str,
                                                      message: str) -> None:
     if body == "AMBIGUOUS":
         body = f"ARMLP_REPLACE({_ambiguous_name()}, fixed);"
+    body = body.replace("AMBIGUOUS", _ambiguous_name())
     out = tmp_path / "out"
     r = armlp("kernel", "build", _bad_patch(tmp_path, body), "--out", out)
     assert r.code == 2

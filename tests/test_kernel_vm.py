@@ -7,6 +7,7 @@ their log lines adapted."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -105,10 +106,16 @@ def test_basic_patch_sysfs_and_removal(booted: Booted) -> None:
     disable(g, "livepatch_sample")
     assert g.sh("cat /proc/cmdline") == booted.cmdline
     assert "livepatch_sample" not in g.sh("cat /proc/modules")
-    log = g.sh("dmesg | grep armlp:").splitlines()
-    assert [ln.split("] ", 1)[1] for ln in log] == [
-        "armlp: enabling patch 'livepatch_sample'", "armlp: livepatch_sample: patched",
-        "armlp: livepatch_sample: unpatched"]
+    # test-livepatch's log, adapted (armlp: for livepatch:, and the switch's cost)
+    log = [ln.split("] ", 1)[1] for ln in g.sh("dmesg | grep armlp:").splitlines()]
+    want = [r"armlp: enabling patch 'livepatch_sample'",
+            r"armlp: 'livepatch_sample': starting patching transition",
+            r"armlp: 'livepatch_sample': patching complete \(switch \d+ us, 1 attempt\)",
+            r"armlp: 'livepatch_sample': starting unpatching transition",
+            r"armlp: 'livepatch_sample': unpatching complete \(switch \d+ us, 1 attempt\)"]
+    assert len(log) == len(want), log
+    for line, rx in zip(log, want, strict=True):
+        assert re.fullmatch(rx, line), line
     assert g.bad_log_lines() == []
 
 
@@ -173,6 +180,12 @@ def test_other_kernel_refused_with_one_line(booted: Booted, module: str, line: s
     assert "cmdline_proc_show" not in g.sh("cat /sys/kernel/tracing/enabled_functions")
 
 
+def asleep(g: Guest) -> None:
+    """Wait (spinning: a sleep would be another sleeper) until a `sleep` sleeps."""
+    g.sh("until p=$(pidof sleep) && grep -q '^State:.*S' /proc/$p/status; do :; done",
+         timeout=30)
+
+
 def test_consistency_waits_for_a_sleeping_task_then_reverse_and_force(booted: Booted) -> None:
     """A task asleep in do_nanosleep holds the switch back (transition 1)
     until it leaves; disabling meanwhile reverses; force switches anyway."""
@@ -180,7 +193,7 @@ def test_consistency_waits_for_a_sleeping_task_then_reverse_and_force(booted: Bo
     d = f"{LIVEPATCH}/nanosleep_fix"
     g.sh("dmesg -c > /dev/null")
     g.spawn("sleep 3")
-    time.sleep(0.5)
+    asleep(g)
     g.sh("insmod /armlp/nanosleep_fix.ko")
     assert g.sh(f"cat {d}/transition {d}/enabled").split() == ["1", "1"]
     assert "(sleep) is in do_nanosleep" in g.sh("dmesg")
@@ -191,7 +204,7 @@ def test_consistency_waits_for_a_sleeping_task_then_reverse_and_force(booted: Bo
     assert "nanosleep_fix: do_nanosleep replaced" in g.sh("dmesg")
     # a task asleep in the replacement now holds the switch out back
     g.spawn("sleep 1000")
-    time.sleep(0.5)
+    asleep(g)
     g.sh(f"echo 0 > {d}/enabled")
     assert g.sh(f"cat {d}/transition {d}/enabled").split() == ["1", "0"]
     g.sh(f"echo 1 > {d}/enabled")                       # reverse: stays patched
@@ -231,7 +244,7 @@ def test_enable_disable_100_times_under_load(booted: Booted) -> None:
     assert out.splitlines()[-1] == "cycles=100 bad=0", out
     assert g.run("cat /tmp/torn")[0] != 0, g.sh("cat /tmp/torn")
     log = g.sh("dmesg").splitlines()
-    assert sum("livepatch_sample: patched" in ln for ln in log) == 100
-    assert sum("livepatch_sample: unpatched" in ln for ln in log) == 100
+    assert sum("'livepatch_sample': patching complete" in ln for ln in log) == 100
+    assert sum("'livepatch_sample': unpatching complete" in ln for ln in log) == 100
     assert g.bad_log_lines() == []
     print(f"100 cycles in {elapsed:.1f} s")

@@ -16,16 +16,33 @@
  * its functions and use its data, statics included (declare them extern;
  * a static shared by several files is named `.klp.sym.<object>.<name>,<pos>`
  * through ARMLP_SYMBOL).
+ *
+ * The same macros write a kernel live patch (built with `armlp kernel
+ * build`, where __KERNEL__ is defined): see the kernel half below.
  */
 #ifndef ARMLP_LIVEPATCH_H
 #define ARMLP_LIVEPATCH_H
 
+#define ARMLP__CAT2(a, b) a##b
+#define ARMLP__CAT(a, b) ARMLP__CAT2(a, b)
+
+/* The patch's name (default: the object file's name). */
+#define ARMLP_PATCH(name)                                                      \
+	static const char armlp__patch_name[]                                  \
+	__attribute__((section(".armlp.name"), used)) = name
+
+/* Replace OLD (with sympos POS) by NEW.  OLD is taken as written, even if a
+ * -D macro renames that identifier in the patch (to build a copy of the
+ * program's own source under another name). */
+#define ARMLP_REPLACE_POS(old, pos, new) ARMLP__DESC(#old, pos, new)
+#define ARMLP_REPLACE(old, new) ARMLP__DESC(#old, 0, new)
+
 #ifdef __KERNEL__
 /*
- * A kernel live patch (`armlp kernel build`): the same macros record what is
- * replaced as plain text in .armlp.kfuncs, which the build reads, scans in
- * the release's vmlinux, and turns into the patch module's klp_func table
- * and trampolines; the records themselves are discarded from the module.
+ * A kernel live patch (`armlp kernel build`): each ARMLP_REPLACE records
+ * what is replaced as plain text in .armlp.kfuncs, which the build reads,
+ * scans in the release's vmlinux, and turns into the patch module's klp_func
+ * table and trampolines; the records themselves are discarded from the module.
  */
 struct armlp_kfunc_rec {
 	char old_name[128];
@@ -34,22 +51,12 @@ struct armlp_kfunc_rec {
 	unsigned long old_sympos;
 };
 
-#define ARMLP__CAT2(a, b) a##b
-#define ARMLP__CAT(a, b) ARMLP__CAT2(a, b)
-
-#define ARMLP_PATCH(name)                                                      \
-	static const char armlp__patch_name[]                                  \
-	__attribute__((section(".armlp.name"), used)) = name
-
 #define ARMLP__DESC(old_name, pos, new)                                        \
 	static const struct armlp_kfunc_rec ARMLP__CAT(armlp__rec_, __LINE__)  \
 	__attribute__((section(".armlp.kfuncs"), used, aligned(4))) =          \
 		{ old_name, #new, "", (pos) };                                 \
 	static void *const ARMLP__CAT(armlp__keep_, __LINE__)                  \
 	__attribute__((section(".discard.armlp"), used)) = (void *)(new)
-
-#define ARMLP_REPLACE_POS(old, pos, new) ARMLP__DESC(#old, pos, new)
-#define ARMLP_REPLACE(old, new) ARMLP__DESC(#old, 0, new)
 
 /*
  * A kernel symbol that is static or not exported, declared as for programs:
@@ -68,25 +75,11 @@ struct armlp_func_desc {
 	void *new_func;           /* the replacement */
 };
 
-#define ARMLP__CAT2(a, b) a##b
-#define ARMLP__CAT(a, b) ARMLP__CAT2(a, b)
-
-/* The patch's name (default: the object file's name). */
-#define ARMLP_PATCH(name)                                                      \
-	static const char armlp__patch_name[]                                  \
-	__attribute__((section(".armlp.name"), used)) = name
-
-/* One descriptor; OLD_NAME is a string. */
+/* One descriptor in .armlp.funcs; OLD_NAME is a string. */
 #define ARMLP__DESC(old_name, pos, new)                                        \
 	static const struct armlp_func_desc ARMLP__CAT(armlp__desc_, __LINE__) \
 	__attribute__((section(".armlp.funcs"), used, aligned(4))) =           \
 		{ old_name, (pos), 0, (void *)(new) }
-
-/* Replace OLD (with sympos POS) by NEW.  OLD is taken as written, even if a
- * -D macro renames that identifier in the patch (to build a copy of the
- * program's own source under another name). */
-#define ARMLP_REPLACE_POS(old, pos, new) ARMLP__DESC(#old, pos, new)
-#define ARMLP_REPLACE(old, new) ARMLP__DESC(#old, 0, new)
 
 /* The build-id of the program this patch was built for (armlp cflags
  * --target PROGRAM defines ARMLP_TARGET_BUILD_ID); armlp refuses to apply

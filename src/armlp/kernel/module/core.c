@@ -61,6 +61,7 @@ static ssize_t enabled_store(struct kobject *kobj, struct kobj_attribute *attr,
 		ret = -EBUSY;		/* one transition at a time */
 	} else {
 		patch->enabled = false;
+		pr_notice("'%s': starting unpatching transition\n", patch->mod->name);
 		klp_start_transition(patch, KLP_UNPATCHED);
 	}
 	mutex_unlock(&klp_mutex);
@@ -212,7 +213,7 @@ void klp_complete_unpatch(struct klp_patch *patch)
 		klp_unhook_object(obj);
 	patch->enabled = false;
 	list_del(&patch->list);
-	pr_notice("%s: unpatched\n", patch->mod->name);
+	pr_notice("'%s': unpatching complete%s\n", patch->mod->name, klp_switch_note());
 	/* Not from here: we may be in this patch's own `enabled` store. */
 	queue_work(klp_wq, &patch->free_work);
 }
@@ -357,6 +358,7 @@ int klp_enable_patch(struct klp_patch *patch)
 	pr_notice("enabling patch '%s'\n", patch->mod->name);
 	list_add_tail(&patch->list, &klp_patches);
 	patch->enabled = true;
+	pr_notice("'%s': starting patching transition\n", patch->mod->name);
 	klp_start_transition(patch, KLP_PATCHED);
 	mutex_unlock(&klp_mutex);
 	return 0;

@@ -38,7 +38,7 @@ void klp_start_transition(struct klp_patch *patch, int target);
 void klp_try_complete_transition(void);
 void klp_reverse_transition(void);
 void klp_force_transition(void);
-int klp_transition_target(void);
+const char *klp_switch_note(void);
 
 /* core.c */
 void klp_complete_unpatch(struct klp_patch *patch);

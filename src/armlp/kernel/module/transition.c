@@ -40,6 +40,8 @@ struct klp_patch *klp_transition_patch;
 static int klp_target = KLP_UNPATCHED;
 static unsigned long klp_retry_delay;
 static bool klp_blocker_reported;
+static unsigned int klp_attempts;
+static s64 klp_switch_ns;		/* the last stop_machine() call */
 
 static void klp_transition_work_fn(struct work_struct *work);
 static DECLARE_DELAYED_WORK(klp_transition_work, klp_transition_work_fn);
@@ -165,18 +167,22 @@ static void klp_end_transition(void)
 	if (klp_target == KLP_UNPATCHED)
 		klp_complete_unpatch(patch);
 	else
-		pr_notice("%s: patched\n", patch->mod->name);
+		pr_notice("'%s': patching complete%s\n", patch->mod->name, klp_switch_note());
 }
 
 void klp_try_complete_transition(void)
 {
 	struct klp_switch s = { .patch = klp_transition_patch };
+	ktime_t start;
 	int ret;
 
 	lockdep_assert_held(&klp_mutex);
 	if (!s.patch)
 		return;
+	klp_attempts++;
+	start = ktime_get();
 	ret = stop_machine(klp_switch_fn, &s, NULL);
+	klp_switch_ns = ktime_to_ns(ktime_sub(ktime_get(), start));
 	if (ret == -EAGAIN) {
 		if (!klp_blocker_reported) {
 			pr_notice("%s: pid %d (%s) is in %s (%pS); retrying\n",
@@ -208,12 +214,20 @@ void klp_start_transition(struct klp_patch *patch, int target)
 	klp_target = target;
 	klp_retry_delay = KLP_RETRY_FIRST;
 	klp_blocker_reported = false;
+	klp_attempts = 0;
 	klp_try_complete_transition();
 }
 
-int klp_transition_target(void)
+/* " (switch N us, M attempts)": what the log says of the last transition. */
+const char *klp_switch_note(void)
 {
-	return klp_target;
+	static char note[64];
+
+	if (!klp_attempts)
+		return "";
+	snprintf(note, sizeof(note), " (switch %lld us, %u attempt%s)",
+		 div_s64(klp_switch_ns, 1000), klp_attempts, klp_attempts == 1 ? "" : "s");
+	return note;
 }
 
 /*
@@ -226,7 +240,9 @@ void klp_reverse_transition(void)
 	lockdep_assert_held(&klp_mutex);
 	klp_target = klp_target == KLP_PATCHED ? KLP_UNPATCHED : KLP_PATCHED;
 	klp_transition_patch->enabled = klp_target == KLP_PATCHED;
-	pr_notice("%s: transition reversed\n", klp_transition_patch->mod->name);
+	pr_notice("'%s': reversing transition from %spatching\n",
+		  klp_transition_patch->mod->name, klp_target == KLP_PATCHED ? "un" : "");
+	klp_attempts = 0;
 	if (klp_target == KLP_UNPATCHED) {
 		/* Its funcs were never pushed: unhooking them is all there is. */
 		struct klp_patch *patch = klp_transition_patch;
