@@ -32,8 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from results_io import RESULTS, stats, write_results
-
 from armlp.analysis.scan import scan
 from armlp.arm.a32 import encode_bl
 from armlp.elf.image import ElfImage
@@ -42,6 +40,7 @@ from armlp.kernel.kit import kit
 from armlp.kernel.verify import PATH, KernelProver
 from armlp.kernel.vm import Guest
 from armlp.machine.base import CodeWrite
+from results_io import RESULTS, stats, write_results
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kernel" / "livepatch-sample.c"
 
