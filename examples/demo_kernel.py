@@ -28,6 +28,8 @@ GUEST_STEPS = [
     "cd /sys/kernel/livepatch/livepatch_sample && grep . enabled transition vmlinux/patched"
     " && ls vmlinux",
     "echo 0 > /sys/kernel/livepatch/livepatch_sample/enabled",
+    # disabled: the view goes (and the module's reference with it) once switched out
+    "while [ -d /sys/kernel/livepatch/livepatch_sample ]; do sleep 0.1; done",
     "cat /proc/cmdline",
     "rmmod livepatch_sample",
     "dmesg | grep armlp:",
