@@ -109,9 +109,13 @@ def test_basic_patch_sysfs_and_removal(booted: Booted) -> None:
     # test-livepatch's log, adapted (armlp: for livepatch:, and the switch's cost)
     log = [ln.split("] ", 1)[1] for ln in g.sh("dmesg | grep armlp:").splitlines()]
     want = [r"armlp: enabling patch 'livepatch_sample'",
+            r"armlp: 'livepatch_sample': initializing patching transition",
             r"armlp: 'livepatch_sample': starting patching transition",
+            r"armlp: 'livepatch_sample': completing patching transition",
             r"armlp: 'livepatch_sample': patching complete \(switch \d+ us, 1 attempt\)",
+            r"armlp: 'livepatch_sample': initializing unpatching transition",
             r"armlp: 'livepatch_sample': starting unpatching transition",
+            r"armlp: 'livepatch_sample': completing unpatching transition",
             r"armlp: 'livepatch_sample': unpatching complete \(switch \d+ us, 1 attempt\)"]
     assert len(log) == len(want), log
     for line, rx in zip(log, want, strict=True):

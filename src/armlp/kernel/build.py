@@ -41,10 +41,13 @@ from armlp.toolchain import INCLUDE_DIR
 
 MODULE_DIR = Path(__file__).parent / "module"
 CORE_NAME = "armlp_klp"
-CORE_SOURCES = ("core.c", "patch.c", "transition.c", "core.h", "klp.h")
+CORE_SOURCES = ("core.c", "patch.c", "transition.c", "shadow.c", "core.h", "klp.h")
+CORE_OBJECTS = "core.o patch.o transition.o shadow.o"
+CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 KSYM_PREFIX = ".klp.sym.vmlinux."
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,55}$")
 REC = struct.Struct("<128s128s64sI")
+CALLBACKS_REC = struct.Struct("<64s64s64s64s")
 #: Sections whose code is gone after boot.
 INIT_SECTIONS = (".init.text", ".exit.text")
 
@@ -82,12 +85,14 @@ class KernelPatch:
     release: str
     funcs: list[Replacement] = field(default_factory=list)
     symbols: dict[str, tuple[str, int]] = field(default_factory=dict)   # asm name -> (name, addr)
+    callbacks: dict[str, str] = field(default_factory=dict)             # pre_patch -> C name
     modules: list[Path] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {"patch": self.name, "source": str(self.source), "release": self.release,
                 "functions": [f.to_json() for f in self.funcs],
                 "symbols": {n: a for n, a in self.symbols.values()},
+                "callbacks": self.callbacks,
                 "load_order": [m.name for m in self.modules]}
 
 
@@ -99,14 +104,16 @@ def build(source: Path, kit: KernelKit, out: Path, *, name: str | None = None) -
     work = Path(tempfile.mkdtemp(prefix="armlp-kbuild-"))
     try:
         first = _pass_one(source, kit, work / "pass1")
-        patch_name, records, ksyms = _read_pass_one(first)
+        patch_name, records, ksyms, callbacks = _read_pass_one(first)
         mod_name = _module_name(name or patch_name or source.stem)
         image = ElfImage(kit.vmlinux)
         patch = KernelPatch(source, mod_name, kit.release)
         patch.funcs = [_resolve(image, *r) for r in records]
-        if not patch.funcs:
-            raise KernelBuildError(f"{source}: replaces nothing (no ARMLP_REPLACE)")
         patch.symbols = {s: _resolve_symbol(image, s) for s in ksyms}
+        patch.callbacks = callbacks
+        if not patch.funcs and not callbacks:
+            raise KernelBuildError(f"{source}: replaces nothing and has no callbacks "
+                                   f"(no ARMLP_REPLACE, no ARMLP_CALLBACKS)")
         core = core_module(kit)
         gen = generate(patch)
         pko = _kbuild(kit, work / "patch", {"armlp_gen.c": gen},
@@ -134,7 +141,7 @@ def core_module(kit: KernelKit) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{CORE_NAME}-", dir=kit.root))
     try:
         _kbuild(kit, tmp / "src", sources,
-                f"obj-m := {CORE_NAME}.o\n{CORE_NAME}-y := core.o patch.o transition.o\n")
+                f"obj-m := {CORE_NAME}.o\n{CORE_NAME}-y := {CORE_OBJECTS}\n")
         done.parent.mkdir(exist_ok=True)
         if not done.exists():
             (tmp / "src").rename(done)
@@ -157,12 +164,14 @@ def _pass_one(source: Path, kit: KernelKit, d: Path) -> Path:
     """The patch compiled alone, for its records (no module is linked)."""
     d.mkdir(parents=True)
     (d / "armlp_pass1.c").write_text(f'#include "{source}"\n')
-    (d / "Kbuild").write_text(f"obj-m := armlp_pass1.o\nccflags-y := -I{INCLUDE_DIR}\n")
+    (d / "Kbuild").write_text(f"obj-m := armlp_pass1.o\n"
+                              f"ccflags-y := -I{INCLUDE_DIR} -I{MODULE_DIR}\n")
     _make(kit, d, "armlp_pass1.o")
     return d / "armlp_pass1.o"
 
 
-def _read_pass_one(obj: Path) -> tuple[str | None, list[tuple[str, int, str]], list[str]]:
+def _read_pass_one(obj: Path) -> tuple[str | None, list[tuple[str, int, str]], list[str],
+                                        dict[str, str]]:
     img = ElfImage(obj)
     name_sec = img.section(".armlp.name")
     name = None
@@ -177,7 +186,17 @@ def _read_pass_one(obj: Path) -> tuple[str | None, list[tuple[str, int, str]], l
             records.append((_cstr(old), pos, _cstr(new)))
     ksyms = sorted({s.name for s in img.symbols.symbols
                     if not s.defined and s.name.startswith(KSYM_PREFIX)})
-    return name, records, ksyms
+    callbacks: dict[str, str] = {}
+    sec = img.section(".armlp.kcallbacks")
+    if sec is not None:
+        data = img.section_data(sec)
+        if len(data) != CALLBACKS_REC.size:
+            raise KernelBuildError(f"{obj.name}: ARMLP_CALLBACKS may be given once")
+        for kind, raw in zip(CALLBACKS, CALLBACKS_REC.unpack(data), strict=True):
+            c_name = _cstr(raw)
+            if c_name not in ("0", "NULL", "((void *)0)"):
+                callbacks[kind] = c_name
+    return name, records, ksyms, callbacks
 
 
 def _cstr(b: bytes) -> str:
@@ -255,7 +274,9 @@ def generate(patch: KernelPatch) -> str:
     out += [f'\t{{ "{n}", {a:#010x} }},' for n, a in patch.symbols.values()]
     out += ["\t{ }", "};", "",
             "static struct klp_object armlp_objs[] = {",
-            "\t{ .name = NULL, .funcs = armlp_funcs },", "\t{ }", "};", "",
+            "\t{ .name = NULL, .funcs = armlp_funcs, .callbacks = {",
+            *[f"\t\t.{kind} = {c_name}," for kind, c_name in patch.callbacks.items()],
+            "\t} },", "\t{ }", "};", "",
             "static struct klp_patch armlp_patch = {",
             "\t.mod = THIS_MODULE,", "\t.objs = armlp_objs,",
             f'\t.release = "{patch.release}",', "\t.syms = armlp_syms,", "};", "",

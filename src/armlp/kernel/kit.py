@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,8 @@ def _fetch(k: KernelKit) -> None:
             hint = " (install gcc-arm-linux-gnueabihf)" if tool.endswith("gcc") else ""
             raise KitError(f"{tool} not found{hint}")
     rel = k.release
+    print(f"armlp: fetching the build kit of {rel} into {k.root} (once; about 700 MB "
+          f"downloaded)", file=sys.stderr, flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{rel}-", dir=_mkdir(cache_root())))
     try:
         with _PrivateApt() as apt:

@@ -38,6 +38,9 @@
 #define ARMLP_REPLACE(old, new) ARMLP__DESC(#old, 0, new)
 
 #ifdef __KERNEL__
+/* struct klp_object, the shadow variable API (klp_shadow_*): armlp_klp's. */
+#include "klp.h"
+
 /*
  * A kernel live patch (`armlp kernel build`): each ARMLP_REPLACE records
  * what is replaced as plain text in .armlp.kfuncs, which the build reads,
@@ -57,6 +60,29 @@ struct armlp_kfunc_rec {
 		{ old_name, #new, "", (pos) };                                 \
 	static void *const ARMLP__CAT(armlp__keep_, __LINE__)                  \
 	__attribute__((section(".discard.armlp"), used)) = (void *)(new)
+
+/*
+ * The vmlinux object's callbacks, as the kernel's struct klp_callbacks (pass
+ * NULL for any not wanted); each takes the struct klp_object * and runs at
+ * the kernel's point: pre_patch before the functions are hooked (non-zero
+ * refuses the patch, nothing changed), post_patch once every task runs the
+ * new code, pre_unpatch before the switch back, post_unpatch after it.
+ */
+struct armlp_kcallbacks_rec {
+	char pre_patch[64];
+	char post_patch[64];
+	char pre_unpatch[64];
+	char post_unpatch[64];
+};
+
+#define ARMLP_CALLBACKS(pre_patch, post_patch, pre_unpatch, post_unpatch)      \
+	static const struct armlp_kcallbacks_rec armlp__callbacks              \
+	__attribute__((section(".armlp.kcallbacks"), used, aligned(4))) =      \
+		{ #pre_patch, #post_patch, #pre_unpatch, #post_unpatch };      \
+	static void *const armlp__keep_callbacks[]                             \
+	__attribute__((section(".discard.armlp"), used)) =                     \
+		{ (void *)(pre_patch), (void *)(post_patch),                   \
+		  (void *)(pre_unpatch), (void *)(post_unpatch) }
 
 /*
  * A kernel symbol that is static or not exported, declared as for programs:

@@ -43,6 +43,7 @@ static ssize_t enabled_store(struct kobject *kobj, struct kobj_attribute *attr,
 			     const char *buf, size_t count)
 {
 	struct klp_patch *patch = container_of(kobj, struct klp_patch, kobj);
+	struct klp_object *obj;
 	bool enabled;
 	int ret;
 
@@ -61,6 +62,10 @@ static ssize_t enabled_store(struct kobject *kobj, struct kobj_attribute *attr,
 		ret = -EBUSY;		/* one transition at a time */
 	} else {
 		patch->enabled = false;
+		pr_notice("'%s': initializing unpatching transition\n", patch->mod->name);
+		klp_for_each_object(patch, obj)
+			if (obj->patched && obj->callbacks.pre_unpatch)
+				obj->callbacks.pre_unpatch(obj);
 		pr_notice("'%s': starting unpatching transition\n", patch->mod->name);
 		klp_start_transition(patch, KLP_UNPATCHED);
 	}
@@ -201,6 +206,30 @@ static void klp_free_patch_work_fn(struct work_struct *work)
 		module_put(patch->mod);
 }
 
+/* Called with klp_mutex held once every task runs @patch's code. */
+void klp_complete_patch(struct klp_patch *patch)
+{
+	struct klp_object *obj;
+
+	pr_notice("'%s': completing patching transition\n", patch->mod->name);
+	klp_for_each_object(patch, obj)
+		if (obj->patched && obj->callbacks.post_patch)
+			obj->callbacks.post_patch(obj);
+	pr_notice("'%s': patching complete%s\n", patch->mod->name, klp_switch_note());
+}
+
+/* The post_unpatch callbacks owed to objects whose pre_patch ran. */
+static void klp_post_unpatch(struct klp_patch *patch)
+{
+	struct klp_object *obj;
+
+	klp_for_each_object(patch, obj) {
+		if (obj->callbacks.post_unpatch_enabled && obj->callbacks.post_unpatch)
+			obj->callbacks.post_unpatch(obj);
+		obj->callbacks.post_unpatch_enabled = false;
+	}
+}
+
 /*
  * Called with klp_mutex held once @patch is switched out (or its switch in
  * was reversed): no task runs its code and no site leads to it any more.
@@ -209,8 +238,10 @@ void klp_complete_unpatch(struct klp_patch *patch)
 {
 	struct klp_object *obj;
 
+	pr_notice("'%s': completing unpatching transition\n", patch->mod->name);
 	klp_for_each_object(patch, obj)
 		klp_unhook_object(obj);
+	klp_post_unpatch(patch);
 	patch->enabled = false;
 	list_del(&patch->list);
 	pr_notice("'%s': unpatching complete%s\n", patch->mod->name, klp_switch_note());
@@ -349,13 +380,24 @@ int klp_enable_patch(struct klp_patch *patch)
 	ret = klp_add_view(patch);
 	if (ret)
 		goto put;
+	add_taint(TAINT_LIVEPATCH, LOCKDEP_STILL_OK);
+	pr_notice("enabling patch '%s'\n", patch->mod->name);
+	pr_notice("'%s': initializing patching transition\n", patch->mod->name);
 	klp_for_each_object(patch, obj) {
+		/* Ordering: pre_patch runs before the object's sites are hooked. */
+		if (obj->callbacks.pre_patch) {
+			ret = obj->callbacks.pre_patch(obj);
+			if (ret) {
+				pr_err("'%s': pre-patch callback failed for object '%s' (%d): refused\n",
+				       patch->mod->name, klp_obj_name(obj), ret);
+				goto unhook;
+			}
+		}
+		obj->callbacks.post_unpatch_enabled = true;
 		ret = klp_hook_object(obj);
 		if (ret)
 			goto unhook;
 	}
-	add_taint(TAINT_LIVEPATCH, LOCKDEP_STILL_OK);
-	pr_notice("enabling patch '%s'\n", patch->mod->name);
 	list_add_tail(&patch->list, &klp_patches);
 	patch->enabled = true;
 	pr_notice("'%s': starting patching transition\n", patch->mod->name);
@@ -366,6 +408,7 @@ int klp_enable_patch(struct klp_patch *patch)
 unhook:
 	klp_for_each_object(patch, obj)
 		klp_unhook_object(obj);
+	klp_post_unpatch(patch);
 	klp_del_view(patch);
 put:
 	module_put(patch->mod);

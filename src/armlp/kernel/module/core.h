@@ -40,7 +40,8 @@ void klp_reverse_transition(void);
 void klp_force_transition(void);
 const char *klp_switch_note(void);
 
-/* core.c */
+/* core.c: the ends of a transition, with their callbacks */
+void klp_complete_patch(struct klp_patch *patch);
 void klp_complete_unpatch(struct klp_patch *patch);
 
 #endif /* _ARMLP_KLP_CORE_H */

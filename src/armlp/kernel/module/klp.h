@@ -55,16 +55,36 @@ struct klp_func {
 	struct klp_ops *ops;
 };
 
+struct klp_object;
+
+/**
+ * struct klp_callbacks - run at the kernel's points of a patch's life
+ * @pre_patch:		before the object is hooked; non-zero refuses the patch
+ * @post_patch:		once every task runs the new code
+ * @pre_unpatch:	before the switch back starts
+ * @post_unpatch:	once every task runs the old code again
+ * @post_unpatch_enabled:	pre_patch succeeded, so post_unpatch is owed
+ */
+struct klp_callbacks {
+	int (*pre_patch)(struct klp_object *obj);
+	void (*post_patch)(struct klp_object *obj);
+	void (*pre_unpatch)(struct klp_object *obj);
+	void (*post_unpatch)(struct klp_object *obj);
+	bool post_unpatch_enabled;
+};
+
 /**
  * struct klp_object - the functions a patch replaces in one object
  * @name:	NULL for vmlinux (modules are not patch objects yet)
  * @funcs:	array, ended by an entry whose old_name is NULL
+ * @callbacks:	may be left empty
  * @kobj:	sysfs <patch>/<object>
  * @patched:	its functions are hooked (the ftrace ops are registered)
  */
 struct klp_object {
 	const char *name;
 	struct klp_func *funcs;
+	struct klp_callbacks callbacks;
 
 	/* internal */
 	struct kobject kobj;
@@ -108,5 +128,17 @@ struct klp_patch {
 };
 
 int klp_enable_patch(struct klp_patch *patch);
+
+/* Shadow variables (shadow.c), as in kernel/livepatch/shadow.c. */
+typedef int (*klp_shadow_ctor_t)(void *obj, void *shadow_data, void *ctor_data);
+typedef void (*klp_shadow_dtor_t)(void *obj, void *shadow_data);
+
+void *klp_shadow_get(void *obj, unsigned long id);
+void *klp_shadow_alloc(void *obj, unsigned long id, size_t size, gfp_t gfp_flags,
+		       klp_shadow_ctor_t ctor, void *ctor_data);
+void *klp_shadow_get_or_alloc(void *obj, unsigned long id, size_t size, gfp_t gfp_flags,
+			      klp_shadow_ctor_t ctor, void *ctor_data);
+void klp_shadow_free(void *obj, unsigned long id, klp_shadow_dtor_t dtor);
+void klp_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
 
 #endif /* _ARMLP_KLP_H */

@@ -167,7 +167,7 @@ static void klp_end_transition(void)
 	if (klp_target == KLP_UNPATCHED)
 		klp_complete_unpatch(patch);
 	else
-		pr_notice("'%s': patching complete%s\n", patch->mod->name, klp_switch_note());
+		klp_complete_patch(patch);
 }
 
 void klp_try_complete_transition(void)
@@ -243,17 +243,11 @@ void klp_reverse_transition(void)
 	pr_notice("'%s': reversing transition from %spatching\n",
 		  klp_transition_patch->mod->name, klp_target == KLP_PATCHED ? "un" : "");
 	klp_attempts = 0;
-	if (klp_target == KLP_UNPATCHED) {
-		/* Its funcs were never pushed: unhooking them is all there is. */
-		struct klp_patch *patch = klp_transition_patch;
-
-		cancel_delayed_work(&klp_transition_work);
-		klp_transition_patch = NULL;
-		klp_complete_unpatch(patch);
-		return;
-	}
-	cancel_delayed_work(&klp_transition_work);
-	klp_transition_patch = NULL;
+	/*
+	 * Going back out, its funcs were never pushed: unhooking them is all
+	 * there is.  Going back in, its funcs were never popped: it is patched.
+	 */
+	klp_end_transition();
 }
 
 void klp_force_transition(void)
