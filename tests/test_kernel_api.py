@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def guest(builder: Builder) -> Iterator[Guest]:
     files = {}
-    for name in ("callbacks_demo", "callbacks_refuse", "shadow_vars"):
+    for name in ("callbacks_demo", "callbacks_refuse", "shadow_vars", "cmdline_one",
+                 "version_one", "cumulative", "state_v1", "state_v2"):
         for ko in build_patch(builder, PATCHES / f"{name}.c").glob("*.ko"):
             files[ko.name] = ko
     with Guest(release_kit(), files) as g:
@@ -113,4 +114,52 @@ def test_shadow_variables(guest: Guest) -> None:
         "reads by this task: 1", "reads by this task: 2", "reads by this task: 3"]
     disable(g, "shadow_vars")
     assert "shadow_vars: task sh read 3 times" in log(g)
+    assert g.bad_log_lines() == []
+
+
+def test_atomic_replace(guest: Guest) -> None:
+    """test-livepatch's "atomic replace livepatch": a cumulative patch of
+    /proc/cmdline replaces two enabled patches in one switch; /proc/version,
+    which only the older ones changed, is the original again."""
+    g = guest
+    cmdline, version = g.sh("cat /proc/cmdline"), g.sh("cat /proc/version")
+    g.sh("insmod /armlp/cmdline_one.ko; insmod /armlp/version_one.ko")
+    assert (g.sh("cat /proc/cmdline"), g.sh("cat /proc/version")) == ("one", "version one")
+    log(g)
+    g.sh("insmod /armlp/cumulative.ko")
+    assert (g.sh("cat /proc/cmdline"), g.sh("cat /proc/version")) == ("cumulative", version)
+    g.sh(f"while [ -e {LIVEPATCH}/cmdline_one ] || [ -e {LIVEPATCH}/version_one ]; do :; done")
+    assert g.sh(f"ls {LIVEPATCH}") == "cumulative"
+    lines = without_costs(log(g))
+    assert "armlp: 'cmdline_one': replaced by 'cumulative'" in lines
+    assert "armlp: 'version_one': replaced by 'cumulative'" in lines
+    g.sh("rmmod cmdline_one version_one")          # the replaced are out, removable
+    disable(g, "cumulative")
+    assert (g.sh("cat /proc/cmdline"), g.sh("cat /proc/version")) == (cmdline, version)
+    assert g.bad_log_lines() == []
+
+
+def test_system_states(guest: Guest) -> None:
+    """test-state: a state made by version 1, taken over by version 2 (atomic
+    replace), version 1 refused over it, a replace that would drop it
+    refused; freed once, by the last patch out."""
+    g = guest
+    log(g)
+    g.sh("insmod /armlp/state_v1.ko")
+    assert "state_v1: state 1: allocated" in log(g)
+    g.sh("insmod /armlp/state_v2.ko")
+    lines = log(g)
+    assert "state_v2: state 1: taking over from version 1" in lines
+    assert "armlp: 'state_v1': replaced by 'state_v2'" in lines
+    assert not [ln for ln in lines if "freed" in ln]       # the replaced' callbacks do not run
+    g.sh(f"while [ -e {LIVEPATCH}/state_v1 ]; do :; done; rmmod state_v1")
+    for module, why in (("state_v1", "system state 1 version 2 is newer"),
+                        ("cumulative", "system state 1 version 2 would be dropped by the "
+                                       "replace")):
+        rc, _ = g.run(f"insmod /armlp/{module}.ko")
+        assert rc != 0, module
+        assert any(why in ln and "refused" in ln for ln in log(g)), module
+        assert g.sh(f"ls {LIVEPATCH}") == "state_v2"
+    disable(g, "state_v2")
+    assert "state_v2: state 1: freed" in log(g)
     assert g.bad_log_lines() == []

@@ -48,6 +48,7 @@ KSYM_PREFIX = ".klp.sym.vmlinux."
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,55}$")
 REC = struct.Struct("<128s128s64sI")
 CALLBACKS_REC = struct.Struct("<64s64s64s64s")
+STATE_REC = struct.Struct("<II")
 #: Sections whose code is gone after boot.
 INIT_SECTIONS = (".init.text", ".exit.text")
 
@@ -86,13 +87,16 @@ class KernelPatch:
     funcs: list[Replacement] = field(default_factory=list)
     symbols: dict[str, tuple[str, int]] = field(default_factory=dict)   # asm name -> (name, addr)
     callbacks: dict[str, str] = field(default_factory=dict)             # pre_patch -> C name
+    states: list[tuple[int, int]] = field(default_factory=list)          # (id, version)
+    replace: bool = False
     modules: list[Path] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {"patch": self.name, "source": str(self.source), "release": self.release,
                 "functions": [f.to_json() for f in self.funcs],
                 "symbols": {n: a for n, a in self.symbols.values()},
-                "callbacks": self.callbacks,
+                "callbacks": self.callbacks, "replace": self.replace,
+                "states": [{"id": i, "version": v} for i, v in self.states],
                 "load_order": [m.name for m in self.modules]}
 
 
@@ -105,12 +109,14 @@ def build(source: Path, kit: KernelKit, out: Path, *, name: str | None = None) -
     try:
         first = _pass_one(source, kit, work / "pass1")
         patch_name, records, ksyms, callbacks = _read_pass_one(first)
+        states, replace = _read_states(first)
         mod_name = _module_name(name or patch_name or source.stem)
         image = ElfImage(kit.vmlinux)
         patch = KernelPatch(source, mod_name, kit.release)
         patch.funcs = [_resolve(image, *r) for r in records]
         patch.symbols = {s: _resolve_symbol(image, s) for s in ksyms}
         patch.callbacks = callbacks
+        patch.states, patch.replace = states, replace
         if not patch.funcs and not callbacks:
             raise KernelBuildError(f"{source}: replaces nothing and has no callbacks "
                                    f"(no ARMLP_REPLACE, no ARMLP_CALLBACKS)")
@@ -199,6 +205,21 @@ def _read_pass_one(obj: Path) -> tuple[str | None, list[tuple[str, int, str]], l
     return name, records, ksyms, callbacks
 
 
+def _read_states(obj: Path) -> tuple[list[tuple[int, int]], bool]:
+    """ARMLP_STATE records and whether ARMLP_ATOMIC_REPLACE was given."""
+    img = ElfImage(obj)
+    states: list[tuple[int, int]] = []
+    sec = img.section(".armlp.kstates")
+    if sec is not None:
+        states = [STATE_REC.unpack_from(img.section_data(sec), off)
+                  for off in range(0, sec.size - STATE_REC.size + 1, STATE_REC.size)]
+    ids = [i for i, _ in states]
+    bad = [i for i in ids if i == 0 or ids.count(i) > 1]
+    if bad:
+        raise KernelBuildError(f"{obj.name}: ARMLP_STATE id {bad[0]}: ids are unique and not 0")
+    return states, img.section(".armlp.kreplace") is not None
+
+
 def _cstr(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode("ascii", "replace")
 
@@ -270,6 +291,8 @@ def generate(patch: KernelPatch) -> str:
                    f"\t  .old_addr = {f.fn.address:#010x}, .old_size = {f.fn.size:#x}, "
                    f".site = {f.site:#010x}, .old_crc = {f.crc:#010x},\n"
                    f"\t  .trampoline = armlp_tramp_{i}, .tramp_size = {4 * len(f.tramp) + 4} }},")
+    out += ["\t{ }", "};", "", "static struct klp_state armlp_states[] = {"]
+    out += [f"\t{{ .id = {i}, .version = {v} }}," for i, v in patch.states]
     out += ["\t{ }", "};", "", "static struct klp_sym armlp_syms[] = {"]
     out += [f'\t{{ "{n}", {a:#010x} }},' for n, a in patch.symbols.values()]
     out += ["\t{ }", "};", "",
@@ -279,7 +302,9 @@ def generate(patch: KernelPatch) -> str:
             "\t} },", "\t{ }", "};", "",
             "static struct klp_patch armlp_patch = {",
             "\t.mod = THIS_MODULE,", "\t.objs = armlp_objs,",
-            f'\t.release = "{patch.release}",', "\t.syms = armlp_syms,", "};", "",
+            f'\t.release = "{patch.release}",', "\t.syms = armlp_syms,",
+            "\t.states = armlp_states,", f"\t.replace = {'true' if patch.replace else 'false'},",
+            "};", "",
             "static int __init armlp_patch_init(void)", "{",
             "\treturn klp_enable_patch(&armlp_patch);", "}", "",
             "static void __exit armlp_patch_exit(void)", "{", "}", "",

@@ -85,6 +85,32 @@ struct armlp_kcallbacks_rec {
 		  (void *)(pre_unpatch), (void *)(post_unpatch) }
 
 /*
+ * Atomic replace (the kernel's klp_patch.replace): this patch replaces every
+ * enabled patch in one switch; what they changed and it does not goes back
+ * to the original code, and they are disabled (their callbacks do not run).
+ */
+#define ARMLP_ATOMIC_REPLACE                                                   \
+	static const char armlp__replace                                       \
+	__attribute__((section(".armlp.kreplace"), used)) = 1
+
+/*
+ * A system state this patch makes or takes over (the kernel's klp_state):
+ * every state of an enabled patch must be here in the same or a newer
+ * version, or the patch is refused; with ARMLP_ATOMIC_REPLACE, every one must
+ * be.  Callbacks find it with klp_get_state(obj->patch, ID), and what the
+ * patch before left with klp_get_prev_state(ID).
+ */
+struct armlp_kstate_rec {
+	unsigned long id;
+	unsigned int version;
+};
+
+#define ARMLP_STATE(id, version)                                               \
+	static const struct armlp_kstate_rec ARMLP__CAT(armlp__state_, __LINE__) \
+	__attribute__((section(".armlp.kstates"), used, aligned(4))) =         \
+		{ (id), (version) }
+
+/*
  * A kernel symbol that is static or not exported, declared as for programs:
  *   extern unsigned int saved_command_line_len ARMLP_SYMBOL(saved_command_line_len, 0);
  * The build gives it the address the release's vmlinux has for it (the

@@ -27,8 +27,10 @@
 DEFINE_MUTEX(klp_mutex);
 struct workqueue_struct *klp_wq;
 
-static LIST_HEAD(klp_patches);
+LIST_HEAD(klp_patches);
 static struct kobject *klp_root_kobj;
+
+static void klp_free_replaced(struct klp_patch *patch);
 
 /* sysfs: <patch> */
 
@@ -180,6 +182,7 @@ static int klp_add_view(struct klp_patch *patch)
 		kobject_init(&obj->kobj, &klp_ktype_object);
 		klp_for_each_func(obj, func)
 			kobject_init(&func->kobj, &klp_ktype_func);
+		obj->patch = patch;
 	}
 	ret = kobject_add(&patch->kobj, klp_root_kobj, "%s", patch->mod->name);
 	klp_for_each_object(patch, obj) {
@@ -212,6 +215,8 @@ void klp_complete_patch(struct klp_patch *patch)
 	struct klp_object *obj;
 
 	pr_notice("'%s': completing patching transition\n", patch->mod->name);
+	if (patch->replace)
+		klp_free_replaced(patch);
 	klp_for_each_object(patch, obj)
 		if (obj->patched && obj->callbacks.post_patch)
 			obj->callbacks.post_patch(obj);
@@ -247,6 +252,90 @@ void klp_complete_unpatch(struct klp_patch *patch)
 	pr_notice("'%s': unpatching complete%s\n", patch->mod->name, klp_switch_note());
 	/* Not from here: we may be in this patch's own `enabled` store. */
 	queue_work(klp_wq, &patch->free_work);
+}
+
+/* system states */
+
+/**
+ * klp_get_state() - @patch's state @id, or NULL
+ */
+struct klp_state *klp_get_state(struct klp_patch *patch, unsigned long id)
+{
+	struct klp_state *state;
+
+	klp_for_each_state(patch, state)
+		if (state->id == id)
+			return state;
+	return NULL;
+}
+EXPORT_SYMBOL_GPL(klp_get_state);
+
+/**
+ * klp_get_prev_state() - state @id of the newest patch enabled before the
+ * one in transition, or NULL: what a new patch takes over.
+ */
+struct klp_state *klp_get_prev_state(unsigned long id)
+{
+	struct klp_patch *patch;
+	struct klp_state *state, *last = NULL;
+
+	list_for_each_entry(patch, &klp_patches, list) {
+		if (patch == klp_transition_patch)
+			break;
+		state = klp_get_state(patch, id);
+		if (state)
+			last = state;
+	}
+	return last;
+}
+EXPORT_SYMBOL_GPL(klp_get_prev_state);
+
+/*
+ * upstream's rule: every state an enabled patch made must be known to the
+ * new one in the same or a newer version; a patch that replaces all others
+ * must take over every state (nothing else will undo it).
+ */
+static int klp_check_states(struct klp_patch *patch)
+{
+	struct klp_patch *old;
+	struct klp_state *old_state, *state;
+
+	list_for_each_entry(old, &klp_patches, list) {
+		klp_for_each_state(old, old_state) {
+			state = klp_get_state(patch, old_state->id);
+			if (state ? state->version >= old_state->version : !patch->replace)
+				continue;
+			pr_err("'%s': not compatible with '%s': system state %lu version %u %s: refused\n",
+			       patch->mod->name, old->mod->name, old_state->id, old_state->version,
+			       state ? "is newer" : "would be dropped by the replace");
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/*
+ * After an atomic replace switched in @patch: every other patch is out (its
+ * funcs were popped in the same switch).  Their callbacks do not run: the
+ * replacing patch's own took over, as upstream.
+ */
+static void klp_free_replaced(struct klp_patch *patch)
+{
+	struct klp_patch *old, *tmp;
+	struct klp_object *obj;
+
+	list_for_each_entry_safe(old, tmp, &klp_patches, list) {
+		if (old == patch)
+			continue;
+		klp_for_each_object(old, obj) {
+			klp_unhook_object(obj);
+			obj->callbacks.post_unpatch_enabled = false;
+		}
+		old->enabled = false;
+		list_del(&old->list);
+		pr_notice("'%s': replaced by '%s'\n", old->mod->name, patch->mod->name);
+		queue_work(klp_wq, &old->free_work);
+	}
 }
 
 /* checks before anything changes */
@@ -370,6 +459,8 @@ int klp_enable_patch(struct klp_patch *patch)
 		goto out;
 	}
 	ret = klp_check_patch(patch);
+	if (!ret)
+		ret = klp_check_states(patch);
 	if (ret)
 		goto out;
 	if (!try_module_get(patch->mod)) {

@@ -14,6 +14,12 @@
 #define klp_for_each_func(obj, func) \
 	for (func = (obj)->funcs; func->old_name; func++)
 
+#define klp_for_each_state(patch, state) \
+	for (state = (patch)->states; state && state->id; state++)
+
+/* The enabled patches (and the one in transition), oldest first. */
+extern struct list_head klp_patches;
+
 /* Serializes every change of patch state: sysfs stores, module init, the work. */
 extern struct mutex klp_mutex;
 /* Runs the transition retries and the frees; drained before the core goes. */

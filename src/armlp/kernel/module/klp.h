@@ -79,6 +79,7 @@ struct klp_callbacks {
  * @funcs:	array, ended by an entry whose old_name is NULL
  * @callbacks:	may be left empty
  * @kobj:	sysfs <patch>/<object>
+ * @patch:	the patch it belongs to (for klp_get_state() in callbacks)
  * @patched:	its functions are hooked (the ftrace ops are registered)
  */
 struct klp_object {
@@ -88,7 +89,20 @@ struct klp_object {
 
 	/* internal */
 	struct kobject kobj;
+	struct klp_patch *patch;
 	bool patched;
+};
+
+/**
+ * struct klp_state - a change of the system a patch made or takes over
+ * @id:		which change
+ * @version:	what a patch of this version knows of it
+ * @data:	for the callbacks
+ */
+struct klp_state {
+	unsigned long id;
+	unsigned int version;
+	void *data;
 };
 
 /**
@@ -107,6 +121,8 @@ struct klp_sym {
  * @objs:	array, ended by an entry whose funcs is NULL
  * @release:	the kernel release it was built for
  * @syms:	array, ended by an entry whose name is NULL
+ * @states:	array, ended by an entry whose id is 0 (may be NULL)
+ * @replace:	atomic replace: every other enabled patch goes in the same switch
  * @list:	on klp_patches
  * @kobj:	sysfs /sys/kernel/livepatch/<patch>
  * @enabled:	the state the patch is in, or is moving to
@@ -118,6 +134,8 @@ struct klp_patch {
 	struct klp_object *objs;
 	const char *release;
 	struct klp_sym *syms;
+	struct klp_state *states;
+	bool replace;
 
 	/* internal */
 	struct list_head list;
@@ -128,6 +146,10 @@ struct klp_patch {
 };
 
 int klp_enable_patch(struct klp_patch *patch);
+
+/* System states (core.c), as in kernel/livepatch/state.c. */
+struct klp_state *klp_get_state(struct klp_patch *patch, unsigned long id);
+struct klp_state *klp_get_prev_state(unsigned long id);
 
 /* Shadow variables (shadow.c), as in kernel/livepatch/shadow.c. */
 typedef int (*klp_shadow_ctor_t)(void *obj, void *shadow_data, void *ctor_data);

@@ -58,11 +58,26 @@ static bool klp_in(unsigned long pc, unsigned long start, unsigned long size)
 	return pc >= start && pc < start + size;
 }
 
+/* Every func of every enabled patch but @patch. */
+#define klp_for_each_other_func(patch, other, obj, func)			\
+	list_for_each_entry(other, &klp_patches, list)				\
+		if (other != (patch))						\
+			klp_for_each_object(other, obj)				\
+				klp_for_each_func(obj, func)
+
 /* The function a frame's pc is in, if it is code this transition replaces. */
 static const char *klp_replaced_at(struct klp_patch *patch, unsigned long pc)
 {
+	struct klp_patch *other;
 	struct klp_object *obj;
 	struct klp_func *func, *top;
+
+	/* Atomic replace: the other patches' code goes out too. */
+	if (klp_target == KLP_PATCHED && patch->replace)
+		klp_for_each_other_func(patch, other, obj, func)
+			if (klp_in(pc, (unsigned long)func->new_func, func->new_size) ||
+			    klp_in(pc, (unsigned long)func->trampoline, func->tramp_size))
+				return func->old_name;
 
 	klp_for_each_object(patch, obj) {
 		klp_for_each_func(obj, func) {
@@ -140,6 +155,7 @@ static int klp_switch_fn(void *data)
 {
 	struct klp_switch *s = data;
 	struct klp_patch *patch = s->patch;
+	struct klp_patch *other;
 	struct klp_object *obj;
 	struct klp_func *func;
 
@@ -155,6 +171,10 @@ static int klp_switch_fn(void *data)
 			else
 				klp_pop_func(func);
 		}
+	/* Atomic replace: every other patch leaves in this same switch. */
+	if (klp_target == KLP_PATCHED && patch->replace)
+		klp_for_each_other_func(patch, other, obj, func)
+			klp_pop_func(func);
 	return 0;
 }
 
