@@ -266,3 +266,34 @@ def test_disabled_patch_is_freed_only_when_nothing_refers_to_it(program: Path) -
     emu.set_reg("r5", 0)
     assert lp.release_deferred() == [patch] and lp.deferred == []
     assert not any(r.start <= new < r.end for r in emu.regions())
+
+
+def test_callbacks_run_in_the_target_at_the_kernels_points(program: Path) -> None:
+    """pre_patch before any redirect (it sees the original leaf), post_patch
+    after (the replacement), pre_unpatch before the way back, post_unpatch
+    after it; the object they get is the program's (name NULL)."""
+    target, lp, emu = fresh(program)
+    sink = target.image.symbols.lookup("rec_sink").value
+
+    def rec_sink() -> int:
+        return int.from_bytes(emu.read(sink, 4), "little", signed=True)
+
+    patch = lp.load(build_patch("callbacks", program))
+    lp.enable(patch)
+    assert rec_sink() == 2 * 1000 + 101
+    assert emu.call(fn(target, "leaf"), (1,)) == 101
+    lp.disable(patch)
+    assert rec_sink() == (2101 * 10 + 3) * 1000 + 2
+    assert emu.call(fn(target, "leaf"), (1,)) == 2
+
+
+def test_a_refusing_pre_patch_changes_nothing(program: Path) -> None:
+    target, lp, emu = fresh(program)
+    text = [(r.start, r.end) for r in emu.regions() if r.start <= fn(target, "leaf") < r.end]
+    before = [emu.read(s, e - s) for s, e in text]
+    with pytest.raises(ArmlpError, match=r"pre_patch callback refused the patch \(-19\); "
+                                         r"nothing changed"):
+        lp.enable(lp.load(build_patch("callbacks_refuse", program)))
+    assert [emu.read(s, e - s) for s, e in text] == before
+    assert emu.call(fn(target, "leaf"), (1,)) == 2
+    assert lp.patches == [] and lp.stacks == {}

@@ -59,6 +59,7 @@ class Livepatch:
         self.stacks: dict[int, FuncStack] = {}
         self.deferred: list[KlpPatch] = []
         self._next_id = 1
+        self._klp_object = 0
 
     # -- loading and checking ---------------------------------------------------
 
@@ -115,6 +116,7 @@ class Livepatch:
         for o in patch.objects:
             o.patched = True
         self.patches.append(patch)
+        self._callback(patch, "post_patch")
 
     def _enable(self, patch: KlpPatch, undo: list[Callable[[], None]]) -> None:
         m = self.machine
@@ -129,6 +131,11 @@ class Livepatch:
         patch.module = module
         module.write_to(m)
         self._nop_module_sites(patch)
+        # Ordering: pre_patch runs in the loaded module before any site changes.
+        rc = self._callback(patch, "pre_patch")
+        if rc:
+            raise PatchError(f"{patch.name}: pre_patch callback refused the patch ({rc}); "
+                             f"nothing changed")
         patch.id = self._next_id
         self._next_id += 1
         new_ops: list[FtraceOps] = []
@@ -228,6 +235,7 @@ class Livepatch:
         thread can be executing or returning into it (else defer)."""
         if not patch.enabled:
             raise PatchError(f"patch {patch.name} is not enabled")
+        self._callback(patch, "pre_unpatch")
         m = self.machine
         emptied: list[FuncStack] = []
         for f in patch.funcs:
@@ -257,8 +265,23 @@ class Livepatch:
         for o in patch.objects:
             o.patched = False
         self.patches.remove(patch)
+        # Ordering: post_unpatch runs while the module's memory is still there.
+        self._callback(patch, "post_unpatch")
         self.deferred.append(patch)
         self.release_deferred()
+
+    def _callback(self, patch: KlpPatch, kind: str) -> int:
+        """Run the patch's *kind* callback in the target (signed r0; 0 if none).
+        Its argument is a ``struct klp_object`` whose name is NULL: the
+        program (the kernel passes vmlinux's so)."""
+        addr = patch.callbacks.get(kind)
+        if addr is None:
+            return 0
+        if not self._klp_object:
+            self._klp_object = self.heap.alloc(4)
+            self.machine.write(self._klp_object, bytes(4))
+        rc = self.machine.call(addr, [self._klp_object])
+        return rc - (1 << 32) if rc & 0x80000000 else rc
 
     def release_deferred(self) -> list[KlpPatch]:
         """Free the memory of disabled patches nothing can reach any more.

@@ -20,6 +20,9 @@ from armlp.errors import PatchError
 from armlp.loader import LoadedModule, load_objects
 
 DESC = struct.Struct("<IIII")
+#: ``struct armlp_callbacks_desc``: four code pointers, 0 for none.
+CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
+CALLBACKS_DESC = struct.Struct("<IIII")
 PROGRAM = "program"
 #: A patch's name: what the kernel allows in a module name, and '.'.
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -70,6 +73,7 @@ class KlpPatch:
     memory: int = 0
     memory_size: int = 0
     size: int = 0               # bytes the module needs (from the trial layout)
+    callbacks: dict[str, int] = field(default_factory=dict)   # kind -> address
 
     @property
     def funcs(self) -> list[KlpFunc]:
@@ -93,6 +97,25 @@ def _module_cstr(module: LoadedModule, addr: int) -> str:
             end = sec.data.find(b"\0", off)
             return sec.data[off:end if end >= 0 else len(sec.data)].decode("utf-8", "replace")
     raise PatchError(f"descriptor string at {addr:#x} is outside the patch module")
+
+
+def parse_callbacks(image: ElfImage, module: LoadedModule) -> dict[str, int]:
+    """The ARMLP_CALLBACKS of a relocated module: kind -> code address."""
+    secs = [s for s in module.sections if s.name == ".armlp.callbacks"]
+    if not secs:
+        return {}
+    if len(secs) > 1 or secs[0].size != CALLBACKS_DESC.size:
+        raise PatchError(f"{image.path}: ARMLP_CALLBACKS may be given once")
+    code = [(s.address, s.end) for s in module.sections if s.executable and not s.nobits]
+    out: dict[str, int] = {}
+    for kind, addr in zip(CALLBACKS, CALLBACKS_DESC.unpack(secs[0].data), strict=True):
+        if addr == 0:
+            continue
+        if addr & 1 or not any(lo <= addr < hi for lo, hi in code):
+            raise PatchError(f"{image.path}: the {kind} callback ({addr:#x}) is not an ARM "
+                             f"function of the patch")
+        out[kind] = addr
+    return out
 
 
 def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[KlpObject]]:
@@ -167,7 +190,8 @@ def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
             raise PatchError(f"{image.path}: .armlp.target holds no build-id "
                              f"({raw[:40]!r}): rebuild the patch with armlp cflags --target")
         build_id = raw.decode()
-    return KlpPatch(name, image.path, image, objects, build_id or None, size=module.size)
+    return KlpPatch(name, image.path, image, objects, build_id or None, size=module.size,
+                    callbacks=parse_callbacks(image, module))
 
 
 def relocate_patch(patch: KlpPatch, target: ElfImage, exports: dict[str, int],
@@ -178,4 +202,5 @@ def relocate_patch(patch: KlpPatch, target: ElfImage, exports: dict[str, int],
     fresh = {f.label: f.new_func for o in objects for f in o.funcs}
     for f in patch.funcs:
         f.new_func = fresh[f.label]
+    patch.callbacks = parse_callbacks(patch.image, module)
     return module

@@ -133,6 +133,32 @@ struct armlp_func_desc {
 	__attribute__((section(".armlp.funcs"), used, aligned(4))) =           \
 		{ old_name, (pos), 0, (void *)(new) }
 
+/*
+ * Callbacks, as the kernel's struct klp_callbacks (NULL for any not wanted):
+ *   static int pre_patch(struct klp_object *obj) { ... return 0; }
+ *   ARMLP_CALLBACKS(pre_patch, post_patch, pre_unpatch, post_unpatch);
+ * armlp calls them in the target, on its own thread, while the program's
+ * threads are stopped (a callback must not wait for them): pre_patch before
+ * any function is redirected (non-zero refuses the patch, nothing changed),
+ * post_patch once all are, pre_unpatch before they go back, post_unpatch
+ * after.  obj->name is NULL: the main program (the kernel's vmlinux).
+ */
+struct klp_object {
+	const char *name;
+};
+
+struct armlp_callbacks_desc {
+	int (*pre_patch)(struct klp_object *obj);
+	void (*post_patch)(struct klp_object *obj);
+	void (*pre_unpatch)(struct klp_object *obj);
+	void (*post_unpatch)(struct klp_object *obj);
+};
+
+#define ARMLP_CALLBACKS(pre_patch, post_patch, pre_unpatch, post_unpatch)      \
+	static const struct armlp_callbacks_desc armlp__callbacks              \
+	__attribute__((section(".armlp.callbacks"), used, aligned(4))) =       \
+		{ pre_patch, post_patch, pre_unpatch, post_unpatch }
+
 /* The build-id of the program this patch was built for (armlp cflags
  * --target PROGRAM defines ARMLP_TARGET_BUILD_ID); armlp refuses to apply
  * the patch to any other program. */
