@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,34 @@ def test_200_enable_disable_cycles_under_8_hammering_threads(
     assert calls > 1_000_000 and 0 < fresh < calls       # both old and new results seen
     assert "Traceback" not in err
     assert len(pauses) == 2 * CYCLES
+
+
+@pytest.mark.slow
+def test_shadow_variables_under_8_threads(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's shadow table, hammered by eight real threads (qemu-user
+    runs them in parallel host threads): every lookup finds the one datum
+    its object got, no thread hangs on the lock, the program exits 0."""
+    prog, fix = program_and_patch(HERE / "programs" / "stress.c",
+                                  HERE / "patches" / "stress_shadow.c", tmp_path)
+    monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
+    done = tmp_path / "done"
+    run = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), str(done)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ))
+    try:
+        info = wait_for_target(run)
+        request(info.socket, {"op": "patch", "path": str(fix)})
+        time.sleep(3)           # the threads call f() through the table meanwhile
+        request(info.socket, {"op": "unpatch", "name": "stress-shadow"})
+        done.touch()
+        out, err = run.communicate(timeout=120)
+    finally:
+        done.touch()
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, (out, err[-2000:])
+    m = re.search(r"calls (\d+) new (\d+) bad (\d+)", out)
+    assert m, out
+    _calls, fresh, bad = map(int, m.groups())
+    assert bad == 0 and fresh > 500, out      # slow under qemu: see README

@@ -297,3 +297,20 @@ def test_a_refusing_pre_patch_changes_nothing(program: Path) -> None:
     assert [emu.read(s, e - s) for s, e in text] == before
     assert emu.call(fn(target, "leaf"), (1,)) == 2
     assert lp.patches == [] and lp.stacks == {}
+
+
+def test_shadow_variables_in_the_program(program: Path) -> None:
+    """The kernel's shadow variable API, kept by the runtime in the target:
+    per-object data, a collision refused, constructors and destructors,
+    free and free_all, freed space reused, and data shared by patches."""
+    target, lp, emu = fresh(program)
+    leaf = fn(target, "leaf")
+    first = lp.load(build_patch("shadow", program))
+    lp.enable(first)
+    assert [emu.call(leaf, (x,)) for x in (5, 5, 7, 5)] == [1, 2, 1, 3]
+    assert emu.call(fn(target, "use_helper"), (1,)) == 0x3FF      # every check
+    second = lp.load(build_patch("shadow2", program))
+    lp.enable(second)
+    assert [emu.call(leaf, (x,)) for x in (5, 7, 9)] == [1003, 1001, 1000]
+    lp.disable(second)
+    assert emu.call(leaf, (5,)) == 4

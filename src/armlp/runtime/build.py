@@ -14,7 +14,7 @@ from pathlib import Path
 from armlp.build import cache_root
 from armlp.toolchain import PREFIX, compile_object
 
-SOURCES = ("entry.S", "ftrace.c", "livepatch.c")
+SOURCES = ("entry.S", "ftrace.c", "livepatch.c", "shadow.c")
 HEADERS = ("armlp_rt.h",)
 #: armlp's scratch page for targets behind a GDB stub (armlp.machine.scratch):
 #: built here, but placed by the machine, not loaded with the runtime.

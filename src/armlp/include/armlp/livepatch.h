@@ -159,6 +159,27 @@ struct armlp_callbacks_desc {
 	__attribute__((section(".armlp.callbacks"), used, aligned(4))) =       \
 		{ pre_patch, post_patch, pre_unpatch, post_unpatch }
 
+/*
+ * Shadow variables, the kernel's API (kernel/livepatch/shadow.c), kept by
+ * armlp's runtime in the program: <obj, id> -> size bytes (zeroed, then
+ * @ctor), shared by every patch that uses the same id, safe under threads.
+ * klp_shadow_alloc returns NULL if <obj, id> exists, the arena (64 KiB) is
+ * full or @ctor fails.  Constructors and destructors run under the table's
+ * lock: they must not use shadow variables themselves.
+ */
+typedef unsigned int gfp_t;
+#define GFP_KERNEL 0u
+#define GFP_ATOMIC 0u
+typedef int (*klp_shadow_ctor_t)(void *obj, void *shadow_data, void *ctor_data);
+typedef void (*klp_shadow_dtor_t)(void *obj, void *shadow_data);
+void *klp_shadow_get(void *obj, unsigned long id);
+void *klp_shadow_alloc(void *obj, unsigned long id, unsigned int size, gfp_t gfp_flags,
+		       klp_shadow_ctor_t ctor, void *ctor_data);
+void *klp_shadow_get_or_alloc(void *obj, unsigned long id, unsigned int size,
+			      gfp_t gfp_flags, klp_shadow_ctor_t ctor, void *ctor_data);
+void klp_shadow_free(void *obj, unsigned long id, klp_shadow_dtor_t dtor);
+void klp_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
+
 /* The build-id of the program this patch was built for (armlp cflags
  * --target PROGRAM defines ARMLP_TARGET_BUILD_ID); armlp refuses to apply
  * the patch to any other program. */
