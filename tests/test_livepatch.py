@@ -314,3 +314,43 @@ def test_shadow_variables_in_the_program(program: Path) -> None:
     assert [emu.call(leaf, (x,)) for x in (5, 7, 9)] == [1003, 1001, 1000]
     lp.disable(second)
     assert emu.call(leaf, (5,)) == 4
+
+
+def test_atomic_replace(program: Path) -> None:
+    """A cumulative patch replaces every enabled patch at once: functions only
+    they changed run their original code, they are disabled without their
+    callbacks, their memory goes the way of any disabled patch's."""
+    target, lp, emu = fresh(program)
+    sink = target.image.symbols.lookup("rec_sink").value
+    leaf, many = fn(target, "leaf"), fn(target, "many")
+    lp.enable(lp.load(build_patch("callbacks", program)))      # leaf: x + 100
+    lp.enable(lp.load(build_patch("stack2", program)))
+    before = emu.read(sink, 4)
+    cumulative = lp.load(build_patch("cumulative", program))
+    assert cumulative.replace
+    lp.enable(cumulative)
+    assert [p.name for p in lp.patches] == ["cumulative"]
+    assert emu.call(leaf, (1,)) == 2
+    assert emu.call(many, (1, 2, 3, 4, 5, 6)) == (-21) & 0xFFFFFFFF
+    assert emu.read(sink, 4) == before          # the replaced' callbacks did not run
+    lp.disable(cumulative)
+    assert emu.call(many, (1, 2, 3, 4, 5, 6)) == 21
+
+
+def test_system_states(program: Path) -> None:
+    """The kernel's rule: a state of an enabled patch must be in the new one in
+    the same or a newer version; a replace must carry every one."""
+    target, lp, emu = fresh(program)
+    leaf = fn(target, "leaf")
+    two = lp.load(build_patch("state2", program))
+    assert two.states == {1: 2}
+    lp.enable(two)
+    with pytest.raises(ArmlpError, match=r"state1: not compatible with state2: system state 1 "
+                                         r"version 2 is newer"):
+        lp.enable(lp.load(build_patch("state1", program)))
+    with pytest.raises(ArmlpError, match=r"cumulative: not compatible with state2: system "
+                                         r"state 1 version 2 would be dropped by the replace"):
+        lp.enable(lp.load(build_patch("cumulative", program)))
+    assert emu.call(leaf, (1,)) == 20001
+    lp.enable(lp.load(build_patch("stack1", program)))      # no state, no replace: fine
+    assert [p.name for p in lp.patches] == ["state2", "stack1"]

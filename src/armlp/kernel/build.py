@@ -36,6 +36,7 @@ from armlp.elf.symbols import FunctionSymbol
 from armlp.errors import ArmlpError, PatchError
 from armlp.inputs import check_input
 from armlp.kernel.kit import KernelKit
+from armlp.livepatch.patch import parse_states
 from armlp.livepatch.trampoline import undo_words
 from armlp.toolchain import INCLUDE_DIR
 
@@ -48,7 +49,6 @@ KSYM_PREFIX = ".klp.sym.vmlinux."
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,55}$")
 REC = struct.Struct("<128s128s64sI")
 CALLBACKS_REC = struct.Struct("<64s64s64s64s")
-STATE_REC = struct.Struct("<II")
 #: Sections whose code is gone after boot.
 INIT_SECTIONS = (".init.text", ".exit.text")
 
@@ -208,16 +208,12 @@ def _read_pass_one(obj: Path) -> tuple[str | None, list[tuple[str, int, str]], l
 def _read_states(obj: Path) -> tuple[list[tuple[int, int]], bool]:
     """ARMLP_STATE records and whether ARMLP_ATOMIC_REPLACE was given."""
     img = ElfImage(obj)
-    states: list[tuple[int, int]] = []
-    sec = img.section(".armlp.kstates")
-    if sec is not None:
-        states = [STATE_REC.unpack_from(img.section_data(sec), off)
-                  for off in range(0, sec.size - STATE_REC.size + 1, STATE_REC.size)]
-    ids = [i for i, _ in states]
-    bad = [i for i in ids if i == 0 or ids.count(i) > 1]
-    if bad:
-        raise KernelBuildError(f"{obj.name}: ARMLP_STATE id {bad[0]}: ids are unique and not 0")
-    return states, img.section(".armlp.kreplace") is not None
+    sec = img.section(".armlp.states")
+    try:
+        states = parse_states(img.section_data(sec), obj.name) if sec is not None else {}
+    except PatchError as exc:
+        raise KernelBuildError(str(exc)) from None
+    return sorted(states.items()), img.section(".armlp.replace") is not None
 
 
 def _cstr(b: bytes) -> str:

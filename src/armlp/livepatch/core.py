@@ -84,6 +84,15 @@ class Livepatch:
                              f"({image.build_id or 'no build-id'})")
         if any(p.name == patch.name for p in self.patches):
             raise PatchError(f"a patch named {patch.name!r} is already enabled")
+        # The kernel's rule for system states (kernel/livepatch/state.c).
+        for old in self.patches:
+            for sid, version in old.states.items():
+                new = patch.states.get(sid)
+                if (new is None and not patch.replace) or (new is not None and new >= version):
+                    continue
+                why = "is newer" if new is not None else "would be dropped by the replace"
+                raise PatchError(f"{patch.name}: not compatible with {old.name}: system state "
+                                 f"{sid} version {version} {why}")
         for f in patch.funcs:
             rep = self.target.scan.find(f.old_name, f.old_sympos or None)
             if not rep.verdict.patchable:
@@ -116,6 +125,9 @@ class Livepatch:
         for o in patch.objects:
             o.patched = True
         self.patches.append(patch)
+        if patch.replace:   # the others go in the same pause; their callbacks do not run
+            for old in [p for p in self.patches if p is not patch]:
+                self.disable(old, callbacks=False)
         self._callback(patch, "post_patch")
 
     def _enable(self, patch: KlpPatch, undo: list[Callable[[], None]]) -> None:
@@ -230,12 +242,14 @@ class Livepatch:
 
     # -- disable ------------------------------------------------------------------
 
-    def disable(self, patch: KlpPatch) -> None:
+    def disable(self, patch: KlpPatch, *, callbacks: bool = True) -> None:
         """Unlink the patch's nodes from every stack; free its memory when no
-        thread can be executing or returning into it (else defer)."""
+        thread can be executing or returning into it (else defer).  Without
+        *callbacks* (replaced by an atomic replace) its callbacks do not run."""
         if not patch.enabled:
             raise PatchError(f"patch {patch.name} is not enabled")
-        self._callback(patch, "pre_unpatch")
+        if callbacks:
+            self._callback(patch, "pre_unpatch")
         m = self.machine
         emptied: list[FuncStack] = []
         for f in patch.funcs:
@@ -266,7 +280,8 @@ class Livepatch:
             o.patched = False
         self.patches.remove(patch)
         # Ordering: post_unpatch runs while the module's memory is still there.
-        self._callback(patch, "post_unpatch")
+        if callbacks:
+            self._callback(patch, "post_unpatch")
         self.deferred.append(patch)
         self.release_deferred()
 

@@ -20,6 +20,8 @@ from armlp.errors import PatchError
 from armlp.loader import LoadedModule, load_objects
 
 DESC = struct.Struct("<IIII")
+#: ``struct armlp_state_rec`` (ARMLP_STATE): id, version.
+STATE = struct.Struct("<II")
 #: ``struct armlp_callbacks_desc``: four code pointers, 0 for none.
 CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 CALLBACKS_DESC = struct.Struct("<IIII")
@@ -74,6 +76,8 @@ class KlpPatch:
     memory_size: int = 0
     size: int = 0               # bytes the module needs (from the trial layout)
     callbacks: dict[str, int] = field(default_factory=dict)   # kind -> address
+    states: dict[int, int] = field(default_factory=dict)      # id -> version
+    replace: bool = False       # ARMLP_ATOMIC_REPLACE
 
     @property
     def funcs(self) -> list[KlpFunc]:
@@ -97,6 +101,20 @@ def _module_cstr(module: LoadedModule, addr: int) -> str:
             end = sec.data.find(b"\0", off)
             return sec.data[off:end if end >= 0 else len(sec.data)].decode("utf-8", "replace")
     raise PatchError(f"descriptor string at {addr:#x} is outside the patch module")
+
+
+def parse_states(data: bytes, where: str) -> dict[int, int]:
+    """The ARMLP_STATE records of a ``.armlp.states`` section: id -> version
+    (ids unique, not 0), for programs and kernels alike."""
+    if len(data) % STATE.size:
+        raise PatchError(f"{where}: .armlp.states is {len(data)} bytes, not a multiple of "
+                         f"{STATE.size}")
+    states: dict[int, int] = {}
+    for sid, version in STATE.iter_unpack(data):
+        if sid == 0 or sid in states:
+            raise PatchError(f"{where}: ARMLP_STATE id {sid}: ids are unique and not 0")
+        states[sid] = version
+    return states
 
 
 def parse_callbacks(image: ElfImage, module: LoadedModule) -> dict[str, int]:
@@ -190,8 +208,12 @@ def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
             raise PatchError(f"{image.path}: .armlp.target holds no build-id "
                              f"({raw[:40]!r}): rebuild the patch with armlp cflags --target")
         build_id = raw.decode()
+    sections = {s.name: s for s in module.sections}
+    states = sections.get(".armlp.states")
     return KlpPatch(name, image.path, image, objects, build_id or None, size=module.size,
-                    callbacks=parse_callbacks(image, module))
+                    callbacks=parse_callbacks(image, module),
+                    states=parse_states(states.data, str(image.path)) if states else {},
+                    replace=".armlp.replace" in sections)
 
 
 def relocate_patch(patch: KlpPatch, target: ElfImage, exports: dict[str, int],

@@ -37,6 +37,32 @@
 #define ARMLP_REPLACE_POS(old, pos, new) ARMLP__DESC(#old, pos, new)
 #define ARMLP_REPLACE(old, new) ARMLP__DESC(#old, 0, new)
 
+/*
+ * Atomic replace (the kernel's klp_patch.replace): this patch replaces every
+ * enabled patch at once; what they changed and it does not goes back to the
+ * original code, and they are disabled (their callbacks do not run).
+ */
+#define ARMLP_ATOMIC_REPLACE                                                   \
+	static const char armlp__replace                                       \
+	__attribute__((section(".armlp.replace"), used)) = 1
+
+/*
+ * A system state this patch makes or takes over (the kernel's klp_state):
+ * every state of an enabled patch must be here in the same or a newer
+ * version, or the patch is refused; with ARMLP_ATOMIC_REPLACE, every one must
+ * be.  In the kernel, callbacks find it with klp_get_state(obj->patch, ID),
+ * and what the patch before left with klp_get_prev_state(ID).
+ */
+struct armlp_state_rec {
+	unsigned long id;
+	unsigned int version;
+};
+
+#define ARMLP_STATE(id, version)                                               \
+	static const struct armlp_state_rec ARMLP__CAT(armlp__state_, __LINE__) \
+	__attribute__((section(".armlp.states"), used, aligned(4))) =          \
+		{ (id), (version) }
+
 #ifdef __KERNEL__
 /* struct klp_object, the shadow variable API (klp_shadow_*): armlp_klp's. */
 #include "klp.h"
@@ -83,32 +109,6 @@ struct armlp_kcallbacks_rec {
 	__attribute__((section(".discard.armlp"), used)) =                     \
 		{ (void *)(pre_patch), (void *)(post_patch),                   \
 		  (void *)(pre_unpatch), (void *)(post_unpatch) }
-
-/*
- * Atomic replace (the kernel's klp_patch.replace): this patch replaces every
- * enabled patch in one switch; what they changed and it does not goes back
- * to the original code, and they are disabled (their callbacks do not run).
- */
-#define ARMLP_ATOMIC_REPLACE                                                   \
-	static const char armlp__replace                                       \
-	__attribute__((section(".armlp.kreplace"), used)) = 1
-
-/*
- * A system state this patch makes or takes over (the kernel's klp_state):
- * every state of an enabled patch must be here in the same or a newer
- * version, or the patch is refused; with ARMLP_ATOMIC_REPLACE, every one must
- * be.  Callbacks find it with klp_get_state(obj->patch, ID), and what the
- * patch before left with klp_get_prev_state(ID).
- */
-struct armlp_kstate_rec {
-	unsigned long id;
-	unsigned int version;
-};
-
-#define ARMLP_STATE(id, version)                                               \
-	static const struct armlp_kstate_rec ARMLP__CAT(armlp__state_, __LINE__) \
-	__attribute__((section(".armlp.kstates"), used, aligned(4))) =         \
-		{ (id), (version) }
 
 /*
  * A kernel symbol that is static or not exported, declared as for programs:
