@@ -57,8 +57,10 @@ def patch(args: argparse.Namespace) -> int:
     path = os.path.abspath(check_input(args.patch, "patch module"))
     info = find_target(args.target)
     res = request(info.socket, {"op": "patch", "path": path})
+    replaced = res.get("replaced") or []
     _print(args, res, f"{info.id}: patch {res['name']} enabled "
-                      f"({', '.join(res['functions'])})")
+                      f"({', '.join(res['functions'])})"
+                      + (f", replacing {', '.join(replaced)}" if replaced else ""))
     return 0
 
 

@@ -185,11 +185,13 @@ class Controller:
         lp = self.livepatch
         patch = lp.read(req.path)             # the checks that need no stop first
         with self.paused():
+            replaced = [p.name for p in lp.patches] if patch.replace else []
             lp.enable(patch)                  # then the target's, before the first write
         self.on_event(f"patch {patch.name} enabled ("
-                      + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")")
+                      + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")"
+                      + (f", replacing {', '.join(replaced)}" if replaced else ""))
         return {"name": patch.name, "functions": [f.label for f in patch.funcs],
-                "pause_ms": round(self.last_pause_ms, 3)}
+                "replaced": replaced, "pause_ms": round(self.last_pause_ms, 3)}
 
     def _unpatch(self, req: Unpatch, _client: Client | None) -> Any:
         lp = self.livepatch
