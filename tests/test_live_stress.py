@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,25 +22,20 @@ HERE = Path(__file__).resolve().parent
 CYCLES = 200
 
 
-@pytest.mark.slow
-def test_200_enable_disable_cycles_under_8_hammering_threads(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    prog, fix = program_and_patch(HERE / "programs" / "stress.c",
-                                  HERE / "patches" / "stress_fix.c", tmp_path)
+def stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: str,
+           drive: Callable[[str, Path], None]) -> tuple[int, int, int, str]:
+    """Run tests/programs/stress.c under ``armlp run``; *drive(socket, fix)*
+    works the controller meanwhile.  The program's counts: calls, new, bad."""
+    prog, fix = program_and_patch(HERE / "programs" / "stress.c", HERE / "patches" / patch,
+                                  tmp_path)
     monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
     done = tmp_path / "done"
     run = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), str(done)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=dict(os.environ))
     try:
-        info = wait_for_target(run)
-        pauses = []
-        for _ in range(CYCLES):
-            pauses.append(request(info.socket, {"op": "patch", "path": str(fix)})["pause_ms"])
-            st = request(info.socket, {"op": "status"})
-            assert [p["name"] for p in st["patches"]] == ["stress"]
-            pauses.append(request(info.socket, {"op": "unpatch", "name": "stress"})["pause_ms"])
-        assert run.poll() is None, "the program stopped during the cycles"
+        drive(wait_for_target(run).socket, fix)
+        assert run.poll() is None, "the program stopped while armlp worked on it"
         done.touch()
         out, err = run.communicate(timeout=120)
     finally:
@@ -47,12 +43,28 @@ def test_200_enable_disable_cycles_under_8_hammering_threads(
         if run.poll() is None:
             run.kill()
     assert run.returncode == 0, (out, err[-2000:])
+    assert "Traceback" not in err
     m = re.search(r"calls (\d+) new (\d+) bad (\d+)", out)
     assert m, out
     calls, fresh, bad = map(int, m.groups())
+    return calls, fresh, bad, out
+
+
+@pytest.mark.slow
+def test_200_enable_disable_cycles_under_8_hammering_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses: list[float] = []
+
+    def cycles(socket: str, fix: Path) -> None:
+        for _ in range(CYCLES):
+            pauses.append(request(socket, {"op": "patch", "path": str(fix)})["pause_ms"])
+            st = request(socket, {"op": "status"})
+            assert [p["name"] for p in st["patches"]] == ["stress"]
+            pauses.append(request(socket, {"op": "unpatch", "name": "stress"})["pause_ms"])
+
+    calls, fresh, bad, _ = stress(tmp_path, monkeypatch, "stress_fix.c", cycles)
     assert bad == 0
     assert calls > 1_000_000 and 0 < fresh < calls       # both old and new results seen
-    assert "Traceback" not in err
     assert len(pauses) == 2 * CYCLES
 
 
@@ -62,26 +74,10 @@ def test_shadow_variables_under_8_threads(tmp_path: Path,
     """The runtime's shadow table, hammered by eight real threads (qemu-user
     runs them in parallel host threads): every lookup finds the one datum
     its object got, no thread hangs on the lock, the program exits 0."""
-    prog, fix = program_and_patch(HERE / "programs" / "stress.c",
-                                  HERE / "patches" / "stress_shadow.c", tmp_path)
-    monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
-    done = tmp_path / "done"
-    run = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), str(done)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ))
-    try:
-        info = wait_for_target(run)
-        request(info.socket, {"op": "patch", "path": str(fix)})
+    def drive(socket: str, fix: Path) -> None:
+        request(socket, {"op": "patch", "path": str(fix)})
         time.sleep(3)           # the threads call f() through the table meanwhile
-        request(info.socket, {"op": "unpatch", "name": "stress-shadow"})
-        done.touch()
-        out, err = run.communicate(timeout=120)
-    finally:
-        done.touch()
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 0, (out, err[-2000:])
-    m = re.search(r"calls (\d+) new (\d+) bad (\d+)", out)
-    assert m, out
-    _calls, fresh, bad = map(int, m.groups())
+        request(socket, {"op": "unpatch", "name": "stress-shadow"})
+
+    _calls, fresh, bad, out = stress(tmp_path, monkeypatch, "stress_shadow.c", drive)
     assert bad == 0 and fresh > 500, out      # slow under qemu: see README
