@@ -563,3 +563,19 @@ def test_build_program_caches_by_content(tmp_path: Path) -> None:
     assert syms.lookup("__gnu_mcount_nc").value
     assert emu.read(sym(out, "__gnu_mcount_nc"), 12) == struct.pack(
         "<III", 0xE1A0C00E, 0xE49DE004, 0xE12FFF1C)    # mov ip, lr; pop {lr}; bx ip
+
+
+def test_static_glibc_program_runs(tmp_path: Path) -> None:
+    """Static glibc needs the kernel's user helpers (TLS) and mprotect (RELRO):
+    the emulator runs it, and armlp trace traces it."""
+    from conftest import armlp
+
+    prog = build_program([Path(__file__).parent / "programs" / "glibc_hello.c"],
+                         tmp_path / "glibc_hello", freestanding=False)
+    emu = Emulator.from_elf(prog)
+    stop = emu.run()
+    assert stop.reason is StopReason.EXITED and stop.exit_status == 0
+    assert emu.stdout == b"r=42\n"
+    r = armlp("trace", prog, "--filter", "work")
+    assert r.code == 0, r.err
+    assert "work <- main" in r.out

@@ -438,6 +438,15 @@ class Emulator(AddressSpace):
         """ARM's ``set_tls``: the user read-only thread register (TPIDRURO)."""
         self.uc.reg_write(ac.UC_ARM_REG_C13_C0_3, value)
 
+    def protect(self, address: int, size: int, prot: int) -> bool:
+        """``mprotect`` (PROT_READ 1, WRITE 2, EXEC 4 are Unicorn's bits too)."""
+        try:
+            self.uc.mem_protect(address, size, prot)
+        except _UcError:
+            return False
+        self.flush_icache(address, size)
+        return True
+
     # --- internals -----------------------------------------------------------
 
     def _check_thread(self, thread: int | None) -> None:

@@ -3,7 +3,8 @@
 Enough for the freestanding programs armlp builds: ``write``/``writev`` to
 captured stdout/stderr (and optionally the real file descriptors),
 ``exit``/``exit_group``, ``brk``, ``clock_gettime``, ``nanosleep``,
-``clock_nanosleep``, ``getpid``/``gettid`` and ARM's ``set_tls``.  Anything
+``clock_nanosleep``, ``getpid``/``gettid``, ``mprotect`` (static glibc's
+RELRO) and ARM's ``set_tls``.  Anything
 else returns ``-ENOSYS`` and is recorded in :attr:`LinuxSyscalls.unknown`.
 
 Time is virtual by default, so runs are reproducible: with instruction
@@ -30,6 +31,7 @@ SYS_EXIT = 1
 SYS_WRITE = 4
 SYS_GETPID = 20
 SYS_BRK = 45
+SYS_MPROTECT = 125
 SYS_WRITEV = 146
 SYS_NANOSLEEP = 162
 SYS_GETTID = 224
@@ -40,7 +42,7 @@ SYS_CLOCK_GETTIME64 = 403
 SYS_CLOCK_NANOSLEEP_TIME64 = 407
 ARM_SET_TLS = 0x0F0005
 
-EBADF, EFAULT, EINVAL, ENOSPC, ENOSYS = 9, 14, 22, 28, 38
+EBADF, ENOMEM, EFAULT, EINVAL, ENOSPC, ENOSYS = 9, 12, 14, 22, 28, 38
 #: At most this much per write (what a pipe takes at once: a short write).
 MAX_WRITE = 64 * 1024
 #: The most output a program may leave in the emulator's buffers.
@@ -55,7 +57,8 @@ NAMES = {SYS_EXIT: "exit", SYS_WRITE: "write", SYS_GETPID: "getpid", SYS_BRK: "b
          SYS_WRITEV: "writev", SYS_NANOSLEEP: "nanosleep", SYS_GETTID: "gettid",
          SYS_EXIT_GROUP: "exit_group", SYS_CLOCK_GETTIME: "clock_gettime",
          SYS_CLOCK_NANOSLEEP: "clock_nanosleep", SYS_CLOCK_GETTIME64: "clock_gettime64",
-         SYS_CLOCK_NANOSLEEP_TIME64: "clock_nanosleep_time64", ARM_SET_TLS: "ARM_set_tls"}
+         SYS_CLOCK_NANOSLEEP_TIME64: "clock_nanosleep_time64", ARM_SET_TLS: "ARM_set_tls",
+         SYS_MPROTECT: "mprotect"}
 
 _TS32 = struct.Struct("<ii")
 _TS64 = struct.Struct("<qq")   # 64-bit time_t: tv_sec, then tv_nsec in a 64-bit slot
@@ -74,6 +77,10 @@ class SyscallHost(Protocol):
         ...
 
     def set_tls(self, value: int) -> None: ...
+
+    def protect(self, address: int, size: int, prot: int) -> bool:
+        """``mprotect``: False if part of the range is not mapped."""
+        ...
 
     @property
     def instructions(self) -> int | None:
@@ -199,6 +206,12 @@ class LinuxSyscalls:
     def _getpid(self, host: SyscallHost, a: tuple[int, ...]) -> int:
         return self.pid
 
+    def _mprotect(self, host: SyscallHost, a: tuple[int, ...]) -> int:
+        addr, size, prot = a[0], a[1], a[2]
+        if addr & 0xFFF or prot & ~7:
+            return -EINVAL
+        return 0 if size == 0 or host.protect(addr, (size + 0xFFF) & ~0xFFF, prot) else -ENOMEM
+
     def _set_tls(self, host: SyscallHost, a: tuple[int, ...]) -> int:
         host.set_tls(a[0])
         return 0
@@ -284,6 +297,7 @@ _TABLE: dict[int, _Handler] = {
     SYS_GETPID: LinuxSyscalls._getpid,
     SYS_GETTID: LinuxSyscalls._getpid,
     ARM_SET_TLS: LinuxSyscalls._set_tls,
+    SYS_MPROTECT: LinuxSyscalls._mprotect,
     SYS_CLOCK_GETTIME: lambda s, h, a: s._gettime(h, a, wide=False),
     SYS_CLOCK_GETTIME64: lambda s, h, a: s._gettime(h, a, wide=True),
     SYS_NANOSLEEP: LinuxSyscalls._nanosleep,
