@@ -25,3 +25,17 @@ def test_runtime_rebuilt_when_a_source_changes(tmp_path: Path,
     second = build.runtime_objects()
     assert second[0].parent != first[0].parent               # a new build
     assert all(o.exists() for o in second)
+
+
+def test_layout_drift_fails_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One source of truth per layout: a Python mirror that no longer matches
+    armlp_rt.h (or <armlp/livepatch.h>) stops the runtime's build, naming it."""
+    import struct
+
+    from armlp.runtime import build, layout
+    from armlp.toolchain import ToolchainError
+
+    monkeypatch.setattr(layout, "KLP_FUNC_NODE", struct.Struct("<IIII"))
+    with pytest.raises(ToolchainError, match=r"sizeof\(struct klp_func_node\) is not 0x10 as "
+                                             r"armlp/runtime/layout.py says"):
+        build.runtime_objects()

@@ -54,7 +54,9 @@ def run_tool(name: str, args: Sequence[str | Path], *, cwd: Path | None = None) 
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
     if proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().splitlines()
-        detail = msg[-1] if msg else f"exit {proc.returncode}"
+        # the compiler's first error says what is wrong; its last line is often a caret
+        detail = next((ln.strip() for ln in msg if "error" in ln),
+                      msg[-1] if msg else f"exit {proc.returncode}")
         raise ToolchainError(f"{PREFIX}{name} failed: {detail}")
     return proc.stdout
 

@@ -36,7 +36,7 @@ from armlp.elf.symbols import FunctionSymbol
 from armlp.errors import ArmlpError, PatchError
 from armlp.inputs import check_input
 from armlp.kernel.kit import KernelKit
-from armlp.livepatch.patch import parse_states
+from armlp.livepatch.patch import STATE, parse_states
 from armlp.livepatch.trampoline import undo_words
 from armlp.toolchain import INCLUDE_DIR
 
@@ -169,7 +169,14 @@ def _module_name(name: str) -> str:
 def _pass_one(source: Path, kit: KernelKit, d: Path) -> Path:
     """The patch compiled alone, for its records (no module is linked)."""
     d.mkdir(parents=True)
-    (d / "armlp_pass1.c").write_text(f'#include "{source}"\n')
+    # The records' layouts as this module reads them, asserted against the header.
+    asserts = [(f"sizeof(struct {name})", size) for name, size in (
+        ("armlp_kfunc_rec", REC.size), ("armlp_kcallbacks_rec", CALLBACKS_REC.size),
+        ("armlp_state_rec", STATE.size))]
+    (d / "armlp_pass1.c").write_text(
+        f'#include "{source}"\n' + "".join(
+            f'_Static_assert({e} == {v}, "{e} is not {v} as armlp/kernel/build.py says");\n'
+            for e, v in asserts))
     (d / "Kbuild").write_text(f"obj-m := armlp_pass1.o\n"
                               f"ccflags-y := -I{INCLUDE_DIR} -I{MODULE_DIR}\n")
     _make(kit, d, "armlp_pass1.o")

@@ -46,6 +46,18 @@ struct ftrace_ops {
 
 #define SITE_MAX_OPS 4
 
+/* One replacement on a patched function's func stack (livepatch.c). */
+struct klp_func_node {
+	u32 new_func;
+	struct klp_func_node *next;   /* the node below: an older patch */
+	u32 patch_id;
+};
+
+/* What a patched function's ftrace_ops.private points at. */
+struct klp_ops {
+	struct klp_func_node *stack;  /* top of the func stack, NULL when empty */
+};
+
 /* One mcount site (the kernel's struct dyn_ftrace plus its undo recipe). */
 struct armlp_site {
 	u32 ip;              /* address of the mcount bl */

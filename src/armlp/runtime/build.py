@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 from armlp.build import cache_root
-from armlp.toolchain import PREFIX, compile_object
+from armlp.runtime.layout import c_asserts
+from armlp.toolchain import INCLUDE_DIR, PREFIX, compile_object
 
 SOURCES = ("entry.S", "ftrace.c", "livepatch.c", "shadow.c")
 HEADERS = ("armlp_rt.h",)
@@ -35,6 +36,7 @@ def _digest() -> str:
         path = SOURCE_DIR / name
         if path.exists():
             h.update(name.encode() + b"\0" + path.read_bytes())
+    h.update(c_asserts().encode())
     return h.hexdigest()[:16]
 
 
@@ -58,6 +60,12 @@ def _objects() -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmpdir = Path(tmp)
+        # Ordering: the layouts are checked before anything is built.
+        check = tmpdir / "layout_check.c"
+        check.write_text(c_asserts())
+        compile_object(check, tmpdir / "layout_check.o",
+                       [*CFLAGS, f"-I{SOURCE_DIR}", f"-I{INCLUDE_DIR}"])
+        (tmpdir / "layout_check.o").unlink()
         for src in sources:
             path = SOURCE_DIR / src
             compile_object(path, tmpdir / (path.stem + ".o"), [*CFLAGS, f"-I{SOURCE_DIR}"])

@@ -1,7 +1,10 @@
 """Python mirrors of the runtime's C structures (armlp_rt.h).
 
-The control plane builds these byte-exact and writes them into the target;
-keep the two files in step.
+The control plane builds these byte-exact and writes them into the target.
+:func:`c_asserts` turns every size, offset and constant here into C
+``_Static_assert``s that the runtime's build compiles against armlp_rt.h
+(and the patch descriptors of <armlp/livepatch.h>): the two sides cannot
+drift apart without the build failing, naming what moved.
 """
 
 from __future__ import annotations
@@ -55,3 +58,35 @@ def build_site_table(sites: dict[int, int]) -> tuple[int, list[int]]:
 KLP_FUNC_NODE = struct.Struct("<III")
 #: struct klp_ops: stack (what the function's ftrace_ops.private points at)
 KLP_OPS = struct.Struct("<I")
+
+
+def c_asserts() -> str:
+    """C source asserting this module's layouts against armlp_rt.h and the
+    program half of <armlp/livepatch.h> (see the module docstring)."""
+    from armlp.livepatch.patch import CALLBACKS_DESC, DESC, STATE
+
+    checks = [
+        ("sizeof(struct pt_regs)", PT_REGS.size),
+        ("sizeof(struct ftrace_ops)", OPS.size),
+        ("sizeof(struct armlp_site)", SITE.size),
+        ("__builtin_offsetof(struct armlp_site, nops)", SITE_NOPS_OFFSET),
+        ("__builtin_offsetof(struct armlp_site, ops)", SITE_OPS_OFFSET),
+        ("sizeof(((struct armlp_site *)0)->ops) * 2", SITE_OPS.size),
+        ("sizeof(struct armlp_site_table)", SITE_TABLE.size),
+        ("sizeof(struct armlp_trace_ring)", TRACE_RING.size),
+        ("sizeof(struct klp_func_node)", KLP_FUNC_NODE.size),
+        ("__builtin_offsetof(struct klp_func_node, next)", 4),
+        ("sizeof(struct klp_ops)", KLP_OPS.size),
+        ("SITE_MAX_OPS", SITE_MAX_OPS),
+        ("SITE_HASH_MUL", SITE_HASH_MUL),
+        ("RULE_APCS", RULE_APCS),
+        ("RULE_PUSH", RULE_PUSH),
+        ("FTRACE_OPS_FL_SAVE_REGS", FTRACE_OPS_FL_SAVE_REGS),
+        ("sizeof(struct armlp_func_desc)", DESC.size),
+        ("sizeof(struct armlp_callbacks_desc)", CALLBACKS_DESC.size),
+        ("sizeof(struct armlp_state_rec)", STATE.size),
+    ]
+    lines = ['#include "armlp_rt.h"', "#include <armlp/livepatch.h>"]
+    lines += [f'_Static_assert({expr} == {value:#x}u, "{expr} is not {value:#x} as '
+              f'armlp/runtime/layout.py says");' for expr, value in checks]
+    return "\n".join(lines) + "\n"

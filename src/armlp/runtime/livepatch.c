@@ -10,17 +10,6 @@
  */
 #include "armlp_rt.h"
 
-struct klp_func_node {
-	u32 new_func;
-	struct klp_func_node *next;   /* the node below: an older patch */
-	u32 patch_id;
-};
-
-/* What a patched function's ftrace_ops.private points at. */
-struct klp_ops {
-	struct klp_func_node *stack;  /* top of the func stack, NULL when empty */
-};
-
 void klp_ftrace_handler(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
 {
 	struct pt_regs *regs = fregs;
