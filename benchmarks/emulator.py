@@ -1,7 +1,7 @@
 """Emulator speed: armlp's Unicorn machine vs qemu-arm on the same binary.
 
 A CPU-bound freestanding program (recursive calls through untouched mcount
-sites, a sieve, a CRC loop), built with armlp.build.build_program, runs
+sites, a sieve, a CRC loop), built with armlp.program_build.build_program, runs
 untraced
 
 * under armlp's :class:`~armlp.machine.emulator.Emulator`, as a whole
@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from armlp.build import build_program  # noqa: E402
 from armlp.machine.emulator import Emulator  # noqa: E402
+from armlp.program_build import build_program  # noqa: E402
 
 PROGRAM = r"""
 #include "armlp_fs.h"

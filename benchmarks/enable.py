@@ -16,8 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from armlp.build import build_program, cache_dir
 from armlp.livepatch import Livepatch
+from armlp.program_build import build_program, cache_dir
 from armlp.target import Target
 from armlp.toolchain import patch_cflags, tool
 from results_io import stats, write_results

@@ -29,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from armlp.build import PROGRAM_CFLAGS, build_program  # noqa: E402
 from armlp.ftrace.cost import (  # noqa: E402
     NOP_TARGET,
     PLAIN_LIMIT,
@@ -37,6 +36,7 @@ from armlp.ftrace.cost import (  # noqa: E402
     check_targets,
     measure_program,
 )
+from armlp.program_build import PROGRAM_CFLAGS, build_program  # noqa: E402
 
 PROGRAM = ROOT / "benchmarks/programs/paths.c"
 #: build name -> extra cflags (after -marm -pg -mapcs-frame -O2)

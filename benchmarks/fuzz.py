@@ -128,8 +128,8 @@ def fuzz(kind: str, original: Path, n: int, seed: int, extra: Sequence[str] = ()
 
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from armlp.build import build_program
     from armlp.elf.image import ElfImage
+    from armlp.program_build import build_program
     from armlp.toolchain import patch_cflags, run_tool
     from results_io import write_results
 

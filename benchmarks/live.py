@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from armlp.build import build_program, cache_root
 from armlp.control.paths import find_target
 from armlp.control.protocol import request
 from armlp.elf.image import ElfImage
+from armlp.program_build import build_program, cache_root
 from armlp.toolchain import patch_cflags, tool
 from results_io import stats, write_results
 

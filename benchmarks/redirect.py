@@ -41,10 +41,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from armlp.build import PROGRAM_CFLAGS, build_program  # noqa: E402
 from armlp.ftrace.core import FtraceOps  # noqa: E402
 from armlp.ftrace.cost import executed, span  # noqa: E402
 from armlp.machine.emulator import Emulator  # noqa: E402
+from armlp.program_build import PROGRAM_CFLAGS, build_program  # noqa: E402
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS  # noqa: E402
 from armlp.target import Target  # noqa: E402
 from armlp.verify import PATHS, Prover  # noqa: E402

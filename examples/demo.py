@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from armlp.build import build_program
+from armlp.program_build import build_program
 from armlp.toolchain import tool
 
 HERE = Path(__file__).resolve().parent

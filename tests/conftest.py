@@ -274,8 +274,8 @@ def wait_for_target(proc: subprocess.Popen[Any], timeout: float = 30.0) -> Any:
 def program_and_patch(program: Path, patch: Path, out: Path) -> tuple[Path, Path]:
     """Build the pthreads program *program* (static glibc, ``-pg``) and the
     live patch *patch* bound to its build-id, both into directory *out*."""
-    from armlp.build import build_program
     from armlp.elf.image import ElfImage
+    from armlp.program_build import build_program
     from armlp.toolchain import patch_cflags, tool
 
     prog = build_program([program], out / program.stem, freestanding=False,

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from armlp.build import build_program
 from armlp.elf.image import ElfImage
+from armlp.program_build import build_program
 from armlp.toolchain import patch_cflags, tool
 
 REPO = Path(__file__).resolve().parent.parent

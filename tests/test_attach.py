@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from armlp.build import build_program
+from armlp.program_build import build_program
 from armlp.toolchain import patch_cflags, tool
 
 HERE = Path(__file__).resolve().parent

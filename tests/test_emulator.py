@@ -1,7 +1,7 @@
 """The Unicorn machine: loading, syscalls, calls, code writes, errors, counting.
 
 Every program is built from C (or assembly) at test time with
-armlp.build.build_program and the freestanding runtime.
+armlp.program_build.build_program and the freestanding runtime.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from armlp.arm.a32 import BRANCH_RANGE
-from armlp.build import build_program
 from armlp.elf.image import ElfImage
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
 from armlp.machine.emulator import MAGIC_RETURN, Emulator, StopReason
+from armlp.program_build import build_program
 
 HELLO = r"""
 #include "armlp_fs.h"

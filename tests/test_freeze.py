@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
 from armlp.elf.image import ElfImage
 from armlp.errors import MachineError
 from armlp.machine.freeze import Freezer
 from armlp.machine.qemu import HostMemory
+from armlp.program_build import build_program
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
 from armlp.errors import ArmlpError, CodeModificationError
 from armlp.ftrace.core import NOP, FtraceOps
 from armlp.ftrace.tracer import FunctionTracer
 from armlp.machine.base import read_word
 from armlp.machine.emulator import StopReason
+from armlp.program_build import build_program
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS
 from armlp.target import Target
 from armlp.verify import Prover
@@ -247,7 +247,7 @@ def test_runtime_out_of_branch_range_goes_through_veneers(calls_program: Path) -
     assert text is not None
     assert not branch_in_range(text.addr, caller)
     ftrace.ftrace_init()
-    target = Target(emu, image, ftrace.scan, ftrace.runtime, ftrace)
+    target = Target(emu, image, ftrace.scan, ftrace.runtime, ftrace, ftrace.heap)
     tracer = FunctionTracer(ftrace)
     tracer.start()
     for rec in ftrace.records.values():

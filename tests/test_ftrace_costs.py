@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
 from armlp.ftrace.core import FtraceOps
 from armlp.ftrace.cost import (
     NOP_TARGET,
@@ -19,6 +18,7 @@ from armlp.ftrace.cost import (
     check_targets,
     measure_program,
 )
+from armlp.program_build import build_program
 from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS
 from armlp.target import Target
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
 from armlp.elf.image import ElfImage
+from armlp.program_build import build_program
 from armlp.toolchain import patch_cflags, run_tool
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from armlp.arm.a32 import BRANCH_RANGE, MCOUNT_NOP_ADD_SP
-from armlp.build import build_program
 from armlp.elf.image import ElfImage
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
@@ -23,6 +22,7 @@ from armlp.machine.inject import NR_GETPID, NR_GETTID
 from armlp.machine.qemu import QemuProcess, start_qemu
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import escape, frame, parse_stop_reply, rle_decode, unescape
+from armlp.program_build import build_program
 from armlp.target import Target
 
 PROGRAMS = Path(__file__).parent / "programs"

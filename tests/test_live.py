@@ -17,11 +17,11 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from armlp.build import build_program
 from armlp.control.protocol import request
 from armlp.control.qemu_live import first_address
 from armlp.elf.image import ElfImage
 from armlp.machine.qemu import HostMemory
+from armlp.program_build import build_program
 from live_helpers import (
     TESTS,
     Built,

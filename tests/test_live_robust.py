@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from armlp.build import build_program
 from armlp.control.paths import TargetInfo, list_targets, runtime_dir
 from armlp.control.protocol import encode, request
 from armlp.control.server import CLIENT_DEADLINE
 from armlp.elf.image import ElfImage
+from armlp.program_build import build_program
 from armlp.toolchain import patch_cflags, tool
 from conftest import armlp, program_and_patch, wait_for_target
 

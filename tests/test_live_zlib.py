@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
+from armlp.program_build import build_program
 from armlp.toolchain import tool
 from zlib_build import ZLIB_CFLAGS, ZLIB_DIR, zlib_sources
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
 from armlp.errors import ArmlpError
 from armlp.livepatch import Livepatch
 from armlp.machine.emulator import Emulator
+from armlp.program_build import build_program
 from armlp.target import Target
 from armlp.toolchain import patch_cflags, tool
 
@@ -195,14 +195,14 @@ def test_failure_halfway_rolls_back(program: Path, monkeypatch: pytest.MonkeyPat
     patch = lp.load(build_patch("shapes", program))
     before = snapshot(emu)
     calls = []
-    real = lp._push
+    real = lp.funcs.push
 
     def failing_push(p, f, undo, tramps):  # type: ignore[no-untyped-def]
         calls.append(f.label)
         if len(calls) == 4:
             raise ArmlpError("injected failure")
         return real(p, f, undo, tramps)
-    monkeypatch.setattr(lp, "_push", failing_push)
+    monkeypatch.setattr(lp.funcs, "push", failing_push)
     with pytest.raises(ArmlpError, match="injected"):
         lp.enable(patch)
     regions_before = {k for k in before}

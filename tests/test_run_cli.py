@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from armlp.build import build_program
+from armlp.program_build import build_program
 from armlp.toolchain import tool
 from conftest import armlp
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
+from armlp.program_build import build_program
 from armlp.toolchain import compile_object
 from conftest import CORPUS, scan_json
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from armlp.build import build_program
 from armlp.machine.emulator import Emulator, StopReason
+from armlp.program_build import build_program
 from armlp.runtime.layout import RULES
 from armlp.target import Target
 from armlp.verify import PATHS

@@ -3,7 +3,7 @@
 Every library file of zlib (Debian's source package, extracted by
 ``./run.sh setup`` into ``build/zlib``) -- gz* included, their POSIX calls
 served by ``examples/zlib/zlib_stubs.c`` -- compiled with ``-marm -pg
--mapcs-frame -O2`` (plus *extra* flags) by :func:`armlp.build.build_program`
+-mapcs-frame -O2`` (plus *extra* flags) by :func:`armlp.program_build.build_program`
 together with ``examples/zlib/zlib_main.c``, which round-trips 64 KiB of text
 through compress2/uncompress, streaming deflate/inflate, inflateBack and the
 gz file functions.  A missing source tree fails the test (never a skip).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from armlp.build import build_program
+from armlp.program_build import build_program
 
 ROOT = Path(__file__).resolve().parent.parent
 ZLIB_DIR = ROOT / "build" / "zlib"

@@ -12,6 +12,7 @@ from armlp.analysis.scan import ScanResult, scan
 from armlp.elf.image import ElfImage
 from armlp.ftrace.core import Ftrace
 from armlp.machine.base import Machine
+from armlp.machine.heap import TargetHeap
 from armlp.runtime.module import Runtime
 
 
@@ -24,6 +25,9 @@ class Target:
     scan: ScanResult
     runtime: Runtime
     ftrace: Ftrace
+    #: armlp's small structures in the target (ops, func-stack nodes,
+    #: trampolines), near the program's text; ftrace and livepatch share it.
+    heap: TargetHeap
 
     @classmethod
     def attach(cls, machine: Machine, image: ElfImage) -> Target:
@@ -31,11 +35,13 @@ class Target:
         the NOP (validating every site before the first code write)."""
         result = scan(image)
         text = image.section(".text")
-        ftrace = Ftrace(machine, result)
+        heap = TargetHeap(machine, near=text.addr if text else None,
+                          quarantine=machine.quarantine_heap)
+        ftrace = Ftrace(machine, result, heap=heap)
         ftrace.check_unmodified()
         ftrace.runtime = Runtime.load(machine, near=text.addr if text else None)
         ftrace.ftrace_init()
-        return cls(machine, image, result, ftrace.runtime, ftrace)
+        return cls(machine, image, result, ftrace.runtime, ftrace, heap)
 
     @classmethod
     def emulate(cls, path: str | Path, argv: Sequence[str] | None = None,

@@ -169,7 +169,7 @@ class Prover:
         undo = rec.report.undo
         assert undo is not None
         tramp = build_trampoline(undo, self.probe)
-        addr = ft.heap.alloc(tramp.size)
+        addr = self.target.heap.alloc(tramp.size)
         self.emu.write_code([CodeWrite(addr, bytes(tramp.size), tramp.code())])
         ops = FtraceOps(f"verify-direct:{rec.name}", self.target.runtime.symbol(
                         "armlp_redirect_func"), flags=FTRACE_OPS_FL_SAVE_REGS,
@@ -180,4 +180,4 @@ class Prover:
             return self.check_path(rec.report.fn.address, trials)
         finally:
             ft.unregister_ftrace_function(ops)
-            ft.heap.free(addr)
+            self.target.heap.free(addr)

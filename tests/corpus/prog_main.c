@@ -1,4 +1,4 @@
-/* Freestanding entry for the corpus (armlp.build): the proofs call the
+/* Freestanding entry for the corpus (armlp.program_build): the proofs call the
  * corpus functions directly, main only has to link. */
 #include "armlp_fs.h"
 

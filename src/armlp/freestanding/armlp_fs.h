@@ -1,6 +1,6 @@
 /* armlp_fs.h: the tiny C library of armlp's freestanding test programs.
  *
- * Programs built by armlp.build.build_program(freestanding=True) start in
+ * Programs built by armlp.program_build.build_program(freestanding=True) start in
  * start.S, which calls main(argc, argv, envp) and exits with its result.
  * Everything here talks to Linux (or armlp's emulator) through raw
  * ARM EABI syscalls; none of it has an mcount site.

@@ -121,16 +121,18 @@ class DynFtrace:
 class Ftrace:
     """ftrace on one target: the records of every site and their users."""
 
-    def __init__(self, machine: Machine, scan: ScanResult, runtime: Runtime | None = None
-                 ) -> None:
+    def __init__(self, machine: Machine, scan: ScanResult, runtime: Runtime | None = None,
+                 heap: TargetHeap | None = None) -> None:
         self.machine = machine
         self.scan = scan
         self._runtime = runtime
         self.records: dict[int, DynFtrace] = {}
         self.ops: list[FtraceOps] = []
         self.veneers = VeneerPool(machine)
-        self.heap = TargetHeap(machine, near=self._text_address(),
-                               quarantine=machine.quarantine_heap)
+        #: The target's small-structure heap (ops, records); the target's,
+        #: shared with livepatch, made here only when ftrace is used alone.
+        self.heap = heap or TargetHeap(machine, near=self._text_address(),
+                                       quarantine=machine.quarantine_heap)
         self._active: dict[int, DynFtrace] = {}          # sites with users
         self._sites_of: dict[int, list[DynFtrace]] = {}  # id(ops) -> its sites
         self.mcount = self._mcount_address()

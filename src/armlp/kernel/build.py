@@ -36,7 +36,7 @@ from armlp.elf.symbols import FunctionSymbol
 from armlp.errors import ArmlpError, PatchError
 from armlp.inputs import check_input
 from armlp.kernel.kit import KernelKit
-from armlp.livepatch.patch import STATE, parse_states
+from armlp.livepatch.module import STATE, parse_states
 from armlp.livepatch.trampoline import undo_words
 from armlp.toolchain import INCLUDE_DIR
 

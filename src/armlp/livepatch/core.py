@@ -1,12 +1,11 @@
-"""Enabling and disabling patches: func stacks on top of ftrace.
+"""Enabling and disabling patches (kernel/livepatch/core.c).
 
-Each patched function has one ``struct klp_ops`` in the target holding the
-top of its func stack, and one FTRACE_OPS_FL_SAVE_REGS ftrace user whose
-handler (``klp_ftrace_handler``) sends calls to the top's new function.
-Enabling a patch pushes a node on each of its functions' stacks (one aligned
-word write switches a function over); disabling unlinks the patch's nodes
-wherever they are in the stacks, so the function falls back to the next
-older patch, or to its own code when the stack empties.
+Enabling a patch loads its module, runs its callbacks at the kernel's points
+and pushes a node on each of its functions' func stacks
+(:mod:`armlp.livepatch.patch`: one aligned word write switches a function
+over); disabling unlinks the patch's nodes wherever they are in the stacks,
+so the function falls back to the next older patch, or to its own code when
+the stack empties, and frees the module once nothing can reach it.
 
 This is the immediate model: all threads switch at once, with the target
 stopped.  Every check runs before the first write, and a failure half-way is
@@ -17,31 +16,17 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, encode_bl
 from armlp.errors import ArmlpError, MachineError, PatchError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
-from armlp.livepatch.patch import KlpFunc, KlpPatch, read_patch, relocate_patch
-from armlp.livepatch.trampoline import build_trampoline
-from armlp.machine.base import CodeWrite, read_word, write_word
-from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS, KLP_FUNC_NODE, KLP_OPS
+from armlp.livepatch.module import KlpPatch, read_patch, relocate_patch
+from armlp.livepatch.patch import FuncStack, FuncStacks
+from armlp.machine.base import CodeWrite, read_word
+from armlp.runtime.layout import KLP_FUNC_NODE
 from armlp.target import Target
-
-
-@dataclass(eq=False)
-class FuncStack:
-    """A patched function: its ftrace user and its func stack (oldest first)."""
-
-    site: int
-    name: str
-    ops: FtraceOps
-    klp_ops: int
-    funcs: list[KlpFunc] = field(default_factory=list)
-    tramp: int = 0              # fast-path trampoline (0: generic path only)
-    literal: int = 0            # its target word
 
 
 class Livepatch:
@@ -50,13 +35,11 @@ class Livepatch:
     def __init__(self, target: Target, *, fast: bool = True) -> None:
         self.target = target
         self.fast = fast
-        #: Fast-path trampolines no site uses any more: (address, size).
-        self.dead_tramps: list[tuple[int, int]] = []
         self.machine = target.machine
         self.ftrace = target.ftrace
-        self.heap = target.ftrace.heap
+        self.heap = target.heap
+        self.funcs = FuncStacks(target, fast=fast)
         self.patches: list[KlpPatch] = []
-        self.stacks: dict[int, FuncStack] = {}
         self.deferred: list[KlpPatch] = []
         self._next_id = 1
         self._klp_object = 0
@@ -153,7 +136,7 @@ class Livepatch:
         new_ops: list[FtraceOps] = []
         tramps: list[CodeWrite] = []
         for f in patch.funcs:
-            ops = self._push(patch, f, undo, tramps)
+            ops = self.funcs.push(patch.id, f, undo, tramps)
             if ops is not None:
                 new_ops.append(ops)
         m.write_code(tramps)     # the new trampolines, one batch
@@ -186,60 +169,6 @@ class Livepatch:
                                             struct.pack("<I", MCOUNT_NOP_ADD_SP)))
         self.machine.write_code(writes)
 
-    def _push(self, patch: KlpPatch, f: KlpFunc, undo: list[Callable[[], None]],
-              tramps: list[CodeWrite]) -> FtraceOps | None:
-        """Put *f* on its function's stack; returns the ftrace user to
-        register when the function was not patched yet."""
-        m = self.machine
-        stack = self.stacks.get(f.site)
-        below = read_word(m, stack.klp_ops) if stack else 0
-        f.node = self.heap.alloc(KLP_FUNC_NODE.size)
-        node = f.node
-        m.write(node, KLP_FUNC_NODE.pack(f.new_func, below, patch.id))
-        undo.append(lambda: self.heap.free(node))
-        if stack is not None:
-            st = stack
-            old_top = st.funcs[-1].new_func
-            write_word(m, st.klp_ops, node)             # the switch: one word
-            st.funcs.append(f)
-
-            def pop() -> None:
-                st.funcs.remove(f)
-                write_word(m, st.klp_ops, below)
-                self._retarget(st, old_top)
-            undo.append(pop)
-            self._retarget(st, f.new_func)
-            return None
-        klp_ops = self.heap.alloc(KLP_OPS.size)
-        m.write(klp_ops, KLP_OPS.pack(node))
-        undo.append(lambda: self.heap.free(klp_ops))
-        ops = FtraceOps(f"livepatch:{f.label}", self.target.runtime.symbol("klp_ftrace_handler"),
-                        flags=FTRACE_OPS_FL_SAVE_REGS, private=klp_ops, ips={f.site})
-        new_stack = FuncStack(f.site, f.label, ops, klp_ops, [f])
-        if self.fast:
-            rep = self.ftrace.records[f.site].report
-            assert rep.undo is not None
-            tramp = build_trampoline(rep.undo, f.new_func)
-            addr = self.heap.alloc(tramp.size)
-            tramps.append(CodeWrite(addr, bytes(tramp.size), tramp.code()))
-            undo.append(lambda: self.heap.free(addr))
-            new_stack.tramp, new_stack.literal = addr, addr + 4 * tramp.literal_index
-            ops.direct, ops.direct_entry = addr, f.new_func
-        self.stacks[f.site] = new_stack
-
-        def forget() -> None:
-            self.stacks.pop(f.site, None)
-        undo.append(forget)
-        return ops
-
-    def _retarget(self, stack: FuncStack, new_func: int) -> None:
-        """Point the fast path at the func stack's new top."""
-        if not stack.tramp:
-            return
-        write_word(self.machine, stack.literal, new_func)
-        self.machine.write_code([])      # the flush the machine needs
-        self.ftrace.set_direct(stack.ops, stack.tramp, new_func)
-
     # -- disable ------------------------------------------------------------------
 
     def disable(self, patch: KlpPatch, *, callbacks: bool = True) -> None:
@@ -250,31 +179,8 @@ class Livepatch:
             raise PatchError(f"patch {patch.name} is not enabled")
         if callbacks:
             self._callback(patch, "pre_unpatch")
-        m = self.machine
-        emptied: list[FuncStack] = []
-        for f in patch.funcs:
-            stack = self.stacks[f.site]
-            i = stack.funcs.index(f)
-            below = stack.funcs[i - 1].node if i > 0 else 0
-            if i == len(stack.funcs) - 1:
-                if below:
-                    write_word(m, stack.klp_ops, below)
-                    self._retarget(stack, stack.funcs[i - 1].new_func)
-                else:
-                    emptied.append(stack)
-            else:
-                above = stack.funcs[i + 1]
-                write_word(m, above.node + 4, below)     # above.next = below
-            stack.funcs.remove(f)
-        # Functions left unpatched go back to the NOP in one batch of writes;
-        # only then is their func stack cleared.
-        self.ftrace.unregister_ftrace_functions([st.ops for st in emptied])
-        for stack in emptied:
-            write_word(m, stack.klp_ops, 0)
-            self.heap.free(stack.klp_ops)
-            if stack.tramp:
-                self.dead_tramps.append((stack.tramp, stack.literal + 4 - stack.tramp))
-            del self.stacks[stack.site]
+        emptied = [st for f in patch.funcs if (st := self.funcs.unlink(f)) is not None]
+        self.funcs.drop(emptied)
         patch.enabled = False
         for o in patch.objects:
             o.patched = False
@@ -352,6 +258,15 @@ class Livepatch:
         return freed
 
     # -- queries --------------------------------------------------------------------
+
+    @property
+    def stacks(self) -> dict[int, FuncStack]:
+        """The func stack of every patched function, by site."""
+        return self.funcs.by_site
+
+    @property
+    def dead_tramps(self) -> list[tuple[int, int]]:
+        return self.funcs.dead_tramps
 
     def find(self, name: str) -> KlpPatch:
         for p in self.patches:

@@ -1,228 +1,134 @@
-"""Reading a patch module: which functions it replaces, for which program.
+"""Func stacks: the kernel's klp_ops and their stacks (kernel/livepatch/patch.c).
 
-A patch module is a relocatable ARM object built with the flags of
-``armlp cflags``; ``<armlp/livepatch.h>`` puts one ``struct
-armlp_func_desc`` per replaced function into ``.armlp.funcs``.  The
-descriptors hold pointers, so they are read from the *relocated* module:
-the loader lays it out (at a trial base to validate, at its real address to
-enable) and the descriptors are decoded from the section bytes it produced.
+Each patched function has one ``struct klp_ops`` in the target holding the
+top of its func stack, and one FTRACE_OPS_FL_SAVE_REGS ftrace user whose
+handler (``klp_ftrace_handler``) sends calls to the top's new function; with
+the fast path, also a per-function trampoline whose literal word is the
+top's new function.  Pushing a func is one aligned word write; unlinking
+one from anywhere in a stack is one too.  :class:`FuncStacks` keeps them for
+one target; :mod:`armlp.livepatch.core` decides when to push and unlink.
 """
 
 from __future__ import annotations
 
-import re
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from armlp.elf.image import ElfImage
-from armlp.errors import PatchError
-from armlp.loader import LoadedModule, load_objects
-
-DESC = struct.Struct("<IIII")
-#: ``struct armlp_state_rec`` (ARMLP_STATE): id, version.
-STATE = struct.Struct("<II")
-#: ``struct armlp_callbacks_desc``: four code pointers, 0 for none.
-CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
-CALLBACKS_DESC = struct.Struct("<IIII")
-PROGRAM = "program"
-#: A patch's name: what the kernel allows in a module name, and '.'.
-NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-#: Sections whose code runs at load time in a program; armlp does not run
-#: them (callbacks are the way to run code when a patch is enabled).
-_CONSTRUCTORS = (".init_array", ".ctors", ".preinit_array", ".fini_array", ".dtors",
-                 ".init", ".fini")
+from armlp.ftrace.core import FtraceOps
+from armlp.livepatch.module import KlpFunc
+from armlp.livepatch.trampoline import build_trampoline
+from armlp.machine.base import CodeWrite, read_word, write_word
+from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS, KLP_FUNC_NODE, KLP_OPS
+from armlp.target import Target
 
 
 @dataclass(eq=False)
-class KlpFunc:
-    """One replaced function (the kernel's ``struct klp_func``)."""
+class FuncStack:
+    """A patched function: its ftrace user and its func stack (oldest first)."""
 
-    old_name: str
-    old_sympos: int
-    new_func: int               # address in the loaded module
-    new_name: str = ""
-    old_addr: int = 0
-    site: int = 0
-    node: int = 0               # its func-stack node in the target
-
-    @property
-    def label(self) -> str:
-        return f"{self.old_name},{self.old_sympos}" if self.old_sympos else self.old_name
-
-
-@dataclass(eq=False)
-class KlpObject:
-    """The functions a patch replaces in one object (only the program for now)."""
-
+    site: int
     name: str
+    ops: FtraceOps
+    klp_ops: int
     funcs: list[KlpFunc] = field(default_factory=list)
-    patched: bool = False
+    tramp: int = 0              # fast-path trampoline (0: generic path only)
+    literal: int = 0            # its target word
 
 
-@dataclass(eq=False)
-class KlpPatch:
-    """A patch module (the kernel's ``struct klp_patch``)."""
+class FuncStacks:
+    """Every func stack of one target, by site."""
 
-    name: str
-    path: Path
-    image: ElfImage
-    objects: list[KlpObject]
-    target_build_id: str | None
-    module: LoadedModule | None = None
-    enabled: bool = False
-    id: int = 0
-    memory: int = 0
-    memory_size: int = 0
-    size: int = 0               # bytes the module needs (from the trial layout)
-    callbacks: dict[str, int] = field(default_factory=dict)   # kind -> address
-    states: dict[int, int] = field(default_factory=dict)      # id -> version
-    replace: bool = False       # ARMLP_ATOMIC_REPLACE
+    def __init__(self, target: Target, *, fast: bool = True) -> None:
+        self.target = target
+        self.machine = target.machine
+        self.ftrace = target.ftrace
+        self.heap = target.heap
+        self.fast = fast
+        self.by_site: dict[int, FuncStack] = {}
+        #: Fast-path trampolines no site uses any more: (address, size).
+        self.dead_tramps: list[tuple[int, int]] = []
 
-    @property
-    def funcs(self) -> list[KlpFunc]:
-        return [f for o in self.objects for f in o.funcs]
+    def push(self, patch_id: int, f: KlpFunc, undo: list[Callable[[], None]],
+              tramps: list[CodeWrite]) -> FtraceOps | None:
+        """Put *f* on its function's stack; returns the ftrace user to
+        register when the function was not patched yet."""
+        m = self.machine
+        stack = self.by_site.get(f.site)
+        below = read_word(m, stack.klp_ops) if stack else 0
+        f.node = self.heap.alloc(KLP_FUNC_NODE.size)
+        node = f.node
+        m.write(node, KLP_FUNC_NODE.pack(f.new_func, below, patch_id))
+        undo.append(lambda: self.heap.free(node))
+        if stack is not None:
+            st = stack
+            old_top = st.funcs[-1].new_func
+            write_word(m, st.klp_ops, node)             # the switch: one word
+            st.funcs.append(f)
 
+            def pop() -> None:
+                st.funcs.remove(f)
+                write_word(m, st.klp_ops, below)
+                self._retarget(st, old_top)
+            undo.append(pop)
+            self._retarget(st, f.new_func)
+            return None
+        klp_ops = self.heap.alloc(KLP_OPS.size)
+        m.write(klp_ops, KLP_OPS.pack(node))
+        undo.append(lambda: self.heap.free(klp_ops))
+        ops = FtraceOps(f"livepatch:{f.label}", self.target.runtime.symbol("klp_ftrace_handler"),
+                        flags=FTRACE_OPS_FL_SAVE_REGS, private=klp_ops, ips={f.site})
+        new_stack = FuncStack(f.site, f.label, ops, klp_ops, [f])
+        if self.fast:
+            rep = self.ftrace.records[f.site].report
+            assert rep.undo is not None
+            tramp = build_trampoline(rep.undo, f.new_func)
+            addr = self.heap.alloc(tramp.size)
+            tramps.append(CodeWrite(addr, bytes(tramp.size), tramp.code()))
+            undo.append(lambda: self.heap.free(addr))
+            new_stack.tramp, new_stack.literal = addr, addr + 4 * tramp.literal_index
+            ops.direct, ops.direct_entry = addr, f.new_func
+        self.by_site[f.site] = new_stack
 
-def _module_read(module: LoadedModule, addr: int, size: int) -> bytes:
-    for sec in module.sections:
-        if sec.address <= addr and addr + size <= sec.end:
-            if sec.nobits:
-                return bytes(size)
-            off = addr - sec.address
-            return sec.data[off:off + size]
-    raise PatchError(f"descriptor points at {addr:#x}, outside the patch module")
+        def forget() -> None:
+            self.by_site.pop(f.site, None)
+        undo.append(forget)
+        return ops
 
+    def _retarget(self, stack: FuncStack, new_func: int) -> None:
+        """Point the fast path at the func stack's new top."""
+        if not stack.tramp:
+            return
+        write_word(self.machine, stack.literal, new_func)
+        self.machine.write_code([])      # the flush the machine needs
+        self.ftrace.set_direct(stack.ops, stack.tramp, new_func)
 
-def _module_cstr(module: LoadedModule, addr: int) -> str:
-    for sec in module.sections:
-        if sec.address <= addr < sec.end and not sec.nobits:
-            off = addr - sec.address
-            end = sec.data.find(b"\0", off)
-            return sec.data[off:end if end >= 0 else len(sec.data)].decode("utf-8", "replace")
-    raise PatchError(f"descriptor string at {addr:#x} is outside the patch module")
+    def unlink(self, f: KlpFunc) -> FuncStack | None:
+        """Take *f* out of its stack wherever it is; the stack if that left it
+        empty (its ftrace user is still registered: see :meth:`drop`)."""
+        m = self.machine
+        stack = self.by_site[f.site]
+        i = stack.funcs.index(f)
+        below = stack.funcs[i - 1].node if i > 0 else 0
+        emptied = None
+        if i == len(stack.funcs) - 1:
+            if below:
+                write_word(m, stack.klp_ops, below)
+                self._retarget(stack, stack.funcs[i - 1].new_func)
+            else:
+                emptied = stack
+        else:
+            above = stack.funcs[i + 1]
+            write_word(m, above.node + 4, below)     # above.next = below
+        stack.funcs.remove(f)
+        return emptied
 
-
-def parse_states(data: bytes, where: str) -> dict[int, int]:
-    """The ARMLP_STATE records of a ``.armlp.states`` section: id -> version
-    (ids unique, not 0), for programs and kernels alike."""
-    if len(data) % STATE.size:
-        raise PatchError(f"{where}: .armlp.states is {len(data)} bytes, not a multiple of "
-                         f"{STATE.size}")
-    states: dict[int, int] = {}
-    for sid, version in STATE.iter_unpack(data):
-        if sid == 0 or sid in states:
-            raise PatchError(f"{where}: ARMLP_STATE id {sid}: ids are unique and not 0")
-        states[sid] = version
-    return states
-
-
-def parse_callbacks(image: ElfImage, module: LoadedModule) -> dict[str, int]:
-    """The ARMLP_CALLBACKS of a relocated module: kind -> code address."""
-    secs = [s for s in module.sections if s.name == ".armlp.callbacks"]
-    if not secs:
-        return {}
-    if len(secs) > 1 or secs[0].size != CALLBACKS_DESC.size:
-        raise PatchError(f"{image.path}: ARMLP_CALLBACKS may be given once")
-    code = [(s.address, s.end) for s in module.sections if s.executable and not s.nobits]
-    out: dict[str, int] = {}
-    for kind, addr in zip(CALLBACKS, CALLBACKS_DESC.unpack(secs[0].data), strict=True):
-        if addr == 0:
-            continue
-        if addr & 1 or not any(lo <= addr < hi for lo, hi in code):
-            raise PatchError(f"{image.path}: the {kind} callback ({addr:#x}) is not an ARM "
-                             f"function of the patch")
-        out[kind] = addr
-    return out
-
-
-def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[KlpObject]]:
-    """``(patch name, objects)`` from a relocated module."""
-    path = image.path
-    funcs_secs = [s for s in module.sections if s.name == ".armlp.funcs"]
-    if not funcs_secs:
-        raise PatchError(f"{path}: no .armlp.funcs section: declare replacements with "
-                         f"ARMLP_REPLACE from <armlp/livepatch.h>")
-    name_secs = [s for s in module.sections if s.name == ".armlp.name"]
-    name = (name_secs[0].data.split(b"\0")[0].decode("utf-8", "replace") if name_secs
-            else path.stem)
-    if not NAME_RE.fullmatch(name):
-        raise PatchError(f"{path}: patch name {name[:80]!r} is not 1-64 letters, digits, "
-                         f"'-', '_' or '.' (set it with ARMLP_PATCH)")
-    by_object: dict[str, KlpObject] = {}
-    by_addr = {s.address: s.name for s in module.symbols if s.is_function}
-    code = [(s.address, s.end) for s in module.sections if s.executable and not s.nobits]
-    for sec in funcs_secs:
-        if sec.size % DESC.size:
-            raise PatchError(f"{path}: .armlp.funcs is {sec.size} bytes, not a multiple "
-                             f"of {DESC.size}")
-        for old_ptr, sympos, obj_ptr, new_ptr in DESC.iter_unpack(sec.data):
-            old = _module_cstr(module, old_ptr)
-            obj = _module_cstr(module, obj_ptr) if obj_ptr else PROGRAM
-            if obj != PROGRAM:
-                raise PatchError(f"{path}: {old}: object {obj!r} (only the main program "
-                                 f"can be patched for now)")
-            if not old or len(old) > 256 or not old.isprintable():
-                raise PatchError(f"{path}: a descriptor names no valid function to replace "
-                                 f"({old[:40]!r})")
-            if new_ptr == 0:
-                raise PatchError(f"{path}: the replacement of {old} is NULL")
-            if new_ptr & 1:
-                raise PatchError(f"{path}: replacement of {old} is Thumb code; build the "
-                                 f"patch with -marm")
-            if not any(lo <= new_ptr < hi for lo, hi in code):
-                raise PatchError(f"{path}: the replacement of {old} ({new_ptr:#x}) is not a "
-                                 f"function of the patch (data, or code outside it)")
-            new_name = by_addr.get(new_ptr, f"{new_ptr:#x}")
-            func = KlpFunc(old, sympos, new_ptr, new_name)
-            by_object.setdefault(obj, KlpObject(obj)).funcs.append(func)
-    objects = list(by_object.values())
-    labels = [f.label for o in objects for f in o.funcs]
-    dup = {x for x in labels if labels.count(x) > 1}
-    if dup:
-        raise PatchError(f"{path}: {sorted(dup)[0]} is replaced twice in one patch")
-    return name, objects
-
-
-def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
-               base: int = 0x10000000) -> KlpPatch:
-    """Read and validate a patch module against *target*, without touching any
-    machine: lay it out at a trial *base*, resolve every symbol, decode the
-    descriptors."""
-    image = ElfImage(path)
-    if not image.is_relocatable:
-        raise PatchError(f"{image.path}: not a relocatable object (.o); build the patch "
-                         f"with -c")
-    ctors = [s.name for s in image.sections if s.name.startswith(_CONSTRUCTORS) and s.size]
-    if ctors:
-        raise PatchError(f"{image.path}: has {ctors[0]}: armlp does not run a patch's "
-                         f"constructors or destructors (remove __attribute__((constructor)) "
-                         f"and static initialisers that need code)")
-    module = load_objects([image], base=base, target=target, exports=exports)
-    name, objects = parse_descriptors(image, module)
-    tsec = next((s for s in module.sections if s.name == ".armlp.target"), None)
-    build_id = None
-    if tsec is not None:
-        raw = tsec.data.split(b"\0")[0]
-        if not re.fullmatch(rb"[0-9a-f]{2,128}", raw):
-            raise PatchError(f"{image.path}: .armlp.target holds no build-id "
-                             f"({raw[:40]!r}): rebuild the patch with armlp cflags --target")
-        build_id = raw.decode()
-    sections = {s.name: s for s in module.sections}
-    states = sections.get(".armlp.states")
-    return KlpPatch(name, image.path, image, objects, build_id or None, size=module.size,
-                    callbacks=parse_callbacks(image, module),
-                    states=parse_states(states.data, str(image.path)) if states else {},
-                    replace=".armlp.replace" in sections)
-
-
-def relocate_patch(patch: KlpPatch, target: ElfImage, exports: dict[str, int],
-                   base: int) -> LoadedModule:
-    """Lay the patch out at *base* and refresh its functions' new addresses."""
-    module = load_objects([patch.image], base=base, target=target, exports=exports)
-    _, objects = parse_descriptors(patch.image, module)
-    fresh = {f.label: f.new_func for o in objects for f in o.funcs}
-    for f in patch.funcs:
-        f.new_func = fresh[f.label]
-    patch.callbacks = parse_callbacks(patch.image, module)
-    return module
+    def drop(self, emptied: list[FuncStack]) -> None:
+        """Functions left unpatched go back to the NOP in one batch of writes;
+        only then are their func stacks cleared."""
+        self.ftrace.unregister_ftrace_functions([st.ops for st in emptied])
+        for stack in emptied:
+            write_word(self.machine, stack.klp_ops, 0)
+            self.heap.free(stack.klp_ops)
+            if stack.tramp:
+                self.dead_tramps.append((stack.tramp, stack.literal + 4 - stack.tramp))
+            del self.by_site[stack.site]

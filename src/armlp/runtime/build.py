@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from armlp.build import cache_root
+from armlp.program_build import cache_root
 from armlp.runtime.layout import c_asserts
 from armlp.toolchain import INCLUDE_DIR, PREFIX, compile_object
 

@@ -63,7 +63,7 @@ KLP_OPS = struct.Struct("<I")
 def c_asserts() -> str:
     """C source asserting this module's layouts against armlp_rt.h and the
     program half of <armlp/livepatch.h> (see the module docstring)."""
-    from armlp.livepatch.patch import CALLBACKS_DESC, DESC, STATE
+    from armlp.livepatch.module import CALLBACKS_DESC, DESC, STATE
 
     checks = [
         ("sizeof(struct pt_regs)", PT_REGS.size),
