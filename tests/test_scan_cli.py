@@ -194,3 +194,23 @@ def test_summary_text(corpus: Corpus) -> None:
 def test_usage_errors() -> None:
     res = armlp("scan")
     assert res.code == 2 and "Traceback" not in res.err
+
+
+@pytest.mark.parametrize("link", [["-pie", "-fPIE"], ["-no-pie"]], ids=["pie", "no-pie"])
+def test_dynamic_programs_call_mcount_through_the_plt(builder: Builder, link: list[str]
+                                                      ) -> None:
+    """A dynamically linked -pg program (Debian's default is PIE) calls
+    __gnu_mcount_nc through its PLT: scan finds those sites as in a static
+    program, at the same offsets into the functions."""
+    src = Path(__file__).parent / "programs" / "glibc_hello.c"
+    flags = ["-marm", "-pg", "-mapcs-frame", "-O2", *link]
+    dyn = builder.link([builder.compile(src, flags, name=f"hello-{link[0]}.o")], link,
+                       f"hello-dyn-{link[0]}")
+    static = builder.link([builder.compile(src, ["-marm", "-pg", "-mapcs-frame", "-O2"])],
+                          ["-static"], "hello-static")
+    got = {f["name"]: f for f in scan_json(dyn)["functions"]}
+    want = {f["name"]: f for f in scan_json(static)["functions"]}
+    for name in ("work", "read_errno", "main"):
+        assert got[name]["patchable"], got[name]
+        assert got[name]["site_offset"] == want[name]["site_offset"]
+        assert got[name]["rule"] == want[name]["rule"]

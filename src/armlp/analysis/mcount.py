@@ -51,6 +51,47 @@ class McountLocCheck:
         return not self.only_in_table and not self.only_decoded
 
 
+#: ``R_ARM_JUMP_SLOT``: a PLT entry's GOT slot.
+R_ARM_JUMP_SLOT = 22
+
+
+def _plt_entry_slot(words: Sequence[int], i: int, addr: int) -> int | None:
+    """The GOT slot an ARM PLT entry at word *i* (address *addr*) jumps
+    through: ``add ip, pc, #a; add ip, ip, #b; ldr pc, [ip, #c]!``."""
+    from armlp.arm.a32 import IP, PC, decode_add_sub_imm
+
+    if i + 2 >= len(words):
+        return None
+    first, second, load = (decode_add_sub_imm(words[i]), decode_add_sub_imm(words[i + 1]),
+                           words[i + 2])
+    if (first is None or second is None or first[:3] != ("add", IP, PC)
+            or second[:3] != ("add", IP, IP) or load & 0xFFFFF000 != 0xE5BCF000):
+        return None
+    return (addr + 8 + first[3] + second[3] + (load & 0xFFF)) & 0xFFFFFFFF
+
+
+def plt_entries(image: ElfImage, names: Sequence[str]) -> set[int]:
+    """Addresses of the ARM PLT entries that call *names* (found from the
+    ``R_ARM_JUMP_SLOT`` relocations of ``.rel.plt`` and the entries' code)."""
+    rel, plt = image.section(".rel.plt"), image.section(".plt")
+    if rel is None or plt is None or rel.type != SHT_REL:
+        return set()
+    from elftools.elf.relocation import RelocationSection
+    from elftools.elf.sections import SymbolTableSection
+
+    sec = image.elffile.get_section(rel.index)
+    dynsym = image.elffile.get_section(sec["sh_link"])
+    if not isinstance(sec, RelocationSection) or not isinstance(dynsym, SymbolTableSection):
+        return set()
+    slots = {r["r_offset"] for r in sec.iter_relocations()
+             if r["r_info"] & 0xFF == R_ARM_JUMP_SLOT
+             and dynsym.get_symbol(r["r_info"] >> 8).name in names}
+    data = image.section_data(plt)
+    words = array("I", data[: len(data) - len(data) % 4])
+    return {plt.addr + 4 * i for i in range(len(words))
+            if _plt_entry_slot(words, i, plt.addr + 4 * i) in slots}
+
+
 class SiteFinder:
     """Locates the mcount site of each function of one image."""
 
@@ -63,7 +104,10 @@ class SiteFinder:
         else:
             for name in MCOUNT_SYMBOLS:
                 for sym in image.symbols.named(name):
-                    self.targets.add(sym.value & ~1)
+                    if sym.defined and sym.value:
+                        self.targets.add(sym.value & ~1)
+            # A dynamically linked program calls mcount through its PLT.
+            self.targets |= plt_entries(image, MCOUNT_SYMBOLS)
         self._data: dict[int, bytes] = {}
         self._words: dict[int, array[int]] = {}
         self._bl_words: dict[int, bytes] = {}
