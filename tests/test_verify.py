@@ -231,3 +231,50 @@ def test_zlib_every_patchable_function_verified(flags: tuple[str, ...], rule: st
         assert all(isinstance(r["instructions"], int) for r in f["paths"].values())
     assert all(s["paths"][p]["verified"] == len(funcs) for p in PATHS)
     assert elapsed < 60
+
+
+@pytest.fixture(scope="module")
+def hardfloat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/programs/hardfloat.c with Debian armhf's compiler (hard-float
+    ABI), in ARM mode, static: its sites call a Thumb mcount with blx."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("hf") / "hardfloat"
+    subprocess.run(["arm-linux-gnueabihf-gcc", "-marm", "-pg", "-mapcs-frame", "-O2",
+                    "-static", "-o", str(out), str(Path(__file__).parent / "programs" /
+                                                   "hardfloat.c")], check=True)
+    return out
+
+
+def test_hard_float_program_verified_with_vfp_arguments(hardfloat: Path) -> None:
+    """Every path keeps s0-s15 (d0-d7) and FPSCR: the entry context includes
+    them, and functions whose sites are blx calls are found and proven."""
+    r = armlp("verify", hardfloat, "--json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    names = {f["name"] for f in doc["functions"] if f["verified"]}
+    assert {"mix", "scale", "main"} <= names
+    assert doc["summary"]["failed"] == 0
+
+
+def test_a_path_that_changes_a_vfp_register_fails(hardfloat: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proof can fail on VFP state: a fast-path trampoline that writes s1
+    (``vmov s1, r0``) is caught."""
+    from armlp.livepatch import trampoline
+    from armlp.verify import Prover
+
+    real = trampoline.build_trampoline
+
+    def clobbering(undo, target):  # type: ignore[no-untyped-def]
+        t = real(undo, target)
+        return trampoline.Trampoline((0xEE000A90, *t.words), t.literal_index + 1)
+
+    monkeypatch.setattr("armlp.verify.build_trampoline", clobbering)
+    target = Target.emulate(hardfloat, count_instructions=True)
+    recs = [target.ftrace.records[r.site] for r in target.scan.functions
+            if r.verdict.patchable and r.fn.name == "mix" and r.site is not None]
+    [proof] = Prover(target).prove(recs, trials=2, paths=("fast",))
+    result = proof.paths["fast"]
+    assert not result.verified and result.mismatch is not None
+    assert result.mismatch.startswith("s1=")

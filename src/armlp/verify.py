@@ -26,6 +26,12 @@ from armlp.target import Target
 
 COMPARED = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11",
             "sp", "lr")
+#: The hard-float ABI's argument registers (s0-s15 = d0-d7) and FPSCR: no
+#: path may change them (the runtime uses no VFP instruction; this proves it).
+COMPARED_VFP = (*(f"s{i}" for i in range(16)), "fpscr")
+#: FPSCR bits a context sets: NZCV and the rounding mode (the rest would
+#: enable traps or change arithmetic, and no path runs any).
+_FPSCR_BITS = 0xF0C00000
 STACK_ARG_WORDS = 8
 PATHS = ("generic", "fast", "entry")
 #: A page of ``udf``: a probe that faults if executed.
@@ -78,6 +84,9 @@ class Bench:
         # Room below for the largest frames; 8-byte aligned as the AAPCS wants.
         ctx["sp"] = (self.stack_top - 0x30000 - 8 * rnd(10)) & ~7
         ctx["lr"] = rnd(32) & ~3
+        for name in COMPARED_VFP[:-1]:
+            ctx[name] = rnd(32)
+        ctx["fpscr"] = rnd(32) & _FPSCR_BITS
         return ctx
 
     def check_path(self, entry: int, trials: int) -> PathResult:
@@ -101,7 +110,9 @@ class Bench:
                 result.instructions = emu.instructions - before
             stack = struct.unpack(f"<{STACK_ARG_WORDS}I", emu.read(sp, 4 * STACK_ARG_WORDS))
             seen = dict(zip(COMPARED, [*got.r[:12], got.sp, got.lr], strict=True))
-            bad = [f"{k}={seen[k]:#x} (want {ctx[k]:#x})" for k in COMPARED if seen[k] != ctx[k]]
+            seen |= {k: emu.reg(k) for k in COMPARED_VFP}     # as at the probe
+            bad = [f"{k}={seen[k]:#x} (want {ctx[k]:#x})" for k in (*COMPARED, *COMPARED_VFP)
+                   if seen[k] != ctx[k]]
             if list(stack) != args:
                 bad.append("stack arguments changed")
             if bad:

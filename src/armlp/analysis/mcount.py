@@ -35,7 +35,10 @@ SITE_WINDOW = 64
 _CALL_RELOCS = frozenset({28, 1, 10})
 #: Top byte of an ARM word -> 1 when the word is a ``BL`` (any condition but
 #: 0xF, which is ``BLX``: it enters Thumb code, never the ARM mcount).
-_BL_TOP_BYTE = bytes(int((b & 0x0F) == 0x0B and b >> 4 != 0xF) for b in range(256))
+#: BL (any condition but 0xF), and BLX (immediate): how ARM code calls a
+#: Thumb mcount (armhf's libc is Thumb-2).
+_BL_TOP_BYTE = bytes(int(((b & 0x0F) == 0x0B and b >> 4 != 0xF) or b in (0xFA, 0xFB))
+                     for b in range(256))
 
 
 @dataclass
@@ -214,8 +217,11 @@ class SiteFinder:
             i = next_bl(1, (start - base) >> 2, (end - base) >> 2)
             while i >= 0:
                 # decode_branch inlined for a BL: the target of the word at i
-                off = ((words[i] & 0xFFFFFF) ^ 0x800000) - 0x800000
-                if ((base + 4 * i + 8 + (off << 2)) & 0xFFFFFFFF) in targets:
+                # (a BLX's H bit adds a halfword: bit 24 of 0xFB......)
+                w = words[i]
+                off = ((w & 0xFFFFFF) ^ 0x800000) - 0x800000
+                h = 2 if w >> 24 == 0xFB else 0
+                if ((base + 4 * i + 8 + (off << 2) + h) & 0xFFFFFFFF) in targets:
                     site = base + 4 * i
                     break
                 i = next_bl(1, i + 1, (end - base) >> 2)

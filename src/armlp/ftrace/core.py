@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from armlp.analysis.scan import FunctionReport, ScanResult
-from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, branch_in_range, encode_b, encode_bl
+from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, branch_in_range, encode_b, encode_bl, encode_blx
 from armlp.errors import ArmlpError, CodeModificationError
 from armlp.ftrace.veneers import VeneerPool
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
@@ -156,10 +156,18 @@ class Ftrace:
         self._runtime = value
 
     def _mcount_address(self) -> int:
+        """``__gnu_mcount_nc``'s address, with bit 0 set when it is Thumb code
+        (armhf's libc): ARM sites then call it with ``blx``."""
         syms = self.scan.image.symbols.by_name.get("__gnu_mcount_nc")
         if not syms:
             raise FtraceError(f"{self.scan.image.path}: no __gnu_mcount_nc: not built with -pg")
-        return syms[0].value & ~1
+        return syms[0].value
+
+    def mcount_call(self, ip: int) -> int:
+        """The word an ARM site at *ip* holds as built: ``bl`` or ``blx`` mcount."""
+        if self.mcount & 1:
+            return encode_blx(ip, self.mcount)
+        return encode_bl(ip, self.mcount)
 
     # -- init ---------------------------------------------------------------
 
@@ -185,7 +193,7 @@ class Ftrace:
         for rec in recs:
             rec.entry_orig = rec.entry_word = read_word(self.machine, rec.report.fn.address)
         for rec in recs:
-            old = encode_bl(rec.ip, self.mcount)
+            old = self.mcount_call(rec.ip)
             writes.append(CodeWrite(rec.ip, struct.pack("<I", old), struct.pack("<I", NOP)))
             rec.word = NOP
         self.machine.write_code(writes)
@@ -196,7 +204,7 @@ class Ftrace:
         means another tool (or a previous armlp) owns the program's code."""
         for rec in self.records.values():
             found = read_word(self.machine, rec.ip)
-            if found != encode_bl(rec.ip, self.mcount):
+            if found != self.mcount_call(rec.ip):
                 raise CodeModificationError(
                     f"site of {rec.name} at {rec.ip:#x} holds {found:#010x}, not "
                     f"'bl __gnu_mcount_nc': the code is not as built, refusing to touch it")

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, encode_bl
+from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
 from armlp.errors import ArmlpError, MachineError, PatchError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
@@ -153,7 +153,7 @@ class Livepatch:
         ftrace records yet, so nothing would ever enable them)."""
         module = patch.module
         assert module is not None
-        mcount = self.ftrace.mcount
+        call = self.ftrace.mcount_call
         writes = []
         for sec in patch.image.sections:
             if not sec.is_exec:
@@ -165,7 +165,7 @@ class Livepatch:
             for rel in patch.image.relocations_for(sec):
                 if rel.symbol.name == "__gnu_mcount_nc":
                     addr = loaded.address + rel.offset
-                    writes.append(CodeWrite(addr, struct.pack("<I", encode_bl(addr, mcount)),
+                    writes.append(CodeWrite(addr, struct.pack("<I", call(addr)),
                                             struct.pack("<I", MCOUNT_NOP_ADD_SP)))
         self.machine.write_code(writes)
 

@@ -102,7 +102,8 @@ _REG_IDS = [ac.UC_ARM_REG_R0, ac.UC_ARM_REG_R1, ac.UC_ARM_REG_R2, ac.UC_ARM_REG_
             ac.UC_ARM_REG_CPSR]
 _REG_BY_NAME = dict(zip(REG_ORDER, _REG_IDS, strict=True)) | {
     "sb": ac.UC_ARM_REG_R9, "sl": ac.UC_ARM_REG_R10, "fp": ac.UC_ARM_REG_R11,
-    "ip": ac.UC_ARM_REG_R12}
+    "ip": ac.UC_ARM_REG_R12, "fpscr": ac.UC_ARM_REG_FPSCR} | {
+    f"s{i}": getattr(ac, f"UC_ARM_REG_S{i}") for i in range(32)}
 
 _ACCESS = {uc.UC_MEM_READ_UNMAPPED: "read of unmapped", uc.UC_MEM_WRITE_UNMAPPED:
            "write to unmapped", uc.UC_MEM_FETCH_UNMAPPED: "fetch from unmapped",
@@ -260,7 +261,9 @@ class Emulator(AddressSpace):
         Calling a probe directly gives the context a direct call creates;
         reaching it through a trampoline gives the context the trampoline
         rebuilt: compare the two.  Raises MachineError if the function
-        returns without reaching *until*.
+        returns without reaching *until*.  The VFP registers (which *regs*
+        may preset: ``s0``..``s31``, ``fpscr``) are not restored: after the
+        call they still hold their values at *until*.
         """
         return self._call(address, args, regs, until & ~1, max_instructions)
 
