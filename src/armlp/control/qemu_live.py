@@ -4,10 +4,11 @@ qemu-arm that armlp started, or already waiting under a stub (attach)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 
 from armlp.control.guardian import Guardian
-from armlp.elf.image import ElfImage
+from armlp.elf.image import ET_DYN, PT_INTERP, ElfImage
 from armlp.errors import ArmlpError, MachineError
 from armlp.machine.freeze import Freezer
 from armlp.machine.gdb import GdbMachine
@@ -150,11 +151,40 @@ def first_address(image: ElfImage) -> int:
     return int(min(s.addr for s in image.sections if s.is_alloc and s.addr)) & ~0xFFF
 
 
+#: Debian's cross sysroots, by the dynamic linker a program names.
+SYSROOTS = {"/lib/ld-linux.so.3": "/usr/arm-linux-gnueabi",
+            "/lib/ld-linux-armhf.so.3": "/usr/arm-linux-gnueabihf"}
+
+
+def sysroot_args(image: ElfImage) -> list[str]:
+    """``-L SYSROOT`` for a dynamically linked program (its interpreter
+    names Debian's armel or armhf cross sysroot), unless ``QEMU_LD_PREFIX``
+    chooses one; nothing for a static program."""
+    interp = next((s for s in image.segments if s.type == PT_INTERP), None)
+    if interp is None or os.environ.get("QEMU_LD_PREFIX"):
+        return []
+    name = image.segment_data(interp).split(b"\0", 1)[0].decode("ascii", "replace")
+    root = SYSROOTS.get(name)
+    if root is None or not os.path.isdir(root):
+        raise ArmlpError(f"{image.path}: dynamically linked against {name}, and no sysroot "
+                         f"for it (install its Debian cross libc, or set QEMU_LD_PREFIX)")
+    return ["-L", root]
+
+
+def check_runnable(image: ElfImage) -> None:
+    """Refuse, before anything starts, what armlp cannot yet follow: a
+    position-independent executable, whose addresses move by a load bias."""
+    if image.type == ET_DYN:
+        raise ArmlpError(f"{image.path} is position independent (PIE): armlp does not follow "
+                         f"a load bias yet; build it with -no-pie (or -static)")
+
+
 def start(image: ElfImage, program: str, args: Sequence[str]) -> GdbLive:
     """Start *program* under qemu-arm, stopped before its first instruction,
     with everything armlp sets up around it: the machine (all-stop through
     ptrace when this host allows it, armlp's agent thread), the guardian."""
-    qemu = start_qemu(program, args)
+    check_runnable(image)
+    qemu = start_qemu(program, args, qemu_args=sysroot_args(image))
     guardian = Guardian.start(qemu.conn.sock, ours=[GDB_STOP_SIGNAL])
     try:
         host = HostMemory.find(qemu.pid, program, first_address(image))
@@ -172,6 +202,7 @@ def attach(image: ElfImage, program: str, address: str,
     ``qemu-arm -g PATH`` on this host: stopped with armlp's signal to its
     agent thread, all-stop through ptrace when allowed) or ``HOST:PORT`` (a
     device's gdbserver: the interrupt byte, all-stop by itself)."""
+    check_runnable(image)
     if address.startswith("unix:"):
         conn = RspConnection.connect_unix(address[5:])
         local = True

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
+from armlp.elf.image import PT_INTERP
 from armlp.errors import ArmlpError, MachineError, PatchError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
@@ -55,12 +56,15 @@ class Livepatch:
     def read(self, path: str | Path) -> KlpPatch:
         """Read, lay out and resolve a patch module: all the checks that do
         not look at the target's memory (a live target keeps running)."""
-        return read_patch(path, self.target.image, self.target.runtime.exports)
+        return read_patch(path, self.target.image, self.exports)
 
     def check(self, patch: KlpPatch) -> None:
         """Everything that can be checked before writing: build-id, each
         function exists, is patchable, and its site is as armlp left it."""
         image = self.target.image
+        if any(seg.type == PT_INTERP for seg in image.segments):
+            raise PatchError(f"{image.path} is dynamically linked: armlp runs it and shows its "
+                             f"sites, but does not live patch it yet (build it -static)")
         if patch.target_build_id and patch.target_build_id != image.build_id:
             raise PatchError(f"{patch.path}: built for the program with build-id "
                              f"{patch.target_build_id}, not {image.path} "
@@ -116,7 +120,7 @@ class Livepatch:
     def _enable(self, patch: KlpPatch, undo: list[Callable[[], None]]) -> None:
         m = self.machine
         image = self.target.image
-        exports = self.target.runtime.exports
+        exports = self.exports
         size = patch.size or relocate_patch(patch, image, exports, 0x10000000).size
         text = image.section(".text")
         mem = m.alloc(size, near=text.addr if text else None)
@@ -258,6 +262,13 @@ class Livepatch:
         return freed
 
     # -- queries --------------------------------------------------------------------
+
+    @property
+    def exports(self) -> dict[str, int]:
+        """What a patch links against besides the program's symbols: the
+        runtime, and mcount (a dynamically linked program reaches it through
+        its PLT, so its symbol table has no address for it)."""
+        return {"__gnu_mcount_nc": self.ftrace.mcount, **self.target.runtime.exports}
 
     @property
     def stacks(self) -> dict[int, FuncStack]:

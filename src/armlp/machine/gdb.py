@@ -69,7 +69,7 @@ FROZEN_REPLY_TIMEOUT = 0.25
 #: Longest gap between two code writes that write_code fills with the bytes
 #: it has just read back, to send one packet instead of two.
 _GAP_FILL = 256
-_AT_PHDR, _AT_PHENT, _AT_PHNUM, _AT_ENTRY = 3, 4, 5, 9
+_AT_PHDR, _AT_PHENT, _AT_PHNUM, _AT_BASE, _AT_ENTRY = 3, 4, 5, 7, 9
 
 
 class GdbMachine(Injection):
@@ -104,6 +104,9 @@ class GdbMachine(Injection):
         self._pass: dict[int, int] = {}     # parked thread -> signal to hand back
         self._sigints = 0       # SIGINTs armlp sent that have not stopped a thread yet
         self._svc: int | None = None
+        #: A dynamically linked program's interpreter (ld.so), as mapped: its
+        #: text has the svc a first system call needs (the program's has none).
+        self.interp_segments: list[Region] = []
         self._scratch: int | None = None
         self._staging: int | None = None
         #: Writes through /proc/PID/mem of a local qemu (see HostMemory).
@@ -548,10 +551,21 @@ class GdbMachine(Injection):
         if phdr is None or phnum is None or phent < 32:
             raise MachineError("the auxiliary vector has no program headers (AT_PHDR)")
         self.entry = vals.get(_AT_ENTRY, 0)
-        raw = self.conn.read_memory(phdr, phent * phnum)
-        segs = [Region(p.vaddr, p.vaddr + p.memsz, bool(p.flags & PF_R), bool(p.flags & PF_W),
-                       bool(p.flags & PF_X))
-                for p in program_headers(raw, phnum, phent) if p.type == PT_LOAD and p.memsz]
+        segs = self._loads(phdr, phnum, phent, 0)
         if not segs:
             raise MachineError("the program has no PT_LOAD segment")
+        base = vals.get(_AT_BASE, 0)
+        if base:
+            ehdr = self.conn.read_memory(base, 52)
+            phoff, = struct.unpack_from("<I", ehdr, 28)
+            i_phent, i_phnum = struct.unpack_from("<HH", ehdr, 42)
+            if ehdr[:4] == b"\x7fELF" and i_phent >= 32:
+                self.interp_segments = self._loads(base + phoff, i_phnum, i_phent, base)
         return segs
+
+    def _loads(self, phdr: int, phnum: int, phent: int, bias: int) -> list[Region]:
+        """The PT_LOAD segments of the program headers at *phdr*, moved by *bias*."""
+        raw = self.conn.read_memory(phdr, phent * phnum)
+        return [Region(bias + p.vaddr, bias + p.vaddr + p.memsz, bool(p.flags & PF_R),
+                       bool(p.flags & PF_W), bool(p.flags & PF_X))
+                for p in program_headers(raw, phnum, phent) if p.type == PT_LOAD and p.memsz]

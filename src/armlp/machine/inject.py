@@ -71,6 +71,7 @@ class Injection:
     conn: RspConnection
     thread: int
     segments: list[Region]
+    interp_segments: list[Region]
     exit: StopReply | None
     running: bool
     call_timeout: float
@@ -267,7 +268,8 @@ class Injection:
         if self._svc is not None:
             return self._svc
         chunk = 2048
-        for seg in self.segments:
+        # A dynamically linked program's text has no svc: ld.so's has.
+        for seg in [*self.segments, *self.interp_segments]:
             if not seg.executable:
                 continue
             a = (seg.start + 3) & ~3
@@ -283,8 +285,8 @@ class Injection:
                         self._svc = a + i
                         return a + i
                 a += n
-        raise MachineError("no usable 'svc #0' instruction in the program's text to run a "
-                           "system call with")
+        raise MachineError("no usable 'svc #0' instruction in the program's or its "
+                           "interpreter's text to run a system call with")
 
     def _syscall(self, number: int, *args: int, at: str = "svc") -> int:
         """System call *number* on the stopped thread, through the scratch
@@ -409,30 +411,34 @@ class Injection:
 
 def _harmless(word: int) -> bool:
     """An unconditional ARM instruction that only writes registers other
-    than pc: data processing (not multiply or the extra load/store space),
-    ``ldr``/``ldrb`` or ``ldm`` without pc."""
+    than pc and r0 (the system call's result, read after qemu-user 7.2
+    stepped it too): data processing (not multiply or the extra load/store
+    space), ``ldr``/``ldrb`` or ``ldm`` without pc and r0."""
     if word >> 28 != 0xE:
         return False
     op = (word >> 25) & 7
     rd = (word >> 12) & 0xF
+    rn = (word >> 16) & 0xF
+    opcode = (word >> 21) & 0xF
+    compare = 8 <= opcode <= 11 and (word >> 20) & 1     # tst/teq/cmp/cmn: no rd
     if op == 0:     # data processing, register: bits 7 and 4 both set is something else
         if (word >> 7) & 1 and (word >> 4) & 1:
             return False
-        opcode = (word >> 21) & 0xF
         if (word >> 20) & 1 == 0 and 8 <= opcode <= 11:     # misc space (msr, bx...)
             return False
-        return rd != 15
+        return bool(compare) or rd not in (0, 15)
     if op == 1:     # data processing, immediate
-        opcode = (word >> 21) & 0xF
         if (word >> 20) & 1 == 0 and 8 <= opcode <= 11:     # movw/movt/msr
-            return (word >> 20) & 0x1B == 0x10 and rd != 15   # movw, movt
-        return rd != 15
+            return (word >> 20) & 0x1B == 0x10 and rd not in (0, 15)   # movw, movt
+        return bool(compare) or rd not in (0, 15)
+    writeback = (word >> 21) & 1 or not (word >> 24) & 1
     if op in (2, 3):    # single load/store (op 3 with bit 4: media/udf)
         if op == 3 and (word >> 4) & 1:
             return False
-        return bool((word >> 20) & 1) and rd != 15
+        return bool((word >> 20) & 1) and rd not in (0, 15) and not (writeback and rn == 0)
     if op == 4:     # ldm/stm
-        return bool((word >> 20) & 1) and not (word >> 15) & 1
+        return (bool((word >> 20) & 1) and not (word >> 15) & 1 and not word & 1
+                and not ((word >> 21) & 1 and rn == 0))
     return False
 
 
