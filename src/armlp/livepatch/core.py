@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
-from armlp.elf.image import PT_INTERP
 from armlp.errors import ArmlpError, MachineError, PatchError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
@@ -62,9 +61,6 @@ class Livepatch:
         """Everything that can be checked before writing: build-id, each
         function exists, is patchable, and its site is as armlp left it."""
         image = self.target.image
-        if any(seg.type == PT_INTERP for seg in image.segments):
-            raise PatchError(f"{image.path} is dynamically linked: armlp runs it and shows its "
-                             f"sites, but does not live patch it yet (build it -static)")
         if patch.target_build_id and patch.target_build_id != image.build_id:
             raise PatchError(f"{patch.path}: built for the program with build-id "
                              f"{patch.target_build_id}, not {image.path} "
