@@ -26,20 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import struct
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from armlp.analysis.scan import scan
-from armlp.arm.a32 import encode_bl
+from armlp.analysis.scan import FunctionReport, scan
 from armlp.elf.image import ElfImage
 from armlp.kernel.build import build
 from armlp.kernel.kit import kit
 from armlp.kernel.verify import PATH, KernelProver
 from armlp.kernel.vm import Guest
-from armlp.machine.base import CodeWrite
 from results_io import RESULTS, stats, write_results
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kernel" / "livepatch-sample.c"
@@ -66,23 +63,16 @@ def emulated(image: ElfImage, trials: int) -> dict[str, object]:
     }
 
 
-def traced_call(prover: KernelProver, r: object) -> int:
+def traced_call(prover: KernelProver, r: FunctionReport) -> int:
     """Entry to the instruction after the site, the handler writing back the
     pc it found (a traced call that is not redirected)."""
-    from armlp.analysis.scan import FunctionReport
-    assert isinstance(r, FunctionReport) and r.site is not None
+    assert r.site is not None
     emu = prover.emu
-    emu.write(prover.slot, struct.pack("<I", r.site + 4))
-    site = emu.read(r.site, 4)
-    emu.write_code([CodeWrite(r.site, site, struct.pack("<I", encode_bl(r.site,
-                                                                        prover.regs_caller)))])
-    try:
-        ctx = prover.bench.random_context()
+    with prover.hooked(r, r.site + 4):
         before = emu.instructions or 0
-        emu.call_regs(r.fn.address, (), until=r.site + 4, regs=ctx, max_instructions=10_000)
+        emu.call_regs(r.fn.address, (), until=r.site + 4,
+                      regs=prover.bench.random_context(), max_instructions=10_000)
         return (emu.instructions or 0) - before
-    finally:
-        emu.write_code([CodeWrite(r.site, emu.read(r.site, 4), site)])
 
 
 def in_guest(runs: int) -> dict[str, object]:

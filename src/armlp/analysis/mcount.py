@@ -95,6 +95,15 @@ def plt_entries(image: ElfImage, names: Sequence[str]) -> set[int]:
             if _plt_entry_slot(words, i, plt.addr + 4 * i) in slots}
 
 
+def mcount_addresses(image: ElfImage) -> set[int]:
+    """Where a linked image's sites call mcount: its own ``__gnu_mcount_nc``
+    (bit 0 set if Thumb, as armhf's libc is), or the PLT entries a
+    dynamically linked program reaches it through."""
+    found = {sym.value for name in MCOUNT_SYMBOLS for sym in image.symbols.named(name)
+             if sym.defined and sym.value}
+    return found or plt_entries(image, MCOUNT_SYMBOLS)
+
+
 class SiteFinder:
     """Locates the mcount site of each function of one image."""
 
@@ -105,12 +114,7 @@ class SiteFinder:
         if image.is_relocatable:
             self._reloc_sites = self._sites_from_relocations()
         else:
-            for name in MCOUNT_SYMBOLS:
-                for sym in image.symbols.named(name):
-                    if sym.defined and sym.value:
-                        self.targets.add(sym.value & ~1)
-            # A dynamically linked program calls mcount through its PLT.
-            self.targets |= plt_entries(image, MCOUNT_SYMBOLS)
+            self.targets = {a & ~1 for a in mcount_addresses(image)}
         self._data: dict[int, bytes] = {}
         self._words: dict[int, array[int]] = {}
         self._bl_words: dict[int, bytes] = {}

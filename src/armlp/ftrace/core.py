@@ -18,7 +18,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from armlp.analysis.mcount import MCOUNT_SYMBOLS, plt_entries
+from armlp.analysis.mcount import mcount_addresses
 from armlp.analysis.scan import FunctionReport, ScanResult
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, branch_in_range, encode_b, encode_bl, encode_blx
 from armlp.errors import ArmlpError, CodeModificationError
@@ -159,14 +159,10 @@ class Ftrace:
     def _mcount_address(self) -> int:
         """``__gnu_mcount_nc``'s address, with bit 0 set when it is Thumb code
         (armhf's libc): ARM sites then call it with ``blx``."""
-        image = self.scan.image
-        syms = [s for s in image.symbols.by_name.get("__gnu_mcount_nc", []) if s.defined]
-        if syms:
-            return syms[0].value
-        plt = plt_entries(image, MCOUNT_SYMBOLS)     # dynamically linked: its PLT entry
-        if len(plt) == 1:
-            return plt.pop()
-        raise FtraceError(f"{image.path}: no __gnu_mcount_nc: not built with -pg")
+        found = mcount_addresses(self.scan.image)
+        if len(found) != 1:
+            raise FtraceError(f"{self.scan.image.path}: no __gnu_mcount_nc: not built with -pg")
+        return found.pop()
 
     def mcount_call(self, ip: int) -> int:
         """The word an ARM site at *ip* holds as built: ``bl`` or ``blx`` mcount."""

@@ -20,9 +20,10 @@ the context a direct call of the new function would see.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from armlp.analysis.scan import FunctionReport
 from armlp.arm.a32 import IP, LR, PC, encode_b, encode_bl, encode_bx, encode_ldr_imm, encode_str_imm
@@ -80,18 +81,26 @@ class KernelProver:
             out.append(proof)
         return out
 
-    def _prove_one(self, r: FunctionReport, trials: int) -> PathResult:
-        assert r.site is not None and r.undo is not None
-        words = undo_words(r.undo, 0)
-        words.append(encode_b(self.tramp + 4 * len(words), self.bench.probe))
+    @contextlib.contextmanager
+    def hooked(self, r: FunctionReport, new_pc: int) -> Iterator[None]:
+        """Inside, *r*'s site calls ftrace_regs_caller, whose handler sets the
+        saved pc to *new_pc* (ftrace's call, armlp_klp's handler)."""
+        assert r.site is not None
         emu = self.emu
-        emu.write(self.tramp, struct.pack(f"<{len(words)}I", *words))
-        emu.flush_icache(self.tramp, 4 * len(words))
-        emu.write(self.slot, struct.pack("<I", self.tramp))
+        emu.write(self.slot, struct.pack("<I", new_pc))
         site = emu.read(r.site, 4)
         emu.write_code([CodeWrite(r.site, site,
                                   struct.pack("<I", encode_bl(r.site, self.regs_caller)))])
         try:
-            return self.bench.check_path(r.fn.address, trials)
+            yield
         finally:
             emu.write_code([CodeWrite(r.site, emu.read(r.site, 4), site)])
+
+    def _prove_one(self, r: FunctionReport, trials: int) -> PathResult:
+        assert r.undo is not None
+        words = undo_words(r.undo, 0)
+        words.append(encode_b(self.tramp + 4 * len(words), self.bench.probe))
+        self.emu.write(self.tramp, struct.pack(f"<{len(words)}I", *words))
+        self.emu.flush_icache(self.tramp, 4 * len(words))
+        with self.hooked(r, self.tramp):
+            return self.bench.check_path(r.fn.address, trials)

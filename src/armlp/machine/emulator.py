@@ -64,6 +64,7 @@ from armlp.machine.exec_loader import (
     _align_down,
     _align_up,
     load_program,
+    map_kuser_page,
 )
 from armlp.machine.syscalls import LinuxSyscalls, SyscallStop, UnknownSyscall, VirtualClock
 
@@ -74,19 +75,6 @@ _UcError: type[Exception] = uc.UcError
 #: Return address of :meth:`Emulator.call`: a mapped page of ``udf`` that
 #: is never executed (emulation stops when pc reaches it).
 MAGIC_RETURN = 0xFFFF8000
-
-#: The kernel's user helpers page, as ARM Linux maps it into every process
-#: (Documentation/arch/arm/kernel_user_helpers.rst): static glibc and armlp's
-#: runtime call them.  The emulator runs one thread, so the uniprocessor
-#: versions are exact.
-KUSER_PAGE = 0xFFFF0000
-KUSER_HELPERS: dict[int, tuple[int, ...]] = {
-    0xFA0: (0xE12FFF1E,),                           # __kuser_memory_barrier: bx lr
-    0xFC0: (0xE5923000, 0xE0533000, 0x05821000,     # __kuser_cmpxchg: ldr r3, [r2];
-            0xE2730000, 0xE12FFF1E),                # subs; streq r1, [r2]; rsbs r0; bx lr
-    0xFE0: (0xEE1D0F70, 0xE12FFF1E),                # __kuser_get_tls: mrc TPIDRURO; bx lr
-    0xFFC: (2,),                                    # __kuser_helper_version
-}
 
 _MODE_USR = 0x10
 _CPSR_T = 1 << 5
@@ -171,9 +159,7 @@ class Emulator(AddressSpace):
         self._exits_prev: set[int] = set()
         self.uc.mem_map(MAGIC_RETURN, PAGE, uc.UC_PROT_READ | uc.UC_PROT_EXEC)
         self.uc.mem_write(MAGIC_RETURN, _UDF * (PAGE // 4))
-        self.uc.mem_map(KUSER_PAGE, PAGE, uc.UC_PROT_READ | uc.UC_PROT_EXEC)
-        for offset, words in KUSER_HELPERS.items():
-            self.uc.mem_write(KUSER_PAGE + offset, struct.pack(f"<{len(words)}I", *words))
+        map_kuser_page(self)
         self.uc.hook_add(uc.UC_HOOK_INTR, self._guard(self._on_interrupt))
         self.uc.hook_add(uc.UC_HOOK_MEM_INVALID, self._on_invalid)
         self.count_instructions = count_instructions

@@ -98,6 +98,26 @@ def load_kernel_image(emu: Emulator, image: ElfImage, scratch: int) -> int:
     return base
 
 
+#: The kernel's user helpers page, as ARM Linux maps it into every process
+#: (Documentation/arch/arm/kernel_user_helpers.rst): static glibc and armlp's
+#: runtime call them.  The emulator runs one thread, so the uniprocessor
+#: versions are exact.
+KUSER_PAGE = 0xFFFF0000
+KUSER_HELPERS: dict[int, tuple[int, ...]] = {
+    0xFA0: (0xE12FFF1E,),                           # __kuser_memory_barrier: bx lr
+    0xFC0: (0xE5923000, 0xE0533000, 0x05821000,     # __kuser_cmpxchg: ldr r3, [r2];
+            0xE2730000, 0xE12FFF1E),                # subs; streq r1, [r2]; rsbs r0; bx lr
+    0xFE0: (0xEE1D0F70, 0xE12FFF1E),                # __kuser_get_tls: mrc TPIDRURO; bx lr
+    0xFFC: (2,),                                    # __kuser_helper_version
+}
+
+def map_kuser_page(emu: Emulator) -> None:
+    """Map the user helpers page, read and execute only, as the kernel does."""
+    emu.uc.mem_map(KUSER_PAGE, PAGE, uc.UC_PROT_READ | uc.UC_PROT_EXEC)
+    for offset, words in KUSER_HELPERS.items():
+        emu.uc.mem_write(KUSER_PAGE + offset, struct.pack(f"<{len(words)}I", *words))
+
+
 def map_segments(emu: Emulator, image: ElfImage, segs: Sequence[Segment], lo_limit: int,
                  hi_limit: int) -> int:
     """Map *segs* of *image* with their permissions (refusing any outside
