@@ -271,6 +271,27 @@ def wait_for_target(proc: subprocess.Popen[Any], timeout: float = 30.0) -> Any:
             time.sleep(0.02)
 
 
+def settle(socket: str, timeout: float = 20.0, *, force: bool = False) -> bool:
+    """Wait until the target's transition is over (what ``--wait`` does);
+    with *force*, force one still open after *timeout* (threads that never
+    make a system call cannot be checked).  True if it finished unforced."""
+    import time
+
+    from armlp.control.protocol import request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        t = request(socket, {"op": "status"})["transition"]
+        if t is None:
+            return True
+        if time.monotonic() > deadline:
+            if not force:
+                pytest.fail(f"transition of {t['patch']} still open: {t['blocked']}")
+            request(socket, {"op": "force", "name": t["patch"]})
+            return False
+        time.sleep(0.02)
+
+
 def program_and_patch(program: Path, patch: Path, out: Path) -> tuple[Path, Path]:
     """Build the pthreads program *program* (static glibc, ``-pg``) and the
     live patch *patch* bound to its build-id, both into directory *out*."""

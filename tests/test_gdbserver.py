@@ -88,7 +88,7 @@ def test_attach_patch_unpatch_through_a_real_gdbserver(device: tuple[Path, Path,
         sock = t["target"]["socket"]
         counters = int(ElfImage(prog).symbols.by_name["counters"][0].value)
 
-        res = cli("patch", str(fix), "--json")
+        res = cli("patch", str(fix), "--json", "--wait", "10")
         assert res.returncode == 0, res.stderr
         pinned = [0xC0DE0000 + i for i in range(4)]
         time.sleep(0.5)
@@ -96,7 +96,7 @@ def test_attach_patch_unpatch_through_a_real_gdbserver(device: tuple[Path, Path,
         time.sleep(0.5)
         assert _counters(sock, counters) == pinned
 
-        res = cli("unpatch", "work-fix", "--json")
+        res = cli("unpatch", "work-fix", "--json", "--wait", "10")
         assert res.returncode == 0, res.stderr
         deadline = time.monotonic() + 20
         while json.loads(cli("status", "--json").stdout)["targets"][0]["deferred_frees"]:

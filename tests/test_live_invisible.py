@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from armlp.control.protocol import request
-from conftest import program_and_patch, wait_for_target
+from conftest import program_and_patch, settle, wait_for_target
 
 TESTS = Path(__file__).resolve().parent
 LINES = 25
@@ -60,7 +60,9 @@ def test_stops_interrupt_no_system_call(blocking: tuple[Path, Path], tmp_path: P
             request(info.socket, {"op": "status"})
             request(info.socket, {"op": "patch", "path": str(patch)})
             request(info.socket, {"op": "status"})
+            settle(info.socket)
             request(info.socket, {"op": "unpatch", "name": "price-x3"})
+            settle(info.socket)
             cycles += 1
         feeder.join()
         stdin.close()

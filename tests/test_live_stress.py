@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from armlp.control.protocol import request
-from conftest import program_and_patch, wait_for_target
+from conftest import program_and_patch, settle, wait_for_target
 
 HERE = Path(__file__).resolve().parent
 CYCLES = 200
@@ -57,10 +57,19 @@ def test_200_enable_disable_cycles_under_8_hammering_threads(
 
     def cycles(socket: str, fix: Path) -> None:
         for _ in range(CYCLES):
-            pauses.append(request(socket, {"op": "patch", "path": str(fix)})["pause_ms"])
+            # The hammering threads never make a system call: their stacks
+            # cannot be checked, so each transition is forced once the
+            # others have switched (as the kernel's force).
+            res = request(socket, {"op": "patch", "path": str(fix)})
+            pauses.append(res["pause_ms"])
             st = request(socket, {"op": "status"})
             assert [p["name"] for p in st["patches"]] == ["stress"]
-            pauses.append(request(socket, {"op": "unpatch", "name": "stress"})["pause_ms"])
+            if res["transition"]:
+                request(socket, {"op": "force", "name": "stress"})
+            res = request(socket, {"op": "unpatch", "name": "stress"})
+            pauses.append(res["pause_ms"])
+            if res["transition"]:
+                request(socket, {"op": "force", "name": "stress"})
 
     calls, fresh, bad, _ = stress(tmp_path, monkeypatch, "stress_fix.c", cycles)
     assert bad == 0
@@ -76,8 +85,10 @@ def test_shadow_variables_under_8_threads(tmp_path: Path,
     its object got, no thread hangs on the lock, the program exits 0."""
     def drive(socket: str, fix: Path) -> None:
         request(socket, {"op": "patch", "path": str(fix)})
+        settle(socket, 0.05, force=True)
         time.sleep(3)           # the threads call f() through the table meanwhile
         request(socket, {"op": "unpatch", "name": "stress-shadow"})
+        settle(socket, 0.05, force=True)
 
     _calls, fresh, bad, out = stress(tmp_path, monkeypatch, "stress_shadow.c", drive)
     assert bad == 0 and fresh > 500, out      # slow under qemu: see README

@@ -124,10 +124,13 @@ def test_static_with_sympos_is_the_right_one(program: Path) -> None:
     assert emu.call(fn(target, "use_helper"), (2,)) == 4 + 7    # lp_prog.c's is untouched
 
 
-def test_function_running_in_outer_frames_finishes_in_old_code(program: Path) -> None:
-    """rec(5) is stopped at the entry of its call rec(2); the patch is enabled
-    there.  The three outer invocations finish in old code (+1 each); the call
-    being made and all later ones run the new code (+10 each): 3 + 20."""
+def test_a_thread_inside_the_function_keeps_the_old_code_until_it_leaves(program: Path) -> None:
+    """The consistency model: rec(5) is stopped at the entry of its call
+    rec(2) and the patch is enabled there.  rec is on the thread's stack,
+    so the thread stays unpatched: every call it makes until it is out of
+    rec runs the old code (+1 each: 5), never a mix (the immediate model
+    gave 3 + 20).  Once its stack is clear of rec it switches, and the
+    transition completes."""
     target, lp, emu = fresh(program)
     rec = fn(target, "rec")
     patch = lp.load(build_patch("rec", program))
@@ -146,10 +149,16 @@ def test_function_running_in_outer_frames_finishes_in_old_code(program: Path) ->
     assert stop.reason.value == "stopped" and hits == [5, 4, 3, 2]
     emu.remove_hook(handle)
     lp.enable(patch)
+    assert lp.transition is not None
+    blocked = lp.transition.blocked()
+    assert len(blocked) == 1 and "in rec" in blocked[0]["reason"], blocked
     stop = emu.run(until=0xFFFF8000)
-    assert emu.reg("r0") == 3 + 20
+    assert emu.reg("r0") == 5
+    emu.set_regs(saved)             # back where the program was: no rec on the stack
+    assert lp.try_complete() and lp.transition is None
     assert emu.call(rec, (5,)) == 50
     lp.disable(patch)
+    assert lp.transition is None
     assert emu.call(rec, (5,)) == 5
 
 

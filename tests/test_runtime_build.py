@@ -35,7 +35,7 @@ def test_layout_drift_fails_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
     from armlp.runtime import build, layout
     from armlp.toolchain import ToolchainError
 
-    monkeypatch.setattr(layout, "KLP_FUNC_NODE", struct.Struct("<IIII"))
-    with pytest.raises(ToolchainError, match=r"sizeof\(struct klp_func_node\) is not 0x10 as "
+    monkeypatch.setattr(layout, "KLP_FUNC_NODE", struct.Struct("<IIIII"))
+    with pytest.raises(ToolchainError, match=r"sizeof\(struct klp_func_node\) is not 0x14 as "
                                              r"armlp/runtime/layout.py says"):
         build.runtime_objects()

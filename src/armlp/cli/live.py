@@ -9,12 +9,24 @@ import os
 import sys
 from typing import Any
 
+from armlp.cli.args import amount
+
 PATCH_HELP = """\
 Apply PATCH.o (built with the flags of 'armlp cflags') to a running target.
 Every check (build-id, symbols, relocations, each function patchable, each
 site as armlp left it) runs before the target is touched; a refusal leaves
 its memory unchanged.  With one target running, --target may be omitted.
+
+The patch takes effect thread by thread (the kernel's consistency model): a
+thread switches to the new functions once none of the patched functions is
+on its stack, so no thread ever mixes old and new ones.  The command returns
+once the transition has started and says whether it finished; --wait waits
+for the end (at most SECONDS, default 60), and 'armlp status' names the
+threads still holding it and where.  'armlp force NAME' switches them
+anyway, as the kernel's force does (consistency is then not guaranteed).
 """
+WAIT_HELP = ("wait until every thread has switched, at most SECONDS (default 60); exit 1 "
+             "if the transition is still open then")
 
 
 def register(sub: Any) -> None:
@@ -24,14 +36,30 @@ def register(sub: Any) -> None:
     p.add_argument("patch", metavar="PATCH.o")
     p.add_argument("--target", metavar="ID", help="target id or pid (see 'armlp status')")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--wait", nargs="?", const=60.0, type=amount, metavar="SECONDS",
+                   help=WAIT_HELP)
     p.set_defaults(func=patch)
     u = sub.add_parser("unpatch", help="disable a live patch of a running target",
                        description="Disable the enabled patch NAME; its functions fall back "
-                                   "to the next older patch or to their own code.")
+                                   "to the next older patch or to their own code, thread by "
+                                   "thread as for 'patch'.  Unpatching a patch still in "
+                                   "its transition reverses it.")
     u.add_argument("name", metavar="NAME")
     u.add_argument("--target", metavar="ID")
     u.add_argument("--json", action="store_true")
+    u.add_argument("--wait", nargs="?", const=60.0, type=amount, metavar="SECONDS",
+                   help=WAIT_HELP)
     u.set_defaults(func=unpatch)
+    f = sub.add_parser("force", help="finish a patch's transition without checking stacks",
+                       description="Switch every thread still blocking the transition of "
+                                   "patch NAME, unchecked (the kernel's "
+                                   "/sys/kernel/livepatch/NAME/force).  Use it for a thread "
+                                   "that never leaves a patched function; the threads "
+                                   "switched this way may mix old and new functions.")
+    f.add_argument("name", metavar="NAME")
+    f.add_argument("--target", metavar="ID")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=force)
     s = sub.add_parser("status", help="patches and sites of running targets",
                        description="What the kernel's /sys/kernel/livepatch shows, for "
                                    "each running target: patches with enabled and "
@@ -49,6 +77,36 @@ def _print(args: argparse.Namespace, result: object, text: str) -> None:
         print(text)
 
 
+def _transition_text(res: dict[str, Any]) -> str:
+    if not res.get("transition"):
+        return ""
+    blocked = res.get("blocked") or []
+    who = "; ".join(f"thread {b['thread']} {b['reason']}" for b in blocked[:3])
+    return "; transition in progress" + (f" ({who})" if who else "")
+
+
+def _wait(info: Any, name: str, res: dict[str, Any], seconds: float | None) -> int:
+    """Poll until the transition of *name* is over (0), or *seconds* pass (1)."""
+    import time
+
+    from armlp.control.protocol import request
+
+    if seconds is None or not res.get("transition"):
+        return 0
+    deadline = time.monotonic() + seconds
+    while True:
+        st = request(info.socket, {"op": "status"})
+        t = st.get("transition")
+        if t is None or t.get("patch") != name:
+            res["transition"] = False
+            res.pop("blocked", None)
+            return 0
+        res["blocked"] = t["blocked"]
+        if time.monotonic() >= deadline:
+            return 1
+        time.sleep(0.05)
+
+
 def patch(args: argparse.Namespace) -> int:
     from armlp.control.paths import find_target
     from armlp.control.protocol import request
@@ -57,11 +115,13 @@ def patch(args: argparse.Namespace) -> int:
     path = os.path.abspath(check_input(args.patch, "patch module"))
     info = find_target(args.target)
     res = request(info.socket, {"op": "patch", "path": path})
+    rc = _wait(info, res["name"], res, args.wait)
     replaced = res.get("replaced") or []
     _print(args, res, f"{info.id}: patch {res['name']} enabled "
                       f"({', '.join(res['functions'])})"
-                      + (f", replacing {', '.join(replaced)}" if replaced else ""))
-    return 0
+                      + (f", replacing {', '.join(replaced)}" if replaced else "")
+                      + _transition_text(res))
+    return rc
 
 
 def unpatch(args: argparse.Namespace) -> int:
@@ -70,8 +130,21 @@ def unpatch(args: argparse.Namespace) -> int:
 
     info = find_target(args.target)
     res = request(info.socket, {"op": "unpatch", "name": args.name})
+    rc = _wait(info, args.name, res, args.wait)
     note = "" if res["memory_freed"] else " (its memory is kept until provably unused)"
-    _print(args, res, f"{info.id}: patch {args.name} disabled{note}")
+    _print(args, res, f"{info.id}: patch {args.name} disabled{note}" + _transition_text(res))
+    return rc
+
+
+def force(args: argparse.Namespace) -> int:
+    from armlp.control.paths import find_target
+    from armlp.control.protocol import request
+
+    info = find_target(args.target)
+    res = request(info.socket, {"op": "force", "name": args.name})
+    print(f"armlp: warning: patch {args.name}: {len(res['forced'])} blocked thread(s) switched "
+          f"unchecked; consistency is not guaranteed for them", file=sys.stderr)
+    _print(args, res, f"{info.id}: patch {args.name}: transition finished (forced)")
     return 0
 
 
@@ -93,6 +166,12 @@ def status(args: argparse.Namespace) -> int:
         for p in st["patches"]:
             print(f"  {p['name']}: enabled={int(p['enabled'])} transition="
                   f"{int(p['transition'])}")
+            tr = st.get("transition")
+            if p["transition"] and tr:
+                print(f"    to {tr['target']} for {tr['seconds']:.1f} s, "
+                      f"{tr['stacks_pending']} stack(s) pending")
+                for b in tr["blocked"]:
+                    print(f"    thread {b['thread']}: {b['reason']}")
             for o in p["objects"]:
                 print(f"    {o['name']}: patched={int(o['patched'])}")
                 for f in o["functions"]:

@@ -23,7 +23,8 @@ EXIT_USAGE = 2
 #: Subcommand -> the module ``armlp.cli.<module>`` whose ``register(sub)``
 #: adds it (a module may add several), in help order.
 COMMANDS = {"scan": "scan", "trace": "trace", "verify": "verify", "run": "run",
-            "attach": "run", "cflags": "run", "patch": "live", "unpatch": "live", "status": "live",
+            "attach": "run", "cflags": "run", "patch": "live", "unpatch": "live", "force": "live",
+            "status": "live",
             "kernel": "kernel"}
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from armlp.control.qemu_live import GdbLive
     from armlp.control.server import Controller
     from armlp.elf.image import ElfImage
+    from armlp.livepatch.module import KlpPatch
 
 RUN_HELP = """\
 Run PROGRAM (a static ARM executable built with -pg) under armlp.
@@ -257,23 +258,32 @@ def run_emu(args: argparse.Namespace) -> int:
 
     emu.syscalls.on_sleep = on_sleep
 
+    to_enable = list(patches)
+    to_disable: list[KlpPatch] = []
+
     def between() -> None:
         nonlocal applied_at
         lp.release_deferred()
-        if patches and applied_at is None and now_ms() >= args.after:
-            for p in patches:
-                lp.enable(p)
-                funcs = ", ".join(f"{f.label} -> {f.new_name}" for f in p.funcs)
-                _note(f"{now_ms():.0f} ms: patch {p.name} enabled ({funcs})")
-                events.append({"ms": now_ms(), "event": "enabled", "patch": p.name})
-            applied_at = now_ms()
-        if (applied_at is not None and args.unpatch_after is not None
-                and any(p.enabled for p in patches)
+        # One transition at a time; each completes when the thread is out
+        # of the functions it switches (tried between chunks).
+        if not lp.try_complete():
+            return
+        if to_enable and now_ms() >= args.after:
+            p = to_enable.pop(0)
+            lp.enable(p)
+            funcs = ", ".join(f"{f.label} -> {f.new_name}" for f in p.funcs)
+            _note(f"{now_ms():.0f} ms: patch {p.name} enabled ({funcs})")
+            events.append({"ms": now_ms(), "event": "enabled", "patch": p.name})
+            if not to_enable:
+                applied_at = now_ms()
+                to_disable.extend(reversed(patches))
+            return
+        if (applied_at is not None and args.unpatch_after is not None and to_disable
                 and now_ms() >= applied_at + args.unpatch_after):
-            for p in reversed(patches):
-                lp.disable(p)
-                _note(f"{now_ms():.0f} ms: patch {p.name} disabled")
-                events.append({"ms": now_ms(), "event": "disabled", "patch": p.name})
+            p = to_disable.pop(0)
+            lp.disable(p)
+            _note(f"{now_ms():.0f} ms: patch {p.name} disabled")
+            events.append({"ms": now_ms(), "event": "disabled", "patch": p.name})
 
     status = emu.run_to_exit(args.max_instructions, CHUNK, between)
     if args.json:

@@ -49,6 +49,13 @@ class Unpatch:
 
 
 @dataclass(frozen=True)
+class Force:
+    """``force``: switch every thread of the transition of patch *name* now."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class TraceStart:
     """``trace_start``: the function tracer on the functions matching
     *filters*, owned by the client's connection (stopped when it closes)."""
@@ -74,7 +81,7 @@ class Read:
     size: int
 
 
-Request = Status | Patch | Unpatch | TraceStart | TraceRead | TraceStop | Read
+Request = Status | Patch | Unpatch | Force | TraceStart | TraceRead | TraceStop | Read
 
 
 def _text(obj: dict[str, Any], key: str, limit: int) -> str:
@@ -114,6 +121,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], Request]] = {
     "status": lambda _o: Status(),
     "patch": _patch,
     "unpatch": lambda o: Unpatch(_text(o, "name", 256)),
+    "force": lambda o: Force(_text(o, "name", 256)),
     "trace_start": _trace_start,
     "trace_read": lambda _o: TraceRead(),
     "trace_stop": lambda _o: TraceStop(),

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from armlp.control.paths import ControlError, TargetInfo, runtime_dir
 from armlp.control.protocol import (
     MAX_REQUEST,
+    Force,
     Patch,
     Read,
     Request,
@@ -50,7 +51,8 @@ from armlp.errors import ArmlpError
 from armlp.ftrace.tracer import FunctionTracer
 from armlp.livepatch import Livepatch
 from armlp.livepatch.sysfs import livepatch_status
-from armlp.runtime.layout import SITE, SITE_TABLE
+from armlp.livepatch.transition import STATE_NAMES
+from armlp.runtime.layout import KLP_UNPATCHED, SITE, SITE_TABLE
 from armlp.target import Target
 
 #: How long a client may take to finish a message it started, or to read a
@@ -92,6 +94,11 @@ class LiveProcess(Protocol):
 
 #: First retry of a deferred free, and the longest back-off (seconds).
 RELEASE_FIRST, RELEASE_MAX = 0.1, 5.0
+#: Transition retries: soon (a thread just left a function), then once a
+#: second, as the kernel's klp_transition_work does.
+TRANSITION_FIRST, TRANSITION_MAX = 0.05, 1.0
+#: A transition still open after this long is reported.
+STALL_AFTER = 60.0
 
 
 def target_id(program: str, pid: int) -> str:
@@ -140,10 +147,15 @@ class Controller:
         #: left it a moment later.
         self._release_at: float | None = None
         self._release_delay = RELEASE_FIRST
+        #: When to try the open transition again, and the back-off.
+        self._transition_at: float | None = None
+        self._transition_delay = TRANSITION_FIRST
+        #: A transition open this long is reported (``--stall-after``).
+        self.stall_after = STALL_AFTER
         #: Whether every thread can be stopped (else no free is ever proven).
         self.stops_all = target.machine.stops_all
         self._handlers: dict[type, Callable[[Any, Client | None], Any]] = {
-            Status: self._status, Patch: self._patch, Unpatch: self._unpatch,
+            Status: self._status, Patch: self._patch, Unpatch: self._unpatch, Force: self._force,
             TraceStart: self._trace_start, TraceRead: self._trace_read,
             TraceStop: self._trace_read, Read: self._read,
         }
@@ -191,18 +203,72 @@ class Controller:
                       + ", ".join(f"{f.label} -> {f.new_name}" for f in patch.funcs) + ")"
                       + (f", replacing {', '.join(replaced)}" if replaced else ""))
         return {"name": patch.name, "functions": [f.label for f in patch.funcs],
-                "replaced": replaced, "pause_ms": round(self.last_pause_ms, 3)}
+                "replaced": replaced, **self._transition_result(patch.name),
+                "pause_ms": round(self.last_pause_ms, 3)}
 
     def _unpatch(self, req: Unpatch, _client: Client | None) -> Any:
         lp = self.livepatch
         with self.paused():
             patch = lp.find(req.name)
             lp.disable(patch)
-            deferred = patch in lp.deferred
-        self.on_event(f"patch {patch.name} disabled" + (" (its memory is kept until provably "
-                                                        "unused)" if deferred else ""))
-        return {"name": patch.name, "memory_freed": not deferred,
-                "pause_ms": round(self.last_pause_ms, 3)}
+        deferred = patch in lp.deferred
+        self.on_event(f"patch {patch.name} disabl" + ("ed" if lp.transition is None else "ing")
+                      + (" (its memory is kept until provably unused)" if deferred else ""))
+        return {"name": patch.name, "memory_freed": patch.memory == 0,
+                **self._transition_result(patch.name), "pause_ms": round(self.last_pause_ms, 3)}
+
+    def _force(self, req: Force, _client: Client | None) -> Any:
+        lp = self.livepatch
+        t = lp.transition
+        if t is None or t.patch.name != req.name:
+            raise ControlError(f"patch {req.name!r} is not in transition")
+        with self.paused():
+            pending = t.blocked()
+            lp.force()
+        self.on_event(f"patch {req.name}: transition forced: the threads still blocked were "
+                      f"switched unchecked; consistency is not guaranteed for them")
+        return {"name": req.name, "forced": pending, "transition": False}
+
+    def _transition_result(self, name: str) -> dict[str, Any]:
+        """Whether the transition a request started has finished, and if
+        not what holds it (retried in the background)."""
+        t = self.livepatch.transition
+        if t is None or t.patch.name != name:
+            self._transition_delay, self._transition_at = TRANSITION_FIRST, None
+            return {"transition": False}
+        self._transition_at = time.monotonic() + self._transition_delay
+        return {"transition": True, "blocked": t.blocked()}
+
+    def _retry_transition(self) -> None:
+        """Try the open transition again (the kernel's klp_transition_work,
+        backing off to once a second); report it once when it stalls."""
+        lp = self.livepatch
+        t = lp.transition
+        self._transition_at = None
+        if t is None:
+            return
+        try:
+            with self.paused():
+                done = lp.try_complete()
+        except ArmlpError as exc:
+            self.on_event(f"transition of patch {t.patch.name}: attempt failed: {exc}")
+            done = False
+        if done:
+            self.on_event(f"patch {t.patch.name}: transition to {STATE_NAMES[t.target]} "
+                          f"finished after {t.attempts} attempts")
+            if t.target == KLP_UNPATCHED and t.patch.memory == 0:
+                self.on_event(f"patch {t.patch.name}: memory freed")
+            self._transition_delay = TRANSITION_FIRST
+            return
+        age = time.monotonic() - t.started
+        if age >= self.stall_after and not t.stall_reported:
+            t.stall_reported = True
+            who = "; ".join(f"thread {b['thread']}: {b['reason']}"
+                            for b in t.blocked()) or "no thread can be checked"
+            self.on_event(f"patch {t.patch.name}: transition stalled for {age:.0f} s ({who}); "
+                          f"'armlp force {t.patch.name}' switches the rest")
+        self._transition_delay = min(self._transition_delay * 2, TRANSITION_MAX)
+        self._transition_at = time.monotonic() + self._transition_delay
 
     def _trace_start(self, req: TraceStart, client: Client | None) -> Any:
         if self.tracer is not None:
@@ -309,6 +375,11 @@ class Controller:
                     status = self.process.exited()
                     if status is not None:
                         return status
+                if self._transition_at is not None and self._transition_at <= now:
+                    self._retry_transition()
+                    status = self.process.exited()
+                    if status is not None:
+                        return status
                 if self._release_at is not None and self._release_at <= now:
                     self._retry_release()
                     status = self.process.exited()
@@ -321,6 +392,7 @@ class Controller:
                     self._drop(c, clients)          # too slow: dropped, nothing else waits
                 due = [t[0] for t in timers[:1]] + \
                     ([self._release_at] if self._release_at is not None else []) + \
+                    ([self._transition_at] if self._transition_at is not None else []) + \
                     [c.deadline for c in clients.values() if c.deadline is not None]
                 wait = max(0.0, min(due) - now) if due else None
                 target_fd = self.process.fileno()

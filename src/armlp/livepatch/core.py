@@ -7,9 +7,11 @@ over); disabling unlinks the patch's nodes wherever they are in the stacks,
 so the function falls back to the next older patch, or to its own code when
 the stack empties, and frees the module once nothing can reach it.
 
-This is the immediate model: all threads switch at once, with the target
-stopped.  Every check runs before the first write, and a failure half-way is
-rolled back to the exact state before.
+Both are transitions (:mod:`armlp.livepatch.transition`): threads switch
+one by one, each when none of the functions being switched is on its
+stack; :meth:`Livepatch.try_complete` retries, :meth:`Livepatch.force`
+switches the rest.  Every check runs before the first write, and a failure
+half-way is rolled back to the exact state before.
 """
 
 from __future__ import annotations
@@ -18,14 +20,23 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from armlp.analysis.unwind import CodeMap
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
 from armlp.errors import ArmlpError, MachineError, PatchError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
 from armlp.livepatch.module import KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.patch import FuncStack, FuncStacks
+from armlp.livepatch.transition import Transition
 from armlp.machine.base import CodeWrite, read_word
-from armlp.runtime.layout import KLP_FUNC_NODE
+from armlp.machine.heap import CHUNK
+from armlp.runtime.layout import (
+    KLP_FUNC_NODE,
+    KLP_PATCHED,
+    KLP_THREAD,
+    KLP_TRANSITION,
+    KLP_UNPATCHED,
+)
 from armlp.target import Target
 
 
@@ -43,6 +54,12 @@ class Livepatch:
         self.deferred: list[KlpPatch] = []
         self._next_id = 1
         self._klp_object = 0
+        #: The transition in progress (one at a time, as in the kernel).
+        self.transition: Transition | None = None
+        self._table = 0
+        self._table_cap = 0
+        self._code: CodeMap | None = None
+        self._libraries: dict[tuple[str, int], CodeMap] = {}
 
     # -- loading and checking ---------------------------------------------------
 
@@ -93,9 +110,11 @@ class Livepatch:
     # -- enable -----------------------------------------------------------------
 
     def enable(self, patch: KlpPatch) -> None:
-        """Load the module and push its functions on their stacks, all or nothing."""
+        """Load the module and push its functions on their stacks, all or
+        nothing, and start the transition to it (tried at once)."""
         if patch.enabled:
             raise PatchError(f"patch {patch.name} is already enabled")
+        self._not_busy()
         self.check(patch)
         undo: list[Callable[[], None]] = []
         try:
@@ -108,10 +127,7 @@ class Livepatch:
         for o in patch.objects:
             o.patched = True
         self.patches.append(patch)
-        if patch.replace:   # the others go in the same pause; their callbacks do not run
-            for old in [p for p in self.patches if p is not patch]:
-                self.disable(old, callbacks=False)
-        self._callback(patch, "post_patch")
+        self.try_complete()
 
     def _enable(self, patch: KlpPatch, undo: list[Callable[[], None]]) -> None:
         m = self.machine
@@ -133,6 +149,11 @@ class Livepatch:
                              f"nothing changed")
         patch.id = self._next_id
         self._next_id += 1
+        # Ordering: every stack in the unpatched state before any node is
+        # marked transition (push marks them).
+        transition = Transition(self, patch, KLP_PATCHED)
+        transition.fill_table(undo)
+        transition.funcs = list(patch.funcs)
         new_ops: list[FtraceOps] = []
         tramps: list[CodeWrite] = []
         for f in patch.funcs:
@@ -147,6 +168,11 @@ class Livepatch:
                 for ops in new_ops:
                     self.ftrace.unregister_ftrace_function(ops)
             undo.append(unregister)
+        self.transition = transition
+
+        def no_transition() -> None:
+            self.transition = None
+        undo.append(no_transition)
 
     def _nop_module_sites(self, patch: KlpPatch) -> None:
         """The replacements' own mcount sites become the NOP (they are not
@@ -171,14 +197,75 @@ class Livepatch:
 
     # -- disable ------------------------------------------------------------------
 
-    def disable(self, patch: KlpPatch, *, callbacks: bool = True) -> None:
+    def disable(self, patch: KlpPatch) -> None:
+        """Start the transition away from *patch* (tried at once); disabling
+        the patch being enabled reverses its transition, as the kernel does."""
+        t = self.transition
+        if t is not None and t.patch is patch and t.target == KLP_PATCHED:
+            t.reverse()
+            patch.enabled = False
+            self.try_complete()
+            return
+        if not patch.enabled:
+            raise PatchError(f"patch {patch.name} is not enabled")
+        self._not_busy()
+        self._callback(patch, "pre_unpatch")
+        t = Transition(self, patch, KLP_UNPATCHED)
+        t.fill_table()
+        # Only a function whose top is this patch changes where calls go.
+        top = [f for f in patch.funcs if self.stacks[f.site].funcs[-1] is f]
+        for f in top:
+            self.funcs.unsettle(self.stacks[f.site])
+        t.mark(top)
+        patch.enabled = False
+        self.transition = t
+        self.try_complete()
+
+    def try_complete(self) -> bool:
+        """One attempt to switch the remaining threads; completes the
+        transition when none is left (True, also when none is open)."""
+        t = self.transition
+        if t is None:
+            return True
+        if not t.try_switch():
+            return False
+        self._complete(t)
+        return True
+
+    def force(self) -> Transition:
+        """Switch every thread now, checked or not, and complete."""
+        t = self.transition
+        if t is None:
+            raise PatchError("no patch is in transition")
+        t.force()
+        self._complete(t)
+        return t
+
+    def _complete(self, t: Transition) -> None:
+        self.transition = None
+        patch = t.patch
+        if t.target == KLP_PATCHED:
+            # Ordering: flags cleared first, then the fast path comes back.
+            t.unmark()
+            for f in t.funcs:
+                self.funcs.settle(self.stacks[f.site])
+            if patch.replace:   # the others go at once; their callbacks do not run
+                for old in [p for p in self.patches if p is not patch]:
+                    self._remove(old, callbacks=False)
+            self._callback(patch, "post_patch")
+        else:
+            self._remove(patch, callbacks=True)
+
+    def _not_busy(self) -> None:
+        if self.transition is not None:
+            p = self.transition.patch
+            raise PatchError(f"patch {p.name} is in transition: wait for it to finish, or "
+                             f"force it")
+
+    def _remove(self, patch: KlpPatch, *, callbacks: bool) -> None:
         """Unlink the patch's nodes from every stack; free its memory when no
         thread can be executing or returning into it (else defer).  Without
         *callbacks* (replaced by an atomic replace) its callbacks do not run."""
-        if not patch.enabled:
-            raise PatchError(f"patch {patch.name} is not enabled")
-        if callbacks:
-            self._callback(patch, "pre_unpatch")
         emptied = [st for f in patch.funcs if (st := self.funcs.unlink(f)) is not None]
         self.funcs.drop(emptied)
         patch.enabled = False
@@ -256,6 +343,46 @@ class Livepatch:
             self.deferred.remove(patch)
             freed.append(patch)
         return freed
+
+    # -- what transitions use -----------------------------------------------------------
+
+    def transition_table(self, entries: int) -> int:
+        """The target's ``struct klp_transition`` with room for *entries*
+        rows.  A table outgrown is kept, not freed: a thread may still be
+        reading it."""
+        if entries > self._table_cap:
+            cap = max(64, 2 * entries)
+            while cap > 64 and KLP_TRANSITION.size + cap * KLP_THREAD.size > CHUNK:
+                cap //= 2
+            if cap < entries:
+                raise PatchError(f"the program has {entries} writable mappings, more than a "
+                                 f"transition table holds ({cap})")
+            self._table = self.heap.alloc(KLP_TRANSITION.size + cap * KLP_THREAD.size)
+            self._table_cap = cap
+        return self._table
+
+    def code_map(self) -> CodeMap:
+        """The code a stack walk may meet: the program (its symbols and
+        exception table, read once), the enabled and disabled patches, and
+        armlp's own memory (never walked through)."""
+        if self._code is None:
+            self._code = CodeMap.of_image(self.target.image)
+        code = self._code.copy()
+        program = str(self.target.image.path.resolve())
+        for r in self.machine.regions():
+            if r.path and r.path != program and not r.writable:   # qemu shows code r--
+                lib = self._libraries.get((r.path, r.start))
+                if lib is None:
+                    lib = self._libraries[(r.path, r.start)] = CodeMap()
+                    lib.add_library(r.path, r.start, r.offset)
+                code.add(lib.functions)
+        code.add_armlp(self.machine.armlp_memory(), "armlp")
+        rt = self.target.runtime.module
+        code.add_armlp([(rt.base, rt.base + rt.size)], "armlp runtime")
+        for p in [*self.patches, *self.deferred]:
+            if p.module is not None:
+                code.add_module(p.module)
+        return code
 
     # -- queries --------------------------------------------------------------------
 

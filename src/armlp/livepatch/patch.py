@@ -50,18 +50,21 @@ class FuncStacks:
 
     def push(self, patch_id: int, f: KlpFunc, undo: list[Callable[[], None]],
               tramps: list[CodeWrite]) -> FtraceOps | None:
-        """Put *f* on its function's stack; returns the ftrace user to
-        register when the function was not patched yet."""
+        """Put *f* on its function's stack, its node marked transition, the
+        site on the generic path (the handler decides per thread until
+        :meth:`settle`); returns the ftrace user to register when the
+        function was not patched yet."""
         m = self.machine
         stack = self.by_site.get(f.site)
         below = read_word(m, stack.klp_ops) if stack else 0
         f.node = self.heap.alloc(KLP_FUNC_NODE.size)
         node = f.node
-        m.write(node, KLP_FUNC_NODE.pack(f.new_func, below, patch_id))
+        m.write(node, KLP_FUNC_NODE.pack(f.new_func, below, patch_id, 1))
         undo.append(lambda: self.heap.free(node))
         if stack is not None:
             st = stack
             old_top = st.funcs[-1].new_func
+            self.unsettle(st)
             write_word(m, st.klp_ops, node)             # the switch: one word
             st.funcs.append(f)
 
@@ -70,7 +73,6 @@ class FuncStacks:
                 write_word(m, st.klp_ops, below)
                 self._retarget(st, old_top)
             undo.append(pop)
-            self._retarget(st, f.new_func)
             return None
         klp_ops = self.heap.alloc(KLP_OPS.size)
         m.write(klp_ops, KLP_OPS.pack(node))
@@ -86,13 +88,23 @@ class FuncStacks:
             tramps.append(CodeWrite(addr, bytes(tramp.size), tramp.code()))
             undo.append(lambda: self.heap.free(addr))
             new_stack.tramp, new_stack.literal = addr, addr + 4 * tramp.literal_index
-            ops.direct, ops.direct_entry = addr, f.new_func
         self.by_site[f.site] = new_stack
 
         def forget() -> None:
             self.by_site.pop(f.site, None)
         undo.append(forget)
         return ops
+
+    def settle(self, stack: FuncStack) -> None:
+        """The transition is over: the fast path to the top's new function."""
+        if stack.funcs:
+            self._retarget(stack, stack.funcs[-1].new_func)
+
+    def unsettle(self, stack: FuncStack) -> None:
+        """A transition begins: every call through the handler, which
+        looks at the calling thread's state."""
+        if stack.tramp and stack.ops.direct is not None:
+            self.ftrace.set_direct(stack.ops, None, None)
 
     def _retarget(self, stack: FuncStack, new_func: int) -> None:
         """Point the fast path at the func stack's new top."""

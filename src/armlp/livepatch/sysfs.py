@@ -35,13 +35,14 @@ def livepatch_status(lp: Livepatch) -> dict[str, object]:
         if stack.tramp:
             names[stack.tramp] = f"klp_tramp[{stack.name}]"
     patches = []
+    t = lp.transition
     for p in lp.patches:
         for f in p.funcs:
             names[f.new_func] = f.new_name
         patches.append({
             "name": p.name,
             "enabled": p.enabled,
-            "transition": False,
+            "transition": t is not None and t.patch is p,
             "file": str(p.path),
             "objects": [{
                 "name": o.name,
@@ -65,6 +66,7 @@ def livepatch_status(lp: Livepatch) -> dict[str, object]:
         })
     return {
         "patches": patches,
+        "transition": None if t is None else {"patch": t.patch.name, **t.describe()},
         "deferred_frees": [p.name for p in lp.deferred],
         "sites": {"total": len(ft.records), "in_use": sites},
     }

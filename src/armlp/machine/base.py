@@ -65,11 +65,16 @@ class Region:
     readable: bool = True
     writable: bool = False
     executable: bool = False
+    #: The file mapped there and the offset in it ("" for anonymous memory).
+    path: str = ""
+    offset: int = 0
 
     @classmethod
-    def from_perms(cls, start: int, end: int, perms: str) -> Region:
+    def from_perms(cls, start: int, end: int, perms: str, path: str = "",
+                   offset: int = 0) -> Region:
         """From ``/proc/PID/maps`` permissions (``rwxp``)."""
-        return cls(start, end, perms[:1] == "r", perms[1:2] == "w", perms[2:3] == "x")
+        return cls(start, end, perms[:1] == "r", perms[1:2] == "w", perms[2:3] == "x",
+                   path, offset)
 
 
 @runtime_checkable
@@ -118,6 +123,20 @@ class Machine(Protocol):
         ...
 
     def set_regs(self, regs: Regs, thread: int | None = None) -> None:
+        ...
+
+    def threads_settled(self) -> bool:
+        """Inside :meth:`all_stopped`: whether the program has no thread
+        that the last :meth:`threads` did not list (one created in
+        between was never looked at)."""
+        ...
+
+    def exact_registers(self, thread: int) -> bool:
+        """Whether *thread*'s registers, read inside :meth:`all_stopped`,
+        are its exact state (what a stack walk needs): qemu-user keeps a
+        thread's registers in host registers while it runs translated code,
+        so only one stopped in a system call, or parked in the stub, is
+        exact there."""
         ...
 
     @property

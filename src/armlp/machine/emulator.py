@@ -261,6 +261,12 @@ class Emulator(AddressSpace):
     def threads(self) -> list[int]:
         return [1]
 
+    def exact_registers(self, thread: int) -> bool:
+        return True
+
+    def threads_settled(self) -> bool:
+        return True
+
     def get_regs(self, thread: int | None = None) -> Regs:
         self._check_thread(thread)
         return Regs.from_list(self.uc.reg_read_batch(_REG_IDS))

@@ -206,6 +206,10 @@ class Freezer:
         finally:
             self.thaw()
 
+    def tasks(self) -> list[int]:
+        """The process's host threads now (``/proc/PID/task``: no stub)."""
+        return self._list_tasks()
+
     # --- internals -----------------------------------------------------------
 
     def _list_tasks(self, must_exist: bool = True) -> list[int]:

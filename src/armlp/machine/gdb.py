@@ -120,6 +120,7 @@ class GdbMachine(Injection):
         #: ... unless armlp may ptrace the local qemu: then code writes and
         #: the scan before a free stop every thread (see all_stopped).
         self.freezer = freezer
+        self._listed_host: set[int] | None = None
         self._copy_in_target = False
         self._bootstrap = False
         self._breakpoints: set[int] = set()
@@ -296,7 +297,31 @@ class GdbMachine(Injection):
     def threads(self) -> list[int]:
         """The program's threads (armlp's agent thread is not one)."""
         self._need_stopped("list threads")
+        # Ordering: the host's threads first, so that any thread the stub's
+        # list misses is new to threads_settled().
+        self._listed_host = set(self.freezer.tasks()) if self.freezer is not None else None
         return [t for t in self.conn.thread_ids() if t != self.agent]
+
+    def threads_settled(self) -> bool:
+        """A local qemu's threads are compared through ``/proc`` (the stub
+        is not asked while the others are frozen); gdbserver is all-stop."""
+        if self.freezer is None or self._listed_host is None:
+            return True
+        return set(self.freezer.tasks()) <= self._listed_host
+
+    def exact_registers(self, thread: int) -> bool:
+        """gdbserver stops threads through ptrace: exact.  A local qemu's
+        thread frozen by armlp is exact only inside a system call (qemu
+        wrote its state back before making it; ``/proc/PID/task/TID/syscall``
+        names one), or parked in the stub."""
+        if self.freezer is None or thread == self.thread:
+            return True
+        try:
+            with open(f"/proc/{self.freezer.pid}/task/{thread}/syscall") as f:
+                first = f.read().split(maxsplit=1)[:1]
+        except OSError:
+            return False
+        return bool(first) and first[0].lstrip("-").isdigit() and int(first[0]) >= 0
 
     def get_regs(self, thread: int | None = None) -> Regs:
         """Registers of *thread* (default: the stopped thread).  Under

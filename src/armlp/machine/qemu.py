@@ -206,7 +206,9 @@ def parse_maps(text: str, base: int = 0) -> list[Region]:
             continue
         lo, hi = (int(x, 16) - base for x in fields[0].split("-"))
         if lo >= 0 and hi <= 1 << 32 and fields[1][:3] != "---":
-            out.append(Region.from_perms(lo, hi, fields[1]))
+            path = fields[5] if len(fields) > 5 and fields[5].startswith("/") else ""
+            offset = int(fields[2], 16) if len(fields) > 2 and path else 0
+            out.append(Region.from_perms(lo, hi, fields[1], path, offset))
     return out
 
 

@@ -51,6 +51,29 @@ struct klp_func_node {
 	u32 new_func;
 	struct klp_func_node *next;   /* the node below: an older patch */
 	u32 patch_id;
+	u32 transition;               /* its patch is switching threads over */
+};
+
+/* A thread's view during a transition (transition.c). */
+#define KLP_UNPATCHED 0
+#define KLP_PATCHED 1
+#define KLP_MAX_THREADS 256
+
+/*
+ * One stack of the program: the threads whose sp lies in [lo, hi) share a
+ * patch state (a thread is found by its stack, never by a system call).
+ */
+struct klp_thread {
+	u32 lo;
+	u32 hi;
+	s32 patch_state;
+};
+
+/* The transition in progress: a stack not listed has the target state. */
+struct klp_transition {
+	s32 target_state;
+	u32 nr;
+	struct klp_thread threads[KLP_MAX_THREADS];
 };
 
 /* What a patched function's ftrace_ops.private points at. */

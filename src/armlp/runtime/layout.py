@@ -54,8 +54,16 @@ def build_site_table(sites: dict[int, int]) -> tuple[int, list[int]]:
         slots[i] = rec
     return bits, slots
 
-#: struct klp_func_node: new_func, next, patch_id
-KLP_FUNC_NODE = struct.Struct("<III")
+#: struct klp_func_node: new_func, next, patch_id, transition
+KLP_FUNC_NODE = struct.Struct("<IIII")
+KLP_NODE_TRANSITION = 12        # offsetof(struct klp_func_node, transition)
+KLP_UNPATCHED, KLP_PATCHED = 0, 1
+KLP_MAX_THREADS = 256
+#: struct klp_thread: lo, hi, patch_state
+KLP_THREAD = struct.Struct("<IIi")
+#: struct klp_transition: target_state, nr, then KLP_MAX_THREADS struct klp_thread
+KLP_TRANSITION = struct.Struct("<iI")
+KLP_TRANSITION_SIZE = KLP_TRANSITION.size + KLP_MAX_THREADS * KLP_THREAD.size
 #: struct klp_ops: stack (what the function's ftrace_ops.private points at)
 KLP_OPS = struct.Struct("<I")
 
@@ -76,7 +84,13 @@ def c_asserts() -> str:
         ("sizeof(struct armlp_trace_ring)", TRACE_RING.size),
         ("sizeof(struct klp_func_node)", KLP_FUNC_NODE.size),
         ("__builtin_offsetof(struct klp_func_node, next)", 4),
+        ("__builtin_offsetof(struct klp_func_node, transition)", KLP_NODE_TRANSITION),
         ("sizeof(struct klp_ops)", KLP_OPS.size),
+        ("sizeof(struct klp_thread)", KLP_THREAD.size),
+        ("__builtin_offsetof(struct klp_transition, threads)", KLP_TRANSITION.size),
+        ("sizeof(struct klp_transition)", KLP_TRANSITION_SIZE),
+        ("KLP_PATCHED", KLP_PATCHED),
+        ("KLP_UNPATCHED", KLP_UNPATCHED),
         ("SITE_MAX_OPS", SITE_MAX_OPS),
         ("SITE_HASH_MUL", SITE_HASH_MUL),
         ("RULE_APCS", RULE_APCS),

@@ -10,11 +10,25 @@
  */
 #include "armlp_rt.h"
 
+int klp_patch_state(u32 sp);
+
 void klp_ftrace_handler(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
 {
 	struct pt_regs *regs = fregs;
-	struct klp_func_node *top = ((struct klp_ops *)op->private)->stack;
+	struct klp_func_node *func = ((struct klp_ops *)op->private)->stack;
 	(void)ip; (void)parent_ip;
-	if (top)
-		regs->ARM_pc = top->new_func;
+	if (!func)
+		return;
+	/*
+	 * During a transition a thread still unpatched keeps the function it
+	 * had: the node below (an older patch), or the original when there is
+	 * none.  The control plane sets klp_transition before any node's flag
+	 * and clears the flags before the table.
+	 */
+	if (func->transition && klp_patch_state(regs->ARM_sp) == KLP_UNPATCHED) {
+		func = func->next;
+		if (!func)
+			return;
+	}
+	regs->ARM_pc = func->new_func;
 }
