@@ -230,8 +230,9 @@ def walk_stack(code: CodeMap, regs: Regs, read_word: Callable[[int], int]) -> St
                 return StackTrace(frames, True)
             sp = r[13]
             assert sp is not None
-            if _apcs_push(read_word, fn) is not None:
-                _unwind_apcs(r, fn, read_word, innermost)
+            mask = _apcs_push(read_word, fn)
+            if mask is not None:
+                _unwind_apcs(r, fn, mask, read_word, innermost)
             elif innermost and not _at_svc(read_word, pc):
                 raise _Unreliable(f"stopped in {fn.name}+{pc - fn.start:#x}, outside a "
                                   f"system call, in code without frames")
@@ -400,10 +401,8 @@ def _apcs_push(read_word: Callable[[int], int], fn: CodeFunction) -> int | None:
     return mask if mask & _APCS_REGS == _APCS_REGS else None
 
 
-def _unwind_apcs(r: list[int | None], fn: CodeFunction,
+def _unwind_apcs(r: list[int | None], fn: CodeFunction, mask: int,
                  read_word: Callable[[int], int], innermost: bool) -> None:
-    mask = _apcs_push(read_word, fn)
-    assert mask is not None
     pc = r[15]
     assert pc is not None
     regs = [i for i in range(16) if mask >> i & 1]

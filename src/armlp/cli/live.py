@@ -34,10 +34,7 @@ def register(sub: Any) -> None:
                        description=PATCH_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("patch", metavar="PATCH.o")
-    p.add_argument("--target", metavar="ID", help="target id or pid (see 'armlp status')")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--wait", nargs="?", const=60.0, type=amount, metavar="SECONDS",
-                   help=WAIT_HELP)
+    _options(p, wait=True)
     p.set_defaults(func=patch)
     u = sub.add_parser("unpatch", help="disable a live patch of a running target",
                        description="Disable the enabled patch NAME; its functions fall back "
@@ -45,10 +42,7 @@ def register(sub: Any) -> None:
                                    "thread as for 'patch'.  Unpatching a patch still in "
                                    "its transition reverses it.")
     u.add_argument("name", metavar="NAME")
-    u.add_argument("--target", metavar="ID")
-    u.add_argument("--json", action="store_true")
-    u.add_argument("--wait", nargs="?", const=60.0, type=amount, metavar="SECONDS",
-                   help=WAIT_HELP)
+    _options(u, wait=True)
     u.set_defaults(func=unpatch)
     f = sub.add_parser("force", help="finish a patch's transition without checking stacks",
                        description="Switch every thread still blocking the transition of "
@@ -57,8 +51,7 @@ def register(sub: Any) -> None:
                                    "that never leaves a patched function; the threads "
                                    "switched this way may mix old and new functions.")
     f.add_argument("name", metavar="NAME")
-    f.add_argument("--target", metavar="ID")
-    f.add_argument("--json", action="store_true")
+    _options(f, wait=False)
     f.set_defaults(func=force)
     s = sub.add_parser("status", help="patches and sites of running targets",
                        description="What the kernel's /sys/kernel/livepatch shows, for "
@@ -68,6 +61,15 @@ def register(sub: Any) -> None:
     s.add_argument("--target", metavar="ID")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=status)
+
+
+def _options(p: Any, *, wait: bool) -> None:
+    """The options every client command of a running target shares."""
+    p.add_argument("--target", metavar="ID", help="target id or pid (see 'armlp status')")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    if wait:
+        p.add_argument("--wait", nargs="?", const=60.0, type=amount, metavar="SECONDS",
+                       help=WAIT_HELP)
 
 
 def _print(args: argparse.Namespace, result: object, text: str) -> None:
