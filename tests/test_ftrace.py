@@ -16,7 +16,12 @@ from armlp.ftrace.tracer import FunctionTracer
 from armlp.machine.base import read_word
 from armlp.machine.emulator import StopReason
 from armlp.program_build import build_program
-from armlp.runtime.layout import FTRACE_OPS_FL_SAVE_REGS
+from armlp.runtime.layout import (
+    FTRACE_OPS_FL_SAVE_REGS,
+    SITE_MAX_OPS,
+    SITE_NOPS_OFFSET,
+    SITE_OPS_OFFSET,
+)
 from armlp.target import Target
 from armlp.verify import Prover
 from conftest import CORPUS, armlp
@@ -108,6 +113,51 @@ def test_tracer_and_regs_user_share_a_site(calls_program: Path) -> None:
     assert run_to_exit(target) == 0
     assert target.machine.stdout == b"sum 18\n"  # type: ignore[attr-defined]
     assert len(tracer.read()) == 6
+
+
+def test_site_users_change_safely_under_running_readers(calls_program: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads read a site's users while armlp edits them (qemu-user runs
+    them meanwhile): a user keeps its slot, a slot is filled before ``nops``
+    covers it and cleared only after ``nops`` no longer does, so a reader
+    never finds a neighbour shifted into a slot (called twice) nor garbage.
+    (Shifting the list on removal crashed the stress test: a worker read
+    ``nops`` 1 and then the cleared slot.)"""
+    target = Target.emulate(calls_program)
+    ft, rt = target.ftrace, target.runtime
+    opss = [FtraceOps(f"u{i}", rt.symbol("armlp_ftrace_stub"), flags=FTRACE_OPS_FL_SAVE_REGS,
+                      filters=["leaf"]) for i in range(3)]
+    for ops in opss[:2]:
+        ft.register_ftrace_function(ops)
+    leaf = ft.find_function("leaf")
+    nops_at = leaf.record + SITE_NOPS_OFFSET
+    regs_slot = [leaf.record + SITE_OPS_OFFSET + 4 * (SITE_MAX_OPS + i) for i in range(3)]
+    writes: list[tuple[int, bytes]] = []
+    real_write = target.machine.write
+    monkeypatch.setattr(target.machine, "write",
+                        lambda a, d: (writes.append((a, bytes(d))), real_write(a, d))[1])
+
+    def view() -> tuple[int, list[int]]:
+        return (target.machine.read(nops_at, 1)[0],
+                [read_word(target.machine, a) for a in regs_slot])
+
+    assert view() == (2, [opss[0].regs_address, opss[1].regs_address, 0])
+    ft.unregister_ftrace_function(opss[0])
+    assert view() == (2, [0, opss[1].regs_address, 0])        # u1 did not move
+    ft.register_ftrace_function(opss[2])
+    assert view() == (2, [opss[2].regs_address, opss[1].regs_address, 0])
+    ft.unregister_ftrace_function(opss[1])
+    assert view() == (1, [opss[2].regs_address, 0, 0])
+    order = [("nops" if a == nops_at else f"slot{regs_slot.index(a)}", d[0] if len(d) == 1
+              else int.from_bytes(d, "little")) for a, d in writes
+             if a == nops_at or a in regs_slot]
+    # Removal of u1 (slot 1, the last one in use): nops shrinks, then the slot clears.
+    assert order[-2:] == [("nops", 1), ("slot1", 0)]
+    # Adding u2: its slot is filled before nops is written.
+    i = order.index(("slot0", opss[2].regs_address))
+    assert ("nops", 2) in order[i + 1:]
+    assert run_to_exit(target) == 0
+    assert target.machine.stdout == b"sum 18\n"  # type: ignore[attr-defined]
 
 
 def test_unregister_restores_the_nop(calls_program: Path) -> None:

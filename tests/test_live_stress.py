@@ -30,18 +30,26 @@ def stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: str,
                                   tmp_path)
     monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
     done = tmp_path / "done"
-    run = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), str(done)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ))
+    # armlp's event notes go to a file: 400 of them would fill a pipe nobody
+    # reads until the end, and block the controller on its own stderr.
+    log = tmp_path / "armlp.err"
+    with open(log, "w") as err_file:
+        run = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog),
+                                str(done)], stdout=subprocess.PIPE, stderr=err_file, text=True,
+                               env=dict(os.environ))
     try:
-        drive(wait_for_target(run).socket, fix)
+        try:
+            drive(wait_for_target(run).socket, fix)
+        except Exception as exc:
+            raise AssertionError(f"{exc}\n{log.read_text()[-2000:]}") from exc
         assert run.poll() is None, "the program stopped while armlp worked on it"
         done.touch()
-        out, err = run.communicate(timeout=120)
+        out, _ = run.communicate(timeout=120)
     finally:
         done.touch()        # the program ends on its own, also without its controller
         if run.poll() is None:
             run.kill()
+    err = log.read_text()
     assert run.returncode == 0, (out, err[-2000:])
     assert "Traceback" not in err
     m = re.search(r"calls (\d+) new (\d+) bad (\d+)", out)

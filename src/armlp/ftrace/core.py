@@ -32,7 +32,6 @@ from armlp.runtime.layout import (
     SITE,
     SITE_MAX_OPS,
     SITE_NOPS_OFFSET,
-    SITE_OPS,
     SITE_OPS_OFFSET,
     SITE_TABLE,
     build_site_table,
@@ -104,6 +103,8 @@ class DynFtrace:
     record: int = 0            # address of struct armlp_site in the target
     word: int = 0              # what the site holds now
     users: list[FtraceOps] = field(default_factory=list)
+    #: Which user each of the target's ``ops``/``regs_ops`` slots holds.
+    slots: list[FtraceOps | None] = field(default_factory=lambda: [None] * SITE_MAX_OPS)
     entry_orig: int = 0        # the function's first word as built
     entry_word: int = 0        # what the first word holds now
 
@@ -265,6 +266,12 @@ class Ftrace:
                         self._active.pop(r.ip, None)
                 self.ops.remove(ops)
                 del self._sites_of[id(ops)]
+            # The code writes did not happen (compare-and-swap): only the
+            # records' users and the list function need their old values.
+            for r in touched.values():
+                self._write_record_users(r)
+            self._update_trace_function()
+            for ops, _ in plan:
                 self._free_ops(ops)
             raise
         return [sites for _, sites in plan]
@@ -380,11 +387,32 @@ class Ftrace:
                         f"{want:#010x}: changed under armlp, not touching it")
 
     def _write_record_users(self, rec: DynFtrace) -> None:
-        pad = [0] * (SITE_MAX_OPS - len(rec.users))
-        plain = [u.address for u in rec.users] + pad
-        regs = [u.regs_address for u in rec.users] + pad
-        self.machine.write(rec.record + SITE_OPS_OFFSET, SITE_OPS.pack(*plain, *regs))
-        self.machine.write(rec.record + SITE_NOPS_OFFSET, bytes([len(rec.users)]))
+        """Publish the site's users to threads that read them while this runs.
+
+        A user keeps its slot for as long as it is registered, so a reader
+        sees each slot hold the old user, the new one or NULL (which the
+        runtime skips), never a neighbour shifted into it.  Ordering: new
+        slots are filled before ``nops`` grows; ``nops`` shrinks before the
+        slots of users that went are cleared.  Each word is written on its
+        own (aligned, one store for a running reader)."""
+        gone = [i for i, u in enumerate(rec.slots) if u is not None and u not in rec.users]
+        slots = [None if i in gone else u for i, u in enumerate(rec.slots)]
+        for u in rec.users:
+            if u not in slots:
+                free = slots.index(None)
+                slots[free] = u
+                self._write_slot(rec, free, u.address, u.regs_address)
+        nops = max((i + 1 for i, u in enumerate(slots) if u is not None), default=0)
+        self.machine.write(rec.record + SITE_NOPS_OFFSET, bytes([nops]))
+        for i in gone:
+            if slots[i] is None:
+                self._write_slot(rec, i, 0, 0)
+        rec.slots = slots
+
+    def _write_slot(self, rec: DynFtrace, i: int, plain: int, regs: int) -> None:
+        base = rec.record + SITE_OPS_OFFSET
+        write_word(self.machine, base + 4 * i, plain)
+        write_word(self.machine, base + 4 * (SITE_MAX_OPS + i), regs)
 
     def _update_trace_function(self) -> None:
         """The kernel's ftrace_trace_function: one plain user everywhere is

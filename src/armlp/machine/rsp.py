@@ -19,6 +19,8 @@ Errors
 Memory
     ``m`` reads chunked by the stub's ``PacketSize``; ``X`` binary writes
     (``M`` hex writes when the stub does not support ``X``).
+Debugging
+    ``ARMLP_RSP_LOG=FILE`` appends the whole conversation to FILE.
 Registers and threads
     ``g``/``G``, ``p``/``P``, ``Hg`` selection (cached), ``qfThreadInfo``/
     ``qsThreadInfo``, ``?``.
@@ -34,9 +36,11 @@ they are plain hexadecimal numbers (qemu-user: the host thread ids).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Iterator
+from typing import TextIO
 
 from armlp.errors import MachineError
 from armlp.machine.rsp_packets import (
@@ -58,6 +62,19 @@ DEFAULT_TIMEOUT = 5.0
 #: What armlp assumes before ``qSupported`` says otherwise.
 DEFAULT_PACKET_SIZE = 400
 _RESENDS = 3
+
+
+def _open_log() -> TextIO | None:
+    """``$ARMLP_RSP_LOG``: a file every byte to and from the stub is appended
+    to, with a timestamp (for debugging a stub conversation; a path that
+    cannot be opened is ignored)."""
+    path = os.environ.get("ARMLP_RSP_LOG")
+    if not path:
+        return None
+    try:
+        return open(path, "a", buffering=1)
+    except OSError:
+        return None
 
 
 class RspConnection:
@@ -84,6 +101,7 @@ class RspConnection:
         #: The request whose reply has not arrived (it timed out): see settle().
         self.in_flight: str | None = None
         self.target_xml = b""
+        self._log = _open_log()
 
     # --- construction ------------------------------------------------------
 
@@ -151,6 +169,10 @@ class RspConnection:
 
     # --- framing -----------------------------------------------------------
 
+    def _trace(self, what: str, data: bytes) -> None:
+        if self._log is not None:
+            self._log.write(f"{time.monotonic():.4f} {what} {data!r}\n")
+
     def _lost(self) -> MachineError:
         self.close()
         return MachineError("stub connection lost")
@@ -158,6 +180,7 @@ class RspConnection:
     def _send_raw(self, data: bytes) -> None:
         if self.closed:
             raise MachineError("stub connection lost")
+        self._trace(">", data)
         try:
             self.sock.sendall(data)
         except OSError:
@@ -177,11 +200,13 @@ class RspConnection:
         try:
             chunk = self.sock.recv(65536)
         except TimeoutError:
+            self._trace("timeout", what.encode())
             raise MachineError(f"timed out waiting for the stub's reply to {what}") from None
         except OSError:
             raise self._lost() from None
         if not chunk:
             raise self._lost()
+        self._trace("<", chunk)
         self._buf += chunk
 
     def _read_ack(self, deadline: float | None, what: str) -> bool:

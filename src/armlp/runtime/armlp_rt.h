@@ -17,6 +17,10 @@ typedef unsigned char u8;
 struct pt_regs {
 	u32 uregs[18];
 };
+/* One load the compiler may neither repeat nor tear: for data the control
+ * plane changes while threads read it (as the kernel's READ_ONCE). */
+#define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
+
 #define ARM_fp uregs[11]
 #define ARM_ip uregs[12]
 #define ARM_sp uregs[13]

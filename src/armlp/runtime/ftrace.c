@@ -21,16 +21,25 @@ void armlp_ftrace_stub(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs
 	(void)ip; (void)parent_ip; (void)op; (void)fregs;
 }
 
-/* Every user of the site, in registration order. */
+/*
+ * Every user of the site.  The control plane edits a site's users while
+ * threads run through here: a user keeps its slot while registered, a slot
+ * is filled before nops covers it and cleared after nops stopped covering
+ * it, so a slot read under a stale nops is a user or NULL (skipped).
+ */
 void armlp_ftrace_list_func(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
 {
 	struct armlp_site *s = armlp_site_lookup(&armlp_sites, ip);
-	u32 i;
+	u32 i, n;
 	(void)op;
 	if (!s)
 		return;
-	for (i = 0; i < s->nops; i++)
-		s->ops[i]->func(ip, parent_ip, s->ops[i], fregs);
+	n = READ_ONCE(s->nops);
+	for (i = 0; i < n; i++) {
+		struct ftrace_ops *o = READ_ONCE(s->ops[i]);
+		if (o)
+			o->func(ip, parent_ip, o, fregs);
+	}
 }
 
 /*
@@ -43,11 +52,15 @@ int armlp_ftrace_regs_dispatch(u32 ip, u32 parent_ip, struct pt_regs *regs)
 {
 	struct armlp_site *s = armlp_site_lookup(&armlp_sites, ip);
 	u32 resume = regs->ARM_pc;
-	u32 i;
+	u32 i, n;
 	if (!s)
 		return 0;
-	for (i = 0; i < s->nops; i++)
-		s->regs_ops[i]->func(ip, parent_ip, s->regs_ops[i], regs);
+	n = READ_ONCE(s->nops);
+	for (i = 0; i < n; i++) {	/* NULL slots: see armlp_ftrace_list_func */
+		struct ftrace_ops *o = READ_ONCE(s->regs_ops[i]);
+		if (o)
+			o->func(ip, parent_ip, o, regs);
+	}
 	if (regs->ARM_pc == resume)
 		return 0;
 	if (s->rule == RULE_APCS) {

@@ -15,7 +15,7 @@ int klp_patch_state(u32 sp);
 void klp_ftrace_handler(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
 {
 	struct pt_regs *regs = fregs;
-	struct klp_func_node *func = ((struct klp_ops *)op->private)->stack;
+	struct klp_func_node *func = READ_ONCE(((struct klp_ops *)op->private)->stack);
 	(void)ip; (void)parent_ip;
 	if (!func)
 		return;
@@ -25,8 +25,8 @@ void klp_ftrace_handler(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *freg
 	 * none.  The control plane sets klp_transition before any node's flag
 	 * and clears the flags before the table.
 	 */
-	if (func->transition && klp_patch_state(regs->ARM_sp) == KLP_UNPATCHED) {
-		func = func->next;
+	if (READ_ONCE(func->transition) && klp_patch_state(regs->ARM_sp) == KLP_UNPATCHED) {
+		func = READ_ONCE(func->next);
 		if (!func)
 			return;
 	}

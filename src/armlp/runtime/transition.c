@@ -15,14 +15,14 @@ struct klp_transition *klp_transition;
 
 int klp_patch_state(u32 sp)
 {
-	const struct klp_transition *t = klp_transition;
+	const struct klp_transition *t = READ_ONCE(klp_transition);
 	u32 i;
 	if (!t)
 		return KLP_PATCHED;
 	for (i = 0; i < t->nr; i++) {
 		const struct klp_thread *th = &t->threads[i];
 		if (sp >= th->lo && sp < th->hi)
-			return th->patch_state;
+			return READ_ONCE(th->patch_state);
 	}
 	/* A stack born during the transition has no old frames on it. */
 	return t->target_state;
