@@ -134,8 +134,12 @@ def test_site_users_change_safely_under_running_readers(calls_program: Path,
     regs_slot = [leaf.record + SITE_OPS_OFFSET + 4 * (SITE_MAX_OPS + i) for i in range(3)]
     writes: list[tuple[int, bytes]] = []
     real_write = target.machine.write
-    monkeypatch.setattr(target.machine, "write",
-                        lambda a, d: (writes.append((a, bytes(d))), real_write(a, d))[1])
+
+    def logged_write(address: int, data: bytes) -> None:
+        writes.append((address, bytes(data)))
+        real_write(address, data)
+
+    monkeypatch.setattr(target.machine, "write", logged_write)
 
     def view() -> tuple[int, list[int]]:
         return (target.machine.read(nops_at, 1)[0],
