@@ -63,9 +63,6 @@ def _cycles(prog: Path, patch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="open bug: 35 of 378 round trips mixed in the first run; the stack "
-                          "checks pass a thread that is inside roundtrip (under investigation)",
-                   strict=False)
 def test_no_thread_mixes_old_and_new_functions(consistency: tuple[Path, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     rounds, mismatches, reasons = _cycles(*consistency, tmp_path, monkeypatch, force=False)

@@ -90,10 +90,12 @@ class Transition:
         Ordering: all of it before any node is marked transition.  With
         *undo*, what it overwrote is put back on rollback."""
         m = self.lp.machine
-        own = m.armlp_memory()
         initial = KLP_UNPATCHED if self.target == KLP_PATCHED else KLP_PATCHED
-        self.entries = [StackEntry(r.start, r.end, initial) for r in m.regions()
-                        if r.writable and not any(a < r.end and r.start < b for a, b in own)]
+        # armlp's own memory is not left out: the kernel merges neighbouring
+        # anonymous mappings, so a thread's stack can share one line of the
+        # map with armlp's pages (seen: a worker's stack next to the agent's;
+        # dropped, its thread found no row and took the target state at once).
+        self.entries = [StackEntry(r.start, r.end, initial) for r in m.regions() if r.writable]
         table = self.table
         rows = b"".join(KLP_THREAD.pack(e.lo, e.hi, e.state) for e in self.entries)
         pointer = self.lp.target.runtime.symbol("klp_transition")
