@@ -213,10 +213,10 @@ def _mapped(pid: int, program: Path, address: int) -> bool:
         host.close()
 
 
-def _run_patched(live: Live, target: Path, patch: Path) -> tuple[Run, int, int]:
+def _run_patched(live: Live, target: Path, patch: Path, lines: int = 60) -> tuple[Run, int, int]:
     """live_target running with *patch* applied: the run, qemu's pid, and the
     address of the patch's new function."""
-    r = live.run("t", target, "60", "50")
+    r = live.run("t", target, str(lines), "50")
     pid = r.info()["pid"]
     wait_until("2 lines", lambda: len(target_prices(r.out())) >= 2)
     assert live.cli("patch", patch, "--wait").code == 0
@@ -243,26 +243,34 @@ def test_unpatch_frees_the_memory_no_thread_is_in(progs: tuple[Path, Path, Path]
     assert prices[-1] == 1000 and 1001 in prices
 
 
-def test_unpatch_defers_the_free_while_a_thread_is_inside(progs: tuple[Path, Path, Path],
-                                                          live: Live) -> None:
+def test_unpatch_waits_for_a_thread_inside_and_keeps_its_memory(
+        progs: tuple[Path, Path, Path], live: Live) -> None:
+    """A worker asleep inside the new function when the patch is disabled:
+    the unpatching transition waits for it (blocked "in price_v2", the
+    consistency model; it is inside 1.5 s of every 1.5 s + 1 ms, so only
+    force ends the transition), and once forced the patch's memory is kept
+    until no thread can be in it (the deferred free)."""
     target, _price, slow = progs
-    r, pid, new = _run_patched(live, target, slow)
+    r, pid, new = _run_patched(live, target, slow, lines=120)
     time.sleep(0.3)          # the worker is now asleep inside price_v2
     res = live.cli("unpatch", "live-slow", "--json")
     assert res.code == 0, res.err
-    assert res.json()["memory_freed"] is False
-    st = live.cli("status", "--json")
-    (t,) = st.json()["targets"]
-    assert t["deferred_frees"] == ["live-slow"] and t["all_stop"] is True
+    j = res.json()
+    assert j["memory_freed"] is False and j["transition"] is True, j
+    assert any("in price_v2" in b["reason"] for b in j["blocked"]), j
+    (t,) = live.cli("status", "--json").json()["targets"]
+    assert t["transition"]["target"] == "unpatched" and t["all_stop"] is True
+    assert _mapped(pid, target, new)
+    assert live.cli("force", "live-slow").code == 0
+    (t,) = live.cli("status", "--json").json()["targets"]
+    assert t["transition"] is None and t["deferred_frees"] == ["live-slow"]
     assert _mapped(pid, target, new)
     text = live.cli("status").out
     assert "writes stop all threads" in text
     assert "kept until no thread can be in them: live-slow" in text
     # The worker wakes up 1.5 s after its call and returns through the kept
     # code: had the memory been freed, it would return into unmapped memory
-    # and the program would die.  (Whether a later request frees it depends
-    # on stale copies of its addresses in the worker's stack: the scan is
-    # conservative.)
+    # and the program would die.
     time.sleep(1.5)
     assert live.cli("status").code == 0
     assert r.wait(60) == 0, r.err()

@@ -35,18 +35,14 @@ def test_dynamic_program_runs_shows_its_sites_and_is_patched(builder: Builder, l
     st = live.cli("status", "--target", info["id"], "--json").json()["targets"][0]
     assert st["sites"]["total"] == 3            # main, worker, price: through the PLT
     patch = compile_patch(TESTS / "patches" / "live_price.c", prog, live.dir / "p.o")
-    res = live.cli("patch", patch, "--target", info["id"], "--wait", "2")
-    if res.code == 1:       # the worker's root in a stripped libc cannot be named: force
-        assert "transition in progress" in res.out, res.out
-        assert live.cli("force", "live-price", "--target", info["id"]).code == 0
-    else:
-        assert res.code == 0, res.err
+    # The worker's walk ends in the stripped libc's start_thread, which is
+    # not a known root: unreliable; the conservative scan of its stack lets
+    # it switch (no force).
+    res = live.cli("patch", patch, "--target", info["id"], "--wait", "10")
+    assert res.code == 0, (res.out, res.err)
     wait_until("the patched price", lambda: "price=1001" in r.out())
-    res = live.cli("unpatch", "live-price", "--target", info["id"], "--wait", "2")
-    if res.code == 1:
-        assert live.cli("force", "live-price", "--target", info["id"]).code == 0
-    else:
-        assert res.code == 0, res.err
+    res = live.cli("unpatch", "live-price", "--target", info["id"], "--wait", "10")
+    assert res.code == 0, (res.out, res.err)
     mark = len(r.out())
     wait_until("the original price again", lambda: "price=1000" in r.out()[mark:])
     assert r.wait(60) == 0

@@ -65,9 +65,9 @@ def test_200_enable_disable_cycles_under_8_hammering_threads(
 
     def cycles(socket: str, fix: Path) -> None:
         for _ in range(CYCLES):
-            # The hammering threads never make a system call: their stacks
-            # cannot be checked, so each transition is forced once the
-            # others have switched (as the kernel's force).
+            # The hammering threads are nearly always inside f or g (or
+            # the trampoline on their way in): each transition still open is
+            # forced (as the kernel's force), 200 times under load.
             res = request(socket, {"op": "patch", "path": str(fix)})
             pauses.append(res["pause_ms"])
             st = request(socket, {"op": "status"})

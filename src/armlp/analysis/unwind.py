@@ -390,6 +390,13 @@ def _unwind_straight(r: list[int | None], fn: CodeFunction,
     return True
 
 
+def apcs_saved_pc(read_word: Callable[[int], int], fn: CodeFunction) -> int | None:
+    """What the function's APCS frame holds in its saved-pc slot (its
+    ``push`` stores pc = start + 12), None if it builds no such frame: a
+    word that is on a stack exactly while the frame is live."""
+    return fn.start + 12 if _apcs_push(read_word, fn) is not None else None
+
+
 def _apcs_push(read_word: Callable[[int], int], fn: CodeFunction) -> int | None:
     """The register mask of the function's APCS frame, None if it has none."""
     if fn.end - fn.start < 12:

@@ -25,15 +25,16 @@ handler on an alternate stack gets the target state.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from armlp.analysis.unwind import CodeMap, walk_stack
+from armlp.analysis.unwind import CodeMap, apcs_saved_pc, walk_stack
 from armlp.errors import MachineError, PatchError
 from armlp.livepatch.module import KlpFunc, KlpPatch
-from armlp.machine.base import Regs, read_word, write_word
+from armlp.machine.base import Machine, Regs, read_word, write_word
 from armlp.runtime.layout import (
     KLP_NODE_TRANSITION,
     KLP_PATCHED,
@@ -46,7 +47,46 @@ if TYPE_CHECKING:
     from armlp.livepatch.core import Livepatch
 
 STATE_NAMES = {KLP_PATCHED: "patched", KLP_UNPATCHED: "unpatched"}
-RUNNING = "running (its registers are exact only in a system call)"
+RUNNING = "running"
+#: How much of one thread's stack the conservative scan reads at most.
+MAX_SCAN = 16 << 20
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """A function a thread must not be in to switch, and how to see it: its
+    code range, and the word its live APCS frame holds (None: any word in
+    the range, a return address into it)."""
+
+    lo: int
+    hi: int
+    name: str
+    saved_pc: int | None
+
+
+def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking]) -> str:
+    """The first register or live stack word that places the thread in a
+    blocking function ('' if none): the conservative test of
+    :meth:`Transition._check`.  Only the stack above sp is live; below it
+    lie dead frames (the trampoline's of the last call, say)."""
+    def inside(w: int) -> str:
+        return next((b.name for b in blocking if b.lo <= w <= b.hi), "")
+
+    for i, w in enumerate([*regs.r, regs.lr, regs.pc]):
+        name = inside(w)
+        if name:
+            reg = ("lr", "pc")[i - 13] if i >= 13 else f"r{i}"
+            return f"{reg} in {name}"
+    lo = max(stack.lo, regs.sp & ~3)
+    if stack.hi - lo > MAX_SCAN:
+        return f"stack of {stack.hi - lo} bytes, too deep to scan"
+    exact = {b.saved_pc: b.name for b in blocking if b.saved_pc is not None}
+    spans = [b for b in blocking if b.saved_pc is None]
+    for off, (w,) in enumerate(struct.iter_unpack("<I", m.read(lo, stack.hi - lo))):
+        name = exact.get(w) or next((b.name for b in spans if b.lo <= w <= b.hi), "")
+        if name:
+            return f"{name}'s frame at sp{4 * off + lo - regs.sp:+#x}"
+    return ""
 
 
 @dataclass
@@ -74,6 +114,8 @@ class Transition:
         self.stall_reported = False
         #: The stack (table row) each thread was last seen on.
         self._stack_of: dict[int, int] = {}
+        #: The attempt in which a running thread's scan last found nothing.
+        self._clean: dict[int, int] = {}
         #: The functions whose dispatch changes: the patch's funcs on top of
         #: their stacks when the transition started.
         self.funcs: list[KlpFunc] = []
@@ -129,11 +171,12 @@ class Transition:
     def done(self) -> bool:
         return all(e.state == self.target for e in self.entries)
 
-    def _blocking_ranges(self, code: CodeMap) -> list[tuple[int, int, str]]:
+    def _blocking(self, code: CodeMap) -> list[Blocking]:
         """The code a thread must not be in to switch: what an unswitched
         thread still runs (the func below, or the original, when patching;
         the new function when unpatching)."""
         stacks = self.lp.funcs.by_site
+        m = self.lp.machine
         out = []
         for f in self.funcs:
             if self.target == KLP_PATCHED:
@@ -145,7 +188,8 @@ class Transition:
             fn = code.find(addr)
             if fn is None:
                 raise PatchError(f"{self.patch.name}: no code map entry for {f.label}")
-            out.append((fn.start, fn.end, fn.name))
+            out.append(Blocking(fn.start, fn.end, fn.name,
+                                apcs_saved_pc(lambda a: read_word(m, a), fn)))
         return out
 
     def try_switch(self) -> bool:
@@ -156,10 +200,11 @@ class Transition:
             return True
         m = self.lp.machine
         code = self.lp.code_map()
-        ranges = self._blocking_ranges(code)
+        blocking = self._blocking(code)
         # Listed before the others are held: a stub request while they are
         # frozen may wait for a lock one of them holds (each register read
-        # below is such a request: only threads on pending stacks are read).
+        # below is such a request, bounded by all_stopped: only threads on
+        # pending stacks are read).
         tids = m.threads()
         with m.all_stopped() as stopped:
             if not stopped:
@@ -172,18 +217,12 @@ class Transition:
                 idx = self._stack_of.get(tid, -1)
                 if idx >= 0 and self.entries[idx].state == self.target:
                     continue
-                if tid in self._stack_of and not m.exact_registers(tid):
-                    # Its stack is known; its registers would not be exact:
-                    # no stub request for it this time.
-                    if idx >= 0:
-                        blocked.setdefault(idx, {})[tid] = RUNNING
-                    continue
                 regs = m.get_regs(tid)
                 idx = next((i for i, e in enumerate(self.entries) if e.lo <= regs.sp < e.hi), -1)
                 self._stack_of[tid] = idx
                 if idx < 0 or self.entries[idx].state == self.target:
                     continue
-                why = self._check(tid, regs, code, ranges)
+                why = self._check(tid, regs, code, blocking, self.entries[idx])
                 if why:
                     blocked.setdefault(idx, {})[tid] = why
             for idx, e in enumerate(self.entries):
@@ -199,23 +238,51 @@ class Transition:
         write_word(self.lp.machine,
                    self.table + KLP_TRANSITION.size + idx * KLP_THREAD.size + 8, state)
 
-    def _check(self, tid: int, regs: Regs, code: CodeMap,
-               ranges: list[tuple[int, int, str]]) -> str:
-        """Why thread *tid* cannot switch now ('' if it can)."""
+    def _check(self, tid: int, regs: Regs, code: CodeMap, blocking: list[Blocking],
+               stack: StackEntry) -> str:
+        """Why thread *tid* cannot switch now ('' if it can).
+
+        Exact registers (a thread in a system call, any thread of the
+        emulator or gdbserver): a reliable walk decides, frame by frame; when
+        the walk is not reliable, the conservative scan below decides.
+
+        A thread running guest code under qemu-user has registers that are
+        exact except the pc, which can lag behind along chained translated
+        blocks (direct branches), never across an indirect one.  It is
+        judged by evidence: a switched function is on its stack or in its
+        registers (its live APCS frame's saved pc, else a return address
+        into it; its pc) — a function in transition is entered through the
+        regs trampoline, whose return into it is indirect.  The one window without evidence
+        is a function entered by a direct branch compiled before the
+        transition's code writes (the first instructions of its prologue):
+        so a running thread switches only after two clean scans in
+        successive attempts, which no thread spends in that window.
+        """
         m = self.lp.machine
-        if not m.exact_registers(tid):
-            return RUNNING
+        exact = m.exact_registers(tid)
+        reason = ""
+        if exact:
+            try:
+                trace = walk_stack(code, regs, lambda a: read_word(m, a))
+            except MachineError as exc:
+                return f"stack unreadable ({exc})"
+            for frame in trace.frames:
+                for b in blocking:
+                    if b.lo <= frame.pc < b.hi:
+                        return f"in {b.name} (frame {frame})"
+            if trace.reliable:
+                return ""
+            reason = f"stack unreliable: {trace.reason}"
         try:
-            trace = walk_stack(code, regs, lambda a: read_word(m, a))
+            hit = _evidence(m, regs, stack, blocking)
         except MachineError as exc:
             return f"stack unreadable ({exc})"
-        for frame in trace.frames:
-            for lo, hi, name in ranges:
-                if lo <= frame.pc < hi:
-                    return f"in {name} (frame {frame})"
-        if not trace.reliable:
-            return f"stack unreliable: {trace.reason}"
-        return ""
+        if hit:
+            return f"{reason or RUNNING}; {hit}"
+        if exact or self._clean.get(tid) == self.attempts - 1:
+            return ""
+        self._clean[tid] = self.attempts
+        return f"{RUNNING}; clean once, checked again next attempt"
 
     def force(self) -> None:
         """Switch every stack, checked or not (the kernel's ``force``)."""
@@ -230,6 +297,7 @@ class Transition:
         stacks that never switched are done already."""
         self.target ^= 1
         self._stack_of.clear()
+        self._clean.clear()
         for e in self.entries:
             e.blocked.clear()
         write_word(self.lp.machine, self.table, self.target)

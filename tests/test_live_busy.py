@@ -1,0 +1,60 @@
+"""The consistency model with threads that never make a system call
+(issue 11): under qemu-user their registers are never exact, so they are
+judged by a conservative scan of their registers and stack, twice in
+successive attempts.  Eight busy workers outside the patched function let
+the transition finish unforced; a thread that never leaves a patched
+function holds it, is named with the function, and only force ends it."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import program_and_patch
+from live_helpers import TESTS, Live, compile_patch, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return program_and_patch(TESTS / "programs" / "busy.c", TESTS / "patches" / "busy_fix.c",
+                             tmp_path_factory.mktemp("busy"))
+
+
+def test_busy_threads_switch_without_force(busy: tuple[Path, Path], live: Live) -> None:
+    prog, fix = busy
+    r = live.run("busy", prog, "6")
+    target = r.info()["id"]
+    wait_until("the workers", lambda: "ready" in r.out())
+    t0 = time.monotonic()
+    res = live.cli("patch", fix, "--target", target, "--wait", "10", "--json")
+    assert res.code == 0, (res.out, res.err)      # finished, nothing forced
+    assert res.json()["transition"] is False
+    assert time.monotonic() - t0 < 10
+    assert r.wait(60) == 0
+    m = re.search(r"fresh (\d+)", r.out())
+    assert m and int(m[1]) > 0, r.out()
+    assert "forced" not in r.err()
+
+
+def test_a_thread_inside_a_patched_function_holds_the_transition(
+        busy: tuple[Path, Path], live: Live) -> None:
+    prog, _ = busy
+    patch = compile_patch(TESTS / "patches" / "busy_forever.c", prog, live.dir / "forever.o")
+    r = live.run("stuck", prog, "8", "stuck")
+    target = r.info()["id"]
+    wait_until("the workers", lambda: "ready" in r.out())
+    res = live.cli("patch", patch, "--target", target, "--wait", "1.5", "--json")
+    assert res.code == 1, (res.out, res.err)       # still in transition
+    st = live.cli("status", "--target", target, "--json").json()["targets"][0]
+    blocked = st["transition"]["blocked"]
+    assert len(blocked) == 1, blocked               # the eight workers switched
+    assert "forever" in blocked[0]["reason"], blocked
+    assert live.cli("force", "busy-forever", "--target", target).code == 0
+    assert r.wait(60) == 0
+    m = re.search(r"fresh (\d+)", r.out())
+    assert m and int(m[1]) > 0, r.out()
