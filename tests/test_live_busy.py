@@ -36,8 +36,8 @@ def test_busy_threads_switch_without_force(busy: tuple[Path, Path], live: Live) 
     assert res.json()["transition"] is False
     assert time.monotonic() - t0 < 10
     assert r.wait(60) == 0
-    m = re.search(r"fresh (\d+)", r.out())
-    assert m and int(m[1]) > 0, r.out()
+    m = re.search(r"fresh (\d+) bad (\d+)", r.out())
+    assert m and int(m[1]) > 0 and int(m[2]) == 0, r.out()
     assert "forced" not in r.err()
 
 
@@ -56,5 +56,5 @@ def test_a_thread_inside_a_patched_function_holds_the_transition(
     assert "forever" in blocked[0]["reason"], blocked
     assert live.cli("force", "busy-forever", "--target", target).code == 0
     assert r.wait(60) == 0
-    m = re.search(r"fresh (\d+)", r.out())
-    assert m and int(m[1]) > 0, r.out()
+    m = re.search(r"fresh (\d+) bad (\d+)", r.out())
+    assert m and int(m[1]) > 0 and int(m[2]) == 0, r.out()

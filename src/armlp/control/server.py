@@ -96,7 +96,7 @@ class LiveProcess(Protocol):
 RELEASE_FIRST, RELEASE_MAX = 0.1, 5.0
 #: Transition retries: soon (a thread just left a function), then once a
 #: second, as the kernel's klp_transition_work does.
-TRANSITION_FIRST, TRANSITION_MAX = 0.05, 1.0
+TRANSITION_FIRST, TRANSITION_MAX = 0.01, 1.0
 #: A transition still open after this long is reported.
 STALL_AFTER = 60.0
 
@@ -255,7 +255,8 @@ class Controller:
             done = False
         if done:
             self.on_event(f"patch {t.patch.name}: transition to {STATE_NAMES[t.target]} "
-                          f"finished after {t.attempts} attempts")
+                          f"finished after {t.attempts} attempts, "
+                          f"{(time.monotonic() - t.started) * 1e3:.0f} ms")
             if t.target == KLP_UNPATCHED and t.patch.memory == 0:
                 self.on_event(f"patch {t.patch.name}: memory freed")
             self._transition_delay = TRANSITION_FIRST
