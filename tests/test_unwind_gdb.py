@@ -55,7 +55,7 @@ class Core:
                 if seg["p_type"] == "PT_LOAD" and seg["p_filesz"]:
                     self.segments.append((seg["p_vaddr"], seg.data()))
                 elif seg["p_type"] == "PT_NOTE":
-                    for note in seg.iter_notes():
+                    for note in seg.iter_notes():  # type: ignore[attr-defined]
                         if note["n_type"] == "NT_PRSTATUS":
                             desc = note["n_descdata"]
                             tid, = struct.unpack_from("<I", desc, PR_PID)
