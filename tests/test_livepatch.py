@@ -346,6 +346,48 @@ def test_atomic_replace(program: Path) -> None:
     assert emu.call(many, (1, 2, 3, 4, 5, 6)) == 21
 
 
+def test_atomic_replace_keeps_a_thread_inside_a_dropped_function(program: Path) -> None:
+    """The replace's nop funcs: rec is patched (rec_v2, +10 a level; GCC
+    makes its recursion a loop) and a thread is stopped inside rec_v2 when a
+    cumulative patch that does
+    not cover rec is enabled.  rec_v2 is on the thread's stack, so the
+    transition waits for it (blocked "in rec_v2") instead of dropping rec's
+    patch under it; once it is out, rec runs its original code again and its
+    site is back to the NOP."""
+    target, lp, emu = fresh(program)
+    rec = fn(target, "rec")
+    first = lp.load(build_patch("rec", program))
+    lp.enable(first)
+    assert lp.transition is None and emu.call(rec, (5,)) == 50
+    (f,) = first.funcs
+    depth = []
+
+    def at_entry(e: Emulator, address: int, _size: int) -> None:
+        if address == f.new_func:
+            depth.append(e.reg("r0"))
+            e.stop()
+    handle = emu.hook_code(at_entry, f.new_func, f.new_func)
+    saved = emu.get_regs()
+    emu.set_regs(saved.__class__(list(saved.r), saved.sp & ~7, 0xFFFF8000, rec, saved.cpsr))
+    emu.set_reg("r0", 5)
+    assert emu.run().reason.value == "stopped" and depth == [5]
+    emu.remove_hook(handle)
+    cumulative = lp.load(build_patch("cumulative", program))
+    lp.enable(cumulative)
+    t = lp.transition
+    assert t is not None and [n.old_name for n in cumulative.nops] == ["rec"]
+    assert any("in rec_v2" in b["reason"] for b in t.blocked()), t.blocked()
+    emu.run(until=0xFFFF8000)
+    assert emu.reg("r0") == 50           # rec_v2 all the way down: no mix
+    emu.set_regs(saved)
+    assert lp.try_complete() and lp.transition is None
+    assert [p.name for p in lp.patches] == ["cumulative"] and cumulative.nops == []
+    assert emu.call(rec, (5,)) == 5
+    assert target.ftrace.find_function("rec").users == []      # back to the NOP
+    lp.disable(cumulative)
+    assert emu.call(rec, (5,)) == 5
+
+
 def test_system_states(program: Path) -> None:
     """The kernel's rule: a state of an enabled patch must be in the new one in
     the same or a newer version; a replace must carry every one."""

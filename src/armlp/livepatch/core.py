@@ -25,7 +25,7 @@ from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
 from armlp.errors import ArmlpError, MachineError, PatchError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
-from armlp.livepatch.module import KlpPatch, read_patch, relocate_patch
+from armlp.livepatch.module import KlpFunc, KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.patch import FuncStack, FuncStacks
 from armlp.livepatch.transition import Transition
 from armlp.machine.base import CodeWrite, read_word
@@ -153,10 +153,11 @@ class Livepatch:
         # marked transition (push marks them).
         transition = Transition(self, patch, KLP_PATCHED)
         transition.fill_table(undo)
-        transition.funcs = list(patch.funcs)
+        patch.nops = self._nops(patch) if patch.replace else []
+        transition.funcs = [*patch.funcs, *patch.nops]
         new_ops: list[FtraceOps] = []
         tramps: list[CodeWrite] = []
-        for f in patch.funcs:
+        for f in transition.funcs:
             ops = self.funcs.push(patch.id, f, undo, tramps)
             if ops is not None:
                 new_ops.append(ops)
@@ -173,6 +174,29 @@ class Livepatch:
         def no_transition() -> None:
             self.transition = None
         undo.append(no_transition)
+
+    def _nops(self, patch: KlpPatch) -> list[KlpFunc]:
+        """A nop func for every function an enabled patch changed that the
+        replace does not: during the transition a switched thread runs the
+        original there, the others what they had (kernel/livepatch/core.c's
+        klp_add_nops)."""
+        covered = {f.site for f in patch.funcs}
+        nops: list[KlpFunc] = []
+        for old in self.patches:
+            for f in old.funcs:
+                if f.site not in covered:
+                    covered.add(f.site)
+                    nops.append(KlpFunc(f.old_name, f.old_sympos, 0, "(nop)", f.old_addr,
+                                        f.site))
+        return nops
+
+    def _discard_nops(self, patch: KlpPatch) -> None:
+        """The replace is complete: its nop funcs go, and functions only they
+        kept patched go back to the NOP (klp_discard_nops).  Their nodes
+        stay allocated: a thread may still be reading one."""
+        emptied = [st for f in patch.nops if (st := self.funcs.unlink(f)) is not None]
+        self.funcs.drop(emptied)
+        patch.nops = []
 
     def _nop_module_sites(self, patch: KlpPatch) -> None:
         """The replacements' own mcount sites become the NOP (they are not
@@ -247,11 +271,12 @@ class Livepatch:
         if t.target == KLP_PATCHED:
             # Ordering: flags cleared first, then the fast path comes back.
             t.unmark()
-            for f in t.funcs:
+            for f in patch.funcs:
                 self.funcs.settle(self.stacks[f.site])
-            if patch.replace:   # the others go at once; their callbacks do not run
+            if patch.replace:   # the others go now; their callbacks do not run
                 for old in [p for p in self.patches if p is not patch]:
                     self._remove(old, callbacks=False)
+                self._discard_nops(patch)
             self._callback(patch, "post_patch")
         else:
             self._remove(patch, callbacks=True)
@@ -266,7 +291,9 @@ class Livepatch:
         """Unlink the patch's nodes from every stack; free its memory when no
         thread can be executing or returning into it (else defer).  Without
         *callbacks* (replaced by an atomic replace) its callbacks do not run."""
-        emptied = [st for f in patch.funcs if (st := self.funcs.unlink(f)) is not None]
+        emptied = [st for f in [*patch.funcs, *patch.nops]
+                   if (st := self.funcs.unlink(f)) is not None]
+        patch.nops = []
         self.funcs.drop(emptied)
         patch.enabled = False
         for o in patch.objects:

@@ -78,6 +78,10 @@ class KlpPatch:
     callbacks: dict[str, int] = field(default_factory=dict)   # kind -> address
     states: dict[int, int] = field(default_factory=dict)      # id -> version
     replace: bool = False       # ARMLP_ATOMIC_REPLACE
+    #: An atomic replace's nop funcs (the kernel's klp_add_nops): one per
+    #: function the patches it replaces changed and it does not; new_func 0
+    #: means "the original".  Discarded when the replace completes.
+    nops: list[KlpFunc] = field(default_factory=list)
 
     @property
     def funcs(self) -> list[KlpFunc]:

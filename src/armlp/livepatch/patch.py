@@ -97,7 +97,7 @@ class FuncStacks:
 
     def settle(self, stack: FuncStack) -> None:
         """The transition is over: the fast path to the top's new function."""
-        if stack.funcs:
+        if stack.funcs and stack.funcs[-1].new_func:    # a nop top: the handler's job
             self._retarget(stack, stack.funcs[-1].new_func)
 
     def unsettle(self, stack: FuncStack) -> None:

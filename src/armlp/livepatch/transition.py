@@ -184,7 +184,7 @@ class Transition:
                 i = funcs.index(f)
                 addr = funcs[i - 1].new_func if i > 0 else f.old_addr
             else:
-                addr = f.new_func
+                addr = f.new_func or f.old_addr       # a nop func runs the original
             fn = code.find(addr)
             if fn is None:
                 raise PatchError(f"{self.patch.name}: no code map entry for {f.label}")

@@ -30,5 +30,8 @@ void klp_ftrace_handler(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *freg
 		if (!func)
 			return;
 	}
+	/* An atomic replace's nop func: the original function runs. */
+	if (!func->new_func)
+		return;
 	regs->ARM_pc = func->new_func;
 }
