@@ -56,10 +56,25 @@ class Livepatch:
         self._klp_object = 0
         #: The transition in progress (one at a time, as in the kernel).
         self.transition: Transition | None = None
+        #: The kernel's livepatch messages, at the kernel's points, in order
+        #: (``livepatch: 'NAME': starting patching transition``...): what
+        #: the ported selftests compare (tests/test_selftests.py).
+        self.log: list[str] = []
+        #: When set, returns what the program printed since the last call;
+        #: its lines are put in the log where they happened (a callback's).
+        self.console: Callable[[], str] | None = None
         self._table = 0
         self._table_cap = 0
         self._code: CodeMap | None = None
         self._libraries: dict[tuple[str, int], CodeMap] = {}
+
+    def _log(self, msg: str) -> None:
+        self.drain_console()
+        self.log.append(f"livepatch: {msg}")
+
+    def drain_console(self) -> None:
+        if self.console is not None:
+            self.log += self.console().splitlines()
 
     # -- loading and checking ---------------------------------------------------
 
@@ -116,17 +131,24 @@ class Livepatch:
             raise PatchError(f"patch {patch.name} is already enabled")
         self._not_busy()
         self.check(patch)
+        self._log(f"enabling patch '{patch.name}'")
         undo: list[Callable[[], None]] = []
         try:
             self._enable(patch, undo)
-        except BaseException:
+        except BaseException as exc:
             for action in reversed(undo):
                 action()
+            self._log(f"failed to enable patch '{patch.name}'")
+            if isinstance(exc, PatchError) and exc.initialized:
+                self._log(f"'{patch.name}': canceling patching transition, going to unpatch")
+                self._log(f"'{patch.name}': completing unpatching transition")
+                self._log(f"'{patch.name}': unpatching complete")
             raise
         patch.enabled = True
         for o in patch.objects:
             o.patched = True
         self.patches.append(patch)
+        self._log(f"'{patch.name}': starting patching transition")
         self.try_complete()
 
     def _enable(self, patch: KlpPatch, undo: list[Callable[[], None]]) -> None:
@@ -143,10 +165,14 @@ class Livepatch:
         module.write_to(m)
         self._nop_module_sites(patch)
         # Ordering: pre_patch runs in the loaded module before any site changes.
+        self._log(f"'{patch.name}': initializing patching transition")
         rc = self._callback(patch, "pre_patch")
         if rc:
-            raise PatchError(f"{patch.name}: pre_patch callback refused the patch ({rc}); "
+            self._log(f"pre-patch callback failed for object '{self._object_name(patch)}'")
+            err = PatchError(f"{patch.name}: pre_patch callback refused the patch ({rc}); "
                              f"nothing changed")
+            err.initialized = True
+            raise err
         patch.id = self._next_id
         self._next_id += 1
         # Ordering: every stack in the unpatched state before any node is
@@ -226,6 +252,7 @@ class Livepatch:
         the patch being enabled reverses its transition, as the kernel does."""
         t = self.transition
         if t is not None and t.patch is patch and t.target == KLP_PATCHED:
+            self._log(f"'{patch.name}': reversing transition from patching to unpatching")
             t.reverse()
             patch.enabled = False
             self.try_complete()
@@ -233,7 +260,9 @@ class Livepatch:
         if not patch.enabled:
             raise PatchError(f"patch {patch.name} is not enabled")
         self._not_busy()
+        self._log(f"'{patch.name}': initializing unpatching transition")
         self._callback(patch, "pre_unpatch")
+        self._log(f"'{patch.name}': starting unpatching transition")
         t = Transition(self, patch, KLP_UNPATCHED)
         t.fill_table()
         # Only a function whose top is this patch changes where calls go.
@@ -261,12 +290,21 @@ class Livepatch:
         t = self.transition
         if t is None:
             raise PatchError("no patch is in transition")
+        self._log(f"'{t.patch.name}': forcing remaining threads to the "
+                  f"{'patched' if t.target == KLP_PATCHED else 'unpatched'} state")
         t.force()
         self._complete(t)
         return t
 
     def _complete(self, t: Transition) -> None:
         self.transition = None
+        patch = t.patch
+        what = "patching" if t.target == KLP_PATCHED else "unpatching"
+        self._log(f"'{patch.name}': completing {what} transition")
+        self._complete_state(t)
+        self._log(f"'{patch.name}': {what} complete")
+
+    def _complete_state(self, t: Transition) -> None:
         patch = t.patch
         if t.target == KLP_PATCHED:
             # Ordering: flags cleared first, then the fast path comes back.
@@ -304,6 +342,10 @@ class Livepatch:
             self._callback(patch, "post_unpatch")
         self.deferred.append(patch)
         self.release_deferred()
+
+    @staticmethod
+    def _object_name(patch: KlpPatch) -> str:
+        return next((o.name for o in patch.objects if o.name), "program")
 
     def _callback(self, patch: KlpPatch, kind: str) -> int:
         """Run the patch's *kind* callback in the target (signed r0; 0 if none).
