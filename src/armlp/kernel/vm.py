@@ -186,11 +186,13 @@ class Guest:
         self.sh(f"({command} </dev/null >/dev/null 2>&1 &)")
 
     def dmesg(self) -> str:
-        return self.sh("dmesg")
+        return self.sh("dmesg", timeout=180)
 
-    def bad_log_lines(self) -> list[str]:
-        """Kernel log lines that report a warning, an oops or a hang."""
-        return [ln for ln in self.dmesg().splitlines() if BAD_LOG.search(ln)]
+    def bad_log_lines(self, log: str | None = None) -> list[str]:
+        """Kernel log lines that report a warning, an oops or a hang (in
+        *log*, else in a fresh dmesg: slow over the serial console)."""
+        text = self.dmesg() if log is None else log
+        return [ln for ln in text.splitlines() if BAD_LOG.search(ln)]
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
