@@ -76,9 +76,8 @@ class GdbMachine(Injection):
     """A process behind a GDB stub (see the module docstring).
 
     *interrupt(thread)* stops the running target, preferably by stopping
-    *thread* — the one armlp last worked with (default: the interrupt byte);
-    *segments* overrides the program's ``PT_LOAD`` segments, which are
-    otherwise read through the stub's auxiliary vector.
+    *thread* (default: the interrupt byte); *segments* overrides the
+    program's ``PT_LOAD`` segments, otherwise read through the auxv.
     """
 
     def __init__(self, conn: RspConnection, *,
@@ -121,6 +120,7 @@ class GdbMachine(Injection):
         #: the scan before a free stop every thread (see all_stopped).
         self.freezer = freezer
         self._listed_host: set[int] | None = None
+        self._listed: list[int] | None = None
         self._copy_in_target = False
         self._bootstrap = False
         self._breakpoints: set[int] = set()
@@ -295,12 +295,16 @@ class GdbMachine(Injection):
                           .decode("ascii", "replace"))
 
     def threads(self) -> list[int]:
-        """The program's threads (armlp's agent thread is not one)."""
+        """The program's threads (armlp's agent is not one); asked of the stub
+        only when the host's threads changed (a round trip is slow under load)."""
         self._need_stopped("list threads")
-        # Ordering: the host's threads first, so that any thread the stub's
-        # list misses is new to threads_settled().
-        self._listed_host = set(self.freezer.tasks()) if self.freezer is not None else None
-        return [t for t in self.conn.thread_ids() if t != self.agent]
+        # Ordering: the host's first: a thread the stub's list misses is new.
+        host = set(self.freezer.tasks()) if self.freezer is not None else None
+        if host is not None and host == self._listed_host and self._listed is not None:
+            return list(self._listed)
+        self._listed_host = host
+        self._listed = [t for t in self.conn.thread_ids() if t != self.agent]
+        return list(self._listed)
 
     def threads_settled(self) -> bool:
         """A local qemu's threads are compared through ``/proc`` (the stub
