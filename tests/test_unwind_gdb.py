@@ -69,9 +69,10 @@ class Core:
         return int(struct.unpack("<I", self.program.read(address, 4))[0])
 
 
-def dump_core(program: Path, args: list[str], work: Path, after: float) -> Path:
+def dump_core(program: Path, args: list[str], work: Path, after: float) -> Path | None:
     """Run *program* under qemu-arm in *work*, SIGABRT it after *after* s:
-    the guest's core, ``qemu_<name>_<date>_<pid>.core``."""
+    the guest's core, ``qemu_<name>_<date>_<pid>.core`` (None if the program
+    had ended by then)."""
     def unlimited() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
@@ -79,6 +80,8 @@ def dump_core(program: Path, args: list[str], work: Path, after: float) -> Path:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=unlimited)
     time.sleep(after)
+    if proc.poll() is not None:
+        return None
     proc.send_signal(6)
     proc.wait(30)
     cores = sorted(work.glob(f"qemu_{program.name}_*_{proc.pid}.core"))
@@ -136,7 +139,9 @@ def test_threads_stopped_in_libc(tmp_path: Path) -> None:
     for i, after in enumerate((1.0, 1.33)):
         work = tmp_path / f"run{i}"
         work.mkdir()
-        walks = compare(prog, dump_core(prog, ["30"], work, after))
+        core = dump_core(prog, ["30"], work, after)
+        assert core is not None, "consistency.c ended early"
+        walks = compare(prog, core)
         assert len(walks) == 3 and all(w.reliable for w in walks), \
             [(w.reason, [str(f) for f in w.frames]) for w in walks]
         names |= {f.function for w in walks for f in w.frames}
@@ -151,10 +156,10 @@ def test_zlib_mid_compression(tmp_path: Path) -> None:
     data.write_bytes(b"".join(b"%d lines of text, some repeated %d\n" % (i, i % 97)
                               for i in range(400_000)) + os.urandom(1 << 20))
     reliable = 0
-    for i, after in enumerate((0.8, 1.1, 1.4, 1.7)):
+    for i, after in enumerate((0.5, 0.8, 1.1, 1.4, 1.7)):
         work = tmp_path / f"run{i}"
         work.mkdir()
-        walks = compare(prog, dump_core(prog, [str(data), str(work / "out.z"), "0"], work,
-                                        after))
-        reliable += sum(w.reliable for w in walks)
+        core = dump_core(prog, [str(data), str(work / "out.z"), "1000"], work, after)
+        if core is not None:            # else it had finished: a fast machine
+            reliable += sum(w.reliable for w in compare(prog, core))
     assert reliable >= 2, "too few reliable walks to compare"
