@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from armlp.control.protocol import request
-from conftest import program_and_patch, settle, wait_for_target
+from conftest import force_transition, program_and_patch, settle, wait_for_target
 
 TESTS = Path(__file__).resolve().parent
 
@@ -50,7 +50,7 @@ def _cycles(prog: Path, patch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
                 res = request(info.socket, req)
                 reasons += [b["reason"] for b in res.get("blocked", [])]
                 if force and res["transition"]:
-                    request(info.socket, {"op": "force", "name": "consistency-fix"})
+                    force_transition(info.socket, "consistency-fix")
                 settle(info.socket)
         out, err = proc.communicate(timeout=60)
     finally:

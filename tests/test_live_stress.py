@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from armlp.control.protocol import request
-from conftest import program_and_patch, settle, wait_for_target
+from conftest import force_transition, program_and_patch, settle, wait_for_target
 
 HERE = Path(__file__).resolve().parent
 CYCLES = 200
@@ -73,11 +73,11 @@ def test_200_enable_disable_cycles_under_8_hammering_threads(
             st = request(socket, {"op": "status"})
             assert [p["name"] for p in st["patches"]] == ["stress"]
             if res["transition"]:
-                request(socket, {"op": "force", "name": "stress"})
+                force_transition(socket, "stress")
             res = request(socket, {"op": "unpatch", "name": "stress"})
             pauses.append(res["pause_ms"])
             if res["transition"]:
-                request(socket, {"op": "force", "name": "stress"})
+                force_transition(socket, "stress")
 
     calls, fresh, bad, _ = stress(tmp_path, monkeypatch, "stress_fix.c", cycles)
     assert bad == 0
