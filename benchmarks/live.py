@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from armlp.control.paths import find_target
 from armlp.control.protocol import request
 from armlp.elf.image import ElfImage
 from armlp.program_build import build_program, cache_root
 from armlp.toolchain import patch_cflags, tool
-from results_io import stats, write_results
+from results_io import controller_socket, stats, write_results
 
 HERE = Path(__file__).resolve().parent
 N_FUNCS = 100
@@ -102,14 +101,7 @@ def start(prog: Path, go: Path, env: dict[str, str], busy: int = 0
                              str(go), *([str(busy)] if busy else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=env)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return proc, find_target(None).socket
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise
-            time.sleep(0.02)
+    return proc, controller_socket(proc)
 
 
 def main() -> int:

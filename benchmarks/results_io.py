@@ -1,9 +1,12 @@
-"""What the benchmark scripts share: min/median/max and writing results."""
+"""What the benchmark scripts share: min/median/max, writing results, and
+waiting for the controller of an ``armlp run`` they started."""
 
 from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -22,3 +25,19 @@ def write_results(name: str, result: dict[str, object]) -> Path:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(RESULTS.parent.parent)}")
     return out
+
+
+def controller_socket(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
+    """The control socket of the only target (ARMLP_RUNTIME_DIR set by the
+    caller) once *proc*'s controller serves it."""
+    from armlp.control.paths import find_target
+    from armlp.errors import ArmlpError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return find_target(None).socket
+        except ArmlpError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.02)

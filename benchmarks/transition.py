@@ -39,7 +39,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from armlp.control.paths import find_target  # noqa: E402
 from armlp.control.protocol import request  # noqa: E402
 from armlp.elf.image import ElfImage  # noqa: E402
 from armlp.ftrace.cost import executed, span  # noqa: E402
@@ -50,7 +49,7 @@ from armlp.program_build import build_program  # noqa: E402
 from armlp.runtime.layout import KLP_NODE_TRANSITION  # noqa: E402
 from armlp.target import Target  # noqa: E402
 from armlp.toolchain import patch_cflags, tool  # noqa: E402
-from results_io import stats, write_results  # noqa: E402
+from results_io import controller_socket, stats, write_results  # noqa: E402
 
 BUSY = ROOT / "tests/programs/busy.c"
 BUSY_FIX = ROOT / "tests/patches/busy_fix.c"
@@ -111,7 +110,7 @@ def check_costs(work: Path) -> dict[str, Any]:
 
 # -- a live process ----------------------------------------------------------------
 
-def _wait_done(socket: str, name: str, deadline: float) -> bool:
+def _wait_done(socket: str, deadline: float) -> bool:
     """Poll status until no transition (True) or *deadline* (False)."""
     while time.monotonic() < deadline:
         if request(socket, {"op": "status"})["transition"] is None:
@@ -131,7 +130,7 @@ def live(work: Path, runs: int, cycles: int) -> dict[str, Any]:
                                  "36000", "-", str(done_file)], stdout=subprocess.PIPE, stderr=err,
                                 text=True, env=env)
     try:
-        socket = _socket(proc)
+        socket = controller_socket(proc)
         time.sleep(0.5)
         enable: list[float] = []
         disable: list[float] = []
@@ -144,7 +143,7 @@ def live(work: Path, runs: int, cycles: int) -> dict[str, Any]:
                 t0 = time.monotonic()
                 res = request(socket, req)
                 done = not res["transition"] or \
-                    _wait_done(socket, "busy-fix", t0 + FORCE_AFTER)
+                    _wait_done(socket, t0 + FORCE_AFTER)
                 if not done:
                     request(socket, {"op": "force", "name": "busy-fix"})
                     forced += 1
@@ -170,18 +169,6 @@ def live(work: Path, runs: int, cycles: int) -> dict[str, Any]:
         result.update(fresh=int(m[1]), wrong_results=int(m[2]))
     result["exit_status"] = proc.returncode
     return result
-
-
-def _socket(proc: subprocess.Popen[str]) -> str:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            return find_target(None).socket
-        except Exception:           # not up yet
-            if proc.poll() is not None:
-                raise SystemExit("armlp run ended before serving") from None
-            time.sleep(0.05)
-    raise SystemExit("no controller within 30 s")
 
 
 def main() -> None:

@@ -37,12 +37,22 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          cflags=["-O2"])
 
 
+#: Patch objects built from one source with other "module parameters":
+#: name -> (source, -D definitions).
+VARIANTS = {
+    "test_klp_callbacks_demo2": ("test_klp_callbacks_demo", ["DEMO=test_klp_callbacks_demo2"]),
+    "test_klp_callbacks_refuse": ("test_klp_callbacks_demo", ["PRE_PATCH_RET=-19"]),
+}
+
+
 def patch(name: str, program: Path) -> Path:
     from armlp.elf.image import ElfImage
     out = program.parent / f"{name}.o"
+    source, defines = VARIANTS.get(name, (name, []))
     if not out.exists():
-        subprocess.run([tool("gcc"), *patch_cflags(ElfImage(program).build_id), "-c",
-                        str(HERE / "patches" / f"{name}.c"), "-o", str(out)], check=True)
+        subprocess.run([tool("gcc"), *patch_cflags(ElfImage(program).build_id),
+                        *(f"-D{d}" for d in defines), "-c",
+                        str(HERE / "patches" / f"{source}.c"), "-o", str(out)], check=True)
     return out
 
 

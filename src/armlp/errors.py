@@ -48,6 +48,7 @@ class StubStalledError(MachineError):
 class PatchError(ArmlpError):
     """A live patch cannot be enabled or disabled as asked."""
 
-    #: Raised after the transition was initialized (a refusing pre_patch):
-    #: the kernel logs its cancellation.
-    initialized: bool = False
+
+class PatchRefusedError(PatchError):
+    """The patch's pre_patch callback refused it: after the transition was
+    initialized, so the kernel logs its cancellation."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from armlp.analysis.unwind import CodeMap
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
-from armlp.errors import ArmlpError, MachineError, PatchError
+from armlp.errors import ArmlpError, MachineError, PatchError, PatchRefusedError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
 from armlp.livepatch.module import KlpFunc, KlpPatch, read_patch, relocate_patch
@@ -139,7 +139,7 @@ class Livepatch:
             for action in reversed(undo):
                 action()
             self._log(f"failed to enable patch '{patch.name}'")
-            if isinstance(exc, PatchError) and exc.initialized:
+            if isinstance(exc, PatchRefusedError):
                 self._log(f"'{patch.name}': canceling patching transition, going to unpatch")
                 self._log(f"'{patch.name}': completing unpatching transition")
                 self._log(f"'{patch.name}': unpatching complete")
@@ -169,10 +169,8 @@ class Livepatch:
         rc = self._callback(patch, "pre_patch")
         if rc:
             self._log(f"pre-patch callback failed for object '{self._object_name(patch)}'")
-            err = PatchError(f"{patch.name}: pre_patch callback refused the patch ({rc}); "
-                             f"nothing changed")
-            err.initialized = True
-            raise err
+            raise PatchRefusedError(f"{patch.name}: pre_patch callback refused the patch "
+                                    f"({rc}); nothing changed")
         patch.id = self._next_id
         self._next_id += 1
         # Ordering: every stack in the unpatched state before any node is

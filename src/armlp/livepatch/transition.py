@@ -63,6 +63,11 @@ class Blocking:
     name: str
     saved_pc: int | None
 
+    def holds(self, address: int) -> bool:
+        """Whether *address* is in the function, or just past its end (the
+        return address of a final call)."""
+        return self.lo <= address <= self.hi
+
 
 def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking]) -> str:
     """The first register or live stack word that places the thread in a
@@ -70,7 +75,7 @@ def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking
     :meth:`Transition._check`.  Only the stack above sp is live; below it
     lie dead frames (the trampoline's of the last call, say)."""
     def inside(w: int) -> str:
-        return next((b.name for b in blocking if b.lo <= w <= b.hi), "")
+        return next((b.name for b in blocking if b.holds(w)), "")
 
     for i, w in enumerate([*regs.r, regs.lr, regs.pc]):
         name = inside(w)
@@ -83,7 +88,7 @@ def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking
     exact = {b.saved_pc: b.name for b in blocking if b.saved_pc is not None}
     spans = [b for b in blocking if b.saved_pc is None]
     for off, (w,) in enumerate(struct.iter_unpack("<I", m.read(lo, stack.hi - lo))):
-        name = exact.get(w) or next((b.name for b in spans if b.lo <= w <= b.hi), "")
+        name = exact.get(w) or next((b.name for b in spans if b.holds(w)), "")
         if name:
             return f"{name}'s frame at sp{4 * off + lo - regs.sp:+#x}"
     return ""
@@ -251,12 +256,12 @@ class Transition:
         blocks (direct branches), never across an indirect one.  It is
         judged by evidence: a switched function is on its stack or in its
         registers (its live APCS frame's saved pc, else a return address
-        into it; its pc) — a function in transition is entered through the
-        regs trampoline, whose return into it is indirect.  The one window without evidence
-        is a function entered by a direct branch compiled before the
-        transition's code writes (the first instructions of its prologue):
-        so a running thread switches only after two clean scans in
-        successive attempts, which no thread spends in that window.
+        into it; its pc).  A function in transition is entered through the
+        regs trampoline, whose return into it is indirect.  The one window
+        without evidence is a function entered by a direct branch compiled
+        before the transition's code writes (the first instructions of its
+        prologue): so a running thread switches only after two clean scans
+        in successive attempts, which no thread spends in that window.
         """
         m = self.lp.machine
         exact = m.exact_registers(tid)
@@ -268,7 +273,7 @@ class Transition:
                 return f"stack unreadable ({exc})"
             for frame in trace.frames:
                 for b in blocking:
-                    if b.lo <= frame.pc < b.hi:
+                    if b.holds(frame.pc):
                         return f"in {b.name} (frame {frame})"
             if trace.reliable:
                 return ""
