@@ -16,12 +16,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from armlp.control.protocol import request
 from armlp.elf.image import ElfImage
 from armlp.program_build import build_program, cache_root
 from armlp.toolchain import patch_cflags, tool
-from results_io import controller_socket, stats, write_results
+from results_io import controller_socket, stats, wait_transition, write_results
 
 HERE = Path(__file__).resolve().parent
 N_FUNCS = 100
@@ -104,6 +105,15 @@ def start(prog: Path, go: Path, env: dict[str, str], busy: int = 0
     return proc, controller_socket(proc)
 
 
+def settled(sock: str, req: dict[str, object]) -> dict[str, Any]:
+    """*req*'s reply, once the transition it started has ended (forced after
+    30 s: the benchmark's functions are never on a stack for long)."""
+    res: dict[str, Any] = request(sock, req)
+    if res["transition"] and not wait_transition(sock, time.monotonic() + 30):
+        request(sock, {"op": "force", "name": res["name"]})
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,15 +136,16 @@ def main() -> int:
     latency: list[float] = []
     for _ in range(args.runs):
         for label in ("1", "10", "100"):
-            pauses[label].append(request(sock, {"op": "patch", "path": str(patches[label])})
+            pauses[label].append(settled(sock, {"op": "patch", "path": str(patches[label])})
                                  ["pause_ms"])
-            unpauses[label].append(request(sock, {"op": "unpatch", "name": "bench"})
+            unpauses[label].append(settled(sock, {"op": "unpatch", "name": "bench"})
                                    ["pause_ms"])
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "armlp.cli.main", "patch", str(patches["10"])],
+        subprocess.run([sys.executable, "-m", "armlp.cli.main", "patch",
+                        str(patches["10"]), "--wait"],
                        check=True, capture_output=True, env=env)
         latency.append((time.perf_counter() - t0) * 1e3)
-        request(sock, {"op": "unpatch", "name": "bench"})
+        settled(sock, {"op": "unpatch", "name": "bench"})
     go.touch()
     proc.communicate(timeout=120)
     result["pause_ms"] = {k: stats(v) for k, v in pauses.items()}
@@ -155,11 +166,13 @@ def main() -> int:
     proc, sock = start(prog, go, env, busy=BUSY)
     time.sleep(0.5)
     loaded: dict[str, list[float]] = {k: [] for k in ("1", "10", "100")}
+    loaded_stopped: dict[str, list[float]] = {k: [] for k in ("1", "10", "100")}
     for _ in range(args.runs * 4):
         for label in ("1", "10", "100"):
-            loaded[label].append(request(sock, {"op": "patch", "path": str(patches[label])})
-                                 ["pause_ms"])
-            request(sock, {"op": "unpatch", "name": "bench"})
+            res = settled(sock, {"op": "patch", "path": str(patches[label])})
+            loaded[label].append(res["pause_ms"])
+            loaded_stopped[label].append(res["stopped_ms"])
+            settled(sock, {"op": "unpatch", "name": "bench"})
     go.touch()
     proc.communicate(timeout=120)
     result["loaded_pause_ms"] = {k: {**stats(v), "p90": round(sorted(v)[int(len(v) * 0.9)], 3)}
@@ -171,6 +184,10 @@ def main() -> int:
         p90 = result["loaded_pause_ms"][k]["p90"]  # type: ignore[index]
         print(f"  {k:>3} functions  {s['min']:8.2f} {s['median']:8.2f} {p90:8.2f} "
               f"{s['max']:8.2f}")
+    result["loaded_stopped_ms"] = {k: stats(v) for k, v in loaded_stopped.items()}
+    print("  armlp's whole stop of the target for the request (its agent thread parked; "
+          "the program runs but for the pause above), median: "
+          + ", ".join(f"{k}: {statistics.median(v):.1f} ms" for k, v in loaded_stopped.items()))
 
     # 2. Overhead on a CPU-bound loop of hot() calls, side by side.
     def loop_ns(kind: str) -> float:
@@ -182,7 +199,7 @@ def main() -> int:
         else:
             p, s = start(prog, go, env)
             if kind in ("cold", "hot"):
-                request(s, {"op": "patch", "path": str(patches["100" if kind == "cold"
+                settled(s, {"op": "patch", "path": str(patches["100" if kind == "cold"
                                                                  else "hot"])})
             go.touch()
             out, _ = p.communicate(timeout=300)

@@ -41,3 +41,15 @@ def controller_socket(proc: subprocess.Popen[str], timeout: float = 30.0) -> str
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise
             time.sleep(0.02)
+
+
+def wait_transition(socket: str, deadline: float) -> bool:
+    """Poll the controller's status until no transition is open (True) or
+    *deadline* (``time.monotonic()``) passes (False)."""
+    from armlp.control.protocol import request
+
+    while time.monotonic() < deadline:
+        if request(socket, {"op": "status"})["transition"] is None:
+            return True
+        time.sleep(0.02)
+    return False

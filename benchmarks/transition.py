@@ -49,7 +49,7 @@ from armlp.program_build import build_program  # noqa: E402
 from armlp.runtime.layout import KLP_NODE_TRANSITION  # noqa: E402
 from armlp.target import Target  # noqa: E402
 from armlp.toolchain import patch_cflags, tool  # noqa: E402
-from results_io import controller_socket, stats, write_results  # noqa: E402
+from results_io import controller_socket, stats, wait_transition, write_results  # noqa: E402
 
 BUSY = ROOT / "tests/programs/busy.c"
 BUSY_FIX = ROOT / "tests/patches/busy_fix.c"
@@ -110,15 +110,6 @@ def check_costs(work: Path) -> dict[str, Any]:
 
 # -- a live process ----------------------------------------------------------------
 
-def _wait_done(socket: str, deadline: float) -> bool:
-    """Poll status until no transition (True) or *deadline* (False)."""
-    while time.monotonic() < deadline:
-        if request(socket, {"op": "status"})["transition"] is None:
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def live(work: Path, runs: int, cycles: int) -> dict[str, Any]:
     program = build_program([BUSY], work / "busy", freestanding=False, ldflags=["-pthread"])
     patch = build_patch(BUSY_FIX, program, work / "busy_fix.o")
@@ -143,7 +134,7 @@ def live(work: Path, runs: int, cycles: int) -> dict[str, Any]:
                 t0 = time.monotonic()
                 res = request(socket, req)
                 done = not res["transition"] or \
-                    _wait_done(socket, t0 + FORCE_AFTER)
+                    wait_transition(socket, t0 + FORCE_AFTER)
                 if not done:
                     request(socket, {"op": "force", "name": "busy-fix"})
                     forced += 1

@@ -190,6 +190,34 @@ def test_freeze_and_thaw_are_fast(target: tuple[Target, subprocess.Popen[str]]) 
     finish(t, proc)
 
 
+def test_hold_is_timed_and_the_priority_given_back(
+        target: tuple[Target, subprocess.Popen[str]]) -> None:
+    """held_s is the time the program's threads were held (what a request's
+    pause_ms reports); the freezing thread runs at a raised priority only
+    while it holds them, and gets its own back, also after a failed freeze."""
+    t, proc = target
+    f = Freezer(t.pid)
+    me = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, me)
+    t0 = time.perf_counter()
+    with f.frozen():
+        held_nice = os.getpriority(os.PRIO_PROCESS, me)
+        time.sleep(FROZEN_FOR)
+    outside = time.perf_counter() - t0
+    assert FROZEN_FOR <= f.held_s <= outside
+    assert os.getpriority(os.PRIO_PROCESS, me) == before
+    if os.geteuid() == 0:                # allowed to raise it
+        assert held_nice < before
+    with f.frozen():
+        time.sleep(FROZEN_FOR)
+    assert 2 * FROZEN_FOR <= f.held_s <= outside + (time.perf_counter() - t0)
+    gone = Freezer(2 ** 22 + 7)          # no such process: the freeze fails
+    with pytest.raises(MachineError):
+        gone.freeze()
+    assert os.getpriority(os.PRIO_PROCESS, me) == before
+    finish(t, proc)
+
+
 def test_kept_thread_keeps_running(target: tuple[Target, subprocess.Popen[str]]) -> None:
     t, proc = target
     runner = t.tids()[0]

@@ -219,7 +219,7 @@ def _run_patched(live: Live, target: Path, patch: Path, lines: int = 60) -> tupl
     r = live.run("t", target, str(lines), "50")
     pid = r.info()["pid"]
     wait_until("2 lines", lambda: len(target_prices(r.out())) >= 2)
-    assert live.cli("patch", patch, "--wait").code == 0
+    assert live.cli("patch", "--wait", patch).code == 0      # the word after --wait
     return r, pid, _new_address(live)
 
 
@@ -228,7 +228,7 @@ def test_unpatch_frees_the_memory_no_thread_is_in(progs: tuple[Path, Path, Path]
     target, price, _slow = progs
     r, pid, new = _run_patched(live, target, price)
     wait_until("patched lines", lambda: 1001 in target_prices(r.out()))
-    res = live.cli("unpatch", "live-price", "--json", "--wait")
+    res = live.cli("unpatch", "--json", "--wait", "live-price")
     assert res.code == 0, res.err
     # Freed by the controller on its own (a register may hold a stale address
     # of the patch for a moment: it retries with a back-off).

@@ -238,6 +238,22 @@ def test_nonsense_numbers_are_refused(service: tuple[Path, Path], args: list[str
     assert message in res.err
 
 
+@pytest.mark.parametrize("args,message", [
+    (["patch", "--wait"], "required: PATCH.o"),
+    (["patch", "--wait", "5x"], "'5x' is not a number"),
+    (["patch", "--wait", "-5", "fix.o"], "at least 0"),
+    (["patch", "--wait", "a.o", "b.o"], "one PATCH.o expected"),
+    (["unpatch", "--wait"], "required: NAME"),
+    (["patch", "--wait", "/nonexistent/fix.o"], "/nonexistent/fix.o"),
+])
+def test_wait_takes_a_number_or_leaves_the_word(args: list[str], message: str) -> None:
+    """``--wait [SECONDS]`` before the positional: a word that is no number
+    is the positional (the last case gets as far as reading the patch)."""
+    res = armlp(*args)
+    assert res.code == 2 and res.err.count("\n") == 1, res.err
+    assert message in res.err
+
+
 def test_program_arguments_go_after_double_dash(service: tuple[Path, Path]) -> None:
     prog, fix = service
     res = armlp("run", "--machine", "emu", prog, "--patch", str(fix), "--", "ignored", "args")

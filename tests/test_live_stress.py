@@ -62,6 +62,7 @@ def stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: str,
 def test_200_enable_disable_cycles_under_8_hammering_threads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pauses: list[float] = []
+    work: list[float] = []
 
     def cycles(socket: str, fix: Path) -> None:
         for _ in range(CYCLES):
@@ -70,12 +71,14 @@ def test_200_enable_disable_cycles_under_8_hammering_threads(
             # forced (as the kernel's force), 200 times under load.
             res = request(socket, {"op": "patch", "path": str(fix)})
             pauses.append(res["pause_ms"])
+            work.append(res["stopped_ms"])
             st = request(socket, {"op": "status"})
             assert [p["name"] for p in st["patches"]] == ["stress"]
             if res["transition"]:
                 force_transition(socket, "stress")
             res = request(socket, {"op": "unpatch", "name": "stress"})
             pauses.append(res["pause_ms"])
+            work.append(res["stopped_ms"])
             if res["transition"]:
                 force_transition(socket, "stress")
 
@@ -83,6 +86,9 @@ def test_200_enable_disable_cycles_under_8_hammering_threads(
     assert bad == 0
     assert calls > 1_000_000 and 0 < fresh < calls       # both old and new results seen
     assert len(pauses) == 2 * CYCLES
+    # The program's pause is the time its threads were held (code writes,
+    # stack checks), a part of armlp's stop of its agent thread.
+    assert all(0 < p <= w for p, w in zip(pauses, work, strict=True))
 
 
 @pytest.mark.slow

@@ -250,7 +250,7 @@ class RecordingMachine:
     def read(self, address: int, size: int) -> bytes:
         return b"\xaa" * size
 
-    def write_code(self, writes: Sequence[object]) -> None:
+    def write_code(self, writes: Sequence[object], *, unused: bool = False) -> None:
         self.batches.append(list(writes))
 
 

@@ -12,6 +12,11 @@ class ArmlpError(Exception):
     """Base of every error armlp reports to its user."""
 
 
+class UsageError(ArmlpError):
+    """The command line asks for something that cannot be (beyond what
+    argparse checks)."""
+
+
 class ElfError(ArmlpError):
     """A file is not an ELF armlp can read (format, class, machine, truncation)."""
 

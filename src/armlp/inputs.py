@@ -69,17 +69,17 @@ def read_input(path: str | Path, what: str = "file") -> bytes:
     try:
         st = os.fstat(fd)
         _check(p, st, what)
-        chunks = []
+        chunks: list[bytes] = []
         left = st.st_size + 1           # one more: a file that grew is still bounded
         while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
+            chunk = os.read(fd, left)   # as a rule all of it at once: no join
             if not chunk:
                 break
             chunks.append(chunk)
             left -= len(chunk)
         if left <= 0:
             raise InputError(f"{p}: changed while being read")
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except OSError as exc:
         raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from None
     finally:

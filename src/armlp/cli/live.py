@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from armlp.cli.args import amount
+from armlp.cli.args import OptionalSeconds, positional
 
 PATCH_HELP = """\
 Apply PATCH.o (built with the flags of 'armlp cflags') to a running target.
@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("patch", help="apply a live patch to a running target",
                        description=PATCH_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("patch", metavar="PATCH.o")
+    p.add_argument("patch", metavar="PATCH.o", nargs="?")
     _options(p, wait=True)
     p.set_defaults(func=patch)
     u = sub.add_parser("unpatch", help="disable a live patch of a running target",
@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
                                    "to the next older patch or to their own code, thread by "
                                    "thread as for 'patch'.  Unpatching a patch still in "
                                    "its transition reverses it.")
-    u.add_argument("name", metavar="NAME")
+    u.add_argument("name", metavar="NAME", nargs="?")
     _options(u, wait=True)
     u.set_defaults(func=unpatch)
     f = sub.add_parser("force", help="finish a patch's transition without checking stacks",
@@ -68,8 +68,8 @@ def _options(p: Any, *, wait: bool) -> None:
     p.add_argument("--target", metavar="ID", help="target id or pid (see 'armlp status')")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     if wait:
-        p.add_argument("--wait", nargs="?", const=60.0, type=amount, metavar="SECONDS",
-                       help=WAIT_HELP)
+        p.add_argument("--wait", nargs="?", const=60.0, action=OptionalSeconds,
+                       metavar="SECONDS", help=WAIT_HELP)
 
 
 def _print(args: argparse.Namespace, result: object, text: str) -> None:
@@ -114,7 +114,7 @@ def patch(args: argparse.Namespace) -> int:
     from armlp.control.protocol import request
     from armlp.inputs import check_input
 
-    path = os.path.abspath(check_input(args.patch, "patch module"))
+    path = os.path.abspath(check_input(positional(args, "patch", "PATCH.o"), "patch module"))
     info = find_target(args.target)
     res = request(info.socket, {"op": "patch", "path": path})
     rc = _wait(info, res["name"], res, args.wait)
@@ -130,11 +130,12 @@ def unpatch(args: argparse.Namespace) -> int:
     from armlp.control.paths import find_target
     from armlp.control.protocol import request
 
+    name = positional(args, "name", "NAME")
     info = find_target(args.target)
-    res = request(info.socket, {"op": "unpatch", "name": args.name})
-    rc = _wait(info, args.name, res, args.wait)
+    res = request(info.socket, {"op": "unpatch", "name": name})
+    rc = _wait(info, name, res, args.wait)
     note = "" if res["memory_freed"] else " (its memory is kept until provably unused)"
-    _print(args, res, f"{info.id}: patch {args.name} disabled{note}" + _transition_text(res))
+    _print(args, res, f"{info.id}: patch {name} disabled{note}" + _transition_text(res))
     return rc
 
 

@@ -71,6 +71,12 @@ class GdbLive:
     def fileno(self) -> int:
         return self.machine.conn.sock.fileno()
 
+    def held_s(self) -> float | None:
+        freezer = self.machine.freezer
+        if self.machine.agent is None or freezer is None:
+            return None
+        return freezer.held_s
+
     def pending(self) -> bool:
         """Whether the stub already sent something armlp has read but not
         handled (a stop set aside during a request): select() would not

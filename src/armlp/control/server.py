@@ -91,6 +91,12 @@ class LiveProcess(Protocol):
         reported in the middle of a request), else None."""
         ...
 
+    def held_s(self) -> float | None:
+        """Seconds the program's own threads have been held stopped so far,
+        when :meth:`interrupt` stops only armlp's agent (the threads run
+        while armlp talks to it); None when it stops them all."""
+        ...
+
 
 #: First retry of a deferred free, and the longest back-off (seconds).
 RELEASE_FIRST, RELEASE_MAX = 0.1, 5.0
@@ -138,7 +144,10 @@ class Controller:
         self.info = TargetInfo(self.id, str(program), pid, os.getpid(), str(self.socket_path))
         self.on_event = on_event or (lambda _msg: None)
         self._paused = False
+        #: The last request's pause as the program saw it (its threads held
+        #: still), and the time armlp had the target stopped for its work.
         self.last_pause_ms = 0.0
+        self.last_work_ms = 0.0
         self.tracer: FunctionTracer | None = None
         self._tracer_owner: Client | None = None
         self._timers: list[tuple[float, Request]] = []
@@ -172,15 +181,23 @@ class Controller:
         if self._paused:
             yield
             return
+        held = self.process.held_s()
+        t0 = time.perf_counter()
         self.process.interrupt()
         self._paused = True
-        t0 = time.perf_counter()
         try:
             yield
         finally:
             self._paused = False
             self.process.resume()
-            self.last_pause_ms = (time.perf_counter() - t0) * 1e3
+            self.last_work_ms = (time.perf_counter() - t0) * 1e3
+            after = self.process.held_s()
+            self.last_pause_ms = (self.last_work_ms if held is None or after is None
+                                  else (after - held) * 1e3)
+
+    def _pause(self) -> dict[str, float]:
+        return {"pause_ms": round(self.last_pause_ms, 3),
+                "stopped_ms": round(self.last_work_ms, 3)}
 
     def handle(self, req: Request, client: Client | None = None) -> Any:
         """Serve one typed request (for *client*, None for a timer)."""
@@ -204,7 +221,7 @@ class Controller:
                       + (f", replacing {', '.join(replaced)}" if replaced else ""))
         return {"name": patch.name, "functions": [f.label for f in patch.funcs],
                 "replaced": replaced, **self._transition_result(patch.name),
-                "pause_ms": round(self.last_pause_ms, 3)}
+                **self._pause()}
 
     def _unpatch(self, req: Unpatch, _client: Client | None) -> Any:
         lp = self.livepatch
@@ -215,7 +232,7 @@ class Controller:
         self.on_event(f"patch {patch.name} disabl" + ("ed" if lp.transition is None else "ing")
                       + (" (its memory is kept until provably unused)" if deferred else ""))
         return {"name": patch.name, "memory_freed": patch.memory == 0,
-                **self._transition_result(patch.name), "pause_ms": round(self.last_pause_ms, 3)}
+                **self._transition_result(patch.name), **self._pause()}
 
     def _force(self, req: Force, _client: Client | None) -> Any:
         lp = self.livepatch

@@ -42,7 +42,9 @@ class VeneerPool:
         base, used = self.pools[index]
         addr = base + used
         old = self.machine.read(addr, VENEER.size)
-        self.machine.write_code([CodeWrite(addr, old, VENEER.pack(LDR_PC_PC_M4, target))])
+        # A pool's slots are used once, in order: nothing has run this one.
+        self.machine.write_code([CodeWrite(addr, old, VENEER.pack(LDR_PC_PC_M4, target))],
+                                unused=True)
         self.pools[index] = (base, used + VENEER.size)
         self.by_target[(base, target)] = addr
         return addr

@@ -185,7 +185,7 @@ class Livepatch:
             ops = self.funcs.push(patch.id, f, undo, tramps)
             if ops is not None:
                 new_ops.append(ops)
-        m.write_code(tramps)     # the new trampolines, one batch
+        m.write_code(tramps, unused=True)     # the new trampolines (new heap blocks), one batch
         if new_ops:     # every newly patched function in one batch of code writes
             self.ftrace.register_ftrace_functions(new_ops)
 
@@ -241,7 +241,7 @@ class Livepatch:
                     addr = loaded.address + rel.offset
                     writes.append(CodeWrite(addr, struct.pack("<I", call(addr)),
                                             struct.pack("<I", MCOUNT_NOP_ADD_SP)))
-        self.machine.write_code(writes)
+        self.machine.write_code(writes, unused=True)      # nothing runs them yet
 
     # -- disable ------------------------------------------------------------------
 

@@ -110,8 +110,9 @@ class FuncStacks:
         """Point the fast path at the func stack's new top."""
         if not stack.tramp:
             return
+        # The trampoline's literal is data that its ldr pc loads each time
+        # it runs (no translator folds a load): a plain write, no stop.
         write_word(self.machine, stack.literal, new_func)
-        self.machine.write_code([])      # the flush the machine needs
         self.ftrace.set_direct(stack.ops, stack.tramp, new_func)
 
     def unlink(self, f: KlpFunc) -> FuncStack | None:

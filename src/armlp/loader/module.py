@@ -123,10 +123,11 @@ class LoadedModule:
 
     def write_to(self, machine: Machine) -> None:
         """Write the module into *machine*: one all-or-nothing compare-and-swap
-        batch (expected = what the memory holds now), then the machine's flush."""
+        batch (expected = what the memory holds now) into memory just mapped
+        for it, then the machine's flush."""
         writes = [CodeWrite(addr, machine.read(addr, len(data)), data)
                   for addr, data in self.chunks()]
-        machine.write_code(writes)
+        machine.write_code(writes, unused=True)
 
 
 def _same_object(path: str, name: str) -> bool:

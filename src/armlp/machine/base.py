@@ -89,11 +89,14 @@ class Machine(Protocol):
         """Write data memory (no icache flush, no comparison)."""
         ...
 
-    def write_code(self, writes: Sequence[CodeWrite]) -> None:
+    def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False) -> None:
         """Compare-and-swap code writes, all or nothing, then flush.
 
         Raises CodeModificationError naming the first address whose current
         bytes are not the expected ones; nothing is written in that case.
+        *unused*: no thread can be running, or have translated, that code
+        yet (memory armlp has just mapped, a heap block never used before),
+        so the target need not be stopped for the writes.
         """
         ...
 

@@ -206,7 +206,7 @@ class Emulator(AddressSpace):
             raise MachineError(f"cannot write {len(data)} bytes at {address:#010x}: "
                                f"{exc}") from None
 
-    def write_code(self, writes: Sequence[CodeWrite]) -> None:
+    def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False) -> None:
         """Compare-and-swap code writes, all or nothing, then drop the
         translated code of every written range."""
         for w in writes:

@@ -166,11 +166,15 @@ class GdbMachine(Injection):
         self._need_stopped("write memory")
         self._raw_write(address, bytes(data))
 
-    def write_code(self, writes: Sequence[CodeWrite]) -> None:
+    def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False) -> None:
         """Compare-and-swap code writes: one read per contiguous range,
         nothing written if any expected word differs, then coalesced writes
         (the stub's write path invalidates qemu's translations; gdbserver
-        writes through ptrace, which flushes)."""
+        writes through ptrace, which flushes).  *unused* code under a local
+        qemu is written through ``/proc/PID/mem`` with the program running:
+        qemu translates only what a thread has executed, and a translation
+        ends at the branch that ends a routine, so none holds those bytes
+        (and mapping memory drops what qemu kept of an earlier mapping)."""
         self._flush_batch()
         self._need_stopped("write code")
         for w in writes:
@@ -208,10 +212,11 @@ class GdbMachine(Injection):
                 image[off:off + len(w.new)] = w.new
             images.append((start, image))
         if self.host_memory is not None:
-            with self.all_stopped():
+            with contextlib.nullcontext() if unused else self.all_stopped():
                 for start, img in images:
                     self._raw_write(start, bytes(img))
-            self._drop_translations(images)
+            if not unused:
+                self._drop_translations(images)
             return
         if any(self._read_only(start, len(img)) for start, img in images):
             self.make_text_writable()
