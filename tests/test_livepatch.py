@@ -176,6 +176,21 @@ def test_refusals_leave_the_target_untouched(name: str, message: str, program: P
     assert snapshot(emu) == before
 
 
+def test_a_patch_that_declares_nothing_is_refused(program: Path, tmp_path: Path) -> None:
+    """Only a name: no function, callback, state or replace (a patch may
+    replace nothing, as the kernel's test_klp_state, but must do something)."""
+    src = tmp_path / "empty.c"
+    src.write_text('#include <armlp/livepatch.h>\nARMLP_PATCH("empty");\nint unused;\n')
+    obj = tmp_path / "empty.o"
+    subprocess.run([tool("gcc"), *patch_cflags(None), "-c", str(src), "-o", str(obj)],
+                   check=True)
+    _target, lp, emu = fresh(program)
+    before = snapshot(emu)
+    with pytest.raises(ArmlpError, match="declares nothing"):
+        lp.enable(lp.load(obj))
+    assert snapshot(emu) == before
+
+
 def test_patch_for_another_program_is_refused(program: Path, tmp_path: Path) -> None:
     other = build_program([HERE / "corpus" / "lp_prog.c", HERE / "corpus" / "lp_other.c"],
                           tmp_path / "other", cflags=["-O1"])

@@ -42,6 +42,7 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
 VARIANTS = {
     "test_klp_callbacks_demo2": ("test_klp_callbacks_demo", ["DEMO=test_klp_callbacks_demo2"]),
     "test_klp_callbacks_refuse": ("test_klp_callbacks_demo", ["PRE_PATCH_RET=-19"]),
+    "test_klp_state3": ("test_klp_state2", ["MODNAME=test_klp_state3"]),
 }
 
 
@@ -224,3 +225,81 @@ def test_callbacks_busy_target(program: Path) -> None:
     assert k.log() == [f"livepatch: '{demo}': completing patching transition",
                        callback(demo, "post_patch"),
                        f"livepatch: '{demo}': patching complete"]
+
+
+# -- test-state.sh -----------------------------------------------------------------
+
+def loglevel(k: Klp) -> int:
+    """The program's console_loglevel (the kernel's, which the patches change)."""
+    addr = k.target.image.symbols.lookup("console_loglevel").value
+    return int.from_bytes(k.emu.read(addr, 4), "little")
+
+
+def state_enabling(name: str, allocate: str, fix: str) -> list[str]:
+    return enabling(name,
+                    (callback(name, "pre_patch"), f"{name}: allocate_loglevel_state: {allocate}"),
+                    (callback(name, "post_patch"), f"{name}: fix_console_loglevel: {fix}"))
+
+
+def state_disabling(name: str) -> list[str]:
+    return disabling(name, (callback(name, "pre_unpatch"),
+                            f"{name}: restore_console_loglevel: restoring console_loglevel"),
+                     (callback(name, "post_unpatch"),
+                      f"{name}: free_loglevel_state: freeing space for the stored "
+                      f"console_loglevel"))
+
+
+ALLOCATING = "allocating space to store console_loglevel"
+ALLOCATED = "space to store console_loglevel already allocated"
+FIXING, TAKING_OVER = "fixing console_loglevel", "taking over the console_loglevel change"
+
+
+def test_state_system_state_modification(program: Path) -> None:
+    k = Klp(program)
+    assert loglevel(k) == 4
+    k.enable("test_klp_state")
+    assert k.log() == state_enabling("test_klp_state", ALLOCATING, FIXING)
+    assert loglevel(k) == 15
+    k.disable("test_klp_state")
+    assert k.log() == state_disabling("test_klp_state")
+    assert loglevel(k) == 4
+
+
+def test_state_taking_over_system_state_modification(program: Path) -> None:
+    k = Klp(program)
+    k.enable("test_klp_state")
+    k.enable("test_klp_state2")
+    assert k.log() == (state_enabling("test_klp_state", ALLOCATING, FIXING)
+                       + state_enabling("test_klp_state2", ALLOCATED, TAKING_OVER))
+    assert [p.name for p in k.lp.patches] == ["test_klp_state2"] and loglevel(k) == 15
+    k.disable("test_klp_state2")
+    assert k.log() == state_disabling("test_klp_state2")
+    assert loglevel(k) == 4        # the value test_klp_state saved, through the take-over
+
+
+def test_state_compatible_cumulative_livepatches(program: Path) -> None:
+    k = Klp(program)
+    k.enable("test_klp_state2")
+    k.enable("test_klp_state3")
+    k.enable("test_klp_state2")
+    assert k.log() == (state_enabling("test_klp_state2", ALLOCATING, FIXING)
+                       + state_enabling("test_klp_state3", ALLOCATED, TAKING_OVER)
+                       + state_enabling("test_klp_state2", ALLOCATED, TAKING_OVER))
+    assert loglevel(k) == 15
+    k.disable("test_klp_state2")
+    assert k.log() == state_disabling("test_klp_state2")
+    assert loglevel(k) == 4 and k.lp.patches == []
+
+
+def test_state_incompatible_cumulative_livepatches(program: Path) -> None:
+    k = Klp(program)
+    k.enable("test_klp_state2")
+    assert k.log() == state_enabling("test_klp_state2", ALLOCATING, FIXING)
+    with pytest.raises(PatchError, match="not compatible with test_klp_state2"):
+        k.enable("test_klp_state")
+    assert k.log() == ["livepatch: Livepatch patch (test_klp_state) is not compatible with the "
+                       "already installed livepatches."]
+    assert loglevel(k) == 15
+    k.disable("test_klp_state2")
+    assert k.log() == state_disabling("test_klp_state2")
+    assert loglevel(k) == 4

@@ -37,6 +37,9 @@ KEEP int rec(int n)
 	return r + 1;
 }
 __attribute__((no_instrument_function)) int untraced(int x) { return x; }
+/* What the selftests' test_klp_state patches change (the kernel's
+ * console_loglevel; 4 is the kernel's default). */
+int console_loglevel = 4;
 
 int main(void)
 {

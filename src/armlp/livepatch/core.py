@@ -27,6 +27,7 @@ from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
 from armlp.livepatch.module import KlpFunc, KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.patch import FuncStack, FuncStacks
+from armlp.livepatch.state import KlpStates, check_compatible
 from armlp.livepatch.transition import Transition
 from armlp.machine.base import CodeWrite, read_word
 from armlp.machine.heap import CHUNK
@@ -53,7 +54,7 @@ class Livepatch:
         self.patches: list[KlpPatch] = []
         self.deferred: list[KlpPatch] = []
         self._next_id = 1
-        self._klp_object = 0
+        self.states = KlpStates(self.heap, target.runtime)
         #: The transition in progress (one at a time, as in the kernel).
         self.transition: Transition | None = None
         #: The kernel's livepatch messages, at the kernel's points, in order
@@ -99,15 +100,12 @@ class Livepatch:
                              f"({image.build_id or 'no build-id'})")
         if any(p.name == patch.name for p in self.patches):
             raise PatchError(f"a patch named {patch.name!r} is already enabled")
-        # The kernel's rule for system states (kernel/livepatch/state.c).
-        for old in self.patches:
-            for sid, version in old.states.items():
-                new = patch.states.get(sid)
-                if (new is None and not patch.replace) or (new is not None and new >= version):
-                    continue
-                why = "is newer" if new is not None else "would be dropped by the replace"
-                raise PatchError(f"{patch.name}: not compatible with {old.name}: system state "
-                                 f"{sid} version {version} {why}")
+        try:
+            check_compatible(self.patches, patch)
+        except PatchError:
+            self._log(f"Livepatch patch ({patch.name}) is not compatible with the already "
+                      f"installed livepatches.")
+            raise
         for f in patch.funcs:
             rep = self.target.scan.find(f.old_name, f.old_sympos or None)
             if not rep.verdict.patchable:
@@ -164,6 +162,8 @@ class Livepatch:
         patch.module = module
         module.write_to(m)
         self._nop_module_sites(patch)
+        self.states.alloc(patch)
+        undo.append(lambda: self.states.free(patch))
         # Ordering: pre_patch runs in the loaded module before any site changes.
         self._log(f"'{patch.name}': initializing patching transition")
         rc = self._callback(patch, "pre_patch")
@@ -309,13 +309,22 @@ class Livepatch:
             t.unmark()
             for f in patch.funcs:
                 self.funcs.settle(self.stacks[f.site])
-            if patch.replace:   # the others go now; their callbacks do not run
-                for old in [p for p in self.patches if p is not patch]:
-                    self._remove(old, callbacks=False)
+            replaced = [p for p in self.patches if p is not patch] if patch.replace else []
+            for old in replaced:    # the others go now; their callbacks do not run
+                self._unpatch(old)
+            if patch.replace:
                 self._discard_nops(patch)
+            # Ordering: the replaced patches are still listed for post_patch,
+            # which may take over their states (klp_get_prev_state).
             self._callback(patch, "post_patch")
+            for old in replaced:
+                self._forget(old)
         else:
-            self._remove(patch, callbacks=True)
+            self._unpatch(patch)
+            # Ordering: post_unpatch runs while the module's memory is still
+            # there, and the patch still listed.
+            self._callback(patch, "post_unpatch")
+            self._forget(patch)
 
     def _not_busy(self) -> None:
         if self.transition is not None:
@@ -323,10 +332,9 @@ class Livepatch:
             raise PatchError(f"patch {p.name} is in transition: wait for it to finish, or "
                              f"force it")
 
-    def _remove(self, patch: KlpPatch, *, callbacks: bool) -> None:
-        """Unlink the patch's nodes from every stack; free its memory when no
-        thread can be executing or returning into it (else defer).  Without
-        *callbacks* (replaced by an atomic replace) its callbacks do not run."""
+    def _unpatch(self, patch: KlpPatch) -> None:
+        """Unlink the patch's nodes from every stack (the kernel's
+        klp_unpatch_objects)."""
         emptied = [st for f in [*patch.funcs, *patch.nops]
                    if (st := self.funcs.unlink(f)) is not None]
         patch.nops = []
@@ -334,10 +342,11 @@ class Livepatch:
         patch.enabled = False
         for o in patch.objects:
             o.patched = False
+
+    def _forget(self, patch: KlpPatch) -> None:
+        """Take the unpatched patch off the list; free its memory when no
+        thread can be executing or returning into it (else defer)."""
         self.patches.remove(patch)
-        # Ordering: post_unpatch runs while the module's memory is still there.
-        if callbacks:
-            self._callback(patch, "post_unpatch")
         self.deferred.append(patch)
         self.release_deferred()
 
@@ -352,10 +361,12 @@ class Livepatch:
         addr = patch.callbacks.get(kind)
         if addr is None:
             return 0
-        if not self._klp_object:
-            self._klp_object = self.heap.alloc(4)
-            self.machine.write(self._klp_object, bytes(4))
-        rc = self.machine.call(addr, [self._klp_object])
+        listed = self.patches if patch in self.patches else [*self.patches, patch]
+        self.states.enter_callback(listed, patch)
+        try:
+            rc = self.machine.call(addr, [patch.klp])
+        finally:
+            self.states.leave_callback()
         return rc - (1 << 32) if rc & 0x80000000 else rc
 
     def release_deferred(self) -> list[KlpPatch]:
@@ -405,6 +416,7 @@ class Livepatch:
                 if f.node:
                     self.heap.free(f.node)
                     f.node = 0
+            self.states.free(patch)
             self.machine.free(patch.memory, patch.memory_size)
             patch.memory = patch.memory_size = 0
             self.deferred.remove(patch)

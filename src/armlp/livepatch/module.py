@@ -82,6 +82,9 @@ class KlpPatch:
     #: function the patches it replaces changed and it does not; new_func 0
     #: means "the original".  Discarded when the replace completes.
     nops: list[KlpFunc] = field(default_factory=list)
+    #: While enabled: its struct klp_object, klp_patch and klp_state array
+    #: in the target (armlp.livepatch.state), what its callbacks get.
+    klp: int = 0
 
     @property
     def funcs(self) -> list[KlpFunc]:
@@ -144,9 +147,6 @@ def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[
     """``(patch name, objects)`` from a relocated module."""
     path = image.path
     funcs_secs = [s for s in module.sections if s.name == ".armlp.funcs"]
-    if not funcs_secs:
-        raise PatchError(f"{path}: no .armlp.funcs section: declare replacements with "
-                         f"ARMLP_REPLACE from <armlp/livepatch.h>")
     name_secs = [s for s in module.sections if s.name == ".armlp.name"]
     name = (name_secs[0].data.split(b"\0")[0].decode("utf-8", "replace") if name_secs
             else path.stem)
@@ -180,7 +180,9 @@ def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[
             new_name = by_addr.get(new_ptr, f"{new_ptr:#x}")
             func = KlpFunc(old, sympos, new_ptr, new_name)
             by_object.setdefault(obj, KlpObject(obj)).funcs.append(func)
-    objects = list(by_object.values())
+    # A patch that replaces nothing (callbacks and states only, as the
+    # kernel's test_klp_state) still has the program as its object.
+    objects = list(by_object.values()) or [KlpObject(PROGRAM)]
     labels = [f.label for o in objects for f in o.funcs]
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
@@ -214,10 +216,15 @@ def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
         build_id = raw.decode()
     sections = {s.name: s for s in module.sections}
     states = sections.get(".armlp.states")
-    return KlpPatch(name, image.path, image, objects, build_id or None, size=module.size,
-                    callbacks=parse_callbacks(image, module),
-                    states=parse_states(states.data, str(image.path)) if states else {},
-                    replace=".armlp.replace" in sections)
+    patch = KlpPatch(name, image.path, image, objects, build_id or None, size=module.size,
+                     callbacks=parse_callbacks(image, module),
+                     states=parse_states(states.data, str(image.path)) if states else {},
+                     replace=".armlp.replace" in sections)
+    if not (patch.funcs or patch.callbacks or patch.states or patch.replace):
+        raise PatchError(f"{image.path}: the patch declares nothing: no ARMLP_REPLACE, "
+                         f"ARMLP_CALLBACKS, ARMLP_STATE or ARMLP_ATOMIC_REPLACE from "
+                         f"<armlp/livepatch.h>")
+    return patch
 
 
 def relocate_patch(patch: KlpPatch, target: ElfImage, exports: dict[str, int],

@@ -15,7 +15,7 @@ from armlp.program_build import cache_root
 from armlp.runtime.layout import c_asserts
 from armlp.toolchain import INCLUDE_DIR, PREFIX, compile_object
 
-SOURCES = ("entry.S", "ftrace.c", "livepatch.c", "transition.c", "shadow.c")
+SOURCES = ("entry.S", "ftrace.c", "livepatch.c", "transition.c", "shadow.c", "state.c")
 HEADERS = ("armlp_rt.h",)
 #: armlp's scratch page for targets behind a GDB stub (armlp.machine.scratch):
 #: built here, but placed by the machine, not loaded with the runtime.
@@ -36,6 +36,7 @@ def _digest() -> str:
         path = SOURCE_DIR / name
         if path.exists():
             h.update(name.encode() + b"\0" + path.read_bytes())
+    h.update((INCLUDE_DIR / "armlp" / "livepatch.h").read_bytes())
     h.update(c_asserts().encode())
     return h.hexdigest()[:16]
 
@@ -68,7 +69,8 @@ def _objects() -> list[Path]:
         (tmpdir / "layout_check.o").unlink()
         for src in sources:
             path = SOURCE_DIR / src
-            compile_object(path, tmpdir / (path.stem + ".o"), [*CFLAGS, f"-I{SOURCE_DIR}"])
+            compile_object(path, tmpdir / (path.stem + ".o"),
+                           [*CFLAGS, f"-I{SOURCE_DIR}", f"-I{INCLUDE_DIR}"])
         try:
             os.replace(tmpdir, out)
         except OSError:

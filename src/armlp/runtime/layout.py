@@ -66,6 +66,11 @@ KLP_TRANSITION = struct.Struct("<iI")
 KLP_TRANSITION_SIZE = KLP_TRANSITION.size + KLP_MAX_THREADS * KLP_THREAD.size
 #: struct klp_ops: stack (what the function's ftrace_ops.private points at)
 KLP_OPS = struct.Struct("<I")
+#: <armlp/livepatch.h>, for callbacks: struct klp_object (name, patch),
+#: struct klp_patch (next, states), struct klp_state (id, version, data).
+KLP_OBJECT = struct.Struct("<II")
+KLP_PATCH = struct.Struct("<II")
+KLP_STATE = struct.Struct("<III")
 
 
 def c_asserts() -> str:
@@ -99,6 +104,12 @@ def c_asserts() -> str:
         ("sizeof(struct armlp_func_desc)", DESC.size),
         ("sizeof(struct armlp_callbacks_desc)", CALLBACKS_DESC.size),
         ("sizeof(struct armlp_state_rec)", STATE.size),
+        ("sizeof(struct klp_object)", KLP_OBJECT.size),
+        ("__builtin_offsetof(struct klp_object, patch)", 4),
+        ("sizeof(struct klp_patch)", KLP_PATCH.size),
+        ("__builtin_offsetof(struct klp_patch, states)", 4),
+        ("sizeof(struct klp_state)", KLP_STATE.size),
+        ("__builtin_offsetof(struct klp_state, data)", 8),
     ]
     lines = ['#include "armlp_rt.h"', "#include <armlp/livepatch.h>"]
     lines += [f'_Static_assert({expr} == {value:#x}u, "{expr} is not {value:#x} as '

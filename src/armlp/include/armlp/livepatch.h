@@ -50,8 +50,9 @@
  * A system state this patch makes or takes over (the kernel's klp_state):
  * every state of an enabled patch must be here in the same or a newer
  * version, or the patch is refused; with ARMLP_ATOMIC_REPLACE, every one must
- * be.  In the kernel, callbacks find it with klp_get_state(obj->patch, ID),
- * and what the patch before left with klp_get_prev_state(ID).
+ * be.  Callbacks find it with klp_get_state(obj->patch, ID) (a kernel
+ * patch with klp_get_state(&patch, ID)), and what the patches before left
+ * with klp_get_prev_state(ID).
  */
 struct armlp_state_rec {
 	unsigned long id;
@@ -141,11 +142,37 @@ struct armlp_func_desc {
  * threads are stopped (a callback must not wait for them): pre_patch before
  * any function is redirected (non-zero refuses the patch, nothing changed),
  * post_patch once all are, pre_unpatch before they go back, post_unpatch
- * after.  obj->name is NULL: the main program (the kernel's vmlinux).
+ * after.  obj->name is NULL: the main program (the kernel's vmlinux);
+ * obj->patch is this patch, for klp_get_state().
  */
+struct klp_patch;
 struct klp_object {
 	const char *name;
+	struct klp_patch *patch;
 };
+
+/*
+ * System states, the kernel's API (kernel/livepatch/state.c): each
+ * ARMLP_STATE of a patch is a struct klp_state with data NULL until a
+ * callback sets it.  klp_get_state(obj->patch, ID) is this patch's;
+ * klp_get_prev_state(ID), inside a callback, the one the patches enabled
+ * before the patch in transition left (the last of them that has ID), NULL
+ * if none: a cumulative patch takes over what the one it replaces made.
+ * armlp's struct klp_patch has only what these need.
+ */
+struct klp_state {
+	unsigned long id;
+	unsigned int version;
+	void *data;
+};
+
+struct klp_patch {
+	struct klp_patch *next;		/* the next enabled patch */
+	struct klp_state *states;	/* ends with id 0 */
+};
+
+struct klp_state *klp_get_state(struct klp_patch *patch, unsigned long id);
+struct klp_state *klp_get_prev_state(unsigned long id);
 
 struct armlp_callbacks_desc {
 	int (*pre_patch)(struct klp_object *obj);
