@@ -303,3 +303,88 @@ def test_state_incompatible_cumulative_livepatches(program: Path) -> None:
     k.disable("test_klp_state2")
     assert k.log() == state_disabling("test_klp_state2")
     assert loglevel(k) == 4
+
+
+# -- test-shadow-vars.sh -----------------------------------------------------------
+
+#: The kernel's expected log of test_klp_shadow_vars (pointers as PTRn in
+#: order of appearance), with size=4 for its size=8: pointers are 4 bytes.
+SHADOW_VARS_LOG = """\
+klp_shadow_get(obj=PTR1, id=0x1234) = PTR0
+  got expected NULL result
+shadow_ctor: PTR3 -> PTR2
+klp_shadow_get_or_alloc(obj=PTR1, id=0x1234, size=4, gfp_flags=GFP_KERNEL), ctor=PTR4, \
+ctor_data=PTR2 = PTR3
+shadow_ctor: PTR6 -> PTR5
+klp_shadow_alloc(obj=PTR1, id=0x1235, size=4, gfp_flags=GFP_KERNEL), ctor=PTR4, \
+ctor_data=PTR5 = PTR6
+shadow_ctor: PTR8 -> PTR7
+klp_shadow_alloc(obj=PTR9, id=0x1234, size=4, gfp_flags=GFP_KERNEL), ctor=PTR4, \
+ctor_data=PTR7 = PTR8
+shadow_ctor: PTR11 -> PTR10
+klp_shadow_alloc(obj=PTR9, id=0x1235, size=4, gfp_flags=GFP_KERNEL), ctor=PTR4, \
+ctor_data=PTR10 = PTR11
+shadow_ctor: PTR13 -> PTR12
+klp_shadow_get_or_alloc(obj=PTR14, id=0x1234, size=4, gfp_flags=GFP_KERNEL), ctor=PTR4, \
+ctor_data=PTR12 = PTR13
+shadow_ctor: PTR16 -> PTR15
+klp_shadow_alloc(obj=PTR14, id=0x1235, size=4, gfp_flags=GFP_KERNEL), ctor=PTR4, \
+ctor_data=PTR15 = PTR16
+klp_shadow_get(obj=PTR1, id=0x1234) = PTR3
+  got expected PTR3 -> PTR2 result
+klp_shadow_get(obj=PTR1, id=0x1235) = PTR6
+  got expected PTR6 -> PTR5 result
+klp_shadow_get(obj=PTR9, id=0x1234) = PTR8
+  got expected PTR8 -> PTR7 result
+klp_shadow_get(obj=PTR9, id=0x1235) = PTR11
+  got expected PTR11 -> PTR10 result
+klp_shadow_get(obj=PTR14, id=0x1234) = PTR13
+  got expected PTR13 -> PTR12 result
+klp_shadow_get(obj=PTR14, id=0x1235) = PTR16
+  got expected PTR16 -> PTR15 result
+klp_shadow_get_or_alloc(obj=PTR1, id=0x1234, size=4, gfp_flags=GFP_KERNEL), ctor=PTR4, \
+ctor_data=PTR2 = PTR3
+  got expected PTR3 -> PTR2 result
+klp_shadow_get_or_alloc(obj=PTR9, id=0x1234, size=4, gfp_flags=GFP_KERNEL), ctor=PTR4, \
+ctor_data=PTR7 = PTR8
+  got expected PTR8 -> PTR7 result
+klp_shadow_get_or_alloc(obj=PTR14, id=0x1234, size=4, gfp_flags=GFP_KERNEL), ctor=PTR4, \
+ctor_data=PTR12 = PTR13
+  got expected PTR13 -> PTR12 result
+shadow_dtor(obj=PTR1, shadow_data=PTR3)
+klp_shadow_free(obj=PTR1, id=0x1234, dtor=PTR17)
+klp_shadow_get(obj=PTR1, id=0x1234) = PTR0
+  got expected NULL result
+shadow_dtor(obj=PTR9, shadow_data=PTR8)
+klp_shadow_free(obj=PTR9, id=0x1234, dtor=PTR17)
+klp_shadow_get(obj=PTR9, id=0x1234) = PTR0
+  got expected NULL result
+shadow_dtor(obj=PTR14, shadow_data=PTR13)
+klp_shadow_free(obj=PTR14, id=0x1234, dtor=PTR17)
+klp_shadow_get(obj=PTR14, id=0x1234) = PTR0
+  got expected NULL result
+klp_shadow_get(obj=PTR1, id=0x1235) = PTR6
+  got expected PTR6 -> PTR5 result
+klp_shadow_get(obj=PTR9, id=0x1235) = PTR11
+  got expected PTR11 -> PTR10 result
+klp_shadow_get(obj=PTR14, id=0x1235) = PTR16
+  got expected PTR16 -> PTR15 result
+klp_shadow_free_all(id=0x1235, dtor=PTR0)
+klp_shadow_get(obj=PTR1, id=0x1235) = PTR0
+  got expected NULL result
+klp_shadow_get(obj=PTR9, id=0x1235) = PTR0
+  got expected NULL result
+klp_shadow_get(obj=PTR14, id=0x1235) = PTR0
+  got expected NULL result
+"""
+
+
+def test_shadow_vars_basic_shadow_variable_api(program: Path) -> None:
+    """The module's init is the patch's pre_patch: the whole API exercised
+    through the runtime's shadow variables in the program, echoed line by
+    line as the kernel's test module does."""
+    k = Klp(program)
+    k.enable("test_klp_shadow_vars")
+    name = "test_klp_shadow_vars"
+    assert k.log() == enabling(name, tuple(f"{name}: {line}"
+                                           for line in SHADOW_VARS_LOG.splitlines()))
