@@ -18,11 +18,14 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
+import itertools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from armlp.errors import CodeModificationError, MachineError
 
 #: Register order of :class:`Regs` and of the runtime's ``struct pt_regs``.
 REG_ORDER = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12",
@@ -54,6 +57,47 @@ class CodeWrite:
     address: int
     expected: bytes
     new: bytes
+
+
+def code_images(writes: Sequence[CodeWrite], read: Callable[[int, int], bytes],
+                gap: int = 0) -> list[tuple[int, bytearray]]:
+    """The compare-and-swap half of :meth:`Machine.write_code`, for every
+    backend: the writes as ``(start, new bytes)`` images, writes at most
+    *gap* bytes apart joined (with what lies between), each range read once
+    through *read*.  Raises, before anything is written, on a write whose
+    sizes differ, writes that overlap, or an expected word that is not there
+    (CodeModificationError)."""
+    for w in writes:
+        if len(w.new) != len(w.expected):
+            raise MachineError(f"code write at {w.address:#010x}: {len(w.new)} new bytes "
+                               f"for {len(w.expected)} expected")
+    ordered = sorted((w for w in writes if w.new), key=lambda w: w.address)
+    for a, b in itertools.pairwise(ordered):
+        if a.address + len(a.new) > b.address:
+            raise MachineError(f"code writes at {a.address:#010x} and {b.address:#010x} "
+                               f"overlap")
+    runs: list[list[CodeWrite]] = []
+    for w in ordered:
+        if runs and w.address - (runs[-1][-1].address + len(runs[-1][-1].new)) <= gap:
+            runs[-1].append(w)
+        else:
+            runs.append([w])
+    images: list[tuple[int, bytearray]] = []
+    for ws in runs:
+        start = ws[0].address
+        image = bytearray(read(start, ws[-1].address + len(ws[-1].new) - start))
+        for w in ws:
+            off = w.address - start
+            cur = bytes(image[off:off + len(w.expected)])
+            if cur != w.expected:
+                raise CodeModificationError(
+                    f"code at {w.address:#010x} is {cur.hex()}, expected "
+                    f"{w.expected.hex()}: refusing to write {w.new.hex()}")
+        for w in ws:
+            off = w.address - start
+            image[off:off + len(w.new)] = w.new
+        images.append((start, image))
+    return images
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,9 @@ from typing import Any, Literal
 import unicorn as _unicorn
 from unicorn import arm_const as ac
 
-from armlp.errors import CodeModificationError, MachineError
+from armlp.errors import MachineError
 from armlp.machine.address_space import AddressSpace
-from armlp.machine.base import REG_ORDER, CodeWrite, Regs
+from armlp.machine.base import REG_ORDER, CodeWrite, Regs, code_images
 from armlp.machine.exec_loader import (
     PAGE,
     _align_down,
@@ -209,19 +209,9 @@ class Emulator(AddressSpace):
     def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False) -> None:
         """Compare-and-swap code writes, all or nothing, then drop the
         translated code of every written range."""
-        for w in writes:
-            if len(w.new) != len(w.expected):
-                raise MachineError(f"code write at {w.address:#010x}: {len(w.new)} new bytes "
-                                   f"for {len(w.expected)} expected")
-            found = self.read(w.address, len(w.expected))
-            if found != w.expected:
-                raise CodeModificationError(
-                    f"code at {w.address:#010x} is {found.hex()}, expected "
-                    f"{w.expected.hex()}: refusing to write {w.new.hex()}")
-        for w in writes:
-            self.write(w.address, w.new)
-        for w in writes:
-            self.flush_icache(w.address, len(w.new))
+        for start, image in code_images(writes, self.read):
+            self.write(start, bytes(image))
+            self.flush_icache(start, len(image))
 
     def call(self, address: int, args: Sequence[int] = (), *,
              regs: Mapping[str, int] | None = None, max_instructions: int = 10_000_000) -> int:

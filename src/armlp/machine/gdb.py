@@ -34,14 +34,13 @@ Stops
 from __future__ import annotations
 
 import contextlib
-import itertools
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 from armlp.elf.image import PF_R, PF_W, PF_X, PT_LOAD, program_headers
-from armlp.errors import CodeModificationError, MachineError, StubStalledError
-from armlp.machine.base import CodeWrite, Region, Regs
+from armlp.errors import MachineError, StubStalledError
+from armlp.machine.base import CodeWrite, Region, Regs, code_images
 from armlp.machine.freeze import Freezer
 from armlp.machine.inject import (
     GDB_SIGINT,
@@ -177,40 +176,7 @@ class GdbMachine(Injection):
         (and mapping memory drops what qemu kept of an earlier mapping)."""
         self._flush_batch()
         self._need_stopped("write code")
-        for w in writes:
-            if len(w.new) != len(w.expected):
-                raise MachineError(f"code write at {w.address:#010x}: {len(w.new)} new bytes "
-                                   f"for {len(w.expected)} expected")
-        ordered = sorted((w for w in writes if w.new), key=lambda w: w.address)
-        for a, b in itertools.pairwise(ordered):
-            if a.address + len(a.new) > b.address:
-                raise MachineError(f"code writes at {a.address:#010x} and {b.address:#010x} "
-                                   f"overlap")
-        runs: list[tuple[int, list[CodeWrite]]] = []
-        for w in ordered:
-            if runs:
-                start, ws = runs[-1]
-                end = ws[-1].address + len(ws[-1].new)
-                if w.address - end <= _GAP_FILL:
-                    ws.append(w)
-                    continue
-            runs.append((w.address, [w]))
-        images: list[tuple[int, bytearray]] = []
-        for start, ws in runs:
-            end = ws[-1].address + len(ws[-1].new)
-            found = self._cached_read(start, end - start)
-            for w in ws:
-                off = w.address - start
-                cur = found[off:off + len(w.expected)]
-                if cur != w.expected:
-                    raise CodeModificationError(
-                        f"code at {w.address:#010x} is {cur.hex()}, expected "
-                        f"{w.expected.hex()}: refusing to write {w.new.hex()}")
-            image = bytearray(found)
-            for w in ws:
-                off = w.address - start
-                image[off:off + len(w.new)] = w.new
-            images.append((start, image))
+        images = code_images(writes, self._cached_read, _GAP_FILL)
         if self.host_memory is not None:
             with contextlib.nullcontext() if unused else self.all_stopped():
                 for start, img in images:
