@@ -147,7 +147,7 @@ class Controller:
         #: The last request's pause as the program saw it (its threads held
         #: still), and the time armlp had the target stopped for its work.
         self.last_pause_ms = 0.0
-        self.last_work_ms = 0.0
+        self.last_stopped_ms = 0.0
         self.tracer: FunctionTracer | None = None
         self._tracer_owner: Client | None = None
         self._timers: list[tuple[float, Request]] = []
@@ -190,14 +190,14 @@ class Controller:
         finally:
             self._paused = False
             self.process.resume()
-            self.last_work_ms = (time.perf_counter() - t0) * 1e3
+            self.last_stopped_ms = (time.perf_counter() - t0) * 1e3
             after = self.process.held_s()
-            self.last_pause_ms = (self.last_work_ms if held is None or after is None
+            self.last_pause_ms = (self.last_stopped_ms if held is None or after is None
                                   else (after - held) * 1e3)
 
     def _pause(self) -> dict[str, float]:
         return {"pause_ms": round(self.last_pause_ms, 3),
-                "stopped_ms": round(self.last_work_ms, 3)}
+                "stopped_ms": round(self.last_stopped_ms, 3)}
 
     def handle(self, req: Request, client: Client | None = None) -> Any:
         """Serve one typed request (for *client*, None for a timer)."""
