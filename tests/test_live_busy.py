@@ -50,10 +50,16 @@ def test_a_thread_inside_a_patched_function_holds_the_transition(
     wait_until("the workers", lambda: "ready" in r.out())
     res = live.cli("patch", patch, "--target", target, "--wait", "1.5", "--json")
     assert res.code == 1, (res.out, res.err)       # still in transition
-    st = live.cli("status", "--target", target, "--json").json()["targets"][0]
-    blocked = st["transition"]["blocked"]
-    assert len(blocked) == 1, blocked               # the eight workers switched
-    assert "forever" in blocked[0]["reason"], blocked
+
+    def blocked() -> list[dict[str, str]]:
+        st = live.cli("status", "--target", target, "--json").json()["targets"][0]
+        return list(st["transition"]["blocked"])
+
+    # The eight workers switch (each after two clean scans in a row; one
+    # caught on its way through tick's handler waits for the next attempt,
+    # a second apart at most): only the stuck thread is left.
+    wait_until("the workers to switch", lambda: len(blocked()) == 1, timeout=30)
+    assert "forever" in blocked()[0]["reason"], blocked()
     assert live.cli("force", "busy-forever", "--target", target).code == 0
     assert r.wait(60) == 0
     m = re.search(r"fresh (\d+) bad (\d+)", r.out())
