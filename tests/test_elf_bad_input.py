@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from armlp.analysis.scan import scan
 from armlp.elf.image import ElfImage
 from armlp.errors import ArmlpError
-from conftest import CORPUS, Builder, armlp, cross, run
+from conftest import CORPUS, Builder, armlp, cross, run, scan_json
 
 ARMLP = Path(sys.executable).with_name("armlp")
 
@@ -270,3 +270,29 @@ def test_fuzz_executable(small_exe: Path) -> None:
         _fuzz(base, str(small_exe), muts, cut)
 
     run_one()
+
+
+def test_dwarf_of_a_large_file_is_not_read_and_the_scan_is_the_same(
+        small_exe: Path, tmp_path: Path) -> None:
+    """A file of 16 MiB or more is read without its ``.debug_*`` sections
+    (a vmlinux is 90 % DWARF): those bytes are zeros in memory, every other
+    byte is the file's, and the scan is the scan of the file without them."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\xab" * (17 << 20))
+    big = tmp_path / "big"
+    subprocess.run([cross("objcopy"), "--add-section", f".debug_info={blob}", str(small_exe),
+                    str(big)], check=True)
+    raw = big.read_bytes()
+    image = ElfImage(big)
+    (dwarf,) = [s for s in image.sections if s.name == ".debug_info"]
+    assert dwarf.size == 17 << 20
+    data = image.data
+    assert len(data) == len(raw)
+    assert data[dwarf.offset:dwarf.offset + dwarf.size].count(0) == dwarf.size
+    assert data[:dwarf.offset] == raw[:dwarf.offset]
+    assert data[dwarf.offset + dwarf.size:] == raw[dwarf.offset + dwarf.size:]
+    small = scan_json(small_exe)
+    del small["file"]
+    large = scan_json(big)
+    del large["file"]
+    assert large == small

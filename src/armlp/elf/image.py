@@ -9,6 +9,8 @@ traceback from deep inside a parser.
 from __future__ import annotations
 
 import io
+import mmap
+import os
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -94,6 +96,37 @@ class Section:
         return self.type != SHT_NOBITS
 
 
+#: Files smaller than this are read whole: skipping their DWARF saves less
+#: than looking for it costs.
+SKIP_DWARF_FROM = 16 << 20
+
+
+def _dwarf(fd: int, size: int) -> list[tuple[int, int]]:
+    """The file ranges of the ``.debug_*`` sections of the ELF file open on
+    *fd*: armlp never reads DWARF, and in a vmlinux it is 90 % of the file.
+    Anything odd about the headers gives ``[]``: the file is then read whole
+    and :class:`ElfImage` reports what is wrong."""
+    if size < SKIP_DWARF_FROM:
+        return []
+    head = os.pread(fd, _EHDR.size, 0)
+    if len(head) < _EHDR.size or head[:6] != b"\x7fELF\x01\x01":
+        return []
+    *_, shoff, _, _, _, _, shentsize, shnum, shstrndx = _EHDR.unpack(head)
+    if shentsize != _SHDR.size or not shstrndx < shnum or shoff + shnum * _SHDR.size > size:
+        return []
+    table = os.pread(fd, shnum * _SHDR.size, shoff)
+    if len(table) < shnum * _SHDR.size:
+        return []
+    headers = list(_SHDR.iter_unpack(table))
+    names_at, names_size = headers[shstrndx][4:6]
+    if names_at + names_size > size:
+        return []
+    names = os.pread(fd, names_size, names_at)
+    return [(h[4], h[4] + h[5]) for h in headers
+            if h[1] == SHT_PROGBITS and not h[2] & SHF_ALLOC and h[4] + h[5] <= size
+            and names.startswith(b".debug_", h[0])]
+
+
 class ElfImage:
     """A 32-bit little-endian ARM ELF file, read whole into memory.
 
@@ -102,10 +135,10 @@ class ElfImage:
     ``linux_banner``).
     """
 
-    def __init__(self, path: str | Path, data: bytes | None = None) -> None:
+    def __init__(self, path: str | Path, data: bytes | mmap.mmap | None = None) -> None:
         self.path = Path(path)
         if data is None:
-            data = read_input(self.path, "ELF file")
+            data = read_input(self.path, "ELF file", skip=_dwarf)
         self.data = data
         self._parse_header()
         self.sections = self._parse_sections()

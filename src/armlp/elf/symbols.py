@@ -85,23 +85,21 @@ def _symbol_names(strtab: bytes, offsets: list[int]) -> list[str]:
     """The name at each string-table offset (offsets already checked)."""
     if strtab.isascii():
         # One split instead of a find and a decode per symbol; offsets into
-        # the middle of a string (shared suffixes) are looked up one by one.
+        # the middle of a string (shared suffixes: 15,000 of a vmlinux's
+        # 197,000 symbols) are looked up one by one.
         parts = strtab.decode("ascii").split("\0")
         starts = accumulate(map(operator.add, map(len, parts), repeat(1)), initial=0)
         names = list(map(dict(zip(starts, parts, strict=False)).get, offsets))
-        if None not in names:
-            return names  # type: ignore[return-value]
     else:
         names = [None] * len(offsets)
-    out: list[str] = []
     cache: dict[int, str] = {}
-    for off, name in zip(offsets, names, strict=True):
+    for i in compress(range(len(names)), map(operator.is_, names, repeat(None))):
+        off = offsets[i]
+        name = cache.get(off)
         if name is None:
-            name = cache.get(off)
-            if name is None:
-                name = cache[off] = _cstr(strtab, off)
-        out.append(name)
-    return out
+            name = cache[off] = _cstr(strtab, off)
+        names[i] = name
+    return names  # type: ignore[return-value]
 
 
 def _cstr(strtab: bytes, off: int) -> str:
@@ -157,12 +155,14 @@ class SymbolTable:
     """
 
     def __init__(self, symbols: Sequence[Symbol], section_names: list[str], *,
-                 columns: _Columns | None = None, maybe_thumb: bool = True) -> None:
+                 columns: _Columns | None = None, maybe_thumb: bool = True,
+                 dotted_t: bool = True) -> None:
         self._section_names = section_names
         self._cols = columns if columns is not None else _Columns.of(symbols)
         # False when no name can be a ``$t`` mapping symbol: then functions()
         # needs no mapping-symbol index (ARM-only programs, the common case).
         self._maybe_thumb = maybe_thumb
+        self._dotted_t = dotted_t
         if columns is None:
             self.__dict__["symbols"] = list(symbols)
 
@@ -186,17 +186,39 @@ class SymbolTable:
         return by_name
 
     @cached_property
-    def _mapping(self) -> dict[int, tuple[list[int], list[str]]]:
+    def _thumb_sections(self) -> frozenset[int]:
+        """Sections holding a ``$t`` mapping symbol: the only ones where a
+        function symbol without the Thumb bit can still be Thumb code.  A
+        vmlinux has 81,000 mapping symbols and four ``$t`` (in .rodata), so
+        the mapping index is built for these sections alone."""
         c = self._cols
+        if not self._maybe_thumb:
+            return frozenset()
+        # "$t" itself by equality (a third of the cost of startswith); the
+        # "$t.<suffix>" form only if the string table has one.
+        test = map(str.startswith, c.names, repeat("$t")) if self._dotted_t else \
+            map(operator.eq, c.names, repeat("$t"))
+        return frozenset(c.shndx[i] for i in compress(range(len(c.names)), test)
+                         if self._is_mapping(i))
+
+    def _is_mapping(self, i: int) -> bool:
+        c = self._cols
+        return is_mapping_symbol(c.names[i]) and c.shndx[i] != SHN_UNDEF and \
+            c.infos[i] & 0xF not in (STT_SECTION, STT_FILE)
+
+    @cached_property
+    def _mapping(self) -> dict[int, tuple[list[int], list[str]]]:
+        """Section -> (addresses, classes) of its mapping symbols, sorted by
+        address, for the sections in :attr:`_thumb_sections`."""
+        c = self._cols
+        wanted = self._thumb_sections
         mapping: dict[int, tuple[list[int], list[str]]] = {}
-        for i, name in enumerate(c.names):
-            if name[:1] != "$" or not is_mapping_symbol(name) or c.shndx[i] == SHN_UNDEF:
-                continue
-            if c.infos[i] & 0xF in (STT_SECTION, STT_FILE):
+        for i in compress(range(len(c.names)), map(str.startswith, c.names, repeat("$"))):
+            if c.shndx[i] not in wanted or not self._is_mapping(i):
                 continue
             addrs, kinds = mapping.setdefault(c.shndx[i], ([], []))
             addrs.append(c.values[i])
-            kinds.append(name[1])
+            kinds.append(c.names[i][1])
         for addrs, kinds in mapping.values():
             order = sorted(range(len(addrs)), key=addrs.__getitem__)
             addrs[:] = [addrs[i] for i in order]
@@ -206,10 +228,6 @@ class SymbolTable:
     @cached_property
     def _name_set(self) -> frozenset[str]:
         return frozenset(self._cols.names)
-
-    @cached_property
-    def _has_thumb_mapping(self) -> bool:
-        return any("t" in kinds for _, kinds in self._mapping.values())
 
     @classmethod
     def from_image(cls, image: ElfImage) -> SymbolTable:
@@ -239,10 +257,12 @@ class SymbolTable:
             _raise_first_bad_symbol(image, strtab, st_names, shndx)
         cols = _Columns(_symbol_names(strtab, st_names), words[1::4].tolist(),
                         words[2::4].tolist(), raw[12::16], shndx)
-        return cls((), names, columns=cols, maybe_thumb=b"$t" in strtab)
+        return cls((), names, columns=cols, maybe_thumb=b"$t" in strtab,
+                   dotted_t=b"$t." in strtab)
 
     def mapping_at(self, shndx: int, value: int) -> str | None:
-        """The mapping-symbol class (``a``, ``t`` or ``d``) in force at *value*."""
+        """The mapping-symbol class (``a``, ``t`` or ``d``) in force at *value*
+        (None outside :attr:`_thumb_sections`, where every function is ARM)."""
         entry = self._mapping.get(shndx)
         if entry is None:
             return None
@@ -282,9 +302,10 @@ class SymbolTable:
         sympos = list(map(table.get, index, repeat(0)))
         thumb_bits = sum(map((1).__and__, values))
         addresses = list(map((~1).__and__, values)) if thumb_bits else values
-        if thumb_bits or (self._maybe_thumb and self._has_thumb_mapping):
-            modes = ["thumb" if v & 1 or self.mapping_at(sh, a) == "t" else "arm"
-                     for v, a, sh in zip(values, addresses, shndx, strict=True)]
+        thumb_secs = self._thumb_sections
+        if thumb_bits or thumb_secs:
+            modes = ["thumb" if v & 1 or (sh in thumb_secs and self.mapping_at(sh, a) == "t")
+                     else "arm" for v, a, sh in zip(values, addresses, shndx, strict=True)]
         else:
             modes = ["arm"] * len(index)
         funcs = list(map(FunctionSymbol, names, sympos, addresses, sizes, modes, shndx,
