@@ -2,17 +2,24 @@
 sysroot comes from the program's interpreter, the first system call uses
 ld.so's svc (the program's text has none), mcount is reached through the
 PLT, for the program's sites and the patch's own; status shows the sites, a
-patch goes in and out, and the program ends normally.  PIE is refused
-before anything starts."""
+patch goes in and out, and the program ends normally.  The same for a
+position-independent executable (what Debian's gcc builds by default),
+whose load bias comes from the running program: under ``armlp run`` and
+``armlp attach``."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import Builder, armlp
+from armlp.analysis.scan import scan
+from armlp.elf.image import ElfImage
+from conftest import Builder
 from live_helpers import TESTS, Live, compile_patch, wait_until
 
 pytestmark = pytest.mark.slow
@@ -27,13 +34,22 @@ def dynamic(builder: Builder, link: str) -> Path:
     return builder.link([obj], [link, "-pthread"], f"live_target_dyn{link}")
 
 
-def test_dynamic_program_runs_shows_its_sites_and_is_patched(builder: Builder, live: Live) -> None:
+@pytest.mark.parametrize("link", ["-no-pie", "-pie"])
+def test_dynamic_program_runs_shows_its_sites_and_is_patched(builder: Builder, live: Live,
+                                                             link: str) -> None:
     prog = live.dir / "ltd"          # a short name: the control socket's path holds it
-    shutil.copy(dynamic(builder, "-no-pie"), prog)
+    shutil.copy(dynamic(builder, link), prog)
     r = live.run("dyn", prog, "400", "20")
     info = r.info()
     st = live.cli("status", "--target", info["id"], "--json").json()["targets"][0]
     assert st["sites"]["total"] == 3            # main, worker, price: through the PLT
+    entries = {s["function"]: s["entry"] for s in st["runtime"]["sites"]}
+    linked = {f.name: f.address for f in ElfImage(prog).symbols.functions()}
+    bias = entries["price"] - linked["price"]
+    # Where the program runs: a PIE wherever qemu's loader put it, the same
+    # distance from its link address for every function.
+    assert (bias != 0) == (link == "-pie")
+    assert {name: entries[name] - linked[name] for name in entries} == dict.fromkeys(entries, bias)
     patch = compile_patch(TESTS / "patches" / "live_price.c", prog, live.dir / "p.o")
     # The worker's walk ends in the stripped libc's start_thread, which is
     # not a known root: unreliable; the conservative scan of its stack lets
@@ -50,7 +66,48 @@ def test_dynamic_program_runs_shows_its_sites_and_is_patched(builder: Builder, l
     assert out.endswith("done\n") and "price=1001" in out
 
 
-def test_pie_is_refused_before_it_starts(builder: Builder) -> None:
-    res = armlp("run", dynamic(builder, "-pie"), "1")
-    assert res.code == 2
-    assert "position independent (PIE)" in res.err and "-no-pie" in res.err
+def test_pie_waiting_under_a_stub_is_attached_and_patched(builder: Builder,
+                                                          tmp_path: Path) -> None:
+    prog = tmp_path / "ltp"          # a short name: the control socket's path holds it
+    shutil.copy(dynamic(builder, "-pie"), prog)
+    patch = compile_patch(TESTS / "patches" / "live_price.c", prog, tmp_path / "p.o")
+    sock = tmp_path / "stub.sock"
+    qemu = subprocess.Popen(["qemu-arm", "-L", "/usr/arm-linux-gnueabi", "-g", str(sock),
+                             str(prog), "30", "50", "7"], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until("the stub's socket", sock.exists)
+        ctl = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "attach",
+                                f"unix:{sock}", str(prog), "--patch", f"{patch}@0.6"],
+                               env=dict(os.environ, ARMLP_RUNTIME_DIR=str(tmp_path / "rt")),
+                               stderr=subprocess.PIPE, text=True)
+        out, _ = qemu.communicate(timeout=60)
+        status = ctl.wait(timeout=30)
+        err = ctl.stderr.read() if ctl.stderr else ""
+        assert (qemu.returncode, status) == (7, 7), err
+        assert "patch live-price enabled" in err and "Traceback" not in err
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+    prices = [int(ln.split("price=")[1].split()[0]) for ln in out.splitlines()
+              if ln.startswith("line")]
+    assert len(prices) == 30 and prices[0] == 1000 and prices[-1] == 1001
+    assert prices == sorted(prices)
+
+
+def test_a_pie_rebased_is_the_same_image_moved(builder: Builder) -> None:
+    """ElfImage.rebased moves every address a PIE's tables hold and nothing
+    else: the scan of the moved image is the scan of the file, moved."""
+    image = ElfImage(dynamic(builder, "-pie"))
+    assert image.kind == "pie"
+    bias = 0x40000000
+    moved = image.rebased(bias)
+    assert moved.entry == image.entry + bias
+    assert [(s.name, s.addr + bias if s.is_alloc else s.addr) for s in image.sections] == \
+        [(s.name, s.addr) for s in moved.sections]
+    assert [s.vaddr + bias for s in image.segments] == [s.vaddr for s in moved.segments]
+    before, after = scan(image), scan(moved)
+    assert len(before.functions) == len(after.functions) > 0
+    for a, b in zip(before.functions, after.functions, strict=True):
+        assert (a.fn.name, a.fn.address + bias, a.site and a.site + bias, a.verdict.rule) == \
+            (b.fn.name, b.fn.address, b.site, b.verdict.rule)
+    assert {"main", "price", "worker"} <= {r.fn.name for r in after.functions if r.site}

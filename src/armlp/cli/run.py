@@ -155,7 +155,7 @@ def run_qemu(args: argparse.Namespace) -> int:
     live = qemu_live.start(image, args.program, args.args)
     assert live.qemu is not None and live.guardian is not None
     try:                # refusals before the program's first instruction: it never runs
-        controller = _controller(image, live, args.program, patches)
+        controller = _controller(live.image, live, args.program, patches)
         listener = controller.listen()
     except BaseException:
         live.guardian.stand_down()
@@ -195,7 +195,7 @@ def attach(args: argparse.Namespace) -> int:
     # Stood down only when the program has ended: if armlp fails while the
     # program it did not start runs on, the guardian lets it go cleanly.
     try:
-        controller = _controller(image, live, args.program, patches)
+        controller = _controller(live.image, live, args.program, patches)
         status = controller.serve()
     except Exception as exc:
         live.abandon()

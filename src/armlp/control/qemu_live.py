@@ -11,7 +11,7 @@ from armlp.control.guardian import Guardian
 from armlp.elf.image import ET_DYN, PT_INTERP, ElfImage
 from armlp.errors import ArmlpError, MachineError
 from armlp.machine.freeze import Freezer
-from armlp.machine.gdb import GdbMachine
+from armlp.machine.gdb import GdbMachine, program_bias, read_auxv
 from armlp.machine.inject import GDB_SIGINT
 from armlp.machine.qemu import (
     GDB_STOP_SIGNAL,
@@ -34,9 +34,11 @@ LOST = 255
 class GdbLive:
     """Interrupt, resume and exit detection for one process behind a stub."""
 
-    def __init__(self, machine: GdbMachine, qemu: QemuProcess | None = None,
+    def __init__(self, machine: GdbMachine, image: ElfImage, qemu: QemuProcess | None = None,
                  guardian: Guardian | None = None, *, pid: int = 0) -> None:
         self.machine = machine
+        #: The program's ELF image at the addresses it runs at (see as_loaded).
+        self.image = image
         self.qemu = qemu
         #: The program's process id (on its own machine for a remote stub).
         self.pid = pid
@@ -177,29 +179,30 @@ def sysroot_args(image: ElfImage) -> list[str]:
     return ["-L", root]
 
 
-def check_runnable(image: ElfImage) -> None:
-    """Refuse, before anything starts, what armlp cannot yet follow: a
-    position-independent executable, whose addresses move by a load bias."""
-    if image.type == ET_DYN:
-        raise ArmlpError(f"{image.path} is position independent (PIE): armlp does not follow "
-                         f"a load bias yet; build it with -no-pie (or -static)")
+def as_loaded(image: ElfImage, conn: RspConnection) -> ElfImage:
+    """*image* at the addresses the stopped program behind *conn* has: a
+    position-independent executable moved by its load bias (from the
+    program's auxiliary vector, as the dynamic linker computes it)."""
+    if image.type != ET_DYN:
+        return image
+    return image.rebased(program_bias(conn, read_auxv(conn)))
 
 
 def start(image: ElfImage, program: str, args: Sequence[str]) -> GdbLive:
     """Start *program* under qemu-arm, stopped before its first instruction,
     with everything armlp sets up around it: the machine (all-stop through
     ptrace when this host allows it, armlp's agent thread), the guardian."""
-    check_runnable(image)
     qemu = start_qemu(program, args, qemu_args=sysroot_args(image))
     guardian = Guardian.start(qemu.conn.sock, ours=[GDB_STOP_SIGNAL])
     try:
+        image = as_loaded(image, qemu.conn)
         host = HostMemory.find(qemu.pid, program, first_address(image))
         machine = qemu.machine(host)
     except BaseException:
         guardian.stand_down()
         qemu.close()
         raise
-    return GdbLive(machine, qemu, guardian, pid=qemu.pid)
+    return GdbLive(machine, image, qemu, guardian, pid=qemu.pid)
 
 
 def attach(image: ElfImage, program: str, address: str,
@@ -208,7 +211,6 @@ def attach(image: ElfImage, program: str, address: str,
     ``qemu-arm -g PATH`` on this host: stopped with armlp's signal to its
     agent thread, all-stop through ptrace when allowed) or ``HOST:PORT`` (a
     device's gdbserver: the interrupt byte, all-stop by itself)."""
-    check_runnable(image)
     if address.startswith("unix:"):
         conn = RspConnection.connect_unix(address[5:])
         local = True
@@ -220,6 +222,7 @@ def attach(image: ElfImage, program: str, address: str,
              f"{address} controls the process")
         conn = RspConnection.connect_tcp(hostname or "127.0.0.1", int(port))
         local = False
+    image = as_loaded(image, conn)
     tids = conn.thread_ids()
     pid = tids[0] if tids else 0
     local = local and pid > 0
@@ -240,5 +243,5 @@ def attach(image: ElfImage, program: str, address: str,
     if local:
         machine.start_agent()
     guardian = Guardian.start(conn.sock, ours=[machine.stop_signal])
-    return GdbLive(machine, guardian=guardian, pid=pid)
+    return GdbLive(machine, image, guardian=guardian, pid=pid)
 

@@ -32,13 +32,15 @@ EM_ARM = 40
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
 SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 1, 2, 3, 4, 8, 9
 SHT_NOTE, SHT_DYNSYM = 7, 11
+#: st_info type of a thread-local symbol, whose value is an offset, not an address.
+STT_TLS = 6
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
 EF_ARM_BE8 = 0x00800000
 
 _EHDR = struct.Struct("<16sHHIIIIIHHHHHH")
 _SHDR = struct.Struct("<IIIIIIIIII")
 _PHDR = struct.Struct("<IIIIIIII")
-PT_LOAD, PT_INTERP = 1, 3
+PT_LOAD, PT_INTERP, PT_PHDR = 1, 3, 6
 PF_X, PF_W, PF_R = 1, 2, 4
 _NHDR = struct.Struct("<III")
 NT_GNU_BUILD_ID = 3
@@ -130,7 +132,8 @@ def _dwarf(fd: int, size: int) -> list[tuple[int, int]]:
 class ElfImage:
     """A 32-bit little-endian ARM ELF file, read whole into memory.
 
-    ``kind`` is ``relocatable`` (``.o``), ``executable``, ``shared`` or
+    ``kind`` is ``relocatable`` (``.o``), ``executable``, ``pie`` (a
+    position-independent executable), ``shared`` (a library) or
     ``vmlinux`` (an executable with the kernel's ``__mcount_loc`` table or
     ``linux_banner``).
     """
@@ -243,7 +246,9 @@ class ElfImage:
         if self.type == ET_REL:
             return "relocatable"
         if self.type == ET_DYN:
-            return "shared"
+            # A position-independent executable names its dynamic linker.
+            interp = any(s.type == PT_INTERP for s in self.segments)
+            return "pie" if interp else "shared"
         if self.mcount_loc_range() is not None or self.symbols.named("linux_banner"):
             return "vmlinux"
         return "executable"
@@ -259,6 +264,44 @@ class ElfImage:
         if not sec.has_bytes:
             return bytes(sec.size)
         return self.data[sec.offset:sec.offset + sec.size]
+
+    def rebased(self, bias: int) -> ElfImage:
+        """This position-independent image as loaded *bias* bytes from its
+        link addresses: the same file with every address of its headers and
+        tables moved (the entry, the program headers, the allocated
+        sections, the symbols defined in them, the relocations' offsets), so
+        that all of armlp, pyelftools' view included, sees the addresses the
+        running program has.  Code and data bytes are unchanged: a PIE's
+        code is position independent, and the words ld.so relocates in its
+        data are not read by armlp."""
+        if not bias:
+            return self
+        if self.type != ET_DYN:
+            raise self._fail("not position independent: it cannot be moved")
+        d = bytearray(self.data)
+        word = struct.Struct("<I")
+
+        def move(off: int) -> None:
+            word.pack_into(d, off, (word.unpack_from(d, off)[0] + bias) & 0xFFFFFFFF)
+
+        move(24)                                        # e_entry
+        for i in range(len(self.segments)):
+            move(self.phoff + i * _PHDR.size + 8)       # p_vaddr
+            move(self.phoff + i * _PHDR.size + 12)      # p_paddr
+        alloc = {s.index for s in self.sections if s.is_alloc}
+        for sec in self.sections:
+            if sec.index in alloc:
+                move(self._shoff + sec.index * _SHDR.size + 12)     # sh_addr
+            if sec.type in (SHT_SYMTAB, SHT_DYNSYM):
+                for off in range(sec.offset, sec.offset + sec.size - 15, 16):
+                    if d[off + 12] & 0xF != STT_TLS and \
+                            int.from_bytes(d[off + 14:off + 16], "little") in alloc:
+                        move(off + 4)                   # st_value
+            elif sec.type in (SHT_REL, SHT_RELA):
+                step = 8 if sec.type == SHT_REL else 12
+                for off in range(sec.offset, sec.offset + sec.size - step + 1, step):
+                    move(off)                           # r_offset
+        return ElfImage(self.path, bytes(d))
 
     def read(self, address: int, size: int) -> bytes:
         """Bytes at a virtual address of a linked image (from an allocated section)."""

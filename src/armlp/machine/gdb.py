@@ -38,7 +38,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from armlp.elf.image import PF_R, PF_W, PF_X, PT_LOAD, program_headers
+from armlp.elf.image import PF_R, PF_W, PF_X, PT_LOAD, PT_PHDR, Segment, program_headers
 from armlp.errors import MachineError, StubStalledError
 from armlp.machine.base import CodeWrite, Region, Regs, code_images
 from armlp.machine.freeze import Freezer
@@ -537,21 +537,12 @@ class GdbMachine(Injection):
                    for s in self.segments)
 
     def _read_segments(self) -> list[Region]:
-        if self.conn.features.get("qXfer:auxv:read") != "+":
-            raise MachineError("the stub does not serve the auxiliary vector "
-                               "(qXfer:auxv:read): pass the program's segments")
-        auxv = self.conn.read_xfer("auxv", "")
-        vals: dict[int, int] = {}
-        for i in range(0, len(auxv) - 7, 8):
-            k, v = struct.unpack_from("<II", auxv, i)
-            if k == 0:
-                break
-            vals[k] = v
-        phdr, phent, phnum = vals.get(_AT_PHDR), vals.get(_AT_PHENT, 32), vals.get(_AT_PHNUM)
-        if phdr is None or phnum is None or phent < 32:
-            raise MachineError("the auxiliary vector has no program headers (AT_PHDR)")
+        vals = read_auxv(self.conn)
         self.entry = vals.get(_AT_ENTRY, 0)
-        segs = self._loads(phdr, phnum, phent, 0)
+        #: How far the program was loaded from its link addresses (a PIE's
+        #: ``PT_LOAD`` at 0 is mapped wherever the loader chose; 0 otherwise).
+        self.load_bias = program_bias(self.conn, vals)
+        segs = self._loads(vals[_AT_PHDR], vals[_AT_PHNUM], vals[_AT_PHENT], self.load_bias)
         if not segs:
             raise MachineError("the program has no PT_LOAD segment")
         base = vals.get(_AT_BASE, 0)
@@ -565,7 +556,40 @@ class GdbMachine(Injection):
 
     def _loads(self, phdr: int, phnum: int, phent: int, bias: int) -> list[Region]:
         """The PT_LOAD segments of the program headers at *phdr*, moved by *bias*."""
-        raw = self.conn.read_memory(phdr, phent * phnum)
         return [Region(bias + p.vaddr, bias + p.vaddr + p.memsz, bool(p.flags & PF_R),
                        bool(p.flags & PF_W), bool(p.flags & PF_X))
-                for p in program_headers(raw, phnum, phent) if p.type == PT_LOAD and p.memsz]
+                for p in _program_headers(self.conn, phdr, phnum, phent)
+                if p.type == PT_LOAD and p.memsz]
+
+
+def read_auxv(conn: RspConnection) -> dict[int, int]:
+    """The program's auxiliary vector (``qXfer:auxv:read``), with the
+    program headers' address, entry size and count checked present."""
+    if conn.features.get("qXfer:auxv:read") != "+":
+        raise MachineError("the stub does not serve the auxiliary vector "
+                           "(qXfer:auxv:read): pass the program's segments")
+    auxv = conn.read_xfer("auxv", "")
+    vals: dict[int, int] = {}
+    for i in range(0, len(auxv) - 7, 8):
+        k, v = struct.unpack_from("<II", auxv, i)
+        if k == 0:
+            break
+        vals[k] = v
+    vals.setdefault(_AT_PHENT, 32)
+    if _AT_PHDR not in vals or _AT_PHNUM not in vals or vals[_AT_PHENT] < 32:
+        raise MachineError("the auxiliary vector has no program headers (AT_PHDR)")
+    return vals
+
+
+def program_bias(conn: RspConnection, auxv: dict[int, int]) -> int:
+    """The program's load bias: where its program headers are (``AT_PHDR``)
+    less where it says they are (``PT_PHDR``), as the dynamic linker
+    computes it.  0 for a program without ``PT_PHDR`` (static, not PIE)."""
+    for p in _program_headers(conn, auxv[_AT_PHDR], auxv[_AT_PHNUM], auxv[_AT_PHENT]):
+        if p.type == PT_PHDR:
+            return (auxv[_AT_PHDR] - p.vaddr) & 0xFFFFFFFF
+    return 0
+
+
+def _program_headers(conn: RspConnection, phdr: int, phnum: int, phent: int) -> list[Segment]:
+    return program_headers(conn.read_memory(phdr, phent * phnum), phnum, phent)
