@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import zlib
@@ -26,7 +25,7 @@ import pytest
 
 from armlp.program_build import build_program
 from armlp.toolchain import tool
-from zlib_build import ZLIB_CFLAGS, ZLIB_DIR, zlib_sources
+from zlib_build import ZLIB_CFLAGS, ZLIB_DIR, zlib_input, zlib_sources
 
 REPO = Path(__file__).resolve().parent.parent
 ARMLP = REPO / ".venv" / "bin" / "armlp"
@@ -40,15 +39,6 @@ RENAMED = ("adler32", "adler32_z", "adler32_combine", "adler32_combine64", "defl
            "deflateCopy", "deflate_copyright")
 
 pytestmark = pytest.mark.slow
-
-
-def _input(path: Path) -> bytes:
-    rng = random.Random(1234)
-    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-             for _ in range(4000)]
-    data = b" ".join(rng.choice(words) for _ in range(1_400_000))[: 8 << 20]
-    path.write_bytes(data)
-    return data
 
 
 def _program(tmp: Path) -> Path:
@@ -106,7 +96,7 @@ def _run_patched(prog: Path, data_in: Path, out: Path, patch: Path, env: dict[st
 
 def test_zlib_copies_mid_stream_are_byte_identical(tmp_path: Path) -> None:
     prog = _program(tmp_path)
-    data = _input(tmp_path / "in.bin")
+    data = zlib_input(tmp_path / "in.bin")
     ref = _reference(prog, tmp_path / "in.bin", tmp_path / "ref.z")
     assert zlib.decompress(ref) == data
     patch = _patch(prog, "zlib_same.c", tmp_path / "same.o",
@@ -126,7 +116,7 @@ def test_zlib_copies_mid_stream_are_byte_identical(tmp_path: Path) -> None:
 
 def test_zlib_behaviour_change_from_the_patch_point_on(tmp_path: Path) -> None:
     prog = _program(tmp_path)
-    data = _input(tmp_path / "in.bin")
+    data = zlib_input(tmp_path / "in.bin")
     ref = _reference(prog, tmp_path / "in.bin", tmp_path / "ref.z")
     patch = _patch(prog, "zlib_nomatch.c", tmp_path / "nomatch.o", [])
     # The consistency model switches the compressing thread once it is

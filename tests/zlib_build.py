@@ -11,6 +11,7 @@ gz file functions.  A missing source tree fails the test (never a skip).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,17 @@ ZLIB_FILES = ("adler32", "compress", "crc32", "deflate", "gzclose", "gzlib", "gz
 #: HAVE_UNISTD_H: zconf.h declares read/write/lseek/close; HAVE_STDARG_H:
 #: gzprintf uses vsnprintf.
 ZLIB_CFLAGS = ("-DHAVE_UNISTD_H", "-DHAVE_STDARG_H")
+
+
+def zlib_input(path: Path, size: int = 8 << 20) -> bytes:
+    """*size* bytes of deterministic, compressible text written to *path*
+    (words of a 4,000-word vocabulary): deflate finds matches in it."""
+    rng = random.Random(1234)
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(4000)]
+    data = b" ".join(rng.choice(words) for _ in range(size // 6 + 1))[:size]
+    path.write_bytes(data)
+    return data
 
 
 def zlib_sources() -> list[Path]:

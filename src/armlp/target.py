@@ -4,15 +4,17 @@ initialised — what every armlp command that changes a program starts from."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from armlp.analysis.scan import ScanResult, scan
 from armlp.elf.image import ElfImage
+from armlp.errors import ArmlpError
 from armlp.ftrace.core import Ftrace
 from armlp.machine.base import Machine
 from armlp.machine.heap import TargetHeap
+from armlp.objects import LoadedLibrary
 from armlp.runtime.module import Runtime
 
 
@@ -29,19 +31,37 @@ class Target:
     #: trampolines), near the program's text; ftrace and livepatch share it.
     heap: TargetHeap
 
+    #: The shared libraries a patch can change, by soname (see armlp.objects).
+    libraries: dict[str, LoadedLibrary] = field(default_factory=dict)
+    #: Every shared library mapped, in load order (a patch links against
+    #: what they export, stripped ones included).
+    loaded: list[LoadedLibrary] = field(default_factory=list)
+
     @classmethod
-    def attach(cls, machine: Machine, image: ElfImage) -> Target:
-        """Load the runtime near the program's text and turn every site into
-        the NOP (validating every site before the first code write)."""
+    def attach(cls, machine: Machine, image: ElfImage,
+               libraries: Sequence[LoadedLibrary] = ()) -> Target:
+        """Load the runtime near the program's text and turn every site,
+        the program's and its libraries', into the NOP (validating every
+        site before the first code write).  A library without a symbol
+        table (stripped, as distributions ship them) has no functions armlp
+        can name: it is not a patch object."""
         result = scan(image)
+        libs: dict[str, LoadedLibrary] = {}
+        scans: dict[str, ScanResult] = {}
+        for lib in libraries:
+            try:
+                scans[lib.soname] = scan(lib.image)
+            except ArmlpError:
+                continue
+            libs[lib.soname] = lib
         text = image.section(".text")
         heap = TargetHeap(machine, near=text.addr if text else None,
                           quarantine=machine.quarantine_heap)
-        ftrace = Ftrace(machine, result, heap=heap)
+        ftrace = Ftrace(machine, result, heap=heap, libraries=scans)
         ftrace.check_unmodified()
         ftrace.runtime = Runtime.load(machine, near=text.addr if text else None)
         ftrace.ftrace_init()
-        return cls(machine, image, result, ftrace.runtime, ftrace, heap)
+        return cls(machine, image, result, ftrace.runtime, ftrace, heap, libs, list(libraries))
 
     @classmethod
     def emulate(cls, path: str | Path, argv: Sequence[str] | None = None,

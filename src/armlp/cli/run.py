@@ -218,7 +218,7 @@ def _controller(image: ElfImage, live: GdbLive, program: str,
     from armlp.control.server import Controller
     from armlp.target import Target
 
-    target = Target.attach(live.machine, image)
+    target = Target.attach(live.machine, image, live.libraries)
     controller = Controller(target, live, program=program, pid=live.pid, on_event=_note)
     for path, delay in patches:
         controller.livepatch.load(os.path.abspath(path))     # refuse before it runs

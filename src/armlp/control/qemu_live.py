@@ -24,8 +24,11 @@ from armlp.machine.qemu import (
 )
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import StopReply
+from armlp.objects import LoadedLibrary, loaded_libraries
 
 POLL = 0.5
+#: Seconds the dynamic linker may take to load a program's libraries.
+ENTRY_TIMEOUT = 30.0
 #: Exit status reported when the stub went away without telling how the
 #: program ended (attach: we do not own the process).
 LOST = 255
@@ -46,6 +49,8 @@ class GdbLive:
         #: program go should the controller die (armlp.control.guardian).
         self.guardian = guardian
         self.exit_status: int | None = None
+        #: The shared libraries mapped when armlp took over (patch objects).
+        self.libraries: list[LoadedLibrary] = []
 
     def interrupt(self) -> None:
         if self.exited() is not None:
@@ -198,11 +203,35 @@ def start(image: ElfImage, program: str, args: Sequence[str]) -> GdbLive:
         image = as_loaded(image, qemu.conn)
         host = HostMemory.find(qemu.pid, program, first_address(image))
         machine = qemu.machine(host)
+        if any(s.type == PT_INTERP for s in image.segments):
+            run_to_entry(machine)
+        live = GdbLive(machine, image, qemu, guardian, pid=qemu.pid)
+        live.libraries = loaded_libraries(machine, image)
     except BaseException:
         guardian.stand_down()
         qemu.close()
         raise
-    return GdbLive(machine, image, qemu, guardian, pid=qemu.pid)
+    return live
+
+
+def run_to_entry(machine: GdbMachine) -> None:
+    """Let the dynamic linker map the program's libraries: run it to the
+    program's own entry point, where no code of the program has run yet."""
+    entry = machine.entry
+    machine.set_breakpoint(entry)
+    try:
+        machine.resume()
+        stop = machine.wait(ENTRY_TIMEOUT)
+    finally:
+        if not machine.running and machine.exit is None:
+            machine.remove_breakpoint(entry)
+    if stop.exited:
+        raise MachineError(f"the program {stop.describe()} before its entry point "
+                           f"(its dynamic linker failed?)")
+    pc = machine.get_regs(stop.thread).pc
+    if pc != entry:
+        raise MachineError(f"the program stopped at {pc:#x} (signal {stop.signal}), "
+                           f"not at its entry point {entry:#x}")
 
 
 def attach(image: ElfImage, program: str, address: str,
@@ -243,5 +272,8 @@ def attach(image: ElfImage, program: str, address: str,
     if local:
         machine.start_agent()
     guardian = Guardian.start(conn.sock, ours=[machine.stop_signal])
-    return GdbLive(machine, image, guardian=guardian, pid=pid)
+    live = GdbLive(machine, image, guardian=guardian, pid=pid)
+    if memory is not None:
+        live.libraries = loaded_libraries(machine, image)
+    return live
 

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 EM_ARM = 40
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
 SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 1, 2, 3, 4, 8, 9
-SHT_NOTE, SHT_DYNSYM = 7, 11
+SHT_NOTE, SHT_DYNSYM, SHT_DYNAMIC = 7, 11, 6
+DT_NULL, DT_SONAME = 0, 14
 #: st_info type of a thread-local symbol, whose value is an offset, not an address.
 STT_TLS = 6
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
@@ -329,6 +330,16 @@ class ElfImage:
         return SymbolTable.from_image(self)
 
     @cached_property
+    def exported(self) -> dict[str, int]:
+        """What a shared object gives other objects: its defined, global or
+        weak functions and data by name (``.dynsym``; bit 0 set for Thumb
+        functions), as the dynamic linker resolves them."""
+        from armlp.elf.symbols import STB_LOCAL, STT_FUNC, STT_OBJECT, SymbolTable
+        table = SymbolTable.from_image(self, dynamic=True)
+        return {s.name: s.value for s in table.symbols
+                if s.defined and s.bind != STB_LOCAL and s.type in (STT_FUNC, STT_OBJECT)}
+
+    @cached_property
     def elffile(self) -> ELFFile:
         """The pyelftools view of the same bytes (relocations)."""
         from elftools.elf.elffile import ELFFile
@@ -358,6 +369,21 @@ class ElfImage:
                 if ntype == NT_GNU_BUILD_ID:
                     return data[desc:desc + descsz].hex()
                 pos = desc + _align4(descsz)
+        return None
+
+    @cached_property
+    def soname(self) -> str | None:
+        """A shared object's ``DT_SONAME`` (``libz.so.1``): the name a patch
+        gives the object it changes (``ARMLP_OBJECT``), as ld.so knows it."""
+        dyn = next((s for s in self.sections if s.type == SHT_DYNAMIC), None)
+        if dyn is None or not 0 < dyn.link < len(self.sections):
+            return None
+        strtab = self.section_data(self.sections[dyn.link])
+        for tag, value in struct.iter_unpack("<II", self.section_data(dyn)[:dyn.size & ~7]):
+            if tag == DT_NULL:
+                break
+            if tag == DT_SONAME and value < len(strtab):
+                return _cstr(strtab, value)
         return None
 
     def relocations_for(self, target: Section) -> list[Relocation]:

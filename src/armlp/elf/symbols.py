@@ -230,11 +230,15 @@ class SymbolTable:
         return frozenset(self._cols.names)
 
     @classmethod
-    def from_image(cls, image: ElfImage) -> SymbolTable:
-        from armlp.elf.image import SHT_STRTAB, SHT_SYMTAB
-        symtab = next((s for s in image.sections if s.type == SHT_SYMTAB), None)
+    def from_image(cls, image: ElfImage, *, dynamic: bool = False) -> SymbolTable:
+        """The image's ``.symtab``, or with *dynamic* its ``.dynsym`` (what a
+        stripped shared library still has: the symbols it exports)."""
+        from armlp.elf.image import SHT_DYNSYM, SHT_STRTAB, SHT_SYMTAB
+        kind = SHT_DYNSYM if dynamic else SHT_SYMTAB
+        symtab = next((s for s in image.sections if s.type == kind), None)
         if symtab is None:
-            raise ElfError(f"{image.path}: no symbol table (stripped?)")
+            raise ElfError(f"{image.path}: no {'dynamic ' if dynamic else ''}symbol table"
+                           f"{'' if dynamic else ' (stripped?)'}")
         if symtab.entsize not in (0, _SYM.size):
             raise ElfError(f"{image.path}: symbol entry size {symtab.entsize}, "
                            f"expected {_SYM.size}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from armlp.analysis.mcount import mcount_addresses
@@ -25,6 +25,7 @@ from armlp.errors import ArmlpError, CodeModificationError
 from armlp.ftrace.veneers import VeneerPool
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
 from armlp.machine.heap import TargetHeap
+from armlp.objects import PROGRAM
 from armlp.runtime.layout import (
     FTRACE_OPS_FL_SAVE_REGS,
     OPS,
@@ -107,6 +108,11 @@ class DynFtrace:
     slots: list[FtraceOps | None] = field(default_factory=lambda: [None] * SITE_MAX_OPS)
     entry_orig: int = 0        # the function's first word as built
     entry_word: int = 0        # what the first word holds now
+    #: The object the site is in (armlp.objects.PROGRAM or a library's soname).
+    object: str = PROGRAM
+    #: Where the site calls mcount as built (its object's own PLT entry,
+    #: bit 0 set for Thumb): the word it holds before ftrace_init.
+    mcount: int = 0
 
     @property
     def direct_ops(self) -> FtraceOps | None:
@@ -124,9 +130,13 @@ class Ftrace:
     """ftrace on one target: the records of every site and their users."""
 
     def __init__(self, machine: Machine, scan: ScanResult, runtime: Runtime | None = None,
-                 heap: TargetHeap | None = None) -> None:
+                 heap: TargetHeap | None = None,
+                 libraries: Mapping[str, ScanResult] | None = None) -> None:
         self.machine = machine
         self.scan = scan
+        #: Every object's scan: the program's, and each shared library's by
+        #: soname (the kernel's klp_objects: vmlinux and the modules).
+        self.objects: dict[str, ScanResult] = {PROGRAM: scan, **(libraries or {})}
         self._runtime = runtime
         self.records: dict[int, DynFtrace] = {}
         self.ops: list[FtraceOps] = []
@@ -137,10 +147,17 @@ class Ftrace:
                                        quarantine=machine.quarantine_heap)
         self._active: dict[int, DynFtrace] = {}          # sites with users
         self._sites_of: dict[int, list[DynFtrace]] = {}  # id(ops) -> its sites
-        self.mcount = self._mcount_address()
-        for rep in scan.functions:
-            if rep.site is not None and rep.fn.mode == "arm":
-                self.records[rep.site] = DynFtrace(rep.site, rep)
+        self.mcount = min(self._mcount_address(scan))
+        for name, result in self.objects.items():
+            found = self._mcount_address(result) if name == PROGRAM else \
+                mcount_addresses(result.image)
+            if len(found) != 1:
+                continue        # a library not built with -pg has no sites
+            mcount = min(found)
+            for rep in result.functions:
+                if rep.site is not None and rep.fn.mode == "arm":
+                    self.records[rep.site] = DynFtrace(rep.site, rep, object=name,
+                                                       mcount=mcount)
         self._initialised = False
 
     def _text_address(self) -> int | None:
@@ -157,19 +174,22 @@ class Ftrace:
     def runtime(self, value: Runtime) -> None:
         self._runtime = value
 
-    def _mcount_address(self) -> int:
-        """``__gnu_mcount_nc``'s address, with bit 0 set when it is Thumb code
-        (armhf's libc): ARM sites then call it with ``blx``."""
-        found = mcount_addresses(self.scan.image)
+    @staticmethod
+    def _mcount_address(scan: ScanResult) -> set[int]:
+        """``__gnu_mcount_nc``'s address in the program, with bit 0 set when
+        it is Thumb code (armhf's libc): ARM sites then call it with ``blx``."""
+        found = mcount_addresses(scan.image)
         if len(found) != 1:
-            raise FtraceError(f"{self.scan.image.path}: no __gnu_mcount_nc: not built with -pg")
-        return found.pop()
+            raise FtraceError(f"{scan.image.path}: no __gnu_mcount_nc: not built with -pg")
+        return found
 
-    def mcount_call(self, ip: int) -> int:
-        """The word an ARM site at *ip* holds as built: ``bl`` or ``blx`` mcount."""
-        if self.mcount & 1:
-            return encode_blx(ip, self.mcount)
-        return encode_bl(ip, self.mcount)
+    def mcount_call(self, ip: int, mcount: int | None = None) -> int:
+        """The word an ARM site at *ip* holds as built: ``bl`` or ``blx``
+        *mcount* (default: the program's)."""
+        target = self.mcount if mcount is None else mcount
+        if target & 1:
+            return encode_blx(ip, target)
+        return encode_bl(ip, target)
 
     # -- init ---------------------------------------------------------------
 
@@ -195,7 +215,7 @@ class Ftrace:
         for rec in recs:
             rec.entry_orig = rec.entry_word = read_word(self.machine, rec.report.fn.address)
         for rec in recs:
-            old = self.mcount_call(rec.ip)
+            old = self.mcount_call(rec.ip, rec.mcount)
             writes.append(CodeWrite(rec.ip, struct.pack("<I", old), struct.pack("<I", NOP)))
             rec.word = NOP
         self.machine.write_code(writes)
@@ -206,7 +226,7 @@ class Ftrace:
         means another tool (or a previous armlp) owns the program's code."""
         for rec in self.records.values():
             found = read_word(self.machine, rec.ip)
-            if found != self.mcount_call(rec.ip):
+            if found != self.mcount_call(rec.ip, rec.mcount):
                 raise CodeModificationError(
                     f"site of {rec.name} at {rec.ip:#x} holds {found:#010x}, not "
                     f"'bl __gnu_mcount_nc': the code is not as built, refusing to touch it")
@@ -444,8 +464,18 @@ class Ftrace:
         """Verify every site holds what the records say (raise otherwise)."""
         self._check_words(list(self.records.values()))
 
-    def find_function(self, name: str, sympos: int | None = None) -> DynFtrace:
-        rep = self.scan.find(name, sympos)
+    def find_function(self, name: str, sympos: int | None = None,
+                      obj: str = PROGRAM) -> DynFtrace:
+        rep = self.object_scan(obj).find(name, sympos)
         if rep.site is None or rep.site not in self.records:
             raise FtraceError(f"{rep.fn.label} has no mcount site armlp can use")
         return self.records[rep.site]
+
+    def object_scan(self, name: str) -> ScanResult:
+        """The scan of object *name* (PROGRAM or a library's soname)."""
+        result = self.objects.get(name)
+        if result is None:
+            libs = sorted(n for n in self.objects if n != PROGRAM)
+            raise FtraceError(f"object {name!r} is not loaded in the program (shared "
+                              f"libraries: {', '.join(libs) or 'none'})")
+        return result

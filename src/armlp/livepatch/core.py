@@ -16,6 +16,7 @@ half-way is rolled back to the exact state before.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
 from armlp.errors import ArmlpError, MachineError, PatchError, PatchRefusedError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
-from armlp.livepatch.module import KlpFunc, KlpPatch, read_patch, relocate_patch
+from armlp.livepatch.module import KlpFunc, KlpObject, KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.patch import FuncStack, FuncStacks
 from armlp.livepatch.state import KlpStates, check_compatible
 from armlp.livepatch.transition import Transition
@@ -68,6 +69,7 @@ class Livepatch:
         self._table_cap = 0
         self._code: CodeMap | None = None
         self._libraries: dict[tuple[str, int], CodeMap] = {}
+        self._exports: dict[str, int] | None = None
 
     def _log(self, msg: str) -> None:
         self.drain_console()
@@ -106,8 +108,18 @@ class Livepatch:
             self._log(f"Livepatch patch ({patch.name}) is not compatible with the already "
                       f"installed livepatches.")
             raise
-        for f in patch.funcs:
-            rep = self.target.scan.find(f.old_name, f.old_sympos or None)
+        for o in patch.objects:
+            self._check_object(patch, o)
+
+    def _check_object(self, patch: KlpPatch, o: KlpObject) -> None:
+        if not o.funcs:
+            return
+        try:
+            result = self.ftrace.object_scan(o.name)
+        except ArmlpError as exc:
+            raise PatchError(f"{patch.path}: {exc}") from None
+        for f in o.funcs:
+            rep = result.find(f.old_name, f.old_sympos or None)
             if not rep.verdict.patchable:
                 raise PatchError(f"{patch.path}: {rep.fn.label} is not patchable: "
                                  f"{rep.verdict.reason}")
@@ -468,9 +480,20 @@ class Livepatch:
     @property
     def exports(self) -> dict[str, int]:
         """What a patch links against besides the program's symbols: the
-        runtime, and mcount (a dynamically linked program reaches it through
-        its PLT, so its symbol table has no address for it)."""
-        return {"__gnu_mcount_nc": self.ftrace.mcount, **self.target.runtime.exports}
+        runtime, mcount (a dynamically linked program reaches it through
+        its PLT, so its symbol table has no address for it), and the global
+        functions and data of the libraries armlp knows, where the program
+        does not define the name (the dynamic linker's order)."""
+        if self._exports is None:
+            own = self.target.image.symbols
+            libs: dict[str, int] = {}
+            for lib in reversed(self.target.loaded):        # the lowest mapped wins
+                with contextlib.suppress(ArmlpError):       # no .dynsym: exports nothing
+                    libs.update(lib.image.exported)
+            self._exports = {name: value for name, value in libs.items()
+                             if not own.named(name)}
+        return {**self._exports, "__gnu_mcount_nc": self.ftrace.mcount,
+                **self.target.runtime.exports}
 
     @property
     def stacks(self) -> dict[int, FuncStack]:

@@ -18,14 +18,17 @@ from pathlib import Path
 from armlp.elf.image import ElfImage
 from armlp.errors import PatchError
 from armlp.loader import LoadedModule, load_objects
+from armlp.objects import PROGRAM
 
-DESC = struct.Struct("<IIII")
+#: ``struct armlp_func_desc``: old name, sympos, object, new function, file, line.
+DESC = struct.Struct("<IIIIII")
+#: ``struct armlp_object_rec`` (ARMLP_OBJECT): name (0: the program), file, line.
+OBJECT_REC = struct.Struct("<III")
 #: ``struct armlp_state_rec`` (ARMLP_STATE): id, version.
 STATE = struct.Struct("<II")
 #: ``struct armlp_callbacks_desc``: four code pointers, 0 for none.
 CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 CALLBACKS_DESC = struct.Struct("<IIII")
-PROGRAM = "program"
 #: A patch's name: what the kernel allows in a module name, and '.'.
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: Sections whose code runs at load time in a program; armlp does not run
@@ -53,7 +56,8 @@ class KlpFunc:
 
 @dataclass(eq=False)
 class KlpObject:
-    """The functions a patch replaces in one object (only the program for now)."""
+    """The functions a patch replaces in one object: the program
+    (:data:`~armlp.objects.PROGRAM`) or a shared library, by soname."""
 
     name: str
     funcs: list[KlpFunc] = field(default_factory=list)
@@ -143,6 +147,20 @@ def parse_callbacks(image: ElfImage, module: LoadedModule) -> dict[str, int]:
     return out
 
 
+def _object_scopes(module: LoadedModule, path: Path) -> list[tuple[str, int, str]]:
+    """Each ARMLP_OBJECT as ``(file, line, object)``, the last first: a
+    descriptor belongs to the nearest one above it in its file."""
+    out: list[tuple[str, int, str]] = []
+    for sec in (s for s in module.sections if s.name == ".armlp.objects"):
+        if sec.size % OBJECT_REC.size:
+            raise PatchError(f"{path}: .armlp.objects is {sec.size} bytes, not a multiple "
+                             f"of {OBJECT_REC.size}")
+        for name_ptr, file_ptr, line in OBJECT_REC.iter_unpack(sec.data):
+            out.append((_module_cstr(module, file_ptr) if file_ptr else "", line,
+                        _module_cstr(module, name_ptr) if name_ptr else PROGRAM))
+    return sorted(out, key=lambda o: -o[1])
+
+
 def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[KlpObject]]:
     """``(patch name, objects)`` from a relocated module."""
     path = image.path
@@ -156,16 +174,22 @@ def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[
     by_object: dict[str, KlpObject] = {}
     by_addr = {s.address: s.name for s in module.symbols if s.is_function}
     code = [(s.address, s.end) for s in module.sections if s.executable and not s.nobits]
+    scopes = _object_scopes(module, path)
     for sec in funcs_secs:
         if sec.size % DESC.size:
             raise PatchError(f"{path}: .armlp.funcs is {sec.size} bytes, not a multiple "
                              f"of {DESC.size}")
-        for old_ptr, sympos, obj_ptr, new_ptr in DESC.iter_unpack(sec.data):
+        for old_ptr, sympos, obj_ptr, new_ptr, file_ptr, line in DESC.iter_unpack(sec.data):
             old = _module_cstr(module, old_ptr)
-            obj = _module_cstr(module, obj_ptr) if obj_ptr else PROGRAM
-            if obj != PROGRAM:
-                raise PatchError(f"{path}: {old}: object {obj!r} (only the main program "
-                                 f"can be patched for now)")
+            if obj_ptr:
+                obj = _module_cstr(module, obj_ptr)
+            else:
+                file = _module_cstr(module, file_ptr) if file_ptr else ""
+                obj = next((name for f, at, name in scopes if f == file and at < line),
+                           PROGRAM)
+            if not obj or len(obj) > 255 or not obj.isprintable() or "/" in obj:
+                raise PatchError(f"{path}: {old}: object {obj[:40]!r} is not a soname "
+                                 f"(ARMLP_OBJECT)")
             if not old or len(old) > 256 or not old.isprintable():
                 raise PatchError(f"{path}: a descriptor names no valid function to replace "
                                  f"({old[:40]!r})")

@@ -124,15 +124,40 @@ struct armlp_kcallbacks_rec {
 struct armlp_func_desc {
 	const char *old_name;     /* function to replace */
 	unsigned long old_sympos; /* 0: the name is unique */
-	const char *object;       /* NULL: the main program */
+	const char *object;       /* NULL: see ARMLP_OBJECT */
 	void *new_func;           /* the replacement */
+	const char *file;         /* where ARMLP_REPLACE is written, */
+	unsigned long line;       /* for ARMLP_OBJECT */
 };
 
 /* One descriptor in .armlp.funcs; OLD_NAME is a string. */
-#define ARMLP__DESC(old_name, pos, new)                                        \
+#define ARMLP__DESC_IN(object, old_name, pos, new)                             \
 	static const struct armlp_func_desc ARMLP__CAT(armlp__desc_, __LINE__) \
 	__attribute__((section(".armlp.funcs"), used, aligned(4))) =           \
-		{ old_name, (pos), 0, (void *)(new) }
+		{ old_name, (pos), (object), (void *)(new), __FILE__, __LINE__ }
+#define ARMLP__DESC(old_name, pos, new) ARMLP__DESC_IN(0, old_name, pos, new)
+
+/*
+ * The object the ARMLP_REPLACEs below it (in the same file) change: a shared
+ * library by its soname, as the kernel's klp_object names a module:
+ *   ARMLP_OBJECT("libz.so.1");
+ *   ARMLP_REPLACE(deflate_stored, deflate_stored_fixed);
+ *   ARMLP_OBJECT(0);                 // the main program again (the default)
+ * ARMLP_REPLACE_IN(OBJECT, old, new) names it for one function.  A library
+ * must be loaded when the patch is enabled.
+ */
+struct armlp_object_rec {
+	const char *name;         /* 0: the main program */
+	const char *file;
+	unsigned long line;
+};
+
+#define ARMLP_OBJECT(soname)                                                   \
+	static const struct armlp_object_rec ARMLP__CAT(armlp__object_, __LINE__) \
+	__attribute__((section(".armlp.objects"), used, aligned(4))) =         \
+		{ (soname), __FILE__, __LINE__ }
+#define ARMLP_REPLACE_IN(object, old, new) ARMLP__DESC_IN(object, #old, 0, new)
+#define ARMLP_REPLACE_POS_IN(object, old, pos, new) ARMLP__DESC_IN(object, #old, pos, new)
 
 /*
  * Callbacks, as the kernel's struct klp_callbacks (NULL for any not wanted):

@@ -1,0 +1,127 @@
+"""Shared libraries as patch objects (issue 12, in part): zlib built as
+``libz.so.1`` (``-marm -pg -mapcs-frame -O2 -fPIC``, the soname as zlib's
+Makefile sets it) and ``tests/programs/zstream.c`` linked against it as a
+PIE (Debian's default), run by ``armlp run`` with ``LD_LIBRARY_PATH``.
+
+One patch changes both objects (``tests/patches/zlib_shared.c``): the
+program's ``report`` (its lines say "patched") and, after
+``ARMLP_OBJECT("libz.so.1")``, zlib's static ``longest_match`` (no match:
+literals only), and calls libc's ``printf`` through what libc exports.
+The stream stays a valid zlib stream of the same input; it is the
+reference up to the patch point and larger while patched; status shows the
+two objects patched, as sysfs does.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from armlp.livepatch.module import read_patch
+from armlp.target import Target
+from conftest import Builder, armlp, cross
+from live_helpers import TESTS, Live, compile_patch, wait_until
+from zlib_build import ZLIB_CFLAGS, ZLIB_DIR, zlib_input, zlib_sources
+
+pytestmark = pytest.mark.slow
+
+FLAGS = ["-marm", "-pg", "-mapcs-frame", "-O2"]
+SYSROOT = "/usr/arm-linux-gnueabi"
+
+
+def _library(builder: Builder) -> Path:
+    sources = zlib_sources()
+    lib = builder.build("libz.so.1", [cross("gcc"), *FLAGS, "-fPIC", "-shared",
+                                      "-Wl,-soname,libz.so.1", f"-I{ZLIB_DIR}", *ZLIB_CFLAGS,
+                                      *sources, "-o", "{out}"], sources)
+    return lib
+
+
+def _program(builder: Builder, lib: Path, where: Path) -> Path:
+    """zstream linked against *lib*, which is copied next to it as libz.so.1."""
+    libdir = where / "lib"
+    libdir.mkdir(exist_ok=True)
+    (libdir / "libz.so.1").write_bytes(lib.read_bytes())
+    obj = builder.compile(TESTS / "programs" / "zstream.c", [*FLAGS, f"-I{ZLIB_DIR}"],
+                          name="zstream-dyn.o")
+    prog = where / "zs"             # a short name: the control socket's path holds it
+    subprocess.run([cross("gcc"), str(obj), str(libdir / "libz.so.1"), "-o", str(prog)],
+                   check=True)
+    return prog
+
+
+def test_one_patch_changes_the_program_and_its_shared_zlib(builder: Builder,
+                                                           live: Live) -> None:
+    prog = _program(builder, _library(builder), live.dir)
+    libdir = str(live.dir / "lib")
+    data = zlib_input(live.dir / "in.bin", 3 << 20)
+    ref = live.dir / "ref.z"
+    subprocess.run(["qemu-arm", "-L", SYSROOT, "-E", f"LD_LIBRARY_PATH={libdir}", str(prog),
+                    str(live.dir / "in.bin"), str(ref), "0"], check=True, capture_output=True,
+                   timeout=120)
+    reference = ref.read_bytes()
+    assert zlib.decompress(reference) == data
+    patch = compile_patch(TESTS / "patches" / "zlib_shared.c", prog, live.dir / "p.o")
+
+    live.env["LD_LIBRARY_PATH"] = libdir
+    r = live.run("zs", prog, str(live.dir / "in.bin"), str(live.dir / "out.z"), "150000")
+    info = r.info()
+    st = live.cli("status", "--target", info["id"], "--json").json()["targets"][0]
+    assert st["sites"]["total"] > 100            # the program's and libz's own
+
+    wait_until("chunk 3", lambda: "chunk 3 " in r.out(), timeout=60)
+    res = live.cli("patch", patch, "--target", info["id"], "--json", "--wait", "20")
+    assert res.code == 0, res.err
+    assert sorted(res.json()["functions"]) == ["longest_match", "report"]
+    st = live.cli("status", "--target", info["id"], "--json").json()["targets"][0]
+    (p,) = st["patches"]
+    objects = {o["name"]: (o["patched"], [f["name"] for f in o["functions"]])
+               for o in p["objects"]}
+    assert objects == {"program": (True, ["report"]), "libz.so.1": (True, ["longest_match"])}
+    wait_until("a patched chunk", lambda: " patched\n" in r.out(), timeout=60)
+    res = live.cli("unpatch", "zlib-shared", "--target", info["id"], "--wait", "20")
+    assert res.code == 0, res.err
+    assert r.wait(120) == 0, r.err()
+
+    lines = r.out().splitlines()
+    patched = [ln for ln in lines if ln.endswith(" patched")]
+    assert patched and lines[-1].startswith("done") and not lines[-2].endswith(" patched")
+    first = int(patched[0].split()[1])            # the first chunk the new report printed
+    out = (live.dir / "out.z").read_bytes()
+    assert zlib.decompress(out) == data          # still the same input
+    at = int(next(ln for ln in lines if ln.startswith(f"chunk {first - 1} ")).split()[-1])
+    assert out[:at] == reference[:at] and out != reference
+    assert len(out) > len(reference)             # literals only while patched
+
+
+def test_objects_a_patch_names(builder: Builder, tmp_path: Path) -> None:
+    """ARMLP_OBJECT scopes the ARMLP_REPLACEs below it in its file, 0 is
+    the program again, ARMLP_REPLACE_IN names one object; a patch of a
+    library the program has not loaded is refused before any write."""
+    src = tmp_path / "objs.c"
+    src.write_text('#include <armlp/livepatch.h>\n'
+                   'ARMLP_PATCH("objs");\n'
+                   'static int a(void) { return 1; }\n'
+                   'static int b(void) { return 2; }\n'
+                   'static int c(void) { return 3; }\n'
+                   'ARMLP_OBJECT("libz.so.1");\n'
+                   'ARMLP_REPLACE(longest_match, a);\n'
+                   'ARMLP_OBJECT(0);\n'
+                   'ARMLP_REPLACE(price, b);\n'
+                   'ARMLP_REPLACE_IN("libfoo.so.2", foo, c);\n')
+    prog = builder.link([builder.compile(TESTS / "programs" / "live_target.c",
+                                         [*FLAGS, "-static"], name="lt-static.o")],
+                        ["-static", "-pthread"], "lt-static")
+    patch = compile_patch(src, prog, tmp_path / "objs.o")
+    read = read_patch(patch, Target.emulate(prog).image, {})
+    assert {o.name: [f.old_name for f in o.funcs] for o in read.objects} == \
+        {"libz.so.1": ["longest_match"], "program": ["price"], "libfoo.so.2": ["foo"]}
+    res = armlp("run", "--machine", "emu", prog, "1", "1", "--patch", patch)
+    assert res.code == 2
+    assert re.search(r"object '(libz\.so\.1|libfoo\.so\.2)' is not loaded in the program "
+                     r"\(shared libraries: none\)", res.err)
+    assert "Traceback" not in res.err
