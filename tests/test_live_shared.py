@@ -125,3 +125,48 @@ def test_objects_a_patch_names(builder: Builder, tmp_path: Path) -> None:
     assert re.search(r"object '(libz\.so\.1|libfoo\.so\.2)' is not loaded in the program "
                      r"\(shared libraries: none\)", res.err)
     assert "Traceback" not in res.err
+
+
+def _plugin_host(builder: Builder, where: Path) -> tuple[Path, Path]:
+    plugin = where / "libplugin.so"
+    src = TESTS / "programs" / "plugin.c"
+    built = builder.build("libplugin.so", [cross("gcc"), *FLAGS, "-fPIC", "-shared",
+                                           "-Wl,-soname,libplugin.so", str(src), "-o", "{out}"],
+                          [src])
+    plugin.write_bytes(built.read_bytes())
+    host = where / "dh"
+    obj = builder.compile(TESTS / "programs" / "dlopen_host.c", FLAGS, name="dlopen_host.o")
+    subprocess.run([cross("gcc"), str(obj), "-o", str(host)], check=True)
+    return host, plugin
+
+
+def test_a_library_loaded_later_is_patched_as_it_loads(builder: Builder, live: Live) -> None:
+    """The patch names libplugin.so while it is not loaded (accepted, its
+    object unpatched); every dlopen after that runs the new function from
+    the first call; dlclose and dlopen again keep it right; unpatching
+    while it is loaded gives the old one back."""
+    host, plugin = _plugin_host(builder, live.dir)
+    patch = compile_patch(TESTS / "patches" / "plugin_fix.c", host, live.dir / "p.o")
+    r = live.run("dh", host, str(plugin), "30", "100000")
+    info = r.info()
+    wait_until("two rounds", lambda: "round 1 " in r.out())
+    res = live.cli("patch", patch, "--target", info["id"], "--wait", "10")
+    assert res.code == 0, res.err
+    mark = r.out().count("\n")
+    wait_until("three rounds patched", lambda: r.out().count("value 41") >= 3, timeout=30)
+    res = live.cli("unpatch", "plugin-fix", "--target", info["id"], "--wait", "10")
+    assert res.code == 0, res.err
+    assert r.wait(60) == 0, r.err()
+    lines = r.out().splitlines()
+    assert lines[-1] == "done" and len(lines) == 31
+    values = [int(ln.split()[-1]) for ln in lines[:-1]]
+    # Old, then (from the first round that loaded it after the patch) new,
+    # every one of them, then old again after the unpatch.
+    first_new = values.index(41)
+    last_new = len(values) - 1 - values[::-1].index(41)
+    assert set(values[:first_new]) == {40} and first_new >= mark - 1
+    assert set(values[first_new:last_new + 1]) == {41} and last_new - first_new >= 2
+    assert set(values[last_new + 1:]) == {40} and last_new < len(values) - 1
+    err = r.err()
+    assert "library libplugin.so loaded: 1 mcount sites; patched by plugin-fix" in err
+    assert "library libplugin.so unloaded (was patched by plugin-fix)" in err

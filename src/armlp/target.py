@@ -36,6 +36,9 @@ class Target:
     #: Every shared library mapped, in load order (a patch links against
     #: what they export, stripped ones included).
     loaded: list[LoadedLibrary] = field(default_factory=list)
+    #: Whether armlp follows the dynamic linker (armlp.objects.LibraryWatch):
+    #: then a patch may name a library not loaded yet.
+    follows_libraries: bool = False
 
     @classmethod
     def attach(cls, machine: Machine, image: ElfImage,

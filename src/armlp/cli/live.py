@@ -176,9 +176,11 @@ def status(args: argparse.Namespace) -> int:
                 for b in tr["blocked"]:
                     print(f"    thread {b['thread']}: {b['reason']}")
             for o in p["objects"]:
-                print(f"    {o['name']}: patched={int(o['patched'])}")
+                loaded = o["patched"] or p["transition"]
+                print(f"    {o['name']}: patched={int(o['patched'])}"
+                      f"{'' if loaded else '  (not loaded: patched when it loads)'}")
                 for f in o["functions"]:
-                    mark = "" if f["active"] else "  (shadowed by a newer patch)"
+                    mark = "" if f["active"] or not loaded else "  (shadowed by a newer patch)"
                     print(f"      {f['name']},{f['sympos']} -> {f['new']}{mark}")
         if not st["patches"]:
             print("  no patches")

@@ -214,12 +214,19 @@ def _controller(image: ElfImage, live: GdbLive, program: str,
     """Attach armlp to a stopped process: its controller, ready to serve."""
     import os
 
+    from armlp.control.libraries import LibraryWatch
     from armlp.control.protocol import Patch
     from armlp.control.server import Controller
     from armlp.target import Target
 
     target = Target.attach(live.machine, image, live.libraries)
     controller = Controller(target, live, program=program, pid=live.pid, on_event=_note)
+    if live.machine.host_memory is not None and LibraryWatch.wanted(controller.livepatch):
+        try:
+            live.watch = LibraryWatch(live.machine, controller.livepatch, live.pid, _note)
+            live.note = _note
+        except ArmlpError as exc:
+            _note(f"warning: libraries loaded later are not patch objects: {exc}")
     for path, delay in patches:
         controller.livepatch.load(os.path.abspath(path))     # refuse before it runs
         controller.schedule(delay, Patch(os.path.abspath(path)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from armlp.control.guardian import Guardian
 from armlp.elf.image import ET_DYN, PT_INTERP, ElfImage
@@ -25,6 +26,9 @@ from armlp.machine.qemu import (
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import StopReply
 from armlp.objects import LoadedLibrary, loaded_libraries
+
+if TYPE_CHECKING:
+    from armlp.control.libraries import LibraryWatch
 
 POLL = 0.5
 #: Seconds the dynamic linker may take to load a program's libraries.
@@ -51,6 +55,10 @@ class GdbLive:
         self.exit_status: int | None = None
         #: The shared libraries mapped when armlp took over (patch objects).
         self.libraries: list[LoadedLibrary] = []
+        #: The dynamic linker's breakpoint, once armlp follows it.
+        self.watch: LibraryWatch | None = None
+        #: Where the watch reports what it did (and failed to do).
+        self.note: Callable[[str], None] = lambda _text: None
 
     def interrupt(self) -> None:
         if self.exited() is not None:
@@ -71,6 +79,13 @@ class GdbLive:
 
     def resume(self) -> None:
         if self.exited() is None:
+            if self.watch is not None and self.watch.pending():
+                # Ordering: a library that just came is patched before the
+                # thread waiting in the dynamic linker's hook goes on.
+                try:
+                    self.watch.event()
+                except ArmlpError as exc:
+                    self.note(f"error: following the dynamic linker: {exc}")
             self.machine.resume()
             if self.guardian is not None:
                 self.guardian.running()
@@ -114,7 +129,7 @@ class GdbLive:
         if stop.exited:
             self.exit_status = self._status(stop)
             return self.exit_status
-        self.machine.resume()      # a stray stop of ours (late SIGINT): go on
+        self.resume()      # the dynamic linker's hook, or a late stop of ours
         return None
 
     def abandon(self) -> int | None:

@@ -52,6 +52,7 @@ from armlp.ftrace.tracer import FunctionTracer
 from armlp.livepatch import Livepatch
 from armlp.livepatch.sysfs import livepatch_status
 from armlp.livepatch.transition import STATE_NAMES
+from armlp.machine.base import read_word
 from armlp.runtime.layout import KLP_UNPATCHED, SITE, SITE_TABLE
 from armlp.target import Target
 
@@ -328,8 +329,9 @@ class Controller:
         ft = self.livepatch.ftrace
         rt = ft.runtime
         recs = sorted(r.record for r in ft.records.values())
-        bits, table = SITE_TABLE.unpack(
-            self.target.machine.read(rt.symbol("armlp_sites"), SITE_TABLE.size))
+        m = self.target.machine
+        bits, table = SITE_TABLE.unpack(m.read(read_word(m, rt.symbol("armlp_sites")),
+                                               SITE_TABLE.size))
         return {
             "module": [rt.module.base, rt.module.size],
             "site_records": [recs[0], recs[-1] + SITE.size - recs[0]] if recs else [0, 0],

@@ -149,16 +149,23 @@ class Ftrace:
         self._sites_of: dict[int, list[DynFtrace]] = {}  # id(ops) -> its sites
         self.mcount = min(self._mcount_address(scan))
         for name, result in self.objects.items():
-            found = self._mcount_address(result) if name == PROGRAM else \
-                mcount_addresses(result.image)
-            if len(found) != 1:
-                continue        # a library not built with -pg has no sites
-            mcount = min(found)
-            for rep in result.functions:
-                if rep.site is not None and rep.fn.mode == "arm":
-                    self.records[rep.site] = DynFtrace(rep.site, rep, object=name,
-                                                       mcount=mcount)
+            self._add_records(name, result)
         self._initialised = False
+        self._table = 0             # the published struct armlp_site_table
+
+    def _add_records(self, name: str, result: ScanResult) -> list[DynFtrace]:
+        """Records for the ARM sites of object *name* (none for a library
+        not built with -pg)."""
+        found = self._mcount_address(result) if name == PROGRAM else \
+            mcount_addresses(result.image)
+        if len(found) != 1:
+            return []
+        mcount = min(found)
+        # By site: aliases share one (the last symbol names it).
+        recs = {rep.site: DynFtrace(rep.site, rep, object=name, mcount=mcount)
+                for rep in result.functions if rep.site is not None and rep.fn.mode == "arm"}
+        self.records.update(recs)
+        return list(recs.values())
 
     def _text_address(self) -> int | None:
         text = self.scan.image.section(".text")
@@ -200,17 +207,19 @@ class Ftrace:
         if self._initialised:
             return
         self.check_unmodified()
-        recs = list(self.records.values())
+        self._init_sites(list(self.records.values()))
+        self._initialised = True
+
+    def _init_sites(self, recs: list[DynFtrace]) -> None:
+        """Write *recs* (new records, their sites as built), publish a table
+        that has them, then turn their sites into the NOP."""
         base = self.machine.alloc(max(SITE.size * len(recs), 4))
         blob = bytearray()
         for i, rec in enumerate(recs):
             rec.record = base + i * SITE.size
             blob += self._pack_record(rec)
         self.machine.write(base, bytes(blob))
-        bits, slots = build_site_table({r.ip: r.record for r in recs})
-        table = self.machine.alloc(4 * len(slots))
-        self.machine.write(table, struct.pack(f"<{len(slots)}I", *slots))
-        self.machine.write(self.runtime.symbol("armlp_sites"), SITE_TABLE.pack(bits, table))
+        self._publish_table()
         writes = []
         for rec in recs:
             rec.entry_orig = rec.entry_word = read_word(self.machine, rec.report.fn.address)
@@ -219,7 +228,67 @@ class Ftrace:
             writes.append(CodeWrite(rec.ip, struct.pack("<I", old), struct.pack("<I", NOP)))
             rec.word = NOP
         self.machine.write_code(writes)
-        self._initialised = True
+
+    def _publish_table(self) -> None:
+        """A new lookup table of every record, published with one word
+        (``armlp_sites``) written while every thread is stopped; the old
+        one stays allocated (a thread may be reading it)."""
+        bits, slots = build_site_table({r.ip: r.record for r in self.records.values()})
+        table = self.machine.alloc(SITE_TABLE.size + 4 * len(slots))
+        self.machine.write(table, SITE_TABLE.pack(bits, table + SITE_TABLE.size)
+                           + struct.pack(f"<{len(slots)}I", *slots))
+        where = self.runtime.symbol("armlp_sites")
+        self.machine.write_code([CodeWrite(where, struct.pack("<I", self._table),
+                                           struct.pack("<I", table))])
+        self._table = table
+
+    # -- objects ------------------------------------------------------------
+
+    def add_object(self, name: str, result: ScanResult) -> list[DynFtrace]:
+        """A library just mapped (none of its code has run): its records,
+        checked, written and published, and its sites turned into the NOP,
+        as ftrace_module_init does for a coming module."""
+        if name in self.objects:
+            raise FtraceError(f"object {name!r} is already known")
+        self.objects[name] = result
+        recs = self._add_records(name, result)
+        try:
+            for rec in recs:
+                found = read_word(self.machine, rec.ip)
+                if found != self.mcount_call(rec.ip, rec.mcount):
+                    raise CodeModificationError(
+                        f"site of {rec.name} at {rec.ip:#x} in {name} holds {found:#010x}, "
+                        f"not 'bl __gnu_mcount_nc'")
+            if recs and self._initialised:
+                self._init_sites(recs)
+        except BaseException:
+            self._forget(name)
+            raise
+        return recs
+
+    def remove_object(self, name: str) -> None:
+        """A library gone (unmapped): its records and their users are
+        forgotten without a write to its code, as ftrace_release_mod does."""
+        if name == PROGRAM or name not in self.objects:
+            return
+        gone = self._forget(name)
+        for ops in list(self.ops):
+            sites = self._sites_of.get(id(ops), [])
+            if sites and all(rec in gone for rec in sites):
+                self.ops.remove(ops)
+                del self._sites_of[id(ops)]
+            elif sites:
+                self._sites_of[id(ops)] = [r for r in sites if r not in gone]
+        if self._initialised:
+            self._publish_table()
+
+    def _forget(self, name: str) -> list[DynFtrace]:
+        del self.objects[name]
+        gone = [rec for rec in self.records.values() if rec.object == name]
+        for rec in gone:
+            del self.records[rec.ip]
+            self._active.pop(rec.ip, None)
+        return gone
 
     def check_unmodified(self) -> None:
         """Every site must still hold ``bl __gnu_mcount_nc``: anything else

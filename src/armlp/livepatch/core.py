@@ -30,10 +30,11 @@ from armlp.livepatch.module import KlpFunc, KlpObject, KlpPatch, read_patch, rel
 from armlp.livepatch.patch import FuncStack, FuncStacks
 from armlp.livepatch.state import KlpStates, check_compatible
 from armlp.livepatch.transition import Transition
-from armlp.machine.base import CodeWrite, read_word
+from armlp.machine.base import CodeWrite, read_word, write_word
 from armlp.machine.heap import CHUNK
 from armlp.runtime.layout import (
     KLP_FUNC_NODE,
+    KLP_NODE_TRANSITION,
     KLP_PATCHED,
     KLP_THREAD,
     KLP_TRANSITION,
@@ -112,7 +113,14 @@ class Livepatch:
             self._check_object(patch, o)
 
     def _check_object(self, patch: KlpPatch, o: KlpObject) -> None:
+        """Each function of *o* exists, is patchable and its site is as armlp
+        left it; sets where it is.  An object not loaded is checked when it
+        loads (armlp.objects), if the program can load libraries at all."""
         if not o.funcs:
+            return
+        if o.name not in self.ftrace.objects and self.target.follows_libraries:
+            for f in o.funcs:
+                f.old_addr = f.site = 0
             return
         try:
             result = self.ftrace.object_scan(o.name)
@@ -131,6 +139,63 @@ class Livepatch:
                 raise PatchError(f"{patch.path}: site of {rep.fn.label} at {rec.ip:#x} holds "
                                  f"{found:#010x}, expected {rec.word:#010x}")
             f.old_addr, f.site = rep.fn.address, rec.ip
+
+    # -- objects that come and go ---------------------------------------------------
+
+    def object_coming(self, name: str) -> list[str]:
+        """A library just mapped, none of its code run yet (the kernel's
+        klp_module_coming): each enabled patch's functions in it are pushed
+        and switched for every thread at once — no thread can be in code
+        that has never run.  Returns the patches that changed it."""
+        done = []
+        for patch in self.patches:
+            for o in patch.objects:
+                if o.name != name or o.patched:
+                    continue
+                self._check_object(patch, o)
+                undo: list[Callable[[], None]] = []
+                tramps: list[CodeWrite] = []
+                try:
+                    new_ops = [ops for f in o.funcs
+                               if (ops := self.funcs.push(patch.id, f, undo, tramps))]
+                    self.machine.write_code(tramps, unused=True)
+                    # Ordering: nodes out of transition before any site
+                    # calls the handler, which then never looks at threads.
+                    for f in o.funcs:
+                        write_word(self.machine, f.node + KLP_NODE_TRANSITION, 0)
+                    if new_ops:
+                        self.ftrace.register_ftrace_functions(new_ops)
+                except BaseException:
+                    for action in reversed(undo):
+                        action()
+                    for f in o.funcs:
+                        f.site = 0
+                    raise
+                for f in o.funcs:
+                    self.funcs.settle(self.stacks[f.site])
+                o.patched = True
+                done.append(patch.name)
+        return done
+
+    def object_going(self, name: str) -> list[str]:
+        """A library unmapped (the kernel's klp_module_going): its functions
+        leave every func stack without a write to its code, which is gone;
+        the patches' other objects stay patched.  Returns the patches that
+        had changed it."""
+        done = []
+        sites = {rec.ip for rec in self.ftrace.records.values() if rec.object == name}
+        for patch in [*self.patches, *self.deferred]:
+            for o in patch.objects:
+                if o.name == name and o.patched:
+                    o.patched = False
+                    done.append(patch.name)
+                for f in o.funcs:
+                    if f.site in sites:
+                        f.site = 0
+        for site in sites:
+            self.funcs.by_site.pop(site, None)
+        self.ftrace.remove_object(name)
+        return done
 
     # -- enable -----------------------------------------------------------------
 
@@ -156,7 +221,7 @@ class Livepatch:
             raise
         patch.enabled = True
         for o in patch.objects:
-            o.patched = True
+            o.patched = o.name in self.ftrace.objects
         self.patches.append(patch)
         self._log(f"'{patch.name}': starting patching transition")
         self.try_complete()
@@ -190,7 +255,7 @@ class Livepatch:
         transition = Transition(self, patch, KLP_PATCHED)
         transition.fill_table(undo)
         patch.nops = self._nops(patch) if patch.replace else []
-        transition.funcs = [*patch.funcs, *patch.nops]
+        transition.funcs = [*patch.placed, *patch.nops]
         new_ops: list[FtraceOps] = []
         tramps: list[CodeWrite] = []
         for f in transition.funcs:
@@ -216,10 +281,10 @@ class Livepatch:
         replace does not: during the transition a switched thread runs the
         original there, the others what they had (kernel/livepatch/core.c's
         klp_add_nops)."""
-        covered = {f.site for f in patch.funcs}
+        covered = {f.site for f in patch.placed}
         nops: list[KlpFunc] = []
         for old in self.patches:
-            for f in old.funcs:
+            for f in old.placed:
                 if f.site not in covered:
                     covered.add(f.site)
                     nops.append(KlpFunc(f.old_name, f.old_sympos, 0, "(nop)", f.old_addr,
@@ -276,7 +341,7 @@ class Livepatch:
         t = Transition(self, patch, KLP_UNPATCHED)
         t.fill_table()
         # Only a function whose top is this patch changes where calls go.
-        top = [f for f in patch.funcs if self.stacks[f.site].funcs[-1] is f]
+        top = [f for f in patch.placed if self.stacks[f.site].funcs[-1] is f]
         for f in top:
             self.funcs.unsettle(self.stacks[f.site])
         t.mark(top)
@@ -319,7 +384,7 @@ class Livepatch:
         if t.target == KLP_PATCHED:
             # Ordering: flags cleared first, then the fast path comes back.
             t.unmark()
-            for f in patch.funcs:
+            for f in patch.placed:
                 self.funcs.settle(self.stacks[f.site])
             replaced = [p for p in self.patches if p is not patch] if patch.replace else []
             for old in replaced:    # the others go now; their callbacks do not run
@@ -347,7 +412,7 @@ class Livepatch:
     def _unpatch(self, patch: KlpPatch) -> None:
         """Unlink the patch's nodes from every stack (the kernel's
         klp_unpatch_objects)."""
-        emptied = [st for f in [*patch.funcs, *patch.nops]
+        emptied = [st for f in [*patch.placed, *patch.nops]
                    if (st := self.funcs.unlink(f)) is not None]
         patch.nops = []
         self.funcs.drop(emptied)
@@ -494,6 +559,10 @@ class Livepatch:
                              if not own.named(name)}
         return {**self._exports, "__gnu_mcount_nc": self.ftrace.mcount,
                 **self.target.runtime.exports}
+
+    def forget_exports(self) -> None:
+        """The libraries changed: :attr:`exports` is read again when next used."""
+        self._exports = None
 
     @property
     def stacks(self) -> dict[int, FuncStack]:

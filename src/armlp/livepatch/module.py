@@ -94,6 +94,12 @@ class KlpPatch:
     def funcs(self) -> list[KlpFunc]:
         return [f for o in self.objects for f in o.funcs]
 
+    @property
+    def placed(self) -> list[KlpFunc]:
+        """The functions in objects the program has loaded (a library not
+        loaded yet, or unloaded, has its functions with no site)."""
+        return [f for f in self.funcs if f.site]
+
 
 def _module_read(module: LoadedModule, addr: int, size: int) -> bytes:
     for sec in module.sections:

@@ -50,7 +50,8 @@ def livepatch_status(lp: Livepatch) -> dict[str, object]:
                 "functions": [{"name": f.old_name, "sympos": f.old_sympos,
                                "old_address": f.old_addr, "new": f.new_name,
                                "new_address": f.new_func,
-                               "active": lp.stacks[f.site].funcs[-1] is f}
+                               "active": f.site in lp.stacks
+                               and lp.stacks[f.site].funcs[-1] is f}
                               for f in o.funcs],
             } for o in p.objects],
         })

@@ -322,7 +322,7 @@ class GdbMachine(Injection):
             if stop.exited:
                 self._stopped(stop)
                 raise MachineError(f"the target {stop.describe()}")
-            if stop.signal != GDB_SIGTRAP and not self._leftover(stop):
+            if self._programs(stop):
                 self._pass[self.thread] = stop.signal
         pending = dict(self._pass)
         self._pass.clear()
@@ -433,8 +433,17 @@ class GdbMachine(Injection):
         for st in self.conn.pending_stops:      # threads that parked meanwhile
             if st.thread is not None and st.thread != self.thread and \
                     not self._leftover(st):
-                self._pass[st.thread] = 0 if st.signal == GDB_SIGTRAP else st.signal
+                ours = st.signal in (GDB_SIGTRAP, self.stop_signal)
+                self._pass[st.thread] = 0 if ours else st.signal
         self.conn.pending_stops.clear()
+
+    def _programs(self, stop: StopReply) -> bool:
+        """Whether the signal a thread stopped with is the program's, to hand
+        back (a stop signal armlp sent late is dropped on the way).  armlp's
+        stop signal never is: one that no request of armlp's sent (the
+        dynamic linker's hook sends it, armlp.control.libraries) stopped the
+        agent, which goes on without it."""
+        return not self._leftover(stop) and stop.signal not in (GDB_SIGTRAP, self.stop_signal)
 
     def _leftover(self, stop: StopReply) -> bool:
         """A stop signal armlp sent that arrived after the target had stopped

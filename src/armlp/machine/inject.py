@@ -96,6 +96,9 @@ class Injection:
     def _leftover(self, stop: StopReply) -> bool:
         raise NotImplementedError
 
+    def _programs(self, stop: StopReply) -> bool:
+        raise NotImplementedError
+
     def _flush_batch(self) -> None:
         raise NotImplementedError
 
@@ -326,7 +329,7 @@ class Injection:
                 if pc != svc:
                     raise MachineError(f"syscall {number}: single step from {svc:#010x} "
                                        f"stopped at {pc:#010x} (signal {stop.signal})")
-                if stop.signal != GDB_SIGTRAP and not self._leftover(stop):
+                if self._programs(stop):
                     self._pass[tid] = stop.signal       # a signal came first: keep it
             raise MachineError(f"syscall {number}: the svc at {svc:#010x} never completed")
         finally:

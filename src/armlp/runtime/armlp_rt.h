@@ -100,7 +100,9 @@ struct armlp_site {
 	struct ftrace_ops *regs_ops[SITE_MAX_OPS];
 };
 
-/* Open-addressed hash of sites by ip; rebuilt by the control plane. */
+/* Open-addressed hash of sites by ip; never changed once published: the
+ * control plane builds a new one (a library's sites come or go) and swaps
+ * the one pointer armlp_sites, so a lookup sees one table whole. */
 struct armlp_site_table {
 	u32 bits;
 	struct armlp_site **slots;
@@ -117,7 +119,10 @@ struct armlp_trace_ring {
 
 static inline struct armlp_site *armlp_site_lookup(const struct armlp_site_table *t, u32 ip)
 {
-	u32 mask = (1u << t->bits) - 1;
+	u32 mask;
+	if (!t)
+		return 0;
+	mask = (1u << t->bits) - 1;
 	u32 i = ((ip >> 2) * SITE_HASH_MUL) >> (32 - t->bits);
 	for (;;) {
 		struct armlp_site *s = t->slots[i];

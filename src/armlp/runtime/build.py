@@ -15,7 +15,8 @@ from armlp.program_build import cache_root
 from armlp.runtime.layout import c_asserts
 from armlp.toolchain import INCLUDE_DIR, PREFIX, compile_object
 
-SOURCES = ("entry.S", "ftrace.c", "livepatch.c", "transition.c", "shadow.c", "state.c")
+SOURCES = ("entry.S", "linker.S", "ftrace.c", "livepatch.c", "transition.c", "shadow.c",
+           "state.c")
 HEADERS = ("armlp_rt.h",)
 #: armlp's scratch page for targets behind a GDB stub (armlp.machine.scratch):
 #: built here, but placed by the machine, not loaded with the runtime.

@@ -6,7 +6,7 @@
  */
 #include "armlp_rt.h"
 
-struct armlp_site_table armlp_sites;
+struct armlp_site_table *armlp_sites;	/* published by the control plane */
 struct armlp_trace_ring armlp_trace_ring;
 
 /* The plain trampoline calls this pointer with armlp_ftrace_op: a single
@@ -29,7 +29,7 @@ void armlp_ftrace_stub(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs
  */
 void armlp_ftrace_list_func(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *fregs)
 {
-	struct armlp_site *s = armlp_site_lookup(&armlp_sites, ip);
+	struct armlp_site *s = armlp_site_lookup(READ_ONCE(armlp_sites), ip);
 	u32 i, n;
 	(void)op;
 	if (!s)
@@ -50,7 +50,7 @@ void armlp_ftrace_list_func(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *
  */
 int armlp_ftrace_regs_dispatch(u32 ip, u32 parent_ip, struct pt_regs *regs)
 {
-	struct armlp_site *s = armlp_site_lookup(&armlp_sites, ip);
+	struct armlp_site *s = armlp_site_lookup(READ_ONCE(armlp_sites), ip);
 	u32 resume = regs->ARM_pc;
 	u32 i, n;
 	if (!s)
