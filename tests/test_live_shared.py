@@ -14,6 +14,7 @@ two objects patched, as sysfs does.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import zlib
@@ -65,7 +66,9 @@ def test_one_patch_changes_the_program_and_its_shared_zlib(builder: Builder,
                    timeout=120)
     reference = ref.read_bytes()
     assert zlib.decompress(reference) == data
-    patch = compile_patch(TESTS / "patches" / "zlib_shared.c", prog, live.dir / "p.o")
+    # Bound to the library's build (armlp cflags --target libz.so.1).
+    patch = compile_patch(TESTS / "patches" / "zlib_shared.c", live.dir / "lib" / "libz.so.1",
+                          live.dir / "p.o")
 
     live.env["LD_LIBRARY_PATH"] = libdir
     r = live.run("zs", prog, str(live.dir / "in.bin"), str(live.dir / "out.z"), "150000")
@@ -170,3 +173,20 @@ def test_a_library_loaded_later_is_patched_as_it_loads(builder: Builder, live: L
     err = r.err()
     assert "library libplugin.so loaded: 1 mcount sites; patched by plugin-fix" in err
     assert "library libplugin.so unloaded (was patched by plugin-fix)" in err
+
+
+def test_verify_proves_a_pie_and_a_shared_library(builder: Builder, tmp_path: Path) -> None:
+    """``armlp verify`` maps a dynamic or position-independent file's code
+    without running it (no dynamic linker in the emulator) and proves every
+    patchable function: zstream as a PIE, and zlib as libz.so.1, whose sites
+    call mcount through their own PLT."""
+    lib = _library(builder)
+    prog = _program(builder, lib, tmp_path)
+    for path, functions in ((prog, {"main", "report"}), (lib, {"deflate", "longest_match"})):
+        r = armlp("verify", path, "--json")
+        assert r.code == 0, r.err
+        doc = json.loads(r.out)
+        verified = {f["name"] for f in doc["functions"] if f["verified"]}
+        assert functions <= verified
+        assert doc["summary"]["failed"] == 0
+        assert doc["summary"]["verified"] == doc["summary"]["patchable"] == len(verified)

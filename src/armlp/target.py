@@ -67,10 +67,12 @@ class Target:
         return cls(machine, image, result, ftrace.runtime, ftrace, heap, libs, list(libraries))
 
     @classmethod
-    def emulate(cls, path: str | Path, argv: Sequence[str] | None = None,
-                **options: Any) -> Target:
-        """The program at *path* in a new emulator, stopped at its entry."""
+    def emulate(cls, path: str | Path, argv: Sequence[str] | None = None, *,
+                code_only: bool = False, **options: Any) -> Target:
+        """The program at *path* in a new emulator, stopped at its entry
+        (with *code_only*, a dynamic or PIE program's code, not to be run
+        from its entry: see armlp.machine.exec_loader.load_program)."""
         from armlp.machine.emulator import Emulator
-        image = ElfImage(path)
-        emu = Emulator.from_elf(path, argv, **options)
+        emu = Emulator(**options)
+        image = emu.load(path, argv, code_only=code_only)
         return cls.attach(emu, image)

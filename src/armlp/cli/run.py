@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from armlp.livepatch.module import KlpPatch
 
 RUN_HELP = """\
-Run PROGRAM (a static ARM executable built with -pg) under armlp.
+Run PROGRAM (an ARM executable built with -pg: static, dynamic or PIE) under
+armlp.
 
 --machine qemu (the default): the program runs as a real Linux process under
 qemu-arm, with its stdin/stdout/stderr untouched.  armlp attaches through the
@@ -32,6 +33,13 @@ the program (its agent): armlp's stops are the host's SIGRTMAX (the
 program's signal 62) to the agent alone, so no system call of the program's
 is interrupted; leave that signal alone.  ^C in the terminal is the
 program's: armlp itself ignores it.  Program arguments go after '--'.
+
+A dynamically linked program runs with the sysroot its dynamic linker names
+(or QEMU_LD_PREFIX) and LD_LIBRARY_PATH as given; armlp takes over at its
+own entry point, once its libraries are mapped.  Its shared libraries are
+patch objects (ARMLP_OBJECT("soname") in the patch): those built with -pg
+and not stripped can be patched, and one loaded later (dlopen) is patched as
+it loads, before its code runs.
 
 --machine emu: the program runs in armlp's emulator.  --after MS applies the
 --patch modules once the program's clock has advanced MS milliseconds (the
@@ -56,7 +64,9 @@ Print the compiler flags for building a live patch module:
   arm-linux-gnueabi-gcc $(armlp cflags --target PROGRAM) -c fix.c -o fix.o
 
 With --target the patch records PROGRAM's build-id and armlp refuses to
-apply it to any other program.
+apply it to any other program.  PROGRAM may be a shared library (a patch of
+that library, ARMLP_OBJECT): the patch then applies to any program that has
+loaded that very build of it.
 """
 
 CHUNK = 100_000

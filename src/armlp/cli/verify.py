@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     image = ElfImage(args.program)
     if image.kind == "vmlinux":
         return _run_kernel(args, image, want)
-    target = Target.emulate(args.program, count_instructions=True)
+    target = Target.emulate(args.program, code_only=True, count_instructions=True)
     reports = _selected(target.scan, want)
     patchable = [r for r in reports if r.verdict.patchable]
     skipped = [r for r in reports if r.site is not None and not r.verdict.patchable]

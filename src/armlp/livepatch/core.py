@@ -97,10 +97,14 @@ class Livepatch:
         """Everything that can be checked before writing: build-id, each
         function exists, is patchable, and its site is as armlp left it."""
         image = self.target.image
-        if patch.target_build_id and patch.target_build_id != image.build_id:
+        # A patch is bound (armlp cflags --target) to the program or to one
+        # of the libraries it has loaded.
+        ids = {image.build_id, *(lib.image.build_id for lib in self.target.loaded)}
+        if patch.target_build_id and patch.target_build_id not in ids:
             raise PatchError(f"{patch.path}: built for the program with build-id "
                              f"{patch.target_build_id}, not {image.path} "
-                             f"({image.build_id or 'no build-id'})")
+                             f"({image.build_id or 'no build-id'}) or a library it has "
+                             f"loaded")
         if any(p.name == patch.name for p in self.patches):
             raise PatchError(f"a patch named {patch.name!r} is already enabled")
         try:

@@ -56,6 +56,7 @@ from typing import Any, Literal
 import unicorn as _unicorn
 from unicorn import arm_const as ac
 
+from armlp.elf.image import ElfImage
 from armlp.errors import MachineError
 from armlp.machine.address_space import AddressSpace
 from armlp.machine.base import REG_ORDER, CodeWrite, Regs, code_images
@@ -175,15 +176,19 @@ class Emulator(AddressSpace):
         return emu
 
     def load(self, path: str | Path, argv: Sequence[str] | None = None,
-             envp: Sequence[str] | Mapping[str, str] = ()) -> None:
+             envp: Sequence[str] | Mapping[str, str] = (), *,
+             code_only: bool = False) -> ElfImage:
         """Map the ``PT_LOAD`` segments of a static ARM executable and set up
         the initial stack and registers as Linux does (see
-        :mod:`armlp.machine.exec_loader`); argv defaults to ``[path]``."""
+        :mod:`armlp.machine.exec_loader`, also for *code_only*); argv
+        defaults to ``[path]``.  Returns the image as mapped."""
         if self.path is not None:
             raise MachineError(f"{path}: the emulator already holds {self.path}")
-        self.entry, end_of_image = load_program(self, path, argv, envp)
+        self.entry, end_of_image, image = load_program(self, path, argv, envp,
+                                                       code_only=code_only)
         self.path = Path(path)
         self.brk_start = self.brk = self._brk_mapped = _align_up(end_of_image)
+        return image
 
     # --- the Machine protocol ----------------------------------------------
 

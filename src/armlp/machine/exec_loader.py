@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import unicorn as _unicorn
 
-from armlp.elf.image import ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, ElfImage, Segment
+from armlp.elf.image import ET_DYN, ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, ElfImage, Segment
 from armlp.errors import MachineError
 from armlp.machine.base import Regs
 
@@ -46,18 +46,34 @@ _MODE_USR = 0x10
 _CPSR_T = 1 << 5
 
 
+#: Where a position-independent program's code is put when only its code
+#: is wanted (see load_program).
+PIE_BIAS = 0x00400000
+
+
 def load_program(emu: Emulator, path: str | Path, argv: Sequence[str] | None,
-                 envp: Sequence[str] | Mapping[str, str]) -> tuple[int, int]:
+                 envp: Sequence[str] | Mapping[str, str], *,
+                 code_only: bool = False) -> tuple[int, int, ElfImage]:
     """Map *path* into *emu* and set up its first thread; returns the entry
-    point and the end of the image (where the heap starts)."""
+    point, the end of the image (where the heap starts) and the image as
+    mapped.  A dynamically linked or position-independent program cannot
+    run here (no dynamic linker); with *code_only* its code is mapped all
+    the same (a PIE at :data:`PIE_BIAS`), for callers that run single
+    functions of it (``armlp verify``)."""
     image = ElfImage(path)
-    if image.type != ET_EXEC:
+    dynamic = image.type != ET_EXEC or any(s.type == PT_INTERP for s in image.segments)
+    if image.type == ET_DYN and code_only:
+        image = image.rebased(PIE_BIAS)
+    elif image.type != ET_EXEC and code_only:
+        raise MachineError(f"{path}: not a static executable, PIE or shared library "
+                           f"(ELF type {image.type})")
+    elif image.type != ET_EXEC:
         raise MachineError(f"{path}: not a static executable (ELF type {image.type}); "
                            f"the emulator runs static, non-PIE ARM programs")
     segs = [s for s in image.segments if s.type == PT_LOAD]
     if not segs:
         raise MachineError(f"{path}: no PT_LOAD segment")
-    if any(s.type == PT_INTERP for s in image.segments):
+    if dynamic and not code_only:
         raise MachineError(f"{path}: dynamically linked; build it -static")
     end_of_image = map_segments(emu, image, segs, MIN_ADDR, STACK_TOP - STACK_SIZE)
     entry = image.entry
@@ -74,7 +90,7 @@ def load_program(emu: Emulator, path: str | Path, argv: Sequence[str] | None,
     regs = Regs([0] * 13, sp, 0, entry & ~1, _MODE_USR | (_CPSR_T if entry & 1
                                                                 else 0))
     emu.set_regs(regs)
-    return entry, end_of_image
+    return entry, end_of_image, image
 
 
 #: Where a 32-bit ARM kernel's image lives (PAGE_OFFSET up; the vectors page
