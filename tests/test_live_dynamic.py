@@ -111,3 +111,17 @@ def test_a_pie_rebased_is_the_same_image_moved(builder: Builder) -> None:
         assert (a.fn.name, a.fn.address + bias, a.site and a.site + bias, a.verdict.rule) == \
             (b.fn.name, b.fn.address, b.site, b.verdict.rule)
     assert {"main", "price", "worker"} <= {r.fn.name for r in after.functions if r.site}
+
+
+def test_a_gprof_linked_program_is_warned_about(builder: Builder, live: Live) -> None:
+    """Linked with -pg (gcrt1.o), a program's SIGPROF timer enters qemu's
+    stub 100 times a second: armlp says so before it starts; a program only
+    compiled with -pg runs without the warning."""
+    obj = builder.compile(TESTS / "programs" / "live_target.c", [*FLAGS, "-fno-pie"],
+                          name="live_target-gprof.o")
+    for flags, warned in ((["-no-pie", "-pg"], True), (["-no-pie"], False)):
+        prog = live.dir / "lg"
+        shutil.copy(builder.link([obj], [*flags, "-pthread"], f"lt-gprof{len(flags)}"), prog)
+        r = live.run(f"g{len(flags)}", prog, "2", "10")
+        assert r.wait(60) == 0, r.err()
+        assert ("linked with -pg (gprof)" in r.err()) == warned

@@ -162,6 +162,11 @@ def run_qemu(args: argparse.Namespace) -> int:
         raise ArmlpError(f"{args.program}: a relocatable object, not a program")
     patches = [_split_patch(p) for p in args.patch]
     runtime_dir()       # a control directory that is not private: refuse before starting
+    if qemu_live.gprof_linked(image):
+        _note(f"warning: {args.program} was linked with -pg (gprof): its SIGPROF timer "
+              f"stops a thread in qemu's GDB stub 100 times a second, which qemu-user "
+              f"7.2's stub does not survive beside armlp's own stops; compile with -pg, "
+              f"link without it")
     live = qemu_live.start(image, args.program, args.args)
     assert live.qemu is not None and live.guardian is not None
     try:                # refusals before the program's first instruction: it never runs

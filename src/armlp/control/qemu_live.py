@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from armlp.control.guardian import Guardian
-from armlp.elf.image import ET_DYN, PT_INTERP, ElfImage
+from armlp.elf.image import ET_DYN, PT_INTERP, SHT_STRTAB, ElfImage
 from armlp.errors import ArmlpError, MachineError
 from armlp.machine.freeze import Freezer
 from armlp.machine.gdb import GdbMachine, program_bias, read_auxv
@@ -197,6 +197,13 @@ def sysroot_args(image: ElfImage) -> list[str]:
         raise ArmlpError(f"{image.path}: dynamically linked against {name}, and no sysroot "
                          f"for it (install its Debian cross libc, or set QEMU_LD_PREFIX)")
     return ["-L", root]
+
+
+def gprof_linked(image: ElfImage) -> bool:
+    """Whether the program was linked with ``-pg`` (gcrt1.o: ``__monstartup``
+    starts a SIGPROF timer, 100 signals a second through qemu's stub)."""
+    return any(b"\0__monstartup" in image.section_data(sec)
+               for sec in image.sections if sec.type == SHT_STRTAB)
 
 
 def as_loaded(image: ElfImage, conn: RspConnection) -> ElfImage:
