@@ -18,16 +18,13 @@ from typing import TextIO
 
 from armlp.analysis.mcount import SITE_WINDOW, McountLocCheck, SiteFinder, check_mcount_loc
 from armlp.analysis.prologue import DescribeFn, UndoRecipe, Verdict, classify_arm
+from armlp.analysis.prologue_t32 import classify_thumb
 from armlp.elf.image import ElfImage
 from armlp.elf.symbols import FunctionSymbol
 from armlp.errors import AnalysisError
 
 NO_SITE = Verdict(False, reason="no mcount site (notrace, built without -pg, or assembly)",
                   reason_code="no_mcount_site")
-THUMB = Verdict(False, reason="Thumb code (not yet supported; build with -marm)",
-                reason_code="thumb")
-
-
 @dataclass(slots=True)
 class FunctionReport:
     """Everything scan knows about one function."""
@@ -223,6 +220,7 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
     reports: list[FunctionReport] = []
     append = reports.append
     by_bytes: dict[bytes, tuple[tuple[int, ...], Verdict]] = {}
+    thumb: dict[bytes, Verdict] = {}
     section, base = -1, 0
     words: Sequence[int] = ()
     data = b""
@@ -230,10 +228,18 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
         if site is None:
             append(FunctionReport(fn, None, NO_SITE))
             continue
-        if fn.mode == "thumb":
-            append(FunctionReport(fn, site, THUMB))
-            continue
         offset = site - fn.address
+        if fn.mode == "thumb" and offset <= SITE_WINDOW:
+            if fn.section != section:
+                sec = image.sections[fn.section]
+                section, base = fn.section, sec.addr
+                words, data = finder.words(sec), finder.data(sec)
+            code = data[fn.address - base:site - base]
+            verdict = thumb.get(code)
+            if verdict is None:
+                verdict = thumb[code] = classify_thumb(code)
+            append(FunctionReport(fn, site, verdict))
+            continue
         if offset > SITE_WINDOW:
             append(FunctionReport(fn, site, Verdict(
                 False, reason=f"mcount site at +{offset:#x} is too far from the entry "
