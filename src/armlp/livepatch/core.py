@@ -196,8 +196,12 @@ class Livepatch:
                 for f in o.funcs:
                     if f.site in sites:
                         f.site = 0
+            patch.nops = [f for f in patch.nops if f.site not in sites]
         for site in sites:
             self.funcs.by_site.pop(site, None)
+        t = self.transition
+        if t is not None:       # what it still waits for is not in the gone code
+            t.funcs = [f for f in t.funcs if f.site]
         self.ftrace.remove_object(name)
         return done
 
