@@ -112,9 +112,9 @@ class LibraryWatch:
         for name, lib in before.items():
             if name not in now or now[name].image.entry != lib.image.entry:
                 patches = self.lp.object_going(name)
-                target.libraries.pop(name, None)
-                self.log(f"library {name} unloaded" +
-                         (f" (was patched by {', '.join(patches)})" if patches else ""))
+                if target.libraries.pop(name, None) is not None:      # was a patch object
+                    self.log(f"library {name} unloaded" +
+                             (f" (was patched by {', '.join(patches)})" if patches else ""))
         target.loaded = list(now.values())
         self.lp.forget_exports()
         for name, lib in now.items():
