@@ -478,7 +478,8 @@ def kernel(args: argparse.Namespace) -> int:
                     args.runs)
     ratio = round(t["objdump"]["median"] / t["armlp"]["median"], 2)
     result = {
-        "vmlinux": str(vmlinux),
+        "vmlinux": str(vmlinux.resolve().relative_to(ROOT)
+                       if vmlinux.resolve().is_relative_to(ROOT) else vmlinux),
         "bytes": vmlinux.stat().st_size,
         "functions": len(doc["functions"]),
         "patchable": sum(1 for f in doc["functions"] if f["patchable"]),
