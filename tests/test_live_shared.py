@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from armlp.elf.image import ElfImage
 from armlp.livepatch.module import read_patch
 from armlp.target import Target
+from armlp.toolchain import patch_cflags
 from conftest import Builder, armlp, cross
 from live_helpers import TESTS, Live, compile_patch, wait_until
 from zlib_build import ZLIB_CFLAGS, ZLIB_DIR, zlib_input, zlib_sources
@@ -130,26 +132,35 @@ def test_objects_a_patch_names(builder: Builder, tmp_path: Path) -> None:
     assert "Traceback" not in res.err
 
 
-def _plugin_host(builder: Builder, where: Path) -> tuple[Path, Path]:
+def _plugin_host(builder: Builder, where: Path, gcc: str) -> tuple[Path, Path, Path]:
+    """dlopen_host and libplugin.so built by *gcc* (armel or armhf), and the
+    patch plugin_fix.c for them."""
     plugin = where / "libplugin.so"
     src = TESTS / "programs" / "plugin.c"
-    built = builder.build("libplugin.so", [cross("gcc"), *FLAGS, "-fPIC", "-shared",
-                                           "-Wl,-soname,libplugin.so", str(src), "-o", "{out}"],
-                          [src])
+    built = builder.build(f"libplugin-{gcc}.so", [gcc, *FLAGS, "-fPIC", "-shared",
+                                                  "-Wl,-soname,libplugin.so", str(src), "-o",
+                                                  "{out}"], [src])
     plugin.write_bytes(built.read_bytes())
-    host = where / "dh"
-    obj = builder.compile(TESTS / "programs" / "dlopen_host.c", FLAGS, name="dlopen_host.o")
-    subprocess.run([cross("gcc"), str(obj), "-o", str(host)], check=True)
-    return host, plugin
+    host, obj = where / "dh", where / "dh.o"       # compiled with -pg, linked without
+    subprocess.run([gcc, *FLAGS, "-c", str(TESTS / "programs" / "dlopen_host.c"), "-o",
+                    str(obj)], check=True)
+    subprocess.run([gcc, str(obj), "-o", str(host)], check=True)
+    patch = where / "p.o"
+    subprocess.run([gcc, *patch_cflags(ElfImage(host).build_id), "-c",
+                    str(TESTS / "patches" / "plugin_fix.c"), "-o", str(patch)], check=True)
+    return host, plugin, patch
 
 
-def test_a_library_loaded_later_is_patched_as_it_loads(builder: Builder, live: Live) -> None:
+@pytest.mark.parametrize("gcc", ["arm-linux-gnueabi-gcc", "arm-linux-gnueabihf-gcc"])
+def test_a_library_loaded_later_is_patched_as_it_loads(builder: Builder, live: Live,
+                                                       gcc: str) -> None:
     """The patch names libplugin.so while it is not loaded (accepted, its
     object unpatched); every dlopen after that runs the new function from
     the first call; dlclose and dlopen again keep it right; unpatching
-    while it is loaded gives the old one back."""
-    host, plugin = _plugin_host(builder, live.dir)
-    patch = compile_patch(TESTS / "patches" / "plugin_fix.c", host, live.dir / "p.o")
+    while it is loaded gives the old one back.  armel's ld.so is ARM code,
+    armhf's Thumb (its _dl_debug_state gets a b.w to a Thumb veneer; its
+    first system call borrows the program's ELF header for an ARM svc)."""
+    host, plugin, patch = _plugin_host(builder, live.dir, gcc)
     r = live.run("dh", host, str(plugin), "30", "100000")
     info = r.info()
     wait_until("two rounds", lambda: "round 1 " in r.out())

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from armlp.analysis.scan import scan
 from armlp.arm.a32 import branch_in_range, encode_b
+from armlp.arm.t32 import encode_t32_branch
 from armlp.elf.image import PT_INTERP, SHT_DYNAMIC
 from armlp.errors import ArmlpError, MachineError
 from armlp.livepatch.core import Livepatch
@@ -38,8 +39,12 @@ DT_NULL, DT_DEBUG = 0, 21
 #: struct r_debug: r_version, r_map, r_brk, r_state, r_ldbase.
 R_DEBUG = struct.Struct("<iIIiI")
 RT_CONSISTENT = 0
-#: What _dl_debug_state is, ARM ld.so: one "bx lr".
+#: What _dl_debug_state is, ARM ld.so: one "bx lr"; armhf's Thumb ld.so:
+#: "bx lr" and the "nop" that pads the next function to a word.
 BX_LR = 0xE12FFF1E
+T16_BX_LR_NOP = bytes.fromhex("7047" "00bf")
+#: ``ldr.w pc, [pc, #0]``: a Thumb veneer to the word after it.
+T32_LDR_PC = bytes.fromhex("dff8" "00f0")
 
 
 class LibraryWatch:
@@ -53,11 +58,8 @@ class LibraryWatch:
         self.log = log
         self.r_debug = self._r_debug()
         brk = R_DEBUG.unpack(machine.read(self.r_debug, R_DEBUG.size))[2]
-        if not brk or brk & 1:
-            raise MachineError(f"_dl_debug_state at {brk:#x} is not ARM code (armhf's "
-                               f"Thumb ld.so is not followed yet)")
-        if read_word(machine, brk) != BX_LR:
-            raise MachineError(f"_dl_debug_state at {brk:#x} is not 'bx lr'")
+        if not brk:
+            raise MachineError("the dynamic linker has not set r_debug.r_brk")
         if machine.agent is None:
             raise MachineError("no agent thread to signal")
         rt = lp.target.runtime
@@ -65,11 +67,41 @@ class LibraryWatch:
         # Ordering: the agent's ids are in place before a thread can branch.
         machine.write(rt.symbol("armlp_agent_tgid"),
                       struct.pack("<III", pid, machine.agent, GUEST_STOP_SIGNAL))
-        hook = rt.symbol("armlp_linker_hook")
-        to = hook if branch_in_range(brk, hook) else lp.ftrace.veneers.get(brk, hook)
-        machine.write_code([CodeWrite(brk, struct.pack("<I", BX_LR),
-                                      struct.pack("<I", encode_b(brk, to)))])
+        machine.write_code([self._branch(brk, rt.symbol("armlp_linker_hook"))])
         lp.target.follows_libraries = True
+
+    def _branch(self, brk: int, hook: int) -> CodeWrite:
+        """The write that makes _dl_debug_state (``bx lr``) branch to *hook*
+        (ARM code): a ``b`` (through a veneer if far) in ARM's ld.so; in
+        armhf's Thumb ld.so a ``b.w`` over ``bx lr`` and the ``nop`` that
+        pads it, to a Thumb veneer that loads pc (``ldr.w pc``: into ARM)."""
+        m = self.machine
+        if not brk & 1:
+            if read_word(m, brk) != BX_LR:
+                raise MachineError(f"_dl_debug_state at {brk:#x} is not 'bx lr'")
+            to = hook if branch_in_range(brk, hook) else self.lp.ftrace.veneers.get(brk, hook)
+            return CodeWrite(brk, struct.pack("<I", BX_LR), struct.pack("<I", encode_b(brk, to)))
+        at = brk & ~1
+        if m.read(at, 4) != T16_BX_LR_NOP:
+            raise MachineError(f"_dl_debug_state at {at:#x} is not Thumb 'bx lr; nop'")
+        veneer = self._near_thumb(at)
+        branch = encode_t32_branch("b", at, veneer | 1)
+        m.write_code([CodeWrite(veneer, bytes(8), T32_LDR_PC + struct.pack("<I", hook))],
+                     unused=True)
+        return CodeWrite(at, T16_BX_LR_NOP, struct.pack("<I", branch))
+
+    def _near_thumb(self, at: int) -> int:
+        """8 bytes within a ``b.w`` (±16 MiB) of *at*: alloc's *near* is an
+        ARM ``b``'s ±32 MiB and takes the highest free place below near +
+        32 MiB, so the hints put that limit within 16 MiB above *at*, then
+        lower."""
+        m = self.machine
+        for hint in (at - (16 << 20) + (1 << 16), at - (24 << 20), at - (30 << 20)):
+            veneer = m.alloc(8, near=hint & ~0xFFF)
+            if abs(veneer - at) < (16 << 20) - 8:
+                return veneer
+            m.free(veneer, 8)
+        raise MachineError(f"no memory within 16 MiB of _dl_debug_state ({at:#x})")
 
     @classmethod
     def wanted(cls, lp: Livepatch) -> bool:

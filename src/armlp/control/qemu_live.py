@@ -239,7 +239,7 @@ def start(image: ElfImage, program: str, args: Sequence[str]) -> GdbLive:
 def run_to_entry(machine: GdbMachine) -> None:
     """Let the dynamic linker map the program's libraries: run it to the
     program's own entry point, where no code of the program has run yet."""
-    entry = machine.entry
+    entry = machine.entry & ~1          # armhf's _start is Thumb code
     machine.set_breakpoint(entry)
     try:
         machine.resume()

@@ -122,6 +122,7 @@ class GdbMachine(Injection):
         self._listed: list[int] | None = None
         self._copy_in_target = False
         self._bootstrap = False
+        self._borrowed: tuple[int, bytes] | None = None
         self._breakpoints: set[int] = set()
         self._cache: dict[int, bytes] = {}
         self._allocs: dict[int, int] = {}
@@ -487,12 +488,8 @@ class GdbMachine(Injection):
     def _raw_write(self, address: int, data: bytes) -> None:
         self._forget(address, len(data))
         if self.host_memory is not None:
-            try:
-                self.host_memory.write(address, data)
-                return
-            except OSError as exc:
-                raise MachineError(f"writing {len(data)} bytes at {address:#010x} through "
-                                   f"/proc/{self.host_memory.pid}/mem: {exc.strerror}") from None
+            self._poke(address, data)
+            return
         if self._copy_in_target:
             self._target_copy(address, data)
             return

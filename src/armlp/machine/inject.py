@@ -29,6 +29,7 @@ import contextlib
 import struct
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from armlp.arm.a32 import BRANCH_RANGE
 from armlp.errors import MachineError
@@ -36,6 +37,9 @@ from armlp.machine.base import Region, Regs
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import StopReply
 from armlp.machine.scratch import SCRATCH_PAGES, agent_mask, scratch_code
+
+if TYPE_CHECKING:
+    from armlp.machine.qemu import HostMemory
 
 PAGE = 0x1000
 #: ARM EABI syscall numbers armlp uses.
@@ -50,6 +54,8 @@ CLONE_THREAD_FLAGS = 0x00050F00
 GDB_SIGINT, GDB_SIGTRAP = 2, 5
 #: ``svc #0`` in ARM state.
 SVC0 = 0xEF000000
+#: ``mov r0, r0``: what follows a borrowed svc (qemu steps it with the svc).
+ARM_NOP = 0xE1A00000
 STAGING = 16 * 4096
 _CPSR_T = 1 << 5
 _CPSR_IT = (0x3F << 10) | (0x3 << 25)
@@ -69,6 +75,7 @@ class Injection:
     machine's)."""
 
     conn: RspConnection
+    host_memory: HostMemory | None
     thread: int
     segments: list[Region]
     interp_segments: list[Region]
@@ -81,6 +88,8 @@ class Injection:
     _staging: int | None
     _svc: int | None
     _bootstrap: bool
+    #: Program bytes lent to the bootstrap's svc: (address, original bytes).
+    _borrowed: tuple[int, bytes] | None
     _rwx_text: bool
     _allocs: dict[int, int]
     _pass: dict[int, int]
@@ -288,8 +297,36 @@ class Injection:
                         self._svc = a + i
                         return a + i
                 a += n
+        borrowed = self._borrow_svc()
+        if borrowed is not None:
+            return borrowed
         raise MachineError("no usable 'svc #0' instruction in the program's or its "
                            "interpreter's text to run a system call with")
+
+    def _borrow_svc(self) -> int | None:
+        """Room for ``svc #0; nop`` when no text has a usable svc (a dynamic
+        armhf program: its own text makes no system call, and its ld.so is
+        Thumb code): the first 8 bytes of the program's first executable
+        segment, its ELF header, which nothing executes.  Only for the
+        scratch page's own mmap; given back right after (see _syscall)."""
+        seg = next((s for s in self.segments if s.executable), None)
+        if not self._bootstrap or seg is None or self._borrowed is not None:
+            return None
+        self._borrowed = (seg.start, self.conn.read_memory(seg.start, 8))
+        self._poke(seg.start, struct.pack("<II", SVC0, ARM_NOP))
+        return seg.start
+
+    def _poke(self, address: int, data: bytes) -> None:
+        """Write read-only text: through /proc/PID/mem for a local qemu (its
+        stub refuses), else through the stub (gdbserver writes with ptrace)."""
+        if self.host_memory is not None:
+            try:
+                self.host_memory.write(address, data)
+                return
+            except OSError as exc:
+                raise MachineError(f"writing {len(data)} bytes at {address:#010x} through "
+                                   f"/proc/{self.host_memory.pid}/mem: {exc.strerror}") from None
+        self.conn.write_memory(address, data)
 
     def _syscall(self, number: int, *args: int, at: str = "svc") -> int:
         """System call *number* on the stopped thread, through the scratch
@@ -302,6 +339,10 @@ class Injection:
                 self._scratch_base()
             finally:
                 self._bootstrap = False
+                if self._borrowed is not None:
+                    lent, saved = self._borrowed
+                    self._borrowed = None
+                    self._poke(lent, saved)
         svc = self._find_svc() if self._scratch is None else self._scratch_at(at)
         tid = self.thread
         saved = self.conn.read_all_registers(tid)
