@@ -27,18 +27,27 @@ pytestmark = pytest.mark.slow
 FLAGS = ["-marm", "-pg", "-mapcs-frame", "-O2"]
 
 
-def dynamic(builder: Builder, link: str) -> Path:
+def dynamic(builder: Builder, link: str, gcc: str = "") -> Path:
+    """live_target, dynamically linked (*link* -pie or -no-pie) by armel's
+    compiler, or by *gcc* (armhf's: ARM-mode -pg code against Debian's
+    Thumb-2 libc, whose __gnu_mcount_nc the PLT reaches)."""
     src = TESTS / "programs" / "live_target.c"
-    obj = builder.compile(src, [*FLAGS, "-fPIE" if link == "-pie" else "-fno-pie"],
-                          name=f"live_target{link}.o")
-    return builder.link([obj], [link, "-pthread"], f"live_target_dyn{link}")
+    pic = "-fPIE" if link == "-pie" else "-fno-pie"
+    if not gcc:
+        obj = builder.compile(src, [*FLAGS, pic], name=f"live_target{link}.o")
+        return builder.link([obj], [link, "-pthread"], f"live_target_dyn{link}")
+    obj = builder.build(f"live_target{link}-hf.o", [gcc, *FLAGS, pic, "-c", str(src), "-o",
+                                                    "{out}"], [src])
+    return builder.build(f"live_target_dyn{link}-hf", [gcc, str(obj), link, "-pthread", "-o",
+                                                       "{out}"], [obj])
 
 
-@pytest.mark.parametrize("link", ["-no-pie", "-pie"])
+@pytest.mark.parametrize(("link", "gcc"), [("-no-pie", ""), ("-pie", ""),
+                                          ("-pie", "arm-linux-gnueabihf-gcc")])
 def test_dynamic_program_runs_shows_its_sites_and_is_patched(builder: Builder, live: Live,
-                                                             link: str) -> None:
+                                                             link: str, gcc: str) -> None:
     prog = live.dir / "ltd"          # a short name: the control socket's path holds it
-    shutil.copy(dynamic(builder, link), prog)
+    shutil.copy(dynamic(builder, link, gcc), prog)
     r = live.run("dyn", prog, "400", "20")
     info = r.info()
     st = live.cli("status", "--target", info["id"], "--json").json()["targets"][0]
