@@ -23,11 +23,12 @@ CYCLES = 200
 
 
 def stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: str,
-           drive: Callable[[str, Path], None]) -> tuple[int, int, int, str]:
+           drive: Callable[[str, Path], None], gcc: str = "") -> tuple[int, int, int, str]:
     """Run tests/programs/stress.c under ``armlp run``; *drive(socket, fix)*
-    works the controller meanwhile.  The program's counts: calls, new, bad."""
+    works the controller meanwhile.  The program's counts: calls, new, bad.
+    *gcc*: see conftest.program_and_patch."""
     prog, fix = program_and_patch(HERE / "programs" / "stress.c", HERE / "patches" / patch,
-                                  tmp_path)
+                                  tmp_path, gcc)
     monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
     done = tmp_path / "done"
     # armlp's event notes go to a file: 400 of them would fill a pipe nobody
@@ -59,8 +60,10 @@ def stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: str,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("gcc", ["", "arm-linux-gnueabihf-gcc"],
+                         ids=["static", "armhf-dynamic-pie"])
 def test_200_enable_disable_cycles_under_8_hammering_threads(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gcc: str) -> None:
     pauses: list[float] = []
     work: list[float] = []
 
@@ -82,7 +85,7 @@ def test_200_enable_disable_cycles_under_8_hammering_threads(
             if res["transition"]:
                 force_transition(socket, "stress")
 
-    calls, fresh, bad, _ = stress(tmp_path, monkeypatch, "stress_fix.c", cycles)
+    calls, fresh, bad, _ = stress(tmp_path, monkeypatch, "stress_fix.c", cycles, gcc)
     assert bad == 0
     assert calls > 1_000_000 and 0 < fresh < calls       # both old and new results seen
     assert len(pauses) == 2 * CYCLES
