@@ -15,13 +15,14 @@ from armlp.elf.symbols import FunctionSymbol
 from armlp.errors import ArmlpError
 
 HELP = """\
-Read an ARM ELF (executable, .o or vmlinux), find each function's mcount site
-and classify its prologue:
+Read an ARM ELF (executable, PIE, shared library, .o or vmlinux), find each
+function's mcount site and classify its prologue:
 
   patchable, rule apcs   the seed's APCS frame; undone through fp
   patchable, rule push   other prologues whose exact inverse is derived
-  not patchable          with the reason (no mcount site, Thumb, an
-                         instruction the analysis does not understand, ...)
+  not patchable          with the reason (no mcount site; Thumb, whose
+                         prologue is read but not patched; an instruction
+                         the analysis does not understand, ...)
 
 Prints a summary and the unpatchable functions (all with --all); --function
 shows one function's prologue disassembled with its undo recipe.

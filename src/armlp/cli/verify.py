@@ -21,9 +21,11 @@ if TYPE_CHECKING:   # imported in run(): `armlp --help` should not pay for the e
     from armlp.verify import FunctionProof
 
 HELP = """\
-Load PROGRAM (a static ARM executable built with -marm -pg) into armlp's
-emulator and, for every patchable function (or the one --function names),
-prove by execution that redirecting it to a new function is exact:
+Load PROGRAM (an ARM executable built with -marm -pg: static, dynamic or PIE;
+or a shared library) into armlp's emulator (a dynamic program's or a
+library's code only: it is not run from its entry) and, for every patchable
+function (or the one --function names), prove by execution that redirecting
+it to a new function is exact:
 
   The function's mcount site is pointed at the regs trampoline
   (ftrace_regs_caller) with an ops that moves the saved pc to a probe, the
