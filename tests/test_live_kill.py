@@ -40,12 +40,19 @@ def _parked(pid: int) -> bool:
     return False
 
 
+#: (delay, compiler): static armel builds at every delay, and an armhf
+#: dynamic PIE (ARM-mode -pg code, Debian's Thumb-2 libc) at three.
+CASES = [*((d, "") for d in (0, 5, 10, 20, 30, 45, 60, 70, 80, 90, 100, 115, 140)),
+         *((d, "arm-linux-gnueabihf-gcc") for d in (0, 45, 100))]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("delay_ms", [0, 5, 10, 20, 30, 45, 60, 70, 80, 90, 100, 115, 140])
-def test_controller_killed_mid_enable(delay_ms: int, tmp_path: Path,
+@pytest.mark.parametrize(("delay_ms", "gcc"), CASES,
+                         ids=[f"{d}ms{'-armhf-dynamic' if g else ''}" for d, g in CASES])
+def test_controller_killed_mid_enable(delay_ms: int, gcc: str, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     prog, fix = program_and_patch(HERE / "programs" / "many.c",
-                                  HERE / "patches" / "many_fix.c", tmp_path)
+                                  HERE / "patches" / "many_fix.c", tmp_path, gcc)
     monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
     done, result = tmp_path / "done", tmp_path / "result"
     ctl = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog),
