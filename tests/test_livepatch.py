@@ -221,11 +221,11 @@ def test_failure_halfway_rolls_back(program: Path, monkeypatch: pytest.MonkeyPat
     calls = []
     real = lp.funcs.push
 
-    def failing_push(p, f, undo, tramps):  # type: ignore[no-untyped-def]
+    def failing_push(p, f, undo, tramps, **kw):  # type: ignore[no-untyped-def]
         calls.append(f.label)
         if len(calls) == 4:
             raise ArmlpError("injected failure")
-        return real(p, f, undo, tramps)
+        return real(p, f, undo, tramps, **kw)
     monkeypatch.setattr(lp.funcs, "push", failing_push)
     with pytest.raises(ArmlpError, match="injected"):
         lp.enable(patch)

@@ -3,6 +3,7 @@ initialised — what every armlp command that changes a program starts from."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,9 @@ class Target:
     #: trampolines), near the program's text; ftrace and livepatch share it.
     heap: TargetHeap
 
-    #: The shared libraries a patch can change, by soname (see armlp.objects).
-    libraries: dict[str, LoadedLibrary] = field(default_factory=dict)
-    #: Every shared library mapped, in load order (a patch links against
-    #: what they export, stripped ones included).
+    #: Every shared library mapped, by address (a patch links against what
+    #: they export, stripped ones included); those a patch can change are
+    #: ftrace's objects (see armlp.objects).
     loaded: list[LoadedLibrary] = field(default_factory=list)
     #: Whether armlp follows the dynamic linker (armlp.objects.LibraryWatch):
     #: then a patch may name a library not loaded yet.
@@ -49,14 +49,10 @@ class Target:
         table (stripped, as distributions ship them) has no functions armlp
         can name: it is not a patch object."""
         result = scan(image)
-        libs: dict[str, LoadedLibrary] = {}
         scans: dict[str, ScanResult] = {}
         for lib in libraries:
-            try:
+            with contextlib.suppress(ArmlpError):
                 scans[lib.soname] = scan(lib.image)
-            except ArmlpError:
-                continue
-            libs[lib.soname] = lib
         text = image.section(".text")
         heap = TargetHeap(machine, near=text.addr if text else None,
                           quarantine=machine.quarantine_heap)
@@ -64,7 +60,7 @@ class Target:
         ftrace.check_unmodified()
         ftrace.runtime = Runtime.load(machine, near=text.addr if text else None)
         ftrace.ftrace_init()
-        return cls(machine, image, result, ftrace.runtime, ftrace, heap, libs, list(libraries))
+        return cls(machine, image, result, ftrace.runtime, ftrace, heap, list(libraries))
 
     @classmethod
     def emulate(cls, path: str | Path, argv: Sequence[str] | None = None, *,

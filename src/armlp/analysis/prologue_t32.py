@@ -20,11 +20,12 @@ import re
 from typing import Any
 
 from armlp.analysis.prologue import UndoRecipe, Verdict
+from armlp.arm.a32 import REG_NAMES
+from armlp.arm.t32 import T16_PUSH_LR
 
-#: ``push {lr}`` in T16: the mcount calling sequence's first half.
-T16_PUSH_LR = 0xB500
-_REGS = {**{f"r{i}": i for i in range(13)}, "sb": 9, "sl": 10, "fp": 11, "ip": 12,
-         "sp": 13, "lr": 14, "pc": 15}
+#: Register numbers by the names capstone and armlp use (r9 is also sb).
+_REGS = {**{f"r{i}": i for i in range(16)}, **{n: i for i, n in enumerate(REG_NAMES)},
+         "sb": 9}
 _IMM = re.compile(r"#(0x[0-9a-f]+|\d+)$")
 NOT_YET = "armlp does not patch Thumb functions yet (build with -marm)"
 

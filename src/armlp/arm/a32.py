@@ -23,6 +23,8 @@ SP, LR, PC, FP, IP = 13, 14, 15, 11, 12
 REG_NAMES = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "sl", "fp", "ip",
              "sp", "lr", "pc")
 
+#: ``bx lr``: an empty function's whole body.
+BX_LR = 0xE12FFF1E
 #: ``pop {lr}``: the NOP the kernel first wrote over ``bl __gnu_mcount_nc``.
 MCOUNT_NOP_POP_LR = 0xE8BD4000
 #: ``add sp, sp, #4``: the NOP the kernel writes now; balances ``push {lr}``.

@@ -14,6 +14,13 @@ T32_BRANCH_MIN = -(1 << 24)
 T32_BRANCH_MAX = (1 << 24) - 2
 
 
+#: ``push {lr}`` (T16): the first half of Thumb's mcount calling sequence.
+T16_PUSH_LR = 0xB500
+#: ``bx lr; nop`` (T16, as bytes): an empty Thumb function padded to a word.
+T16_BX_LR_NOP = bytes.fromhex("7047" "00bf")
+#: ``ldr.w pc, [pc, #0]`` (as bytes): a Thumb veneer to the word after it.
+T32_LDR_PC = bytes.fromhex("dff8" "00f0")
+
 def is_t32(hw1: int) -> bool:
     """Whether the halfword *hw1* starts a 32-bit Thumb instruction."""
     return (hw1 >> 11) in (0b11101, 0b11110, 0b11111)

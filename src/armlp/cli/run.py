@@ -239,7 +239,6 @@ def _controller(image: ElfImage, live: GdbLive, program: str,
     if live.machine.host_memory is not None and LibraryWatch.wanted(controller.livepatch):
         try:
             live.watch = LibraryWatch(live.machine, controller.livepatch, live.pid, _note)
-            live.note = _note
         except ArmlpError as exc:
             _note(f"warning: libraries loaded later are not patch objects: {exc}")
     for path, delay in patches:

@@ -25,9 +25,9 @@ import struct
 from collections.abc import Callable
 
 from armlp.analysis.scan import scan
-from armlp.arm.a32 import branch_in_range, encode_b
-from armlp.arm.t32 import encode_t32_branch
-from armlp.elf.image import PT_INTERP, SHT_DYNAMIC
+from armlp.arm.a32 import BX_LR, branch_in_range, encode_b
+from armlp.arm.t32 import T16_BX_LR_NOP, T32_LDR_PC, encode_t32_branch
+from armlp.elf.image import DT_DEBUG, SHT_DYNAMIC, dynamic_entries
 from armlp.errors import ArmlpError, MachineError
 from armlp.livepatch.core import Livepatch
 from armlp.machine.base import CodeWrite, read_word, write_word
@@ -35,16 +35,9 @@ from armlp.machine.gdb import GdbMachine
 from armlp.machine.qemu import GUEST_STOP_SIGNAL
 from armlp.objects import loaded_libraries
 
-DT_NULL, DT_DEBUG = 0, 21
 #: struct r_debug: r_version, r_map, r_brk, r_state, r_ldbase.
 R_DEBUG = struct.Struct("<iIIiI")
 RT_CONSISTENT = 0
-#: What _dl_debug_state is, ARM ld.so: one "bx lr"; armhf's Thumb ld.so:
-#: "bx lr" and the "nop" that pads the next function to a word.
-BX_LR = 0xE12FFF1E
-T16_BX_LR_NOP = bytes.fromhex("7047" "00bf")
-#: ``ldr.w pc, [pc, #0]``: a Thumb veneer to the word after it.
-T32_LDR_PC = bytes.fromhex("dff8" "00f0")
 
 
 class LibraryWatch:
@@ -106,7 +99,7 @@ class LibraryWatch:
     @classmethod
     def wanted(cls, lp: Livepatch) -> bool:
         """Only a dynamically linked program has a dynamic linker to follow."""
-        return any(s.type == PT_INTERP for s in lp.target.image.segments)
+        return lp.target.image.interpreter is not None
 
     def _r_debug(self) -> int:
         """Where ld.so keeps r_debug: the program's DT_DEBUG entry, as the
@@ -115,12 +108,9 @@ class LibraryWatch:
         dyn = next((s for s in image.sections if s.type == SHT_DYNAMIC), None)
         if dyn is None:
             raise MachineError(f"{image.path}: no dynamic section")
-        raw = self.machine.read(dyn.addr, dyn.size - dyn.size % 8)
-        for tag, value in struct.iter_unpack("<II", raw):
-            if tag == DT_NULL:
-                break
-            if tag == DT_DEBUG and value:
-                return int(value)
+        value = dynamic_entries(self.machine.read(dyn.addr, dyn.size)).get(DT_DEBUG)
+        if value:
+            return value
         raise MachineError(f"{image.path}: the dynamic linker left no r_debug (DT_DEBUG)")
 
     def pending(self) -> bool:
@@ -141,16 +131,19 @@ class LibraryWatch:
         target, ft = self.lp.target, self.lp.ftrace
         now = {lib.soname: lib for lib in loaded_libraries(self.machine, target.image)}
         before = {lib.soname: lib for lib in target.loaded}
-        for name, lib in before.items():
-            if name not in now or now[name].image.entry != lib.image.entry:
-                patches = self.lp.object_going(name)
-                if target.libraries.pop(name, None) is not None:      # was a patch object
-                    self.log(f"library {name} unloaded" +
-                             (f" (was patched by {', '.join(patches)})" if patches else ""))
+        # A soname mapped elsewhere than before was unloaded and loaded again.
+        kept = {name for name, lib in before.items()
+                if name in now and now[name].image.entry == lib.image.entry}
+        for name in before.keys() - kept:
+            was_object = name in ft.objects
+            patches = self.lp.object_going(name)
+            if was_object:
+                self.log(f"library {name} unloaded" +
+                         (f" (was patched by {', '.join(patches)})" if patches else ""))
         target.loaded = list(now.values())
         self.lp.forget_exports()
         for name, lib in now.items():
-            if name in before and before[name].image.entry == lib.image.entry:
+            if name in kept:
                 continue
             try:
                 result = scan(lib.image)
@@ -158,7 +151,6 @@ class LibraryWatch:
                 continue                # stripped: not a patch object
             try:
                 recs = ft.add_object(name, result)
-                target.libraries[name] = lib
                 patches = self.lp.object_coming(name)
             except ArmlpError as exc:
                 self.log(f"error: library {name} loaded but not patched: {exc}")

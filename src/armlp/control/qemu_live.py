@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from armlp.control.guardian import Guardian
-from armlp.elf.image import ET_DYN, PT_INTERP, SHT_STRTAB, ElfImage
+from armlp.elf.image import ET_DYN, SHT_STRTAB, ElfImage
 from armlp.errors import ArmlpError, MachineError
+from armlp.machine.auxv import program_bias, read_auxv
 from armlp.machine.freeze import Freezer
-from armlp.machine.gdb import GdbMachine, program_bias, read_auxv
+from armlp.machine.gdb import GdbMachine
 from armlp.machine.inject import GDB_SIGINT
 from armlp.machine.qemu import (
     GDB_STOP_SIGNAL,
@@ -55,10 +56,8 @@ class GdbLive:
         self.exit_status: int | None = None
         #: The shared libraries mapped when armlp took over (patch objects).
         self.libraries: list[LoadedLibrary] = []
-        #: The dynamic linker's breakpoint, once armlp follows it.
+        #: The dynamic linker's hook, once armlp follows it.
         self.watch: LibraryWatch | None = None
-        #: Where the watch reports what it did (and failed to do).
-        self.note: Callable[[str], None] = lambda _text: None
 
     def interrupt(self) -> None:
         if self.exited() is not None:
@@ -85,7 +84,7 @@ class GdbLive:
                 try:
                     self.watch.event()
                 except ArmlpError as exc:
-                    self.note(f"error: following the dynamic linker: {exc}")
+                    self.watch.log(f"error: following the dynamic linker: {exc}")
             self.machine.resume()
             if self.guardian is not None:
                 self.guardian.running()
@@ -188,10 +187,9 @@ def sysroot_args(image: ElfImage) -> list[str]:
     """``-L SYSROOT`` for a dynamically linked program (its interpreter
     names Debian's armel or armhf cross sysroot), unless ``QEMU_LD_PREFIX``
     chooses one; nothing for a static program."""
-    interp = next((s for s in image.segments if s.type == PT_INTERP), None)
-    if interp is None or os.environ.get("QEMU_LD_PREFIX"):
+    name = image.interpreter
+    if name is None or os.environ.get("QEMU_LD_PREFIX"):
         return []
-    name = image.segment_data(interp).split(b"\0", 1)[0].decode("ascii", "replace")
     root = SYSROOTS.get(name)
     if root is None or not os.path.isdir(root):
         raise ArmlpError(f"{image.path}: dynamically linked against {name}, and no sysroot "
@@ -225,7 +223,7 @@ def start(image: ElfImage, program: str, args: Sequence[str]) -> GdbLive:
         image = as_loaded(image, qemu.conn)
         host = HostMemory.find(qemu.pid, program, first_address(image))
         machine = qemu.machine(host)
-        if any(s.type == PT_INTERP for s in image.segments):
+        if image.interpreter is not None:
             run_to_entry(machine)
         live = GdbLive(machine, image, qemu, guardian, pid=qemu.pid)
         live.libraries = loaded_libraries(machine, image)

@@ -32,7 +32,7 @@ EM_ARM = 40
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
 SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 1, 2, 3, 4, 8, 9
 SHT_NOTE, SHT_DYNSYM, SHT_DYNAMIC = 7, 11, 6
-DT_NULL, DT_SONAME = 0, 14
+DT_NULL, DT_SONAME, DT_DEBUG = 0, 14, 21
 #: st_info type of a thread-local symbol, whose value is an offset, not an address.
 STT_TLS = 6
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
@@ -240,6 +240,15 @@ class ElfImage:
     def segment_data(self, seg: Segment) -> bytes:
         return self.data[seg.offset:seg.offset + seg.filesz]
 
+    @cached_property
+    def interpreter(self) -> str | None:
+        """The dynamic linker a dynamically linked program names
+        (``PT_INTERP``: ``/lib/ld-linux.so.3``); None for a static one."""
+        seg = next((s for s in self.segments if s.type == PT_INTERP), None)
+        if seg is None:
+            return None
+        return self.segment_data(seg).split(b"\0", 1)[0].decode("ascii", "replace")
+
     # -- queries ------------------------------------------------------------
 
     @property
@@ -248,8 +257,7 @@ class ElfImage:
             return "relocatable"
         if self.type == ET_DYN:
             # A position-independent executable names its dynamic linker.
-            interp = any(s.type == PT_INTERP for s in self.segments)
-            return "pie" if interp else "shared"
+            return "pie" if self.interpreter is not None else "shared"
         if self.mcount_loc_range() is not None or self.symbols.named("linux_banner"):
             return "vmlinux"
         return "executable"
@@ -379,12 +387,8 @@ class ElfImage:
         if dyn is None or not 0 < dyn.link < len(self.sections):
             return None
         strtab = self.section_data(self.sections[dyn.link])
-        for tag, value in struct.iter_unpack("<II", self.section_data(dyn)[:dyn.size & ~7]):
-            if tag == DT_NULL:
-                break
-            if tag == DT_SONAME and value < len(strtab):
-                return _cstr(strtab, value)
-        return None
+        value = dynamic_entries(self.section_data(dyn)).get(DT_SONAME)
+        return _cstr(strtab, value) if value is not None and value < len(strtab) else None
 
     def relocations_for(self, target: Section) -> list[Relocation]:
         """All relocations (REL and RELA) applying to section *target*."""
@@ -409,6 +413,17 @@ class ElfImage:
 
 def _align4(n: int) -> int:
     return (n + 3) & ~3
+
+
+def dynamic_entries(raw: bytes) -> dict[int, int]:
+    """Tag -> value of a dynamic section's entries (the first of each tag),
+    up to ``DT_NULL``: from the file, or as a running program holds them."""
+    out: dict[int, int] = {}
+    for tag, value in struct.iter_unpack("<II", raw[:len(raw) & ~7]):
+        if tag == DT_NULL:
+            break
+        out.setdefault(tag, value)
+    return out
 
 
 def _cstr(buf: bytes, off: int) -> str:

@@ -147,7 +147,7 @@ class Ftrace:
                                        quarantine=machine.quarantine_heap)
         self._active: dict[int, DynFtrace] = {}          # sites with users
         self._sites_of: dict[int, list[DynFtrace]] = {}  # id(ops) -> its sites
-        self.mcount = min(self._mcount_address(scan))
+        self.mcount = self._mcount_address(scan)
         for name, result in self.objects.items():
             self._add_records(name, result)
         self._initialised = False
@@ -156,8 +156,7 @@ class Ftrace:
     def _add_records(self, name: str, result: ScanResult) -> list[DynFtrace]:
         """Records for the ARM sites of object *name* (none for a library
         not built with -pg)."""
-        found = self._mcount_address(result) if name == PROGRAM else \
-            mcount_addresses(result.image)
+        found = {self.mcount} if name == PROGRAM else mcount_addresses(result.image)
         if len(found) != 1:
             return []
         mcount = min(found)
@@ -182,13 +181,13 @@ class Ftrace:
         self._runtime = value
 
     @staticmethod
-    def _mcount_address(scan: ScanResult) -> set[int]:
+    def _mcount_address(scan: ScanResult) -> int:
         """``__gnu_mcount_nc``'s address in the program, with bit 0 set when
         it is Thumb code (armhf's libc): ARM sites then call it with ``blx``."""
         found = mcount_addresses(scan.image)
         if len(found) != 1:
             raise FtraceError(f"{scan.image.path}: no __gnu_mcount_nc: not built with -pg")
-        return found
+        return found.pop()
 
     def mcount_call(self, ip: int, mcount: int | None = None) -> int:
         """The word an ARM site at *ip* holds as built: ``bl`` or ``blx``
@@ -253,12 +252,7 @@ class Ftrace:
         self.objects[name] = result
         recs = self._add_records(name, result)
         try:
-            for rec in recs:
-                found = read_word(self.machine, rec.ip)
-                if found != self.mcount_call(rec.ip, rec.mcount):
-                    raise CodeModificationError(
-                        f"site of {rec.name} at {rec.ip:#x} in {name} holds {found:#010x}, "
-                        f"not 'bl __gnu_mcount_nc'")
+            self.check_unmodified(recs)
             if recs and self._initialised:
                 self._init_sites(recs)
         except BaseException:
@@ -290,10 +284,11 @@ class Ftrace:
             self._active.pop(rec.ip, None)
         return gone
 
-    def check_unmodified(self) -> None:
-        """Every site must still hold ``bl __gnu_mcount_nc``: anything else
-        means another tool (or a previous armlp) owns the program's code."""
-        for rec in self.records.values():
+    def check_unmodified(self, recs: Iterable[DynFtrace] | None = None) -> None:
+        """Every site (of *recs*, default all) must still hold ``bl
+        __gnu_mcount_nc``: anything else means another tool (or a previous
+        armlp) owns the program's code."""
+        for rec in self.records.values() if recs is None else recs:
             found = read_word(self.machine, rec.ip)
             if found != self.mcount_call(rec.ip, rec.mcount):
                 raise CodeModificationError(

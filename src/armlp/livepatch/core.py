@@ -30,11 +30,10 @@ from armlp.livepatch.module import KlpFunc, KlpObject, KlpPatch, read_patch, rel
 from armlp.livepatch.patch import FuncStack, FuncStacks
 from armlp.livepatch.state import KlpStates, check_compatible
 from armlp.livepatch.transition import Transition
-from armlp.machine.base import CodeWrite, read_word, write_word
+from armlp.machine.base import CodeWrite, read_word
 from armlp.machine.heap import CHUNK
 from armlp.runtime.layout import (
     KLP_FUNC_NODE,
-    KLP_NODE_TRANSITION,
     KLP_PATCHED,
     KLP_THREAD,
     KLP_TRANSITION,
@@ -158,17 +157,10 @@ class Livepatch:
                     continue
                 self._check_object(patch, o)
                 undo: list[Callable[[], None]] = []
-                tramps: list[CodeWrite] = []
                 try:
-                    new_ops = [ops for f in o.funcs
-                               if (ops := self.funcs.push(patch.id, f, undo, tramps))]
-                    self.machine.write_code(tramps, unused=True)
-                    # Ordering: nodes out of transition before any site
-                    # calls the handler, which then never looks at threads.
-                    for f in o.funcs:
-                        write_word(self.machine, f.node + KLP_NODE_TRANSITION, 0)
-                    if new_ops:
-                        self.ftrace.register_ftrace_functions(new_ops)
+                    # Nodes out of transition: the handler never looks at
+                    # threads for code no thread has run.
+                    self._push(patch, o.funcs, undo, transition=False)
                 except BaseException:
                     for action in reversed(undo):
                         action()
@@ -264,25 +256,32 @@ class Livepatch:
         transition.fill_table(undo)
         patch.nops = self._nops(patch) if patch.replace else []
         transition.funcs = [*patch.placed, *patch.nops]
+        self._push(patch, transition.funcs, undo)
+        self.transition = transition
+
+        def no_transition() -> None:
+            self.transition = None
+        undo.append(no_transition)
+
+    def _push(self, patch: KlpPatch, funcs: list[KlpFunc], undo: list[Callable[[], None]],
+              *, transition: bool = True) -> None:
+        """Push *funcs* on their func stacks (nodes marked *transition*),
+        then send their sites to the handler: the new trampolines in one
+        batch, every newly patched function in one batch of code writes."""
         new_ops: list[FtraceOps] = []
         tramps: list[CodeWrite] = []
-        for f in transition.funcs:
-            ops = self.funcs.push(patch.id, f, undo, tramps)
+        for f in funcs:
+            ops = self.funcs.push(patch.id, f, undo, tramps, transition=transition)
             if ops is not None:
                 new_ops.append(ops)
-        m.write_code(tramps, unused=True)     # the new trampolines (new heap blocks), one batch
-        if new_ops:     # every newly patched function in one batch of code writes
+        self.machine.write_code(tramps, unused=True)     # new heap blocks: nothing runs them
+        if new_ops:
             self.ftrace.register_ftrace_functions(new_ops)
 
             def unregister() -> None:
                 for ops in new_ops:
                     self.ftrace.unregister_ftrace_function(ops)
             undo.append(unregister)
-        self.transition = transition
-
-        def no_transition() -> None:
-            self.transition = None
-        undo.append(no_transition)
 
     def _nops(self, patch: KlpPatch) -> list[KlpFunc]:
         """A nop func for every function an enabled patch changed that the

@@ -49,17 +49,17 @@ class FuncStacks:
         self.dead_tramps: list[tuple[int, int]] = []
 
     def push(self, patch_id: int, f: KlpFunc, undo: list[Callable[[], None]],
-              tramps: list[CodeWrite]) -> FtraceOps | None:
-        """Put *f* on its function's stack, its node marked transition, the
-        site on the generic path (the handler decides per thread until
-        :meth:`settle`); returns the ftrace user to register when the
-        function was not patched yet."""
+              tramps: list[CodeWrite], *, transition: bool = True) -> FtraceOps | None:
+        """Put *f* on its function's stack, its node marked *transition*, the
+        site on the generic path (with the mark, the handler decides per
+        thread until :meth:`settle`); returns the ftrace user to register
+        when the function was not patched yet."""
         m = self.machine
         stack = self.by_site.get(f.site)
         below = read_word(m, stack.klp_ops) if stack else 0
         f.node = self.heap.alloc(KLP_FUNC_NODE.size)
         node = f.node
-        m.write(node, KLP_FUNC_NODE.pack(f.new_func, below, patch_id, 1))
+        m.write(node, KLP_FUNC_NODE.pack(f.new_func, below, patch_id, int(transition)))
         undo.append(lambda: self.heap.free(node))
         if stack is not None:
             st = stack

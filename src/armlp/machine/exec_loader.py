@@ -11,8 +11,25 @@ from typing import TYPE_CHECKING, Any
 
 import unicorn as _unicorn
 
-from armlp.elf.image import ET_DYN, ET_EXEC, PF_R, PF_W, PF_X, PT_INTERP, PT_LOAD, ElfImage, Segment
+from armlp.arm.a32 import BX_LR
+from armlp.elf.image import ET_DYN, ET_EXEC, PF_R, PF_W, PF_X, PT_LOAD, ElfImage, Segment
 from armlp.errors import MachineError
+from armlp.machine.auxv import (
+    AT_CLKTCK,
+    AT_EGID,
+    AT_ENTRY,
+    AT_EUID,
+    AT_GID,
+    AT_HWCAP,
+    AT_PAGESZ,
+    AT_PHDR,
+    AT_PHENT,
+    AT_PHNUM,
+    AT_PLATFORM,
+    AT_RANDOM,
+    AT_SECURE,
+    AT_UID,
+)
 from armlp.machine.base import Regs
 
 if TYPE_CHECKING:
@@ -36,11 +53,8 @@ def _align_up(v: int, a: int = PAGE) -> int:
 def _align_down(v: int, a: int = PAGE) -> int:
     return v & ~(a - 1)
 
-# Auxiliary vector tags.
-_AT_PHDR, _AT_PHENT, _AT_PHNUM, _AT_PAGESZ, _AT_ENTRY = 3, 4, 5, 6, 9
-_AT_UID, _AT_EUID, _AT_GID, _AT_EGID, _AT_PLATFORM, _AT_HWCAP = 11, 12, 13, 14, 15, 16
-_AT_CLKTCK, _AT_SECURE, _AT_RANDOM = 17, 23, 25
-#: half, thumb, fast_mult, vfp, edsp, tls, vfpv3, idiva (what a Cortex-A15 has).
+
+#: AT_HWCAP: half, thumb, fast_mult, vfp, edsp, tls, vfpv3, idiva (what a Cortex-A15 has).
 _HWCAP = 0x2 | 0x4 | 0x10 | 0x40 | 0x80 | 0x8000 | 0x2000 | 0x20000
 _MODE_USR = 0x10
 _CPSR_T = 1 << 5
@@ -61,7 +75,7 @@ def load_program(emu: Emulator, path: str | Path, argv: Sequence[str] | None,
     the same (a PIE at :data:`PIE_BIAS`), for callers that run single
     functions of it (``armlp verify``)."""
     image = ElfImage(path)
-    dynamic = image.type != ET_EXEC or any(s.type == PT_INTERP for s in image.segments)
+    dynamic = image.type != ET_EXEC or image.interpreter is not None
     if image.type == ET_DYN and code_only:
         image = image.rebased(PIE_BIAS)
     elif image.type != ET_EXEC and code_only:
@@ -81,10 +95,10 @@ def load_program(emu: Emulator, path: str | Path, argv: Sequence[str] | None,
     for s in segs:
         if s.offset <= image.phoff < s.offset + s.filesz:
             phdr = s.vaddr + image.phoff - s.offset
-    aux = [(_AT_PHDR, phdr), (_AT_PHENT, image.phentsize), (_AT_PHNUM, image.phnum),
-           (_AT_PAGESZ, PAGE), (_AT_ENTRY, entry), (_AT_UID, 0), (_AT_EUID, 0),
-           (_AT_GID, 0), (_AT_EGID, 0), (_AT_HWCAP, _HWCAP), (_AT_CLKTCK, 100),
-           (_AT_SECURE, 0)]
+    aux = [(AT_PHDR, phdr), (AT_PHENT, image.phentsize), (AT_PHNUM, image.phnum),
+           (AT_PAGESZ, PAGE), (AT_ENTRY, entry), (AT_UID, 0), (AT_EUID, 0),
+           (AT_GID, 0), (AT_EGID, 0), (AT_HWCAP, _HWCAP), (AT_CLKTCK, 100),
+           (AT_SECURE, 0)]
     env = [f"{k}={v}" for k, v in envp.items()] if isinstance(envp, Mapping) else list(envp)
     sp = _build_stack(emu, list(argv) if argv is not None else [str(path)], env, aux)
     regs = Regs([0] * 13, sp, 0, entry & ~1, _MODE_USR | (_CPSR_T if entry & 1
@@ -120,10 +134,10 @@ def load_kernel_image(emu: Emulator, image: ElfImage, scratch: int) -> int:
 #: versions are exact.
 KUSER_PAGE = 0xFFFF0000
 KUSER_HELPERS: dict[int, tuple[int, ...]] = {
-    0xFA0: (0xE12FFF1E,),                           # __kuser_memory_barrier: bx lr
+    0xFA0: (BX_LR,),                                # __kuser_memory_barrier: bx lr
     0xFC0: (0xE5923000, 0xE0533000, 0x05821000,     # __kuser_cmpxchg: ldr r3, [r2];
-            0xE2730000, 0xE12FFF1E),                # subs; streq r1, [r2]; rsbs r0; bx lr
-    0xFE0: (0xEE1D0F70, 0xE12FFF1E),                # __kuser_get_tls: mrc TPIDRURO; bx lr
+            0xE2730000, BX_LR),                     # subs; streq r1, [r2]; rsbs r0; bx lr
+    0xFE0: (0xEE1D0F70, BX_LR),                     # __kuser_get_tls: mrc TPIDRURO; bx lr
     0xFFC: (2,),                                    # __kuser_helper_version
 }
 
@@ -182,7 +196,7 @@ def _build_stack(emu: Emulator, argv: list[str], envp: list[str],
     platform = put(b"v7l\0")
     random = put(bytes(range(0xA0, 0xB0)))     # AT_RANDOM: fixed, for reproducibility
     blobs.extend([platform, random])
-    aux = [*aux, (_AT_PLATFORM, platform), (_AT_RANDOM, random), (0, 0)]
+    aux = [*aux, (AT_PLATFORM, platform), (AT_RANDOM, random), (0, 0)]
     words = [len(argv), *argv_ptrs, 0, *env_ptrs, 0]
     for k, v in aux:
         words.extend((k, v))

@@ -38,8 +38,18 @@ import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from armlp.elf.image import PF_R, PF_W, PF_X, PT_LOAD, PT_PHDR, Segment, program_headers
+from armlp.elf.image import PF_R, PF_W, PF_X, PT_LOAD
 from armlp.errors import MachineError, StubStalledError
+from armlp.machine.auxv import (
+    AT_BASE,
+    AT_ENTRY,
+    AT_PHDR,
+    AT_PHENT,
+    AT_PHNUM,
+    program_bias,
+    program_headers_at,
+    read_auxv,
+)
 from armlp.machine.base import CodeWrite, Region, Regs, code_images
 from armlp.machine.freeze import Freezer
 from armlp.machine.inject import (
@@ -68,7 +78,6 @@ FROZEN_REPLY_TIMEOUT = 0.25
 #: Longest gap between two code writes that write_code fills with the bytes
 #: it has just read back, to send one packet instead of two.
 _GAP_FILL = 256
-_AT_PHDR, _AT_PHENT, _AT_PHNUM, _AT_BASE, _AT_ENTRY = 3, 4, 5, 7, 9
 
 
 class GdbMachine(Injection):
@@ -434,8 +443,7 @@ class GdbMachine(Injection):
         for st in self.conn.pending_stops:      # threads that parked meanwhile
             if st.thread is not None and st.thread != self.thread and \
                     not self._leftover(st):
-                ours = st.signal in (GDB_SIGTRAP, self.stop_signal)
-                self._pass[st.thread] = 0 if ours else st.signal
+                self._pass[st.thread] = 0 if self._armlps(st.signal) else st.signal
         self.conn.pending_stops.clear()
 
     def _programs(self, stop: StopReply) -> bool:
@@ -444,7 +452,11 @@ class GdbMachine(Injection):
         stop signal never is: one that no request of armlp's sent (the
         dynamic linker's hook sends it, armlp.control.libraries) stopped the
         agent, which goes on without it."""
-        return not self._leftover(stop) and stop.signal not in (GDB_SIGTRAP, self.stop_signal)
+        return not self._leftover(stop) and not self._armlps(stop.signal)
+
+    def _armlps(self, signal: int) -> bool:
+        """A breakpoint's or single step's SIGTRAP, or armlp's stop signal."""
+        return signal in (GDB_SIGTRAP, self.stop_signal)
 
     def _leftover(self, stop: StopReply) -> bool:
         """A stop signal armlp sent that arrived after the target had stopped
@@ -544,14 +556,13 @@ class GdbMachine(Injection):
 
     def _read_segments(self) -> list[Region]:
         vals = read_auxv(self.conn)
-        self.entry = vals.get(_AT_ENTRY, 0)
-        #: How far the program was loaded from its link addresses (a PIE's
-        #: ``PT_LOAD`` at 0 is mapped wherever the loader chose; 0 otherwise).
-        self.load_bias = program_bias(self.conn, vals)
-        segs = self._loads(vals[_AT_PHDR], vals[_AT_PHNUM], vals[_AT_PHENT], self.load_bias)
+        self.entry = vals.get(AT_ENTRY, 0)
+        # A PIE's PT_LOAD at 0 is mapped wherever the loader chose.
+        bias = program_bias(self.conn, vals)
+        segs = self._loads(vals[AT_PHDR], vals[AT_PHNUM], vals[AT_PHENT], bias)
         if not segs:
             raise MachineError("the program has no PT_LOAD segment")
-        base = vals.get(_AT_BASE, 0)
+        base = vals.get(AT_BASE, 0)
         if base:
             ehdr = self.conn.read_memory(base, 52)
             phoff, = struct.unpack_from("<I", ehdr, 28)
@@ -564,38 +575,6 @@ class GdbMachine(Injection):
         """The PT_LOAD segments of the program headers at *phdr*, moved by *bias*."""
         return [Region(bias + p.vaddr, bias + p.vaddr + p.memsz, bool(p.flags & PF_R),
                        bool(p.flags & PF_W), bool(p.flags & PF_X))
-                for p in _program_headers(self.conn, phdr, phnum, phent)
+                for p in program_headers_at(self.conn, phdr, phnum, phent)
                 if p.type == PT_LOAD and p.memsz]
 
-
-def read_auxv(conn: RspConnection) -> dict[int, int]:
-    """The program's auxiliary vector (``qXfer:auxv:read``), with the
-    program headers' address, entry size and count checked present."""
-    if conn.features.get("qXfer:auxv:read") != "+":
-        raise MachineError("the stub does not serve the auxiliary vector "
-                           "(qXfer:auxv:read): pass the program's segments")
-    auxv = conn.read_xfer("auxv", "")
-    vals: dict[int, int] = {}
-    for i in range(0, len(auxv) - 7, 8):
-        k, v = struct.unpack_from("<II", auxv, i)
-        if k == 0:
-            break
-        vals[k] = v
-    vals.setdefault(_AT_PHENT, 32)
-    if _AT_PHDR not in vals or _AT_PHNUM not in vals or vals[_AT_PHENT] < 32:
-        raise MachineError("the auxiliary vector has no program headers (AT_PHDR)")
-    return vals
-
-
-def program_bias(conn: RspConnection, auxv: dict[int, int]) -> int:
-    """The program's load bias: where its program headers are (``AT_PHDR``)
-    less where it says they are (``PT_PHDR``), as the dynamic linker
-    computes it.  0 for a program without ``PT_PHDR`` (static, not PIE)."""
-    for p in _program_headers(conn, auxv[_AT_PHDR], auxv[_AT_PHNUM], auxv[_AT_PHENT]):
-        if p.type == PT_PHDR:
-            return (auxv[_AT_PHDR] - p.vaddr) & 0xFFFFFFFF
-    return 0
-
-
-def _program_headers(conn: RspConnection, phdr: int, phnum: int, phent: int) -> list[Segment]:
-    return program_headers(conn.read_memory(phdr, phent * phnum), phnum, phent)
