@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from armlp.control.guardian import Guardian
-from armlp.elf.image import ET_DYN, SHT_STRTAB, ElfImage
+from armlp.elf.image import ET_DYN, ElfImage
 from armlp.errors import ArmlpError, MachineError
 from armlp.machine.auxv import program_bias, read_auxv
 from armlp.machine.freeze import Freezer
@@ -198,10 +198,11 @@ def sysroot_args(image: ElfImage) -> list[str]:
 
 
 def gprof_linked(image: ElfImage) -> bool:
-    """Whether the program was linked with ``-pg`` (gcrt1.o: ``__monstartup``
-    starts a SIGPROF timer, 100 signals a second through qemu's stub)."""
-    return any(b"\0__monstartup" in image.section_data(sec)
-               for sec in image.sections if sec.type == SHT_STRTAB)
+    """Whether the program was linked with ``-pg``: gcrt1.o defines
+    ``__gmon_start__``, which starts a SIGPROF timer (100 signals a second
+    through qemu's stub); other start files leave it an undefined weak.
+    (``__monstartup`` alone says nothing: static glibc's mcount brings it.)"""
+    return bool(image.symbols.named("__gmon_start__"))
 
 
 def as_loaded(image: ElfImage, conn: RspConnection) -> ElfImage:
