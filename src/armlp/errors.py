@@ -57,3 +57,7 @@ class PatchError(ArmlpError):
 class PatchRefusedError(PatchError):
     """The patch's pre_patch callback refused it: after the transition was
     initialized, so the kernel logs its cancellation."""
+
+
+class BuildError(ArmlpError):
+    """``armlp build`` cannot make a live patch from this diff, tree and program."""

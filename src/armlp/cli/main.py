@@ -24,7 +24,7 @@ EXIT_USAGE = 2
 #: adds it (a module may add several), in help order.
 COMMANDS = {"scan": "scan", "trace": "trace", "verify": "verify", "run": "run",
             "attach": "run", "cflags": "run", "patch": "live", "unpatch": "live", "force": "live",
-            "status": "live",
+            "status": "live", "build": "build",
             "kernel": "kernel"}
 
 

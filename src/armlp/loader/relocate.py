@@ -202,6 +202,21 @@ def rel_addend(rtype: int, word: int) -> int:
     return 0
 
 
+def with_addend(rtype: int, word: int, addend: int) -> int | None:
+    """*word* holding *addend* in place of its own (the inverse of
+    :func:`rel_addend` for the ARM types armlp build moves between symbols);
+    None for a type it cannot, or an addend that does not fit."""
+    if rtype in (R_ARM_ABS32, R_ARM_TARGET1, R_ARM_REL32):
+        return addend & 0xFFFFFFFF
+    if rtype in _ARM_MOV and -0x8000 <= addend < 0x8000:
+        v = addend & 0xFFFF
+        return (word & 0xFFF0F000) | ((v >> 12) << 16) | (v & 0xFFF)
+    if rtype in ARM_BRANCH_TYPES and word >> 28 != 0xF and addend % 4 == 0 \
+            and -(1 << 25) <= addend < (1 << 25):
+        return (word & 0xFF000000) | ((addend >> 2) & 0xFFFFFF)
+    return None
+
+
 def _mov_value(rtype: int, A: int, S: int, T: int, place: int) -> int:
     if rtype in _MOVT:
         value = S + A - place if rtype in _PREL_MOV else S + A

@@ -1,0 +1,107 @@
+"""The base proof: the tree rebuilt as it is reproduces the running binary.
+
+kpatch-build trusts that the source it is given built the kernel it patches;
+``armlp build`` checks it.  Every function of every recorded object that the
+binary contains (a static found under its own file's ``STT_FILE`` symbol, a
+global by name) must have the binary's size and bytes, relocated words
+aside.  Otherwise the tree, its flags or the compiler are not the ones the
+program came from, and a patch built from them could be wrong in ways no
+later check would see.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from armlp.builder.pieces import ObjectPieces, Piece
+from armlp.elf.image import ElfImage
+from armlp.elf.symbols import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_FUNC, STT_OBJECT, Symbol
+from armlp.errors import ArmlpError, BuildError
+
+
+class ProgramIndex:
+    """The binary's functions and data by (file, name) for statics and by
+    name for globals, with the sympos a patch names them by."""
+
+    def __init__(self, image: ElfImage) -> None:
+        self.image = image
+        syms = image.symbols.symbols
+        if not any(s.type == STT_FUNC for s in syms):
+            raise BuildError(f"{image.path}: has no symbol table (stripped?): armlp build "
+                             f"needs the program's symbols")
+        self.files: set[str] = set()
+        self.locals: dict[tuple[str, str], list[Symbol]] = {}
+        self.globals: dict[str, Symbol] = {}
+        current = ""
+        for s in syms:
+            if s.type == STT_FILE:
+                current = s.name
+                self.files.add(s.name)
+            elif s.type in (STT_FUNC, STT_OBJECT) and s.name and s.shndx != SHN_UNDEF:
+                if s.bind == STB_LOCAL:
+                    self.locals.setdefault((current, s.name), []).append(s)
+                else:
+                    self.globals.setdefault(s.name, s)
+
+    def find(self, file: str, piece: Piece) -> Symbol | None:
+        """The binary's symbol for *piece* of the object built from *file*."""
+        if piece.local:
+            same = self.locals.get((file, piece.name), [])
+            return same[0] if len(same) == 1 else None
+        return self.globals.get(piece.name)
+
+    def sympos(self, sym: Symbol) -> int:
+        return self.image.symbols.sympos_of(sym)
+
+    def belongs(self, obj: ObjectPieces) -> bool:
+        """Whether *obj* was linked into the binary: its file is among the
+        binary's, and some function of it is there."""
+        return obj.file in self.files and any(self.find(obj.file, p) is not None
+                                              for p in obj.functions())
+
+
+@dataclass(slots=True)
+class Mismatch:
+    """A function the rebuilt original does not reproduce."""
+
+    name: str
+    file: str
+    why: str
+
+
+def _masked(image: ElfImage, sym: Symbol, piece: Piece) -> bytes:
+    got = bytearray(image.read(sym.value & ~1, sym.size))
+    for at, _, _ in piece.refs:
+        got[at:at + 4] = bytes(min(4, len(got) - at))
+    return bytes(got)
+
+
+def prove_base(index: ProgramIndex, objects: Iterable[ObjectPieces]) -> tuple[int, list[Mismatch]]:
+    """``(functions proven, mismatches)`` of the original build against the binary."""
+    proven = 0
+    bad: list[Mismatch] = []
+    for obj in objects:
+        for p in obj.functions():
+            sym = index.find(obj.file, p)
+            if sym is None:
+                continue
+            if sym.size != p.size:
+                bad.append(Mismatch(p.name, obj.file, f"{p.size} bytes rebuilt, {sym.size} in "
+                                                      f"the binary"))
+                continue
+            try:
+                got = _masked(index.image, sym, p)
+            except ArmlpError:          # not in the binary's loaded image
+                bad.append(Mismatch(p.name, obj.file, "its bytes are not in the binary"))
+                continue
+            if got != p.code:
+                at = next(i for i in range(0, len(got), 4) if got[i:i + 4] != p.code[i:i + 4])
+                word = struct.unpack_from("<I", got.ljust(at + 4, b"\0"), at)[0]
+                mine = struct.unpack_from("<I", p.code.ljust(at + 4, b"\0"), at)[0]
+                bad.append(Mismatch(p.name, obj.file, f"differs at +{at:#x} (binary "
+                                                      f"{word:08x}, rebuilt {mine:08x})"))
+                continue
+            proven += 1
+    return proven, bad

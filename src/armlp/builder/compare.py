@@ -1,0 +1,194 @@
+"""The comparison engine: two builds of one C file, function by function.
+
+A function is *changed* when its bytes (relocated words aside) or what its
+relocations refer to differ, unless every difference is a line number the
+diff only moved (``__LINE__`` in an assertion: an immediate or a literal
+that was old line L and is now the line L moved to).  It is *new* when only
+the patched build has it.  Data is compared the same way: new data travels
+with the patch; changed read-only data too (the functions that use it are
+then changed); changed writable data is refused, since the running program's
+copy holds its state.
+
+Why a function changed comes from the debug information of the patched
+build: its own source lines are touched by the diff, or a function inlined
+into it had its source touched.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capstone import CS_ARCH_ARM, CS_MODE_ARM, Cs
+
+from armlp.builder.diffs import FileDiff
+from armlp.builder.pieces import ObjectPieces, Piece
+
+_IMM = re.compile(r"#(-?(?:0x[0-9a-f]+|\d+))")
+_cs = Cs(CS_ARCH_ARM, CS_MODE_ARM)
+
+
+@dataclass(slots=True)
+class ObjectChanges:
+    """What one C file's patched build changes."""
+
+    file: str
+    changed: list[str] = field(default_factory=list)      # functions, code differs
+    new: list[str] = field(default_factory=list)          # functions only patched has
+    line_only: list[str] = field(default_factory=list)    # functions, only __LINE__ moved
+    data_new: list[str] = field(default_factory=list)
+    data_changed: list[str] = field(default_factory=list)  # read-only: a new copy travels
+    data_refused: list[str] = field(default_factory=list)  # writable: cannot change live
+
+    @property
+    def empty(self) -> bool:
+        return not (self.changed or self.new or self.data_new or self.data_changed
+                    or self.data_refused)
+
+
+def line_pairs(diffs: Iterable[FileDiff]) -> Callable[[int, int], bool]:
+    """Whether ``(old, new)`` is a line the diff moved and left unchanged."""
+    files = list(diffs)
+
+    def moved(old: int, new: int) -> bool:
+        return old != new and any(f.moved(old) == new for f in files)
+    return moved
+
+
+def _word(b: bytes, at: int) -> int:
+    return int(struct.unpack_from("<I", b.ljust(at + 4, b"\0"), at)[0])
+
+
+def _explained(old: int, new: int, moved: Callable[[int, int], bool]) -> bool:
+    if moved(old, new):                     # a literal pool word
+        return True
+    a = next(_cs.disasm(struct.pack("<I", old), 0), None)
+    b = next(_cs.disasm(struct.pack("<I", new), 0), None)
+    if a is None or b is None or a.mnemonic != b.mnemonic:
+        return False
+    if _IMM.sub("#", a.op_str) != _IMM.sub("#", b.op_str):
+        return False
+    pairs = [(int(x, 0), int(y, 0)) for x, y in zip(_IMM.findall(a.op_str),
+                                                    _IMM.findall(b.op_str), strict=True)]
+    diff = [(x, y) for x, y in pairs if x != y]
+    return bool(diff) and all(moved(x, y) for x, y in diff)
+
+
+def line_only(a: Piece, b: Piece, moved: Callable[[int, int], bool]) -> bool:
+    """Whether *a* and *b* differ only by line numbers the diff moved."""
+    if a.size != b.size or a.refs != b.refs or a.code == b.code:
+        return False
+    return all(_explained(_word(a.raw, i), _word(b.raw, i), moved)
+               for i in range(0, len(a.code), 4) if a.code[i:i + 4] != b.code[i:i + 4])
+
+
+def compare(orig: ObjectPieces | None, patched: ObjectPieces,
+            moved: Callable[[int, int], bool]) -> ObjectChanges:
+    """What *patched* changes against *orig* (None: a file new in the diff)."""
+    out = ObjectChanges(patched.file)
+    before = orig.pieces if orig is not None else {}
+    for name, p in patched.pieces.items():
+        old = before.get(name)
+        if p.kind == "func":
+            if old is None or old.kind != "func":
+                out.new.append(name)
+            elif not old.same(p):
+                (out.line_only if line_only(old, p, moved) else out.changed).append(name)
+        elif old is None:
+            out.data_new.append(name)
+        elif not old.same(p) and not line_only(old, p, moved):
+            (out.data_refused if old.writable or p.writable else out.data_changed).append(name)
+    # A function that uses changed read-only data must use the new copy.
+    copied = set(out.data_changed)
+    if copied:
+        for p in patched.functions():
+            if p.name not in out.changed and p.name not in out.new and \
+                    any(k[0] == "sym" and k[1] in copied for _, _, k in p.refs):
+                out.changed.append(p.name)
+    return out
+
+
+def _die_name(die: object) -> str | None:
+    from elftools.dwarf.die import DIE
+    assert isinstance(die, DIE)
+    for _ in range(4):
+        attr = die.attributes.get("DW_AT_name")
+        if attr is not None:
+            return str(attr.value.decode("utf-8", "replace"))
+        origin = die.attributes.get("DW_AT_abstract_origin") or \
+            die.attributes.get("DW_AT_specification")
+        if origin is None:
+            return None
+        die = die.get_DIE_from_attribute(origin.name)
+    return None
+
+
+@dataclass(slots=True)
+class SourceFacts:
+    """From a patched object's debug information: each function's first line
+    in its file, and the functions inlined into each function."""
+
+    decl: dict[str, tuple[str, int]] = field(default_factory=dict)   # name -> (file, line)
+    inlined: dict[str, set[str]] = field(default_factory=dict)
+
+    def touched(self, diffs: Iterable[FileDiff]) -> set[str]:
+        """The functions whose own source lines the diff touches (a touched
+        line belongs to the last function declared at or above it)."""
+        out: set[str] = set()
+        by_file: dict[str, list[tuple[int, str]]] = {}
+        for name, (file, line) in self.decl.items():
+            by_file.setdefault(Path(file).name, []).append((line, name))
+        for d in diffs:
+            funcs = sorted(by_file.get(Path(d.path).name, []))
+            for line in d.touched:
+                above = [name for start, name in funcs if start <= line]
+                if above:
+                    out.add(above[-1])
+        return out
+
+
+def source_facts(path: Path) -> SourceFacts:
+    """Read the DWARF of *path* (a recorded object, built with -g)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    facts = SourceFacts()
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info():
+                return facts
+            dwarf = elf.get_dwarf_info()
+            for cu in dwarf.iter_CUs():
+                lp = dwarf.line_program_for_CU(cu)
+                files = lp["file_entry"] if lp is not None else []
+                base = 0 if lp is not None and lp.header["version"] >= 5 else 1
+                for die in cu.get_top_DIE().iter_children():
+                    if die.tag != "DW_TAG_subprogram":
+                        continue
+                    name = _die_name(die)
+                    if name is None:
+                        continue
+                    line = die.attributes.get("DW_AT_decl_line")
+                    fidx = die.attributes.get("DW_AT_decl_file")
+                    if line is not None and fidx is not None and \
+                            0 <= fidx.value - base < len(files):
+                        fname = files[fidx.value - base].name.decode("utf-8", "replace")
+                        facts.decl.setdefault(name, (fname, int(line.value)))
+                    inl: set[str] = set()
+                    stack = list(die.iter_children())
+                    while stack:
+                        d = stack.pop()
+                        if d.tag == "DW_TAG_inlined_subroutine":
+                            n = _die_name(d)
+                            if n:
+                                inl.add(n)
+                        stack.extend(d.iter_children())
+                    if inl:
+                        facts.inlined.setdefault(name, set()).update(inl)
+    except (ELFError, KeyError, ValueError, AttributeError):
+        return facts    # reasons get vaguer; the patch does not change
+    return facts

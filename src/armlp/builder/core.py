@@ -1,0 +1,286 @@
+"""``armlp build``: a live patch from a source diff, as kpatch-build makes
+a patch module -- and a proof that the tree it builds from is the running
+binary's.
+
+1. Copy the tree; run the build command with ``$CC`` pointing at armlp's
+   wrapper, which records every C compilation (:mod:`armlp.builder.wrapper`).
+2. Prove the base: the recorded objects reproduce the program's functions
+   (:mod:`armlp.builder.base`).
+3. Apply the diff, run the build again (make rebuilds what it touched).
+4. Compare each rebuilt file with its original, function by function
+   (:mod:`armlp.builder.compare`); refuse what a live patch cannot do.
+5. Compile each changed file once more for the patch's code and write the
+   patch object (:mod:`armlp.builder.emit`), checked by the patch reader
+   ``armlp patch`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from armlp.builder.base import ProgramIndex, prove_base
+from armlp.builder.compare import ObjectChanges, compare, line_pairs, source_facts
+from armlp.builder.diffs import FileDiff, apply_diff
+from armlp.builder.emit import EMIT_FLAGS, Included, PatchEmitter
+from armlp.builder.pieces import ObjectPieces
+from armlp.elf.image import ElfImage
+from armlp.errors import ArmlpError, BuildError
+from armlp.inputs import check_input
+
+#: How many differing functions a refused base names.
+SHOWN = 5
+
+
+@dataclass(slots=True)
+class Record:
+    """One compilation the wrapper recorded."""
+
+    source: Path
+    cwd: Path
+    flags: list[str]
+    object: Path              # the recorded copy
+
+    def key(self, tree: Path) -> str:
+        try:
+            return str(self.source.relative_to(tree))
+        except ValueError:
+            return str(self.source)
+
+
+@dataclass
+class BuildReport:
+    """What ``armlp build`` made, and why."""
+
+    patch: Path
+    name: str
+    program: Path
+    included: list[Included] = field(default_factory=list)
+    line_only: list[str] = field(default_factory=list)
+    proven: int = 0
+    objects: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "patch": str(self.patch), "name": self.name, "program": str(self.program),
+            "base": {"functions_proven": self.proven, "objects": self.objects},
+            "functions": [{"file": i.file, "name": i.name, "reason": i.reason,
+                           "replaces": None if i.replaces is None else
+                           {"name": i.replaces[0], "sympos": i.replaces[1]}}
+                          for i in self.included if i.kind == "func"],
+            "data": [{"file": i.file, "name": i.name, "reason": i.reason}
+                     for i in self.included if i.kind == "data"],
+            "line_only": self.line_only,
+            "seconds": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def _run_build(command: str, tree: Path, env: dict[str, str], log: Path, what: str) -> None:
+    with open(log, "wb") as out:
+        rc = subprocess.call(command, shell=True, cwd=tree, env=env, stdout=out,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if rc != 0:
+        lines = log.read_bytes().decode("utf-8", "replace").strip().splitlines()
+        last = next((ln for ln in reversed(lines) if "error" in ln.lower()),
+                    lines[-1] if lines else "")
+        raise BuildError(f"the {what} build failed (exit {rc}): {last.strip()[:300]} "
+                         f"(whole log: {log})")
+
+
+def _records(where: Path) -> dict[str, Record]:
+    out: dict[str, Record] = {}
+    for meta in sorted(where.glob("*.json")):
+        d = json.loads(meta.read_text())
+        out[str(meta)] = Record(Path(d["source"]), Path(d["cwd"]), list(d["flags"]),
+                                meta.with_suffix(".o"))
+    return out
+
+
+def _by_key(records: dict[str, Record], tree: Path) -> dict[str, Record]:
+    """Records by source path in the tree (the last compile of a file wins)."""
+    return {r.key(tree): r for r in records.values()}
+
+
+def default_name(diff: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", diff.stem)[:64].strip("-.")
+    return name or "patch"
+
+
+def _reason(name: str, ch: ObjectChanges, touched: set[str],
+            inlined: dict[str, set[str]]) -> str:
+    if name in ch.new:
+        return "new"
+    base = name.split(".")[0]
+    if base in touched:
+        return "changed"
+    inl = sorted(inlined.get(base, set()) & touched)
+    if inl:
+        return f"changed: inlines {', '.join(inl)}, which changed"
+    return "changed: its code differs though none of its own lines did (a macro, a type " \
+           "or a constant it uses?)"
+
+
+def _emit_compile(cc: str, rec: Record, out: Path) -> ObjectPieces:
+    cmd = [cc, *rec.flags, *EMIT_FLAGS, "-c", str(rec.source), "-o", str(out)]
+    proc = subprocess.run(cmd, cwd=rec.cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"compiling the patch's code from {rec.source.name} failed: "
+                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return ObjectPieces(out)
+
+
+def build_patch(diff: Path, source: Path, program: Path, command: str, output: Path, *,
+                name: str | None = None, cc: str, workdir: Path | None = None,
+                check: bool = True) -> BuildReport:
+    """Build the live patch of *diff* for *program* (see the module docstring)."""
+    diff = check_input(diff, "diff")
+    program = check_input(program, "program")
+    if not source.is_dir():
+        raise BuildError(f"{source}: not a directory (--source is the program's source tree)")
+    image = ElfImage(program)
+    if image.is_relocatable:
+        raise BuildError(f"{program}: a relocatable object; --program is the executable or "
+                         f"library that runs")
+    index = ProgramIndex(image)
+    name = name or default_name(diff)
+    report = BuildReport(output, name, program)
+    t0 = time.monotonic()
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="armlp-build-"))
+    tree = work / "tree"
+    if tree.exists():
+        shutil.rmtree(tree)
+    shutil.copytree(source, tree, symlinks=True)
+    wrapper = work / "armlp-cc"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m "
+                       f"armlp.builder.wrapper \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = dict(os.environ, CC=str(wrapper), ARMLP_BUILD_CC=cc)
+    src_path = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src_path, env.get("PYTHONPATH")]))
+    records: dict[str, dict[str, Record]] = {}
+
+    def run(what: str) -> None:
+        rec_dir = work / what
+        shutil.rmtree(rec_dir, ignore_errors=True)
+        rec_dir.mkdir(parents=True)
+        t = time.monotonic()
+        _run_build(command, tree, dict(env, ARMLP_BUILD_RECORD=str(rec_dir)),
+                   work / f"{what}.log", what)
+        report.timings[f"build_{what}"] = time.monotonic() - t
+        records[what] = _by_key(_records(rec_dir), tree)
+
+    run("original")
+    if not records["original"]:
+        raise BuildError(f"the build command compiled no C file through $CC (does it "
+                         f"honour CC?): {command}")
+    diffs = apply_diff(diff, tree)
+    run("patched")
+    t = time.monotonic()
+    orig = {k: ObjectPieces(r.object) for k, r in records["original"].items()}
+    ours = {k: o for k, o in orig.items() if index.belongs(o)}
+    if not ours:
+        raise BuildError(f"none of the {len(orig)} files the build compiled is in {program} "
+                         f"(another program's tree?)")
+    report.objects = len(ours)
+    report.proven, bad = prove_base(index, ours.values())
+    if bad:
+        shown = "; ".join(f"{m.name} ({m.file}: {m.why})" for m in bad[:SHOWN])
+        raise BuildError(f"the tree does not rebuild {program}: {len(bad)} of "
+                         f"{len(bad) + report.proven} functions differ, first {shown}; "
+                         f"other source, flags or compiler than the program's?")
+    _check_files(diffs, ours, records["patched"], program)
+    moved = line_pairs(diffs)
+    changes: dict[str, tuple[ObjectChanges, ObjectPieces]] = {}
+    for key, rec in records["patched"].items():
+        if key not in ours and key in orig:
+            continue                        # a file of another program of the tree
+        patched = ObjectPieces(rec.object)
+        ch = compare(ours.get(key), patched, moved)
+        report.line_only += [f"{ch.file}:{n}" for n in ch.line_only]
+        if not ch.empty:
+            changes[key] = (ch, patched)
+    for ch, _ in changes.values():
+        if ch.data_refused:
+            raise BuildError(f"{ch.file}: the diff changes the size or initial value of "
+                             f"{ch.data_refused[0]}, which the running program holds: a live "
+                             f"patch cannot change existing data; keep its layout and put new "
+                             f"state in a shadow variable (klp_shadow_get_or_alloc)")
+    if not any(ch.changed for ch, _ in changes.values()):
+        only = f" ({len(report.line_only)} differ only by line numbers)" \
+            if report.line_only else ""
+        raise BuildError(f"the diff changes no function of {program}{only}")
+    report.timings["compare"] = time.monotonic() - t
+    t = time.monotonic()
+    emitter = PatchEmitter(index)
+    emit_dir = work / "emit"
+    emit_dir.mkdir(exist_ok=True)
+    for key, (ch, patched) in sorted(changes.items()):
+        # Roots: the changed functions, and new global ones (another file's
+        # changed function may call them); new statics come when used.
+        roots = ch.changed + [n for n in ch.new if not patched.pieces[n].local]
+        if not roots:
+            continue
+        facts = source_facts(patched.path)
+        touched = facts.touched(diffs)
+        funcs = {n: _reason(n, ch, touched, facts.inlined) for n in roots}
+        copies = {n: "new" for n in ch.data_new}
+        copies.update({n: "changed read-only data" for n in ch.data_changed})
+        rec = records["patched"][key]
+        emission = _emit_compile(cc, rec, emit_dir / f"{len(os.listdir(emit_dir))}.o")
+        emitter.add_object(emission, ours.get(key), funcs, copies)
+    _check_patchable(emitter, index)
+    emitter.write(output, name, image.build_id)
+    report.included = emitter.included
+    report.timings["emit"] = time.monotonic() - t
+    report.timings["total"] = time.monotonic() - t0
+    if check:
+        _check_patch(output, image)
+    if not workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _check_files(diffs: list[FileDiff], ours: dict[str, ObjectPieces],
+                 patched: dict[str, Record], program: Path) -> None:
+    """Refuse a diff that changes C files the program is not built from."""
+    for d in diffs:
+        if d.path.endswith((".S", ".s", ".asm")):
+            raise BuildError(f"{d.path}: the diff changes assembly source; armlp build "
+                             f"compares C functions only")
+        if d.path.endswith(".c") and d.path not in ours and d.path not in patched:
+            raise BuildError(f"{d.path}: the diff changes a file {program} is not built from")
+
+
+def _check_patchable(emitter: PatchEmitter, index: ProgramIndex) -> None:
+    from armlp.analysis.scan import scan
+    result = scan(index.image)
+    for inc in emitter.included:
+        if inc.replaces is None:
+            continue
+        try:
+            rep = result.find(*inc.replaces)
+        except ArmlpError:
+            continue
+        if not rep.verdict.patchable:
+            raise BuildError(f"{inc.file}: {inc.name} changed but cannot be live patched: "
+                             f"{rep.verdict.reason}")
+
+
+def _check_patch(path: Path, image: ElfImage) -> None:
+    """Read the patch as ``armlp patch`` will: it lays out, every symbol
+    resolves, its descriptors name functions of the program."""
+    from armlp.livepatch.module import read_patch
+    try:
+        read_patch(path, image, {})
+    except ArmlpError as exc:
+        raise BuildError(f"the patch armlp wrote does not load: {exc}") from None

@@ -1,0 +1,246 @@
+"""Writing the patch object: the functions a diff changes, what they need
+that the program lacks, and a descriptor per function they replace.
+
+The code comes from a third compile of each changed C file, with the
+program's flags plus ``-ffunction-sections -fdata-sections
+-fno-section-anchors -fno-pie -fno-pic -fno-common``: one section per
+function and per datum, every datum reached through its own symbol (an
+anchor would reach the program's data by offsets from the patch's own
+layout) and nothing a GOT would have to serve.  Which functions are in the
+patch was decided on the program's own code (:mod:`armlp.builder.compare`);
+this build only supplies equivalent code for them.
+
+Each relocation of a copied section is sent, by what it points at, to the
+copied function or datum, to the program's symbol of that name
+(``.klp.sym.program.<name>,<sympos>``, the kernel's naming, so a static
+is the one of the right file), to a copied read-only section (string
+literals) or, when undefined, to the same name, for the loader to resolve
+against the program and its libraries.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from armlp.builder.base import ProgramIndex
+from armlp.builder.elfwrite import SHT_ARM_ATTRIBUTES, ObjectWriter
+from armlp.builder.pieces import ObjectPieces, Piece
+from armlp.elf.image import SHF_ALLOC, SHF_WRITE, SHT_NOBITS, Section
+from armlp.elf.relocs import Relocation, reloc_type
+from armlp.elf.symbols import (
+    SHN_UNDEF,
+    STB_GLOBAL,
+    STB_LOCAL,
+    STB_WEAK,
+    STT_NOTYPE,
+    STT_SECTION,
+    is_mapping_symbol,
+)
+from armlp.errors import BuildError
+from armlp.livepatch.module import DESC
+from armlp.loader.relocate import rel_addend, with_addend
+from armlp.objects import PROGRAM
+
+#: Flags of the compile that supplies the patch's code.
+EMIT_FLAGS = ("-ffunction-sections", "-fdata-sections", "-fno-section-anchors", "-fno-pie",
+              "-fno-pic", "-fno-common")
+R_ARM_ABS32 = reloc_type("ABS32")
+
+
+@dataclass(slots=True)
+class Included:
+    """A function (or datum) the patch carries, and why."""
+
+    file: str
+    name: str
+    kind: str                   # "func" or "data"
+    reason: str
+    replaces: tuple[str, int] | None = None     # (name, sympos) in the program
+
+
+class PatchEmitter:
+    """Collects sections from the changed files' builds, then writes the patch."""
+
+    def __init__(self, index: ProgramIndex) -> None:
+        self.index = index
+        self.writer = ObjectWriter()
+        self.included: list[Included] = []
+        self._externs: dict[str, int] = {}
+        self._descs: list[tuple[str, int, int, int]] = []   # old, sympos, shndx, value
+        self._attributes: bytes | None = None
+
+    # -- one C file ----------------------------------------------------------
+
+    def add_object(self, emission: ObjectPieces, orig: ObjectPieces | None,
+                   funcs: dict[str, str], copies: dict[str, str]) -> None:
+        """Copy *funcs* (name -> reason) of *emission* and what they need;
+        *copies* is the data (name -> reason) that travels rather than being
+        the program's."""
+        _ObjectCopy(self, emission, orig, dict(funcs), dict(copies)).run()
+        if self._attributes is None:
+            attrs = next((s for s in emission.image.sections if s.type == SHT_ARM_ATTRIBUTES),
+                         None)
+            if attrs is not None:
+                self._attributes = emission.image.section_data(attrs)
+                self.writer.flags = emission.image.flags
+
+    def extern(self, name: str, weak: bool = False) -> int:
+        if name not in self._externs:
+            self._externs[name] = self.writer.add_symbol(
+                name, 0, 0, STT_NOTYPE, STB_WEAK if weak else STB_GLOBAL, SHN_UNDEF)
+        return self._externs[name]
+
+    def program_symbol(self, file: str, piece: Piece) -> tuple[str, int] | None:
+        sym = self.index.find(file, piece)
+        return None if sym is None else (sym.name, self.index.sympos(sym))
+
+    def describe(self, old: tuple[str, int], shndx: int, value: int) -> None:
+        self._descs.append((old[0], old[1], shndx, value))
+
+    # -- the whole patch -----------------------------------------------------
+
+    def write(self, path: object, name: str, build_id: str | None) -> None:
+        from pathlib import Path
+        w = self.writer
+        strings = bytearray()
+        offsets = []
+        for old, _, _, _ in self._descs:
+            offsets.append(len(strings))
+            strings += old.encode() + b"\0"
+        str_sec = w.add_section(".armlp.strtab", bytes(strings) or b"\0", flags=SHF_ALLOC,
+                                align=1)
+        table = b"".join(DESC.pack(0, pos, 0, 0, 0, 0) for _, pos, _, _ in self._descs)
+        funcs_sec = w.add_section(".armlp.funcs", table, flags=SHF_ALLOC, align=4)
+        blob = bytearray(table)
+        for i, ((_, _, shndx, value), off) in enumerate(zip(self._descs, offsets, strict=True)):
+            at = i * DESC.size
+            struct.pack_into("<I", blob, at, off)             # old_name: in .armlp.strtab
+            struct.pack_into("<I", blob, at + 12, value)      # new_func: in its section
+            w.add_reloc(funcs_sec, at, R_ARM_ABS32, w.section_symbol(str_sec))
+            w.add_reloc(funcs_sec, at + 12, R_ARM_ABS32, w.section_symbol(shndx))
+        w.sections[funcs_sec - 1].data = bytes(blob)
+        w.add_section(".armlp.name", name.encode() + b"\0", flags=SHF_ALLOC, align=1)
+        if build_id:
+            w.add_section(".armlp.target", build_id.encode() + b"\0", flags=SHF_ALLOC, align=1)
+        if self._attributes is not None:
+            w.add_section(".ARM.attributes", self._attributes, flags=0, align=1,
+                          type=SHT_ARM_ATTRIBUTES)
+        w.write(Path(str(path)))
+
+
+class _ObjectCopy:
+    """One C file's share of the patch: a worklist over sections."""
+
+    def __init__(self, out: PatchEmitter, emission: ObjectPieces, orig: ObjectPieces | None,
+                 funcs: dict[str, str], copies: dict[str, str]) -> None:
+        self.out = out
+        self.obj = emission
+        self.orig = orig
+        self.funcs = funcs
+        self.copies = copies
+        self.sections: dict[int, int] = {}      # emission index -> patch index
+        self.pending: list[Section] = []
+
+    def run(self) -> None:
+        for name in list(self.funcs):
+            self._piece_section(self._piece(name, "function"))
+        while self.pending:
+            self._relocate(self.pending.pop())
+        for name, reason in self.funcs.items():
+            p = self.obj.pieces[name]
+            old = self._in_program(name)
+            replaces = None if old is None or ".cold" in name else old
+            self.out.included.append(Included(self.obj.file, name, "func", reason, replaces))
+            if replaces is not None:
+                self.out.describe(replaces, self.sections[p.section.index], p.sym.value & ~1)
+        for name, reason in self.copies.items():
+            if self.obj.pieces[name].section.index in self.sections:
+                self.out.included.append(Included(self.obj.file, name, "data", reason))
+
+    def _piece(self, name: str, what: str) -> Piece:
+        p = self.obj.pieces.get(name)
+        if p is None:
+            raise BuildError(f"{self.obj.file}: {what} {name} is not in the patch's build of "
+                             f"the file (inlined or renamed there)")
+        return p
+
+    def _in_program(self, name: str) -> tuple[str, int] | None:
+        old = self.orig.pieces.get(name) if self.orig is not None else None
+        return None if old is None else self.out.program_symbol(self.obj.file, old)
+
+    def _piece_section(self, p: Piece) -> int:
+        return self._section(p.section)
+
+    def _section(self, sec: Section) -> int:
+        done = self.sections.get(sec.index)
+        if done is not None:
+            return done
+        w = self.out.writer
+        data = b"" if sec.type == SHT_NOBITS else self.obj.image.section_data(sec)
+        idx = w.add_section(sec.name, data, flags=sec.flags, align=sec.addralign,
+                            type=sec.type, size=sec.size)
+        self.sections[sec.index] = idx
+        for s in self.obj.image.symbols.symbols:
+            if s.shndx == sec.index and s.name and s.type != STT_SECTION and \
+                    (s.name in self.obj.pieces or is_mapping_symbol(s.name)):
+                # New globals stay global: another file of the patch may call them.
+                new = self.orig is None or s.name not in self.orig.pieces
+                bind = s.bind if new and s.bind != STB_LOCAL and not \
+                    is_mapping_symbol(s.name) else STB_LOCAL
+                w.add_symbol(s.name, s.value, s.size, s.type, bind, idx)
+        self.pending.append(sec)
+        return idx
+
+    def _relocate(self, sec: Section) -> None:
+        out_idx = self.sections[sec.index]
+        target = self.out.writer.sections[out_idx - 1]
+        data = bytearray(target.data)
+        for rel in self.obj.image.relocations_for(sec):
+            word = struct.unpack_from("<I", data, rel.offset)[0] \
+                if rel.offset + 4 <= len(data) else 0
+            symidx, delta = self._target(sec, rel, word)
+            if delta:
+                new = with_addend(rel.type, word, rel_addend(rel.type, word) + delta)
+                if new is None:
+                    raise BuildError(f"{self.obj.file}: {sec.name}: relocation {rel.type_name} "
+                                     f"at +{rel.offset:#x} cannot be moved to another symbol")
+                struct.pack_into("<I", data, rel.offset, new)
+            self.out.writer.add_reloc(out_idx, rel.offset, rel.type, symidx)
+        target.data = bytes(data)
+
+    def _target(self, sec: Section, rel: Relocation, word: int) -> tuple[int, int]:
+        """``(patch symbol, addend change)`` for one relocation."""
+        sym = rel.symbol
+        if sym.shndx == SHN_UNDEF:
+            return self.out.extern(sym.name, sym.bind == STB_WEAK), 0
+        sections = self.obj.image.sections
+        if sym.shndx >= len(sections):
+            raise BuildError(f"{self.obj.file}: {sec.name} refers to {sym.name or '?'}, a "
+                             f"special (absolute or common) symbol")
+        base = sym.value & ~1 if sym.type != STT_SECTION else 0
+        _, off = self.obj.target(rel, word)
+        p = self.obj.covering(sym.shndx, off)
+        if p is None:
+            tsec = sections[sym.shndx]
+            if tsec.flags & SHF_WRITE:
+                raise BuildError(f"{self.obj.file}: {sec.name} refers to writable data with "
+                                 f"no symbol in {tsec.name}")
+            return self.out.writer.section_symbol(self._section(tsec)), base
+        start = p.sym.value & ~1
+        if ".cold" in p.name and p.name not in self.funcs:
+            # A cold part jumps back into the middle of its function: it goes
+            # wherever the function goes.
+            self.funcs[p.name] = "cold part of a function in the patch"
+        if p.name in self.funcs or p.name in self.copies:
+            return self.out.writer.section_symbol(self._piece_section(p)), base
+        old = self._in_program(p.name)
+        if old is not None:
+            return self.out.extern(f".klp.sym.{PROGRAM}.{old[0]},{old[1]}"), base - start
+        # Not in the program (never linked, or inlined everywhere there).
+        holder = self.obj.covering(sec.index, rel.offset)
+        user = holder.name if holder else sec.name
+        why = f"new, used by {user}" if self.orig is None or p.name not in self.orig.pieces \
+            else f"used by {user}, not in the program"
+        (self.funcs if p.kind == "func" else self.copies)[p.name] = why
+        return self.out.writer.section_symbol(self._piece_section(p)), base
