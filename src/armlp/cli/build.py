@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2))
         return 0
     print(f"wrote {report.patch} (patch {report.name!r} for {report.program})")
-    print(f"base: {report.proven} functions in {report.objects} files rebuilt byte for byte")
+    files = f"{report.objects} file" + ("s" if report.objects != 1 else "")
+    print(f"base: {report.proven} functions in {files} rebuilt byte for byte")
     for inc in report.included:
         what = "function" if inc.kind == "func" else "data"
         repl = "" if inc.replaces is None else \

@@ -25,8 +25,10 @@ qemu-arm, with its stdin/stdout/stderr untouched.  armlp attaches through the
 GDB stub on a private Unix socket before the first instruction, turns every
 mcount site into the NOP, loads its runtime, and stays up for the program's
 life serving a control socket: 'armlp patch', 'unpatch' and 'status' talk to
-it.  It exits with the program's exit status.  --patch PATCH.o@SECONDS
-applies a patch that long after the start.  Code writes stop every thread
+it.  It exits with the program's exit status.  --patch PATCH.o applies a patch
+before the program's first instruction (a dynamic program's: its entry
+point, once its libraries are mapped); PATCH.o@SECONDS that long after the
+start.  Code writes stop every thread
 (ptrace); should armlp be killed or fail, a guardian process lets the program
 run on with whatever was fully applied.  armlp adds one thread of its own to
 the program (its agent): armlp's stops are the host's SIGRTMAX (the

@@ -145,6 +145,8 @@ class Controller:
         self.info = TargetInfo(self.id, str(program), pid, os.getpid(), str(self.socket_path))
         self.on_event = on_event or (lambda _msg: None)
         self._paused = False
+        #: Whether serve() let the program go: before, it is stopped already.
+        self._started = False
         #: The last request's pause as the program saw it (its threads held
         #: still), and the time armlp had the target stopped for its work.
         self.last_pause_ms = 0.0
@@ -179,7 +181,7 @@ class Controller:
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """The target stopped for the duration (nests)."""
-        if self._paused:
+        if self._paused or not self._started:
             yield
             return
         held = self.process.held_s()
@@ -387,6 +389,13 @@ class Controller:
         start = time.monotonic()
         timers = sorted((start + d, i, r) for i, (d, r) in enumerate(self._timers))
         try:
+            # Ordering: patches given without a delay are enabled while the
+            # program is still stopped (under armlp run: before its first
+            # instruction, or its entry point if dynamic), so no call of the
+            # program's ever runs the old code.
+            while timers and timers[0][0] <= start:
+                self._run_timer(timers.pop(0)[2])
+            self._started = True
             self.process.resume()
             while True:
                 now = time.monotonic()

@@ -1,0 +1,5 @@
+/* Part of the tree, not of the program. */
+int unused(int x)
+{
+	return x + 1;
+}

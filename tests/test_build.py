@@ -1,0 +1,251 @@
+"""``armlp build`` (issue 13): live patches from source diffs, on real code.
+
+zlib (Debian's source, ``build/zlib``) with ``tests/programs/zstream.c``,
+built by ``tests/builds/zlib/Makefile.armlp`` as a user builds it (make, $CC
+from the environment).  Each diff of ``tests/builds/zlib`` is turned into a
+patch by ``armlp build``, applied under ``armlp run`` before the program's
+first instruction, and the program's output compared with the same program
+rebuilt from the patched source; the builder's report is compared with what
+the diff changes.  ``tests/builds/asserts`` covers line-number-only changes
+and the refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zlib_build import ZLIB_DIR, zlib_input, zlib_sources
+
+REPO = Path(__file__).resolve().parent.parent
+ARMLP = REPO / ".venv" / "bin" / "armlp"
+BUILDS = REPO / "tests" / "builds"
+CC = "arm-linux-gnueabi-gcc"
+MAKE_ZLIB = "make -f Makefile.armlp -j2"
+
+
+def _tree(dest: Path, kind: str) -> Path:
+    """A pristine source tree: zlib with zstream, or the assert program."""
+    if kind == "zlib":
+        zlib_sources()                    # fails with the set-up hint if missing
+        dest.mkdir(parents=True)
+        for f in [*ZLIB_DIR.glob("*.c"), *ZLIB_DIR.glob("*.h"),
+                  REPO / "tests" / "programs" / "zstream.c",
+                  BUILDS / "zlib" / "Makefile.armlp"]:
+            shutil.copy(f, dest / f.name)
+    else:
+        shutil.copytree(BUILDS / "asserts", dest, ignore=shutil.ignore_patterns("*.diff"))
+    return dest
+
+
+def _make(tree: Path, cmd: str) -> None:
+    subprocess.run(cmd, shell=True, cwd=tree, env=dict(os.environ, CC=CC), check=True,
+                   capture_output=True, timeout=600)
+
+
+def _build(diff: Path, tree: Path, program: Path, cmd: str, out: Path,
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ARMLP), "build", str(diff), "--source", str(tree),
+                           "--program", str(program), "--build", cmd, "-o", str(out),
+                           "--json"], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def zlib_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The pristine tree, the running binary built from it, and the input."""
+    root = tmp_path_factory.mktemp("zbuild")
+    src = _tree(root / "src", "zlib")
+    built = _tree(root / "built", "zlib")
+    _make(built, MAKE_ZLIB)
+    data_in = root / "in.bin"
+    zlib_input(data_in, 2 << 20)
+    return {"src": src, "program": built / "zstream", "in": data_in, "root": root}
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    rt = tmp / "rt"
+    rt.mkdir(mode=0o700, exist_ok=True)
+    return dict(os.environ, ARMLP_RUNTIME_DIR=str(rt))
+
+
+def _functions(report: dict[str, Any]) -> dict[str, str]:
+    return {f["name"]: f["reason"] for f in report["functions"]}
+
+
+#: Each zlib diff: the functions the report must name, with a word of the reason.
+ZLIB_DIFFS = {
+    # a changed static function (deflate.c's longest_match)
+    "longest_match": {"longest_match": "changed"},
+    # lm_init is inlined into deflateReset: its caller is what changes
+    "lm_init": {"deflateReset": "inlines lm_init"},
+    # a new static helper and a new string literal, in the program's own file
+    "report_parity": {"report": "changed", "parity": "new"},
+    # a changed constant table: a new copy, and every function that reads it
+    "config_table": {"deflateReset": "changed", "deflate": "changed",
+                     "deflateParams": "changed"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZLIB_DIFFS))
+def test_zlib_diff_patch_matches_the_rebuilt_program(zlib_case: dict[str, Path], name: str,
+                                                     tmp_path: Path) -> None:
+    diff = BUILDS / "zlib" / f"{name}.diff"
+    patch = tmp_path / f"{name}.o"
+    proc = _build(diff, zlib_case["src"], zlib_case["program"], MAKE_ZLIB, patch)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    # The base: every function of the 16 files rebuilt equals the binary's.
+    assert report["base"]["objects"] == 16 and report["base"]["functions_proven"] > 100
+    got = _functions(report)
+    want = ZLIB_DIFFS[name]
+    assert set(got) == set(want), got
+    for func, word in want.items():
+        assert word in got[func], (func, got[func])
+    if name == "config_table":
+        assert [d["name"] for d in report["data"]] == ["configuration_table"]
+    # The reference: the program rebuilt from the patched source.
+    ref_tree = _tree(tmp_path / "ref", "zlib")
+    subprocess.run(["patch", "-s", "-p1", "-d", str(ref_tree), "-i", str(diff)], check=True)
+    _make(ref_tree, MAKE_ZLIB)
+    ref_out, out = tmp_path / "ref.z", tmp_path / "out.z"
+    ref_lines = _run(["qemu-arm", str(ref_tree / "zstream"), str(zlib_case["in"]),
+                      str(ref_out), "0"])
+    orig_out = tmp_path / "orig.z"
+    orig_lines = _run(["qemu-arm", str(zlib_case["program"]), str(zlib_case["in"]),
+                       str(orig_out), "0"])
+    lines = _run([str(ARMLP), "run", "--patch", str(patch), str(zlib_case["program"]), "--",
+                  str(zlib_case["in"]), str(out), "0"], env=_env(tmp_path))
+    assert lines == ref_lines
+    assert out.read_bytes() == ref_out.read_bytes()
+    assert zlib.decompress(out.read_bytes()) == zlib_case["in"].read_bytes()
+    # ... and the patch made a difference the unpatched program does not.
+    assert (lines, out.read_bytes()) != (orig_lines, orig_out.read_bytes())
+
+
+@pytest.mark.slow
+def test_zlib_diff_patch_applied_mid_stream(zlib_case: dict[str, Path], tmp_path: Path) -> None:
+    """The new helper and string reach a program already running: the
+    lines before the patch are the old format, the ones after the new."""
+    patch = tmp_path / "parity.o"
+    proc = _build(BUILDS / "zlib" / "report_parity.diff", zlib_case["src"],
+                  zlib_case["program"], MAKE_ZLIB, patch)
+    assert proc.returncode == 0, proc.stderr
+    env = _env(tmp_path)
+    run = subprocess.Popen([str(ARMLP), "run", str(zlib_case["program"]), "--",
+                            str(zlib_case["in"]), str(tmp_path / "out.z"), "100000"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert run.stdout is not None
+    lines = []
+    try:
+        for line in run.stdout:
+            lines.append(line)
+            if line.startswith("chunk 2 "):
+                r = subprocess.run([str(ARMLP), "patch", str(patch)], capture_output=True,
+                                   text=True, env=env, timeout=60)
+                assert r.returncode == 0, r.stderr
+        run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0
+    chunks = [ln for ln in lines if ln.startswith("chunk ")]
+    assert chunks[0].startswith("chunk 0 in ")
+    last = len(chunks) - 1
+    assert chunks[-1].startswith(f"chunk {last} ({'odd' if last % 2 else 'even'}) in ")
+    assert chunks[last - 1].startswith(f"chunk {last - 1} ({'even' if last % 2 else 'odd'}) ")
+
+
+@pytest.mark.slow
+def test_zlib_refuses_a_change_to_existing_writable_data(zlib_case: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    patch = tmp_path / "inbuf.o"
+    proc = _build(BUILDS / "zlib" / "inbuf_size.diff", zlib_case["src"],
+                  zlib_case["program"], MAKE_ZLIB, patch)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("armlp: error: zstream.c: the diff changes the size or "
+                                  "initial value of outbuf")
+    assert "shadow variable" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not patch.exists()
+
+
+@pytest.fixture(scope="module")
+def asserts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("abuild")
+    built = _tree(root / "built", "asserts")
+    _make(built, "make")
+    other = _tree(root / "o1", "asserts")
+    _make(other, "make CFLAGS='-marm -pg -mapcs-frame -O1 -fno-pie'")
+    return {"src": _tree(root / "src", "asserts"), "program": built / "prog",
+            "o1": other / "prog"}
+
+
+def test_line_numbers_that_only_moved_are_no_change(asserts: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    patch = tmp_path / "moved.o"
+    proc = _build(BUILDS / "asserts" / "moved.diff", asserts["src"], asserts["program"],
+                  "make", patch)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    # scale changed (x * 4); checked_div's assert only moved down a line.
+    assert _functions(report) == {"scale": "changed"}
+    assert report["line_only"] == ["main.c:checked_div"]
+    before = _run(["qemu-arm", str(asserts["program"]), "3"])
+    after = _run([str(ARMLP), "run", "--patch", str(patch), str(asserts["program"]), "--",
+                  "3"], env=_env(tmp_path))
+    assert before == "1 100 3\n2 50 6\n3 33 9\n"
+    assert after == "1 100 4\n2 50 8\n3 33 12\n"
+
+
+@pytest.mark.parametrize("diff, program, message", [
+    ("comment.diff", "program", "the diff changes no function of {program} (2 differ only "
+                                "by line numbers)"),
+    ("unused.diff", "program", "unused.c: the diff changes a file {program} is not built "
+                               "from"),
+    ("moved.diff", "o1", "the tree does not rebuild {program}: 3 of 3 functions differ, "
+                         "first checked_div (main.c: "),
+])
+def test_refusals(asserts: dict[str, Path], tmp_path: Path, diff: str, program: str,
+                  message: str) -> None:
+    patch = tmp_path / "p.o"
+    prog = asserts[program]
+    proc = _build(BUILDS / "asserts" / diff, asserts["src"], prog, "make", patch)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("armlp: error: " + message.format(program=prog)), proc.stderr
+    assert proc.stderr.count("\n") == 1 and not patch.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent.diff"], "/nonexistent.diff: no such file"),
+    (["{diff}", "--source", "/nonexistent"], "/nonexistent: not a directory"),
+    (["{diff}", "--build", "exit 3"], "the original build failed (exit 3)"),
+    (["{diff}", "--build", "true"], "the build command compiled no C file through $CC"),
+    (["/dev/null"], "/dev/null: a device, not a diff"),
+    (["{diff}", "--name", "bad name"], "--name 'bad name': 1-64 letters"),
+])
+def test_bad_input_is_one_line(asserts: dict[str, Path], tmp_path: Path, args: list[str],
+                               message: str) -> None:
+    base = {"--source": str(asserts["src"]), "--program": str(asserts["program"]),
+            "--build": "make", "-o": str(tmp_path / "p.o")}
+    argv = [a.format(diff=BUILDS / "asserts" / "moved.diff") for a in args]
+    for opt, value in base.items():
+        if opt not in argv:
+            argv += [opt, value]
+    proc = subprocess.run([str(ARMLP), "build", *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"armlp: error: {message}"), proc.stderr
+    assert proc.stderr.count("\n") == 1
