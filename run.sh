@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES=(gcc-arm-linux-gnueabi binutils-arm-linux-gnueabi libc6-dev-armel-cross
               gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
-              qemu-user qemu-system-arm gdb-multiarch python3-venv make)
+              qemu-user qemu-system-arm gdb-multiarch python3-venv make patch)
 
 # The kernel live patching kit (armlp kernel build: headers, host kbuild,
 # vmlinux of Debian's armhf kernel) and the test guest live here.
@@ -26,6 +26,8 @@ need_apt() {
     command -v qemu-arm >/dev/null || return 0
     command -v qemu-system-arm >/dev/null || return 0
     command -v gdb-multiarch >/dev/null || return 0
+    command -v make >/dev/null || return 0
+    command -v patch >/dev/null || return 0
     [ -e /usr/arm-linux-gnueabi/lib/libc.a ] || return 0
     [ -e /usr/arm-linux-gnueabihf/lib/libc.a ] || return 0
     python3 -c 'import ensurepip, venv' 2>/dev/null || return 0

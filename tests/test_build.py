@@ -29,6 +29,8 @@ ARMLP = REPO / ".venv" / "bin" / "armlp"
 BUILDS = REPO / "tests" / "builds"
 CC = "arm-linux-gnueabi-gcc"
 MAKE_ZLIB = "make -f Makefile.armlp -j2"
+#: The assert program as Debian's gcc builds by default: PIE, dynamic.
+MAKE_PIE = "make CFLAGS='-marm -pg -mapcs-frame -O2 -fpie' LDFLAGS=-pie"
 
 
 def _tree(dest: Path, kind: str) -> Path:
@@ -189,22 +191,25 @@ def asserts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _make(built, "make")
     other = _tree(root / "o1", "asserts")
     _make(other, "make CFLAGS='-marm -pg -mapcs-frame -O1 -fno-pie'")
+    pie = _tree(root / "pie", "asserts")
+    _make(pie, MAKE_PIE)
     return {"src": _tree(root / "src", "asserts"), "program": built / "prog",
-            "o1": other / "prog"}
+            "o1": other / "prog", "pie": pie / "prog"}
 
 
-def test_line_numbers_that_only_moved_are_no_change(asserts: dict[str, Path],
-                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["program", "pie"])
+def test_line_numbers_that_only_moved_are_no_change(asserts: dict[str, Path], tmp_path: Path,
+                                                    kind: str) -> None:
     patch = tmp_path / "moved.o"
-    proc = _build(BUILDS / "asserts" / "moved.diff", asserts["src"], asserts["program"],
-                  "make", patch)
+    proc = _build(BUILDS / "asserts" / "moved.diff", asserts["src"], asserts[kind],
+                  "make" if kind == "program" else MAKE_PIE, patch)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     # scale changed (x * 4); checked_div's assert only moved down a line.
     assert _functions(report) == {"scale": "changed"}
     assert report["line_only"] == ["main.c:checked_div"]
-    before = _run(["qemu-arm", str(asserts["program"]), "3"])
-    after = _run([str(ARMLP), "run", "--patch", str(patch), str(asserts["program"]), "--",
+    before = _run(["qemu-arm", "-L", "/usr/arm-linux-gnueabi", str(asserts[kind]), "3"])
+    after = _run([str(ARMLP), "run", "--patch", str(patch), str(asserts[kind]), "--",
                   "3"], env=_env(tmp_path))
     assert before == "1 100 3\n2 50 6\n3 33 9\n"
     assert after == "1 100 4\n2 50 8\n3 33 12\n"
@@ -249,3 +254,29 @@ def test_bad_input_is_one_line(asserts: dict[str, Path], tmp_path: Path, args: l
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"armlp: error: {message}"), proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_a_gcc_clone_is_patched_by_its_own_name(tmp_path: Path) -> None:
+    """scaled() exists only as scaled.constprop.0 at -O2: the diff to
+    scaled() patches the clone, and the program prints what the rebuilt
+    one prints."""
+    src = BUILDS / "clones"
+    built = tmp_path / "built"
+    shutil.copytree(src, built, ignore=shutil.ignore_patterns("*.diff"))
+    _make(built, "make")
+    ref = tmp_path / "ref"
+    shutil.copytree(src, ref, ignore=shutil.ignore_patterns("*.diff"))
+    subprocess.run(["patch", "-s", "-p1", "-d", str(ref), "-i",
+                    str(src / "constprop.diff")], check=True)
+    _make(ref, "make")
+    patch = tmp_path / "p.o"
+    proc = _build(src / "constprop.diff", src, built / "prog", "make", patch)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["functions"] == [{"file": "clones.c", "name": "scaled.constprop.0",
+                                    "reason": "changed",
+                                    "replaces": {"name": "scaled.constprop.0", "sympos": 0}}]
+    want = _run(["qemu-arm", str(ref / "prog")])
+    assert want != _run(["qemu-arm", str(built / "prog")])
+    assert _run([str(ARMLP), "run", "--patch", str(patch), str(built / "prog")],
+                env=_env(tmp_path)) == want

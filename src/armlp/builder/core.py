@@ -279,8 +279,16 @@ def _check_patchable(emitter: PatchEmitter, index: ProgramIndex) -> None:
 def _check_patch(path: Path, image: ElfImage) -> None:
     """Read the patch as ``armlp patch`` will: it lays out, every symbol
     resolves, its descriptors name functions of the program."""
+    from armlp.elf.symbols import SHN_UNDEF
     from armlp.livepatch.module import read_patch
+    exports: dict[str, int] = {}
+    if image.interpreter:
+        # What the program's libraries define is resolved when the patch is
+        # applied (armlp patch reads the libraries the process has mapped);
+        # here the names only need an address.
+        exports = {s.name: 0x1000 for s in ElfImage(path).symbols.symbols
+                   if s.shndx == SHN_UNDEF and s.name and not image.symbols.named(s.name)}
     try:
-        read_patch(path, image, {})
+        read_patch(path, image, exports)
     except ArmlpError as exc:
         raise BuildError(f"the patch armlp wrote does not load: {exc}") from None

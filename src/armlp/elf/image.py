@@ -394,9 +394,18 @@ class ElfImage:
         """All relocations (REL and RELA) applying to section *target*."""
         from armlp.elf.relocs import read_relocations
         out: list[Relocation] = []
+        for sec in self._relocation_sections.get(target.index, ()):
+            out.extend(read_relocations(self, sec))
+        return out
+
+    @cached_property
+    def _relocation_sections(self) -> dict[int, list[Section]]:
+        """Relocation sections by the section they apply to (an object built
+        with -ffunction-sections has one per function)."""
+        out: dict[int, list[Section]] = {}
         for sec in self.sections:
-            if sec.type in (SHT_REL, SHT_RELA) and sec.info == target.index:
-                out.extend(read_relocations(self, sec))
+            if sec.type in (SHT_REL, SHT_RELA):
+                out.setdefault(sec.info, []).append(sec)
         return out
 
     def mcount_loc_range(self) -> tuple[int, int] | None:

@@ -8,19 +8,20 @@ place being relocated.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from elftools.common.exceptions import ELFError
-from elftools.construct import ConstructError
 from elftools.elf.enums import ENUM_RELOC_TYPE_ARM
-from elftools.elf.relocation import RelocationSection
 
 from armlp.elf.symbols import Symbol
 from armlp.errors import ElfError
 
 if TYPE_CHECKING:
     from armlp.elf.image import ElfImage, Section
+
+_REL = struct.Struct("<II")
+_RELA = struct.Struct("<IIi")
 
 RELOC_NAMES: dict[int, str] = {v: k for k, v in ENUM_RELOC_TYPE_ARM.items()
                                if isinstance(v, int)}
@@ -50,23 +51,24 @@ class Relocation:
 
 
 def read_relocations(image: ElfImage, rsec: Section) -> list[Relocation]:
-    """Decode relocation section *rsec* of *image*."""
+    """Decode relocation section *rsec* of *image* (entries unpacked with
+    struct: an object built with -ffunction-sections has tens of thousands)."""
+    from armlp.elf.image import SHT_RELA
     syms = image.symbols.symbols
     target = image.sections[rsec.info].name if rsec.info < len(image.sections) else "?"
-    try:
-        sec = image.elffile.get_section(rsec.index)
-        if not isinstance(sec, RelocationSection):
-            raise ElfError(f"{image.path}: {rsec.name} is not a relocation section")
-        is_rela = sec.is_RELA()
-        out = []
-        for i, rel in enumerate(sec.iter_relocations()):
-            info = rel["r_info"]
-            symidx, rtype = info >> 8, info & 0xFF
-            if symidx >= len(syms):
-                raise ElfError(f"{image.path}: {rsec.name} relocation {i}: symbol index "
-                               f"{symidx} out of range")
-            out.append(Relocation(i, rel["r_offset"], rtype, syms[symidx],
-                                  rel["r_addend"] if is_rela else None, target, rsec.name))
-        return out
-    except (ELFError, ConstructError, ValueError) as exc:
-        raise ElfError(f"{image.path}: {rsec.name}: {exc}") from None
+    is_rela = rsec.type == SHT_RELA
+    entry = _RELA if is_rela else _REL
+    data = image.section_data(rsec)
+    if len(data) % entry.size:
+        raise ElfError(f"{image.path}: {rsec.name}: {len(data)} bytes, not a whole number of "
+                       f"{entry.size}-byte entries")
+    out = []
+    for i, fields in enumerate(entry.iter_unpack(data)):
+        info = fields[1]
+        symidx, rtype = info >> 8, info & 0xFF
+        if symidx >= len(syms):
+            raise ElfError(f"{image.path}: {rsec.name} relocation {i}: symbol index "
+                           f"{symidx} out of range")
+        out.append(Relocation(i, fields[0], rtype, syms[symidx],
+                              fields[2] if is_rela else None, target, rsec.name))
+    return out
