@@ -19,6 +19,7 @@ from armlp.builder.pieces import ObjectPieces, Piece
 from armlp.elf.image import ElfImage
 from armlp.elf.symbols import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_FUNC, STT_OBJECT, Symbol
 from armlp.errors import ArmlpError, BuildError
+from armlp.objects import PROGRAM
 
 
 class ProgramIndex:
@@ -27,6 +28,9 @@ class ProgramIndex:
 
     def __init__(self, image: ElfImage) -> None:
         self.image = image
+        #: The patch object it is: the program, or a library by soname.
+        self.object = (image.soname or image.path.name) if image.kind == "shared" \
+            else PROGRAM
         syms = image.symbols.symbols
         if not any(s.type == STT_FUNC for s in syms):
             raise BuildError(f"{image.path}: has no symbol table (stripped?): armlp build "

@@ -42,6 +42,8 @@ class ObjectChanges:
     data_new: list[str] = field(default_factory=list)
     data_changed: list[str] = field(default_factory=list)  # read-only: a new copy travels
     data_refused: list[str] = field(default_factory=list)  # writable: cannot change live
+    #: Functions changed only because they use changed read-only data: which.
+    uses: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -102,12 +104,18 @@ def compare(orig: ObjectPieces | None, patched: ObjectPieces,
         elif not old.same(p) and not line_only(old, p, moved):
             (out.data_refused if old.writable or p.writable else out.data_changed).append(name)
     # A function that uses changed read-only data must use the new copy.
+    # PIC code reaches data pc-relatively: known only by its section.
     copied = set(out.data_changed)
+    sections = {patched.pieces[n].section.name for n in copied}
     if copied:
         for p in patched.functions():
-            if p.name not in out.changed and p.name not in out.new and \
-                    any(k[0] == "sym" and k[1] in copied for _, _, k in p.refs):
+            if p.name in out.changed or p.name in out.new:
+                continue
+            used = next((k[1] for _, _, k in p.refs if (k[0] == "sym" and k[1] in copied) or
+                         (k[0] == "prel" and k[1] in sections)), None)
+            if used is not None:
                 out.changed.append(p.name)
+                out.uses[p.name] = used if used in copied else ", ".join(sorted(copied))
     return out
 
 

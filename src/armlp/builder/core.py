@@ -120,6 +120,8 @@ def _reason(name: str, ch: ObjectChanges, touched: set[str],
             inlined: dict[str, set[str]]) -> str:
     if name in ch.new:
         return "new"
+    if name in ch.uses:
+        return f"changed: uses {ch.uses[name]}, which changed"
     base = name.split(".")[0]
     if base in touched:
         return "changed"
@@ -236,8 +238,12 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
         copies = {n: "new" for n in ch.data_new}
         copies.update({n: "changed read-only data" for n in ch.data_changed})
         rec = records["patched"][key]
-        emission = _emit_compile(cc, rec, emit_dir / f"{len(os.listdir(emit_dir))}.o")
-        emitter.add_object(emission, ours.get(key), funcs, copies)
+        orig_obj = ours.get(key)
+        if orig_obj is not None and _same_data_layout(orig_obj, patched, ch, index):
+            emission = patched
+        else:
+            emission = _emit_compile(cc, rec, emit_dir / f"{len(os.listdir(emit_dir))}.o")
+        emitter.add_object(emission, orig_obj, funcs, copies)
     _check_patchable(emitter, index)
     emitter.write(output, name, image.build_id)
     report.included = emitter.included
@@ -248,6 +254,32 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
     if not workdir:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _same_data_layout(orig: ObjectPieces, patched: ObjectPieces, ch: ObjectChanges,
+                      index: ProgramIndex) -> bool:
+    """Whether the patched build's own object can supply the patch's code:
+    its data where the program has it (no datum new, changed or moved, and
+    each data section of the file at one place in the binary, so that a
+    section anchor plus an offset lands on the same datum there) and only
+    relocations the loader applies (no GOT: PIC code needs the compile
+    with -fno-pic).  Saves compiling the file a third time."""
+    if ch.data_new or ch.data_changed or ch.data_refused:
+        return False
+    bases: dict[str, set[int]] = {}
+    for p in patched.pieces.values():
+        if p.kind == "data":
+            old = orig.pieces.get(p.name)
+            if old is None or old.sym.value != p.sym.value or \
+                    old.section.name != p.section.name:
+                return False
+            sym = index.find(orig.file, old)
+            if sym is not None:
+                bases.setdefault(p.section.name, set()).add(sym.value - old.sym.value)
+    if any(len(b) > 1 for b in bases.values()):
+        return False
+    from armlp.loader.relocate import SUPPORTED_TYPES
+    return all(r.type in SUPPORTED_TYPES for relocs in patched.relocs.values() for r in relocs)
 
 
 def _check_files(diffs: list[FileDiff], ours: dict[str, ObjectPieces],
@@ -282,13 +314,16 @@ def _check_patch(path: Path, image: ElfImage) -> None:
     from armlp.elf.symbols import SHN_UNDEF
     from armlp.livepatch.module import read_patch
     exports: dict[str, int] = {}
-    if image.interpreter:
+    libraries = {}
+    if image.kind == "shared":
+        libraries[image.soname or image.path.name] = image
+    if image.interpreter or libraries:
         # What the program's libraries define is resolved when the patch is
         # applied (armlp patch reads the libraries the process has mapped);
         # here the names only need an address.
         exports = {s.name: 0x1000 for s in ElfImage(path).symbols.symbols
                    if s.shndx == SHN_UNDEF and s.name and not image.symbols.named(s.name)}
     try:
-        read_patch(path, image, exports)
+        read_patch(path, image, exports, libraries=libraries)
     except ArmlpError as exc:
         raise BuildError(f"the patch armlp wrote does not load: {exc}") from None

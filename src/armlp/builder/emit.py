@@ -13,9 +13,9 @@ this build only supplies equivalent code for them.
 Each relocation of a copied section is sent, by what it points at, to the
 copied function or datum, to the program's symbol of that name
 (``.klp.sym.program.<name>,<sympos>``, the kernel's naming, so a static
-is the one of the right file), to a copied read-only section (string
-literals) or, when undefined, to the same name, for the loader to resolve
-against the program and its libraries.
+is the one of the right file; ``.klp.sym.<soname>...`` in a library), to a
+copied read-only section (string literals) or, when undefined, to the same
+name, for the loader to resolve against the program and its libraries.
 """
 
 from __future__ import annotations
@@ -104,20 +104,26 @@ class PatchEmitter:
         from pathlib import Path
         w = self.writer
         strings = bytearray()
-        offsets = []
-        for old, _, _, _ in self._descs:
-            offsets.append(len(strings))
-            strings += old.encode() + b"\0"
-        str_sec = w.add_section(".armlp.strtab", bytes(strings) or b"\0", flags=SHF_ALLOC,
-                                align=1)
+
+        def string(text: str) -> int:
+            at = len(strings)
+            strings.extend(text.encode() + b"\0")
+            return at
+        obj = None if self.index.object == PROGRAM else string(self.index.object)
+        offsets = [string(old) for old, _, _, _ in self._descs]
+        str_sec = w.add_section(".armlp.strtab", bytes(strings), flags=SHF_ALLOC, align=1)
         table = b"".join(DESC.pack(0, pos, 0, 0, 0, 0) for _, pos, _, _ in self._descs)
         funcs_sec = w.add_section(".armlp.funcs", table, flags=SHF_ALLOC, align=4)
         blob = bytearray(table)
+        strsym = w.section_symbol(str_sec)
         for i, ((_, _, shndx, value), off) in enumerate(zip(self._descs, offsets, strict=True)):
             at = i * DESC.size
             struct.pack_into("<I", blob, at, off)             # old_name: in .armlp.strtab
+            w.add_reloc(funcs_sec, at, R_ARM_ABS32, strsym)
+            if obj is not None:                               # object: a library's soname
+                struct.pack_into("<I", blob, at + 8, obj)
+                w.add_reloc(funcs_sec, at + 8, R_ARM_ABS32, strsym)
             struct.pack_into("<I", blob, at + 12, value)      # new_func: in its section
-            w.add_reloc(funcs_sec, at, R_ARM_ABS32, w.section_symbol(str_sec))
             w.add_reloc(funcs_sec, at + 12, R_ARM_ABS32, w.section_symbol(shndx))
         w.sections[funcs_sec - 1].data = bytes(blob)
         w.add_section(".armlp.name", name.encode() + b"\0", flags=SHF_ALLOC, align=1)
@@ -236,10 +242,16 @@ class _ObjectCopy:
             return self.out.writer.section_symbol(self._piece_section(p)), base
         old = self._in_program(p.name)
         if old is not None:
-            return self.out.extern(f".klp.sym.{PROGRAM}.{old[0]},{old[1]}"), base - start
+            return self.out.extern(f".klp.sym.{self.out.index.object}.{old[0]},{old[1]}"), \
+                base - start
         # Not in the program (never linked, or inlined everywhere there).
         holder = self.obj.covering(sec.index, rel.offset)
         user = holder.name if holder else sec.name
+        if p.kind == "data" and p.writable and self.orig is not None and \
+                p.name in self.orig.pieces:
+            raise BuildError(f"{self.obj.file}: {user} uses {p.name}, which the original "
+                             f"build has but armlp cannot find in the program (its state "
+                             f"cannot be copied into the patch)")
         why = f"new, used by {user}" if self.orig is None or p.name not in self.orig.pieces \
             else f"used by {user}, not in the program"
         (self.funcs if p.kind == "func" else self.copies)[p.name] = why

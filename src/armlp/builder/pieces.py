@@ -18,11 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from armlp.elf.image import SHF_EXECINSTR, SHF_WRITE, SHT_NOBITS, ElfImage, Section
-from armlp.elf.relocs import Relocation
+from armlp.elf.relocs import Relocation, reloc_type
 from armlp.elf.symbols import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_FUNC, STT_OBJECT, Symbol
 from armlp.loader.relocate import ARM_BRANCH_TYPES, THUMB_BRANCH_TYPES, rel_addend
 
 SHF_STRINGS = 0x20
+
+#: Place-relative data references (PIC code's literal pools): the addend
+#: holds the distance to the instruction that adds the pc, not an offset in
+#: the target, so the target is only known as a section.
+PC_RELATIVE = frozenset(reloc_type(n) for n in (
+    "REL32", "MOVW_PREL_NC", "MOVT_PREL", "THM_MOVW_PREL_NC", "THM_MOVT_PREL"))
 
 #: What a relocation refers to, comparable across builds.
 RefKey = tuple[str, str | bytes, int]
@@ -56,7 +62,10 @@ class Piece:
 
     @property
     def writable(self) -> bool:
-        return bool(self.section.flags & SHF_WRITE)
+        """Whether the program may write it (RELRO data, written only by
+        the dynamic linker's relocations, is read-only to the program)."""
+        return bool(self.section.flags & SHF_WRITE) and \
+            not self.section.name.startswith(".data.rel.ro")
 
     @property
     def size(self) -> int:
@@ -123,6 +132,8 @@ class ObjectPieces:
             return ("ext", sym.name, off)
         if sym.shndx >= len(self.image.sections):
             return ("abs", sym.name, off)
+        if rel.type in PC_RELATIVE:
+            return ("prel", self.image.sections[sym.shndx].name, off)
         span = self._span(sym.shndx, off)
         if span is not None:
             return ("sym", span[1], off - span[0])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from armlp.analysis.unwind import CodeMap
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
+from armlp.elf.image import ElfImage
 from armlp.errors import ArmlpError, MachineError, PatchError, PatchRefusedError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
@@ -90,7 +91,7 @@ class Livepatch:
     def read(self, path: str | Path) -> KlpPatch:
         """Read, lay out and resolve a patch module: all the checks that do
         not look at the target's memory (a live target keeps running)."""
-        return read_patch(path, self.target.image, self.exports)
+        return read_patch(path, self.target.image, self.exports, libraries=self.libraries)
 
     def check(self, patch: KlpPatch) -> None:
         """Everything that can be checked before writing: build-id, each
@@ -230,12 +231,13 @@ class Livepatch:
         m = self.machine
         image = self.target.image
         exports = self.exports
-        size = patch.size or relocate_patch(patch, image, exports, 0x10000000).size
+        size = patch.size or relocate_patch(patch, image, exports, 0x10000000,
+                                            self.libraries).size
         text = image.section(".text")
         mem = m.alloc(size, near=text.addr if text else None)
         undo.append(lambda: m.free(mem, size))
         patch.memory, patch.memory_size = mem, size
-        module = relocate_patch(patch, image, exports, mem)
+        module = relocate_patch(patch, image, exports, mem, self.libraries)
         patch.module = module
         module.write_to(m)
         self._nop_module_sites(patch)
@@ -566,6 +568,12 @@ class Livepatch:
                              if not own.named(name)}
         return {**self._exports, "__gnu_mcount_nc": self.ftrace.mcount,
                 **self.target.runtime.exports}
+
+    @property
+    def libraries(self) -> dict[str, ElfImage]:
+        """The loaded libraries by soname, at their load addresses: what a
+        patch's ``.klp.sym.<soname>.<name>,<sympos>`` names."""
+        return {lib.soname: lib.image for lib in self.target.loaded}
 
     def forget_exports(self) -> None:
         """The libraries changed: :attr:`exports` is read again when next used."""

@@ -221,7 +221,8 @@ def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[
 
 
 def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
-               base: int = 0x10000000) -> KlpPatch:
+               base: int = 0x10000000,
+               libraries: dict[str, ElfImage] | None = None) -> KlpPatch:
     """Read and validate a patch module against *target*, without touching any
     machine: lay it out at a trial *base*, resolve every symbol, decode the
     descriptors."""
@@ -234,7 +235,8 @@ def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
         raise PatchError(f"{image.path}: has {ctors[0]}: armlp does not run a patch's "
                          f"constructors or destructors (remove __attribute__((constructor)) "
                          f"and static initialisers that need code)")
-    module = load_objects([image], base=base, target=target, exports=exports)
+    module = load_objects([image], base=base, target=target, exports=exports,
+                          libraries=libraries)
     name, objects = parse_descriptors(image, module)
     tsec = next((s for s in module.sections if s.name == ".armlp.target"), None)
     build_id = None
@@ -258,9 +260,10 @@ def read_patch(path: str | Path, target: ElfImage, exports: dict[str, int], *,
 
 
 def relocate_patch(patch: KlpPatch, target: ElfImage, exports: dict[str, int],
-                   base: int) -> LoadedModule:
+                   base: int, libraries: dict[str, ElfImage] | None = None) -> LoadedModule:
     """Lay the patch out at *base* and refresh its functions' new addresses."""
-    module = load_objects([patch.image], base=base, target=target, exports=exports)
+    module = load_objects([patch.image], base=base, target=target, exports=exports,
+                          libraries=libraries)
     _, objects = parse_descriptors(patch.image, module)
     fresh = {f.label: f.new_func for o in objects for f in o.funcs}
     for f in patch.funcs:

@@ -52,6 +52,7 @@ def load_objects(sources: Sequence[ObjectSource], *, base: int | None = None,
                  section_addresses: Mapping[tuple[str, str], int] | None = None,
                  target: ElfImage | None = None, target_name: str | None = None,
                  exports: Mapping[str, int] | None = None,
+                 libraries: Mapping[str, ElfImage] | None = None,
                  veneer_address: int | None = None) -> LoadedModule:
     """Lay out, resolve and relocate *sources* (``.o`` paths or images).
 
@@ -61,7 +62,9 @@ def load_objects(sources: Sequence[ObjectSource], *, base: int | None = None,
     its path or file name) outside that region.  Undefined symbols resolve
     against the set's globals, *exports* (name -> address, bit 0 for Thumb)
     and *target* (the patched program; ``.klp.sym.<target_name>.<name>,<pos>``
-    selects a static by sympos).  Raises LoaderError; touches no machine.
+    selects a static by sympos; ``.klp.sym.<soname>.<name>,<pos>`` one of
+    *libraries*, soname -> image at its load address).  Raises LoaderError;
+    touches no machine.
     """
     if not sources:
         raise LoaderError("no objects to load")
@@ -74,7 +77,8 @@ def load_objects(sources: Sequence[ObjectSource], *, base: int | None = None,
     layout = layout_sections(objects, inputs, veneer_size=veneer_size, base=base,
                              allocator=allocator, fixed=fixed, veneer_address=veneer_address)
     resolver = SymbolResolver(objects, layout.addresses, target=target,
-                              target_name=target_name, exports=exports)
+                              target_name=target_name, exports=exports,
+                              libraries=libraries)
     resolved = _resolve_all(objects, inputs, relocs, resolver)
     veneers = VeneerArea(layout.veneer_address, veneer_size // VENEER_SIZE)
     sections = []

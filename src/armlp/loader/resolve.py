@@ -6,7 +6,9 @@ A relocation's symbol is found, in order:
    object, globals through the set's global table (a strong definition beats
    a weak one; two strong ones are an error);
 2. ``.klp.sym.<object>.<name>,<sympos>``: the target program's symbol
-   *name* at *sympos* (kernel rules: 0 means the name must be unique);
+   *name* at *sympos* (kernel rules: 0 means the name must be unique), or
+   the symbol of a shared library when *object* is its soname (dots and
+   all: known sonames are matched first);
 3. a global of another object of the set;
 4. the extra exports (``name -> address``, bit 0 set for Thumb functions);
 5. the target program's symbols: its unique global *name*, else its unique
@@ -67,8 +69,10 @@ class SymbolResolver:
     def __init__(self, objects: Sequence[ObjectFile],
                  addresses: Mapping[tuple[int, int], int], *,
                  target: ElfImage | None = None, target_name: str | None = None,
-                 exports: Mapping[str, int] | None = None) -> None:
+                 exports: Mapping[str, int] | None = None,
+                 libraries: Mapping[str, ElfImage] | None = None) -> None:
         self.objects = objects
+        self.libraries = dict(libraries or {})
         self.addresses = addresses
         self.target = target
         self.target_name = target_name
@@ -139,6 +143,18 @@ class SymbolResolver:
         raise UndefinedSymbol(f"undefined symbol {name}{where}")
 
     def _klp(self, name: str) -> Resolved:
+        rest = name[len(KLP_PREFIX):]
+        for soname in sorted(self.libraries, key=len, reverse=True):
+            if rest.startswith(soname + "."):
+                lname, comma, lpos = rest[len(soname) + 1:].rpartition(",")
+                if not (lname and comma and lpos.isdigit()):
+                    break
+                try:
+                    lsym = self.libraries[soname].symbols.lookup(lname, int(lpos),
+                                                                 where=soname)
+                except SymbolError as exc:
+                    raise LoaderError(str(exc)) from exc
+                return self._target_value(lsym)
         obj, tname, pos = parse_klp_name(name)
         if self.target is None:
             raise LoaderError(f"{name}: no target program to resolve it in")
