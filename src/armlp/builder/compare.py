@@ -158,8 +158,11 @@ class SourceFacts:
         return out
 
 
-def source_facts(path: Path) -> SourceFacts:
-    """Read the DWARF of *path* (a recorded object, built with -g)."""
+def source_facts(path: Path, wanted: set[str]) -> SourceFacts:
+    """Read the DWARF of *path* (a recorded object, built with -g): every
+    function's declaration line, and what was inlined into the *wanted*
+    ones (only their subtrees are walked: a 200,000-line file has a
+    million DIEs)."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
@@ -169,7 +172,11 @@ def source_facts(path: Path) -> SourceFacts:
             elf = ELFFile(f)
             if not elf.has_dwarf_info():
                 return facts
-            dwarf = elf.get_dwarf_info()
+            # Not relocated: an ARM object's REL relocations keep their
+            # addends in place, so every offset into .debug_str and
+            # .debug_line is right as it is; only addresses (which are not
+            # read) stay section-relative.  Relocating is most of the time.
+            dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
             for cu in dwarf.iter_CUs():
                 lp = dwarf.line_program_for_CU(cu)
                 files = lp["file_entry"] if lp is not None else []
@@ -186,6 +193,8 @@ def source_facts(path: Path) -> SourceFacts:
                             0 <= fidx.value - base < len(files):
                         fname = files[fidx.value - base].name.decode("utf-8", "replace")
                         facts.decl.setdefault(name, (fname, int(line.value)))
+                    if name not in wanted:
+                        continue
                     inl: set[str] = set()
                     stack = list(die.iter_children())
                     while stack:

@@ -232,7 +232,7 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
         roots = ch.changed + [n for n in ch.new if not patched.pieces[n].local]
         if not roots:
             continue
-        facts = source_facts(patched.path)
+        facts = source_facts(patched.path, {n.split(".")[0] for n in roots})
         touched = facts.touched(diffs)
         funcs = {n: _reason(n, ch, touched, facts.inlined) for n in roots}
         copies = {n: "new" for n in ch.data_new}
