@@ -315,3 +315,17 @@ def test_a_gcc_clone_is_patched_by_its_own_name(tmp_path: Path) -> None:
     assert want != _run(["qemu-arm", str(built / "prog")])
     assert _run([str(ARMLP), "run", "--patch", str(patch), str(built / "prog")],
                 env=_env(tmp_path)) == want
+
+
+def test_a_change_to_an_unpatchable_function_is_refused(tmp_path: Path) -> None:
+    src = BUILDS / "clones"
+    built = tmp_path / "built"
+    shutil.copytree(src, built, ignore=shutil.ignore_patterns("*.diff"))
+    _make(built, "make")
+    patch = tmp_path / "p.o"
+    proc = _build(src / "untraced.diff", src, built / "prog", "make", patch)
+    assert proc.returncode == 2
+    assert proc.stderr == ("armlp: error: clones.c: untraced changed but cannot be live "
+                           "patched: no mcount site (notrace, built without -pg, or "
+                           "assembly)\n")
+    assert not patch.exists()

@@ -34,6 +34,12 @@ int __attribute__((noinline)) checked(int x)
 	return x * 2 + 1;
 }
 
+/* Built without an mcount call: not patchable. */
+int __attribute__((noinline, no_instrument_function)) untraced(int x)
+{
+	return x + 7;
+}
+
 int __attribute__((noinline)) use1(struct buf *b) { return sum(b) + 1; }
 int __attribute__((noinline)) use2(struct buf *b) { return sum(b) * 3; }
 int __attribute__((noinline)) use3(struct buf *b) { return sum(b) ^ 5; }
@@ -43,6 +49,6 @@ int main(int argc, char **argv)
 	struct buf b = { 10 };
 	for (int i = 0; i < 10; i++)
 		b.v[i] = i + argc;
-	printf("%d %d %d\n", scaled(argc + 5, 3), use1(&b) + use2(argc > 5 ? NULL : &b) + use3(&b), checked(argc));
+	printf("%d %d %d %d\n", untraced(argc), scaled(argc + 5, 3), use1(&b) + use2(argc > 5 ? NULL : &b) + use3(&b), checked(argc));
 	return 0;
 }
