@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from armlp.builder.base import ProgramIndex, prove_base
+from armlp.builder.base import Mismatch, ProgramIndex, prove_base
 from armlp.builder.compare import ObjectChanges, compare, line_pairs, source_facts
 from armlp.builder.diffs import FileDiff, apply_diff
 from armlp.builder.emit import EMIT_FLAGS, Included, PatchEmitter
@@ -49,12 +49,22 @@ class Record:
     cwd: Path
     flags: list[str]
     object: Path              # the recorded copy
+    output: Path              # what the build wrote
+
+    def file(self, tree: Path) -> str:
+        """The source's path in the tree (as the diff names it)."""
+        return _inside(self.source, tree)
 
     def key(self, tree: Path) -> str:
-        try:
-            return str(self.source.relative_to(tree))
-        except ValueError:
-            return str(self.source)
+        """Source and output: a file may be compiled twice (PIC and not)."""
+        return f"{self.file(tree)}|{_inside(self.output, tree)}"
+
+
+def _inside(path: Path, tree: Path) -> str:
+    try:
+        return str(path.relative_to(tree))
+    except ValueError:
+        return "" if "tmp" in path.parts else str(path)
 
 
 @dataclass
@@ -102,7 +112,7 @@ def _records(where: Path) -> dict[str, Record]:
     for meta in sorted(where.glob("*.json")):
         d = json.loads(meta.read_text())
         out[str(meta)] = Record(Path(d["source"]), Path(d["cwd"]), list(d["flags"]),
-                                meta.with_suffix(".o"))
+                                meta.with_suffix(".o"), Path(d["object"]))
     return out
 
 
@@ -189,18 +199,17 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
     run("patched")
     t = time.monotonic()
     orig = {k: ObjectPieces(r.object) for k, r in records["original"].items()}
-    ours = {k: o for k, o in orig.items() if index.belongs(o)}
-    if not ours:
-        raise BuildError(f"none of the {len(orig)} files the build compiled is in {program} "
-                         f"(another program's tree?)")
-    report.objects = len(ours)
-    report.proven, bad = prove_base(index, ours.values())
+    ours, bad = _prove(index, orig, records["original"], tree, report)
     if bad:
         shown = "; ".join(f"{m.name} ({m.file}: {m.why})" for m in bad[:SHOWN])
         raise BuildError(f"the tree does not rebuild {program}: {len(bad)} of "
                          f"{len(bad) + report.proven} functions differ, first {shown}; "
                          f"other source, flags or compiler than the program's?")
-    _check_files(diffs, ours, records["patched"], program)
+    if not ours:
+        raise BuildError(f"none of the {len(orig)} files the build compiled is in {program} "
+                         f"(another program's tree?)")
+    _check_files(diffs, {records["original"][k].file(tree) for k in ours},
+                 {r.file(tree) for r in records["patched"].values()}, program)
     moved = line_pairs(diffs)
     changes: dict[str, tuple[ObjectChanges, ObjectPieces]] = {}
     for key, rec in records["patched"].items():
@@ -282,8 +291,35 @@ def _same_data_layout(orig: ObjectPieces, patched: ObjectPieces, ch: ObjectChang
     return all(r.type in SUPPORTED_TYPES for relocs in patched.relocs.values() for r in relocs)
 
 
-def _check_files(diffs: list[FileDiff], ours: dict[str, ObjectPieces],
-                 patched: dict[str, Record], program: Path) -> None:
+def _prove(index: ProgramIndex, orig: dict[str, ObjectPieces], records: dict[str, Record],
+           tree: Path, report: BuildReport) -> tuple[dict[str, ObjectPieces], list[Mismatch]]:
+    """The compiles that built the binary, one per source file, proven: of a
+    file compiled twice (a static and a shared build), the one whose
+    functions are the binary's.  Returns them and, for files no compile of
+    which matches, the mismatches."""
+    by_file: dict[str, list[str]] = {}
+    for key, rec in records.items():
+        if index.belongs(orig[key]):
+            by_file.setdefault(rec.file(tree), []).append(key)
+    ours: dict[str, ObjectPieces] = {}
+    bad: list[Mismatch] = []
+    for keys in by_file.values():
+        first: list[Mismatch] | None = None
+        for key in keys:
+            proven, wrong = prove_base(index, [orig[key]])
+            if not wrong:
+                ours[key] = orig[key]
+                report.proven += proven
+                break
+            first = first if first is not None else wrong
+        else:
+            bad += first or []
+    report.objects = len(ours)
+    return ours, bad
+
+
+def _check_files(diffs: list[FileDiff], ours: set[str], patched: set[str],
+                 program: Path) -> None:
     """Refuse a diff that changes C files the program is not built from."""
     for d in diffs:
         if d.path.endswith((".S", ".s", ".asm")):
