@@ -194,6 +194,12 @@ def test_zlib_diff_patch_applied_mid_stream(zlib_case: dict[str, Path], tmp_path
                 r = subprocess.run([str(ARMLP), "patch", str(patch)], capture_output=True,
                                    text=True, env=env, timeout=60)
                 assert r.returncode == 0, r.stderr
+                # The sysfs view knows the built patch as any other.
+                st = json.loads(_run([str(ARMLP), "status", "--json"], env=env))
+                (p,) = st["targets"][0]["patches"]
+                assert p["name"] == "report_parity" and p["enabled"]
+                assert [(o["name"], [f["name"] for f in o["functions"]])
+                        for o in p["objects"]] == [("program", ["report"])]
         run.communicate(timeout=120)
     finally:
         if run.poll() is None:
@@ -240,6 +246,9 @@ def test_line_numbers_that_only_moved_are_no_change(asserts: dict[str, Path], tm
                   "make" if kind == "program" else MAKE_PIE, patch)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
+    # scan reads the patch as any object: its functions are patchable ones.
+    scanned = json.loads(_run([str(ARMLP), "scan", "--json", str(patch)]))
+    assert [(f["name"], f["patchable"]) for f in scanned["functions"]] == [("scale", True)]
     # scale changed (x * 4); checked_div's assert only moved down a line.
     assert _functions(report) == {"scale": "changed"}
     assert report["line_only"] == ["main.c:checked_div"]
