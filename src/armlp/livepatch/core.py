@@ -69,6 +69,8 @@ class Livepatch:
         self._table = 0
         self._table_cap = 0
         self._code: CodeMap | None = None
+        #: The last code map and what it was made of (rebuilt when that changes).
+        self._code_map: tuple[object, CodeMap] | None = None
         self._libraries: dict[tuple[str, int], CodeMap] = {}
         self._exports: dict[str, int] | None = None
 
@@ -532,21 +534,29 @@ class Livepatch:
         armlp's own memory (never walked through)."""
         if self._code is None:
             self._code = CodeMap.of_image(self.target.image)
-        code = self._code.copy()
         program = str(self.target.image.path.resolve())
-        for r in self.machine.regions():
-            if r.path and r.path != program and not r.writable:   # qemu shows code r--
-                lib = self._libraries.get((r.path, r.start))
-                if lib is None:
-                    lib = self._libraries[(r.path, r.start)] = CodeMap()
-                    lib.add_library(r.path, r.start, r.offset)
-                code.add(lib.functions)
-        code.add_armlp(self.machine.armlp_memory(), "armlp")
+        libraries = [(r.path, r.start, r.offset) for r in self.machine.regions()
+                     if r.path and r.path != program and not r.writable]  # qemu: code r--
+        armlp = list(self.machine.armlp_memory())
+        modules = [p.module for p in [*self.patches, *self.deferred] if p.module is not None]
+        # Each transition attempt asks again; merging the maps is most of
+        # an attempt's time in a program with libc linked in.
+        key = (libraries, armlp, [(id(m), m.region) for m in modules])
+        if self._code_map is not None and self._code_map[0] == key:
+            return self._code_map[1]
+        code = self._code.copy()
+        for path, start, offset in libraries:
+            lib = self._libraries.get((path, start))
+            if lib is None:
+                lib = self._libraries[(path, start)] = CodeMap()
+                lib.add_library(path, start, offset)
+            code.add(lib.functions)
+        code.add_armlp(armlp, "armlp")
         rt = self.target.runtime.module
         code.add_armlp([(rt.base, rt.base + rt.size)], "armlp runtime")
-        for p in [*self.patches, *self.deferred]:
-            if p.module is not None:
-                code.add_module(p.module)
+        for m in modules:
+            code.add_module(m)
+        self._code_map = (key, code)
         return code
 
     # -- queries --------------------------------------------------------------------
