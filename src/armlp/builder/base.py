@@ -17,7 +17,16 @@ from dataclasses import dataclass
 
 from armlp.builder.pieces import ObjectPieces, Piece
 from armlp.elf.image import ElfImage
-from armlp.elf.symbols import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_FUNC, STT_OBJECT, Symbol
+from armlp.elf.symbols import (
+    SHN_UNDEF,
+    STB_GLOBAL,
+    STB_LOCAL,
+    STB_WEAK,
+    STT_FILE,
+    STT_FUNC,
+    STT_OBJECT,
+    Symbol,
+)
 from armlp.errors import ArmlpError, BuildError
 from armlp.objects import PROGRAM
 
@@ -37,6 +46,7 @@ class ProgramIndex:
                              f"needs the program's symbols")
         self.files: set[str] = set()
         self.locals: dict[tuple[str, str], list[Symbol]] = {}
+        self.local_names: dict[str, list[Symbol]] = {}
         self.globals: dict[str, Symbol] = {}
         current = ""
         for s in syms:
@@ -46,24 +56,47 @@ class ProgramIndex:
             elif s.type in (STT_FUNC, STT_OBJECT) and s.name and s.shndx != SHN_UNDEF:
                 if s.bind == STB_LOCAL:
                     self.locals.setdefault((current, s.name), []).append(s)
+                    self.local_names.setdefault(s.name, []).append(s)
                 else:
                     self.globals.setdefault(s.name, s)
 
-    def find(self, file: str, piece: Piece) -> Symbol | None:
-        """The binary's symbol for *piece* of the object built from *file*."""
+    def candidates(self, file: str, piece: Piece) -> list[Symbol]:
+        """The binary's symbols *piece* of the object built from *file* may
+        be (none: the program does not have it)."""
         if piece.local:
-            same = self.locals.get((file, piece.name), [])
-            return same[0] if len(same) == 1 else None
-        return self.globals.get(piece.name)
+            return self.locals.get((file, piece.name), [])
+        glob = self.globals.get(piece.name)
+        if glob is not None:
+            # A weak definition another file's strong one overrode is not
+            # the program's.
+            weak_lost = piece.sym.bind == STB_WEAK and glob.bind == STB_GLOBAL
+            return [] if weak_lost else [glob]
+        # A library's hidden global is a local of the linked file.
+        return self.local_names.get(piece.name, [])
+
+    def find(self, file: str, piece: Piece) -> Symbol | None:
+        """The binary's symbol for *piece* of the object built from *file*
+        (None when it is not there or cannot be told apart)."""
+        same = self.candidates(file, piece)
+        if len(same) == 1:
+            return same[0]
+        if len(same) > 1 and piece.kind == "func":
+            # Two files of one name (x/util.c, y/util.c): the one whose
+            # bytes these are.
+            match = [s for s in same if s.size == piece.size and
+                     _masked(self.image, s, piece) == piece.code]
+            if len(match) == 1:
+                return match[0]
+        return None
 
     def sympos(self, sym: Symbol) -> int:
         return self.image.symbols.sympos_of(sym)
 
     def belongs(self, obj: ObjectPieces) -> bool:
         """Whether *obj* was linked into the binary: its file is among the
-        binary's, and some function of it is there."""
+        binary's, and some function or datum of it is there."""
         return obj.file in self.files and any(self.find(obj.file, p) is not None
-                                              for p in obj.functions())
+                                              for p in obj.pieces.values())
 
 
 @dataclass(slots=True)

@@ -101,7 +101,7 @@ def compare(orig: ObjectPieces | None, patched: ObjectPieces,
                 (out.line_only if line_only(old, p, moved) else out.changed).append(name)
         elif old is None:
             out.data_new.append(name)
-        elif not old.same(p) and not line_only(old, p, moved):
+        elif not old.same(p):               # data: no line-number excuse
             (out.data_refused if old.writable or p.writable else out.data_changed).append(name)
     # A function that uses changed read-only data must use the new copy.
     # PIC code reaches data pc-relatively: known only by its section.

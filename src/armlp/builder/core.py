@@ -76,6 +76,7 @@ class BuildReport:
     program: Path
     included: list[Included] = field(default_factory=list)
     line_only: list[str] = field(default_factory=list)
+    not_in_program: list[str] = field(default_factory=list)
     proven: int = 0
     objects: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -91,6 +92,7 @@ class BuildReport:
             "data": [{"file": i.file, "name": i.name, "reason": i.reason}
                      for i in self.included if i.kind == "data"],
             "line_only": self.line_only,
+            "not_in_program": self.not_in_program,
             "seconds": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -142,6 +144,22 @@ def _reason(name: str, ch: ObjectChanges, touched: set[str],
            "or a constant it uses?)"
 
 
+def _confirm_line_only(ch: ObjectChanges, patched: ObjectPieces,
+                       diffs: list[FileDiff]) -> None:
+    """A function whose own lines, or an inlined function's, the diff
+    touches changed, whatever its differing words look like: a constant
+    that happens to equal a moved line number is not a line number."""
+    if not ch.line_only:
+        return
+    facts = source_facts(patched.path, {n.split(".")[0] for n in ch.line_only})
+    touched = facts.touched(diffs)
+    for name in list(ch.line_only):
+        base = name.split(".")[0]
+        if base in touched or facts.inlined.get(base, set()) & touched:
+            ch.line_only.remove(name)
+            ch.changed.append(name)
+
+
 def _emit_compile(cc: str, rec: Record, out: Path) -> ObjectPieces:
     cmd = [cc, *rec.flags, *EMIT_FLAGS, "-c", str(rec.source), "-o", str(out)]
     proc = subprocess.run(cmd, cwd=rec.cwd, capture_output=True, text=True, check=False)
@@ -165,103 +183,123 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
                          f"library that runs")
     index = ProgramIndex(image)
     name = name or default_name(diff)
+    if not output.resolve().parent.is_dir():
+        raise BuildError(f"{output}: no directory {output.parent} to write the patch in")
+    if workdir is not None and workdir.exists() and not workdir.is_dir():
+        raise BuildError(f"--workdir {workdir}: not a directory")
     report = BuildReport(output, name, program)
     t0 = time.monotonic()
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="armlp-build-"))
-    tree = work / "tree"
-    if tree.exists():
-        shutil.rmtree(tree)
-    shutil.copytree(source, tree, symlinks=True)
-    wrapper = work / "armlp-cc"
-    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m "
-                       f"armlp.builder.wrapper \"$@\"\n")
-    wrapper.chmod(0o755)
-    env = dict(os.environ, CC=str(wrapper), ARMLP_BUILD_CC=cc)
-    src_path = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src_path, env.get("PYTHONPATH")]))
-    records: dict[str, dict[str, Record]] = {}
+    work = workdir.resolve() if workdir else Path(tempfile.mkdtemp(prefix="armlp-build-"))
+    try:
+        tree = work / "tree"
+        if tree.exists():
+            shutil.rmtree(tree)
+        shutil.copytree(source, tree, symlinks=True)
+        wrapper = work / "armlp-cc"
+        wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m "
+                           f"armlp.builder.wrapper \"$@\"\n")
+        wrapper.chmod(0o755)
+        env = dict(os.environ, CC=str(wrapper), ARMLP_BUILD_CC=cc)
+        src_path = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src_path, env.get("PYTHONPATH")]))
+        records: dict[str, dict[str, Record]] = {}
 
-    def run(what: str) -> None:
-        rec_dir = work / what
-        shutil.rmtree(rec_dir, ignore_errors=True)
-        rec_dir.mkdir(parents=True)
+        def run(what: str) -> None:
+            rec_dir = work / what
+            shutil.rmtree(rec_dir, ignore_errors=True)
+            rec_dir.mkdir(parents=True)
+            t = time.monotonic()
+            _run_build(command, tree, dict(env, ARMLP_BUILD_RECORD=str(rec_dir)),
+                       work / f"{what}.log", what)
+            report.timings[f"build_{what}"] = time.monotonic() - t
+            records[what] = _by_key(_records(rec_dir), tree)
+
+        run("original")
+        if not records["original"]:
+            raise BuildError(f"the build command compiled no C file through $CC (does it "
+                             f"honour CC?): {command}")
+        diffs = apply_diff(diff, tree)
+        run("patched")
         t = time.monotonic()
-        _run_build(command, tree, dict(env, ARMLP_BUILD_RECORD=str(rec_dir)),
-                   work / f"{what}.log", what)
-        report.timings[f"build_{what}"] = time.monotonic() - t
-        records[what] = _by_key(_records(rec_dir), tree)
-
-    run("original")
-    if not records["original"]:
-        raise BuildError(f"the build command compiled no C file through $CC (does it "
-                         f"honour CC?): {command}")
-    diffs = apply_diff(diff, tree)
-    run("patched")
-    t = time.monotonic()
-    orig = {k: ObjectPieces(r.object) for k, r in records["original"].items()}
-    ours, bad = _prove(index, orig, records["original"], tree, report)
-    if bad:
-        shown = "; ".join(f"{m.name} ({m.file}: {m.why})" for m in bad[:SHOWN])
-        raise BuildError(f"the tree does not rebuild {program}: {len(bad)} of "
-                         f"{len(bad) + report.proven} functions differ, first {shown}; "
-                         f"other source, flags or compiler than the program's?")
-    if not ours:
-        raise BuildError(f"none of the {len(orig)} files the build compiled is in {program} "
-                         f"(another program's tree?)")
-    _check_files(diffs, {records["original"][k].file(tree) for k in ours},
-                 {r.file(tree) for r in records["patched"].values()}, program)
-    moved = line_pairs(diffs)
-    changes: dict[str, tuple[ObjectChanges, ObjectPieces]] = {}
-    for key, rec in records["patched"].items():
-        if key not in ours and key in orig:
-            continue                        # a file of another program of the tree
-        patched = ObjectPieces(rec.object)
-        ch = compare(ours.get(key), patched, moved)
-        report.line_only += [f"{ch.file}:{n}" for n in ch.line_only]
-        if not ch.empty:
-            changes[key] = (ch, patched)
-    for ch, _ in changes.values():
-        if ch.data_refused:
-            raise BuildError(f"{ch.file}: the diff changes the size or initial value of "
-                             f"{ch.data_refused[0]}, which the running program holds: a live "
-                             f"patch cannot change existing data; keep its layout and put new "
-                             f"state in a shadow variable (klp_shadow_get_or_alloc)")
-    if not any(ch.changed for ch, _ in changes.values()):
-        only = f" ({len(report.line_only)} differ only by line numbers)" \
-            if report.line_only else ""
-        raise BuildError(f"the diff changes no function of {program}{only}")
-    report.timings["compare"] = time.monotonic() - t
-    t = time.monotonic()
-    emitter = PatchEmitter(index)
-    emit_dir = work / "emit"
-    emit_dir.mkdir(exist_ok=True)
-    for key, (ch, patched) in sorted(changes.items()):
-        # Roots: the changed functions, and new global ones (another file's
-        # changed function may call them); new statics come when used.
-        roots = ch.changed + [n for n in ch.new if not patched.pieces[n].local]
-        if not roots:
-            continue
-        facts = source_facts(patched.path, {n.split(".")[0] for n in roots})
-        touched = facts.touched(diffs)
-        funcs = {n: _reason(n, ch, touched, facts.inlined) for n in roots}
-        copies = {n: "new" for n in ch.data_new}
-        copies.update({n: "changed read-only data" for n in ch.data_changed})
-        rec = records["patched"][key]
-        orig_obj = ours.get(key)
-        if orig_obj is not None and _same_data_layout(orig_obj, patched, ch, index):
-            emission = patched
-        else:
-            emission = _emit_compile(cc, rec, emit_dir / f"{len(os.listdir(emit_dir))}.o")
-        emitter.add_object(emission, orig_obj, funcs, copies)
-    _check_patchable(emitter, index)
-    emitter.write(output, name, image.build_id)
-    report.included = emitter.included
-    report.timings["emit"] = time.monotonic() - t
-    report.timings["total"] = time.monotonic() - t0
-    if check:
-        _check_patch(output, image)
-    if not workdir:
-        shutil.rmtree(work, ignore_errors=True)
+        orig = {k: ObjectPieces(r.object) for k, r in records["original"].items()}
+        ours, bad = _prove(index, orig, records["original"], tree, report)
+        if bad:
+            shown = "; ".join(f"{m.name} ({m.file}: {m.why})" for m in bad[:SHOWN])
+            raise BuildError(f"the tree does not rebuild {program}: {len(bad)} of "
+                             f"{len(bad) + report.proven} functions differ, first {shown}; "
+                             f"other source, flags or compiler than the program's?")
+        if not ours:
+            raise BuildError(f"none of the {len(orig)} files the build compiled is in {program} "
+                             f"(another program's tree?)")
+        _check_files(diffs, {records["original"][k].file(tree) for k in ours},
+                     {r.file(tree) for r in records["patched"].values()}, program)
+        changes: dict[str, tuple[ObjectChanges, ObjectPieces]] = {}
+        for key, rec in records["patched"].items():
+            if key not in ours and key in orig:
+                continue                        # a file of another program of the tree
+            patched = ObjectPieces(rec.object)
+            # __LINE__ is the line of the file being compiled: only its moves count.
+            own = [d for d in diffs if Path(d.path).name == rec.source.name]
+            ch = compare(ours.get(key), patched, line_pairs(own))
+            _confirm_line_only(ch, patched, diffs)
+            report.line_only += [f"{ch.file}:{n}" for n in ch.line_only]
+            if not ch.empty:
+                changes[key] = (ch, patched)
+        for ch, _ in changes.values():
+            if ch.data_refused:
+                raise BuildError(f"{ch.file}: the diff changes the size or initial value of "
+                                 f"{ch.data_refused[0]}, which the running program holds: a live "
+                                 f"patch cannot change existing data; keep its layout and put new "
+                                 f"state in a shadow variable (klp_shadow_get_or_alloc)")
+        if not any(ch.changed for ch, _ in changes.values()):
+            only = f" ({len(report.line_only)} differ only by line numbers)" \
+                if report.line_only else ""
+            raise BuildError(f"the diff changes no function of {program}{only}")
+        report.timings["compare"] = time.monotonic() - t
+        t = time.monotonic()
+        emitter = PatchEmitter(index)
+        emit_dir = work / "emit"
+        emit_dir.mkdir(exist_ok=True)
+        for key, (ch, patched) in sorted(changes.items()):
+            # Roots: the changed functions, and new global ones (another file's
+            # changed function may call them); new statics come when used.
+            orig_obj = ours.get(key)
+            # A changed function the program does not have (a weak definition
+            # another file overrides, one the linker dropped) is never called.
+            absent = [n for n in ch.changed if orig_obj is not None and n in orig_obj.pieces
+                      and ".cold" not in n and not index.candidates(orig_obj.file,
+                                                                     orig_obj.pieces[n])]
+            report.not_in_program += [f"{ch.file}:{n}" for n in absent]
+            roots = [n for n in ch.changed if n not in absent] + \
+                [n for n in ch.new if not patched.pieces[n].local]
+            if not roots:
+                continue
+            facts = source_facts(patched.path, {n.split(".")[0] for n in roots})
+            touched = facts.touched(diffs)
+            funcs = {n: _reason(n, ch, touched, facts.inlined) for n in roots}
+            copies = {n: "new" for n in ch.data_new}
+            copies.update({n: "changed read-only data" for n in ch.data_changed})
+            rec = records["patched"][key]
+            orig_obj = ours.get(key)
+            if orig_obj is not None and _same_data_layout(orig_obj, patched, ch, index):
+                emission = patched
+            else:
+                emission = _emit_compile(cc, rec, emit_dir / f"{len(os.listdir(emit_dir))}.o")
+            emitter.add_object(emission, orig_obj, funcs, copies)
+        if not any(i.replaces for i in emitter.included):
+            raise BuildError(f"the diff changes no function of {program}: what it changes "
+                             f"the program does not have ("
+                             f"{', '.join(report.not_in_program) or 'new code only'})")
+        _check_patchable(emitter, index)
+        emitter.write(output, name, image.build_id)
+        report.included = emitter.included
+        report.timings["emit"] = time.monotonic() - t
+        report.timings["total"] = time.monotonic() - t0
+        if check:
+            _check_patch(output, image)
+    finally:
+        if not workdir:
+            shutil.rmtree(work, ignore_errors=True)
     return report
 
 

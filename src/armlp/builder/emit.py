@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from armlp.builder.base import ProgramIndex
 from armlp.builder.elfwrite import SHT_ARM_ATTRIBUTES, ObjectWriter
-from armlp.builder.pieces import ObjectPieces, Piece
+from armlp.builder.pieces import ObjectPieces, Piece, start_of
 from armlp.elf.image import SHF_ALLOC, SHF_WRITE, SHT_NOBITS, Section
 from armlp.elf.relocs import Relocation, reloc_type
 from armlp.elf.symbols import (
@@ -156,10 +156,15 @@ class _ObjectCopy:
         for name, reason in self.funcs.items():
             p = self.obj.pieces[name]
             old = self._in_program(name)
+            if old is None and ".cold" not in name and self.orig is not None and \
+                    name in self.orig.pieces and not reason.startswith(("new", "used by")):
+                raise BuildError(f"{self.obj.file}: {name} changed, but armlp cannot tell "
+                                 f"which function of the program it is (not there, or "
+                                 f"several of that name and file)")
             replaces = None if old is None or ".cold" in name else old
             self.out.included.append(Included(self.obj.file, name, "func", reason, replaces))
             if replaces is not None:
-                self.out.describe(replaces, self.sections[p.section.index], p.sym.value & ~1)
+                self.out.describe(replaces, self.sections[p.section.index], start_of(p.sym))
         for name, reason in self.copies.items():
             if self.obj.pieces[name].section.index in self.sections:
                 self.out.included.append(Included(self.obj.file, name, "data", reason))
@@ -224,7 +229,7 @@ class _ObjectCopy:
         if sym.shndx >= len(sections):
             raise BuildError(f"{self.obj.file}: {sec.name} refers to {sym.name or '?'}, a "
                              f"special (absolute or common) symbol")
-        base = sym.value & ~1 if sym.type != STT_SECTION else 0
+        base = start_of(sym) if sym.type != STT_SECTION else 0
         _, off = self.obj.target(rel, word)
         p = self.obj.covering(sym.shndx, off)
         if p is None:
@@ -233,7 +238,7 @@ class _ObjectCopy:
                 raise BuildError(f"{self.obj.file}: {sec.name} refers to writable data with "
                                  f"no symbol in {tsec.name}")
             return self.out.writer.section_symbol(self._section(tsec)), base
-        start = p.sym.value & ~1
+        start = start_of(p.sym)
         if ".cold" in p.name and p.name not in self.funcs:
             # A cold part jumps back into the middle of its function: it goes
             # wherever the function goes.

@@ -44,6 +44,11 @@ def target_offset(rtype: int, addend: int) -> int:
     return addend
 
 
+def start_of(sym: Symbol) -> int:
+    """Where *sym* starts in its section (bit 0 of a function is Thumb's)."""
+    return sym.value & ~1 if sym.type == STT_FUNC else sym.value
+
+
 @dataclass(slots=True)
 class Piece:
     """One function or data object of an object file."""
@@ -89,7 +94,7 @@ class ObjectPieces:
         chosen = [s for s in syms if s.type in (STT_FUNC, STT_OBJECT) and s.name
                   and s.shndx != SHN_UNDEF and s.shndx < len(self.image.sections)]
         for s in chosen:
-            spans.setdefault(s.shndx, []).append((s.value & ~1, (s.value & ~1) + s.size, s.name))
+            spans.setdefault(s.shndx, []).append((start_of(s), start_of(s) + s.size, s.name))
         self._spans = {k: sorted(v) for k, v in spans.items()}
         self._starts = {k: [a for a, _, _ in v] for k, v in self._spans.items()}
         relocs: dict[int, list[Relocation]] = {}
@@ -124,7 +129,7 @@ class ObjectPieces:
     def target(self, rel: Relocation, word: int) -> tuple[Symbol, int]:
         """``(symbol, offset in its section)`` a relocation points at."""
         sym = rel.symbol
-        return sym, (sym.value & ~1) + target_offset(rel.type, rel_addend(rel.type, word))
+        return sym, start_of(sym) + target_offset(rel.type, rel_addend(rel.type, word))
 
     def key(self, rel: Relocation, word: int) -> RefKey:
         sym, off = self.target(rel, word)
@@ -144,11 +149,15 @@ class ObjectPieces:
         if sec.flags & SHF_STRINGS:
             end = blob.find(b"\0", off)
             return ("anon", blob[off:end if end >= 0 else len(blob)], 0)
-        return ("anon", blob[off:off + 64], 0)
+        # Up to the next symbol of the section, or its end.
+        starts = self._starts.get(sym.shndx, [])
+        i = bisect.bisect_right(starts, off)
+        end = starts[i] if i < len(starts) else len(blob)
+        return ("anon", blob[off:end], 0)
 
     def _piece(self, sym: Symbol, sec: Section, blob: bytes,
                relocs: list[Relocation], offsets: list[int]) -> Piece:
-        lo = sym.value & ~1
+        lo = start_of(sym)
         hi = lo + sym.size
         raw = blob[lo:hi] if blob else b""
         code = bytearray(raw)

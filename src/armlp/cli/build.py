@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         repl = "" if inc.replaces is None else \
             f"  replaces {inc.replaces[0]}" + (f",{inc.replaces[1]}" if inc.replaces[1] else "")
         print(f"  {what} {inc.file}:{inc.name}: {inc.reason}{repl}")
+    if report.not_in_program:
+        print(f"left out (not in the program: an overridden weak definition, or dropped "
+              f"by the linker): {', '.join(report.not_in_program)}")
     if report.line_only:
         print(f"left out (only line numbers moved): {', '.join(report.line_only)}")
     t = report.timings
