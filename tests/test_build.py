@@ -338,3 +338,62 @@ def test_a_change_to_an_unpatchable_function_is_refused(tmp_path: Path) -> None:
                            "patched: no mcount site (notrace, built without -pg, or "
                            "assembly)\n")
     assert not patch.exists()
+
+
+#: Small cases from a review of armlp build (tests/builds/cases/NAME: a
+#: Makefile, sources, fix.diff): None when the patched program must print
+#: what the program rebuilt from the fixed source prints, else the start of
+#: the refusal.
+CASES: dict[str, str | None] = {
+    # a constant 10 -> 12 in a function whose lines also moved by 2
+    "lineonly": None,
+    # a datum at an odd offset (char after char, -O0)
+    "odd": None,
+    # x/util.c and y/util.c: two static helper()s, one file name
+    "dup": None,
+    # a local array initialised from anonymous .rodata, element 20 changed
+    "anon": None,
+    # a global's initial value changed, lines moved
+    "dataline": "main.c: the diff changes the size or initial value of threshold",
+    # the same in a file that has no function
+    "datafile": "conf.c: the diff changes the size or initial value of threshold",
+    # a new function-local static of a name that exists: GCC renumbers them
+    "statics": "main.c: the diff adds or removes a function-local static named 'calls'",
+    # a global constant another file reads
+    "rodata": "conf.c: the diff changes the constant 'limits', which main.c:show",
+    # a weak definition another file overrides: not the program's
+    "weak": "the diff changes no function of",
+    # the same bytes calling another function and printing another string
+    "proof": "the tree does not rebuild",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_review_cases(name: str, tmp_path: Path) -> None:
+    case = BUILDS / "cases" / name
+    skip = shutil.ignore_patterns("fix.diff", "binary.c")
+    src = tmp_path / "src"
+    shutil.copytree(case, src, ignore=skip)
+    built = tmp_path / "built"
+    shutil.copytree(case, built, ignore=skip)
+    if (case / "binary.c").exists():             # the program came from other source
+        shutil.copy(case / "binary.c", built / "main.c")
+    _make(built, "make")
+    patch = tmp_path / "p.o"
+    proc = _build(case / "fix.diff", src, built / "prog", "make", patch)
+    want = CASES[name]
+    if want is not None:
+        assert proc.returncode == 2, proc.stdout
+        assert proc.stderr.startswith(f"armlp: error: {want}"), proc.stderr
+        assert not patch.exists()
+        return
+    assert proc.returncode == 0, proc.stderr
+    fixed = tmp_path / "fixed"
+    shutil.copytree(case, fixed, ignore=skip)
+    subprocess.run(["patch", "-s", "-p1", "-d", str(fixed), "-i", str(case / "fix.diff")],
+                   check=True)
+    _make(fixed, "make")
+    want_out = _run(["qemu-arm", str(fixed / "prog")])
+    assert want_out != _run(["qemu-arm", str(built / "prog")])
+    assert _run([str(ARMLP), "run", "--patch", str(patch), str(built / "prog")],
+                env=_env(tmp_path)) == want_out

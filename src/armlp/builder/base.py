@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from armlp.builder.pieces import ObjectPieces, Piece
 from armlp.elf.image import ElfImage
+from armlp.elf.relocs import reloc_type
 from armlp.elf.symbols import (
     SHN_UNDEF,
     STB_GLOBAL,
@@ -28,6 +29,7 @@ from armlp.elf.symbols import (
     Symbol,
 )
 from armlp.errors import ArmlpError, BuildError
+from armlp.loader.relocate import ARM_BRANCH_TYPES
 from armlp.objects import PROGRAM
 
 
@@ -99,6 +101,10 @@ class ProgramIndex:
                                               for p in obj.pieces.values())
 
 
+#: The relocations whose target the base proof follows into the binary.
+_CHECKED = ARM_BRANCH_TYPES | {reloc_type("ABS32"), reloc_type("TARGET1")}
+
+
 @dataclass(slots=True)
 class Mismatch:
     """A function the rebuilt original does not reproduce."""
@@ -113,6 +119,48 @@ def _masked(image: ElfImage, sym: Symbol, piece: Piece) -> bytes:
     for at, _, _ in piece.refs:
         got[at:at + 4] = bytes(min(4, len(got) - at))
     return bytes(got)
+
+
+def _refs_disagree(index: ProgramIndex, obj: ObjectPieces, p: Piece, sym: Symbol) -> str:
+    """Why the binary's relocated words do not point where the object's
+    relocations do ('' if they agree): the same bytes calling another
+    function or printing another string are not the same function.  Checked
+    for branches and absolute words whose target is a static of the same
+    file (a function, a datum) or a string; globals may be reached through
+    aliases and PLTs and are left to the bytes around them."""
+    image = index.image
+    start = sym.value & ~1
+    for at, rtype, key in p.refs:
+        if rtype not in _CHECKED or at + 4 > p.size:
+            continue
+        word = int.from_bytes(image.read(start + at, 4), "little")
+        if rtype in ARM_BRANCH_TYPES:
+            if word >> 28 == 0xF:                       # blx: the H bit is bit 1
+                dest = start + at + 8 + ((((word & 0xFFFFFF) ^ 0x800000) - 0x800000) << 2) \
+                    + ((word >> 23) & 2)
+            else:
+                dest = start + at + 8 + ((((word & 0xFFFFFF) ^ 0x800000) - 0x800000) << 2)
+        else:
+            dest = word
+        if key[0] == "sym" and isinstance(key[1], str):
+            target = obj.pieces.get(key[1])
+            if target is None or not target.local:
+                continue            # a global: a shared object calls it through its PLT
+            tsym = index.find(obj.file, target)
+            if tsym is None:
+                continue
+            func = tsym.type == STT_FUNC
+            if (dest & ~1 if func else dest) != (tsym.value & ~1 if func else tsym.value) \
+                    + key[2]:
+                return f"its word at +{at:#x} points at {dest:#x}, not at {key[1]}+{key[2]:#x}"
+        elif key[0] == "str" and isinstance(key[1], bytes) and rtype not in ARM_BRANCH_TYPES:
+            try:
+                there = image.read(dest, len(key[1]) + 1)
+            except ArmlpError:
+                return f"its word at +{at:#x} points at {dest:#x}, outside the binary"
+            if there != key[1] + b"\0":
+                return f"its word at +{at:#x} points at another string ({there[:24]!r})"
+    return ""
 
 
 def prove_base(index: ProgramIndex, objects: Iterable[ObjectPieces]) -> tuple[int, list[Mismatch]]:
@@ -133,6 +181,11 @@ def prove_base(index: ProgramIndex, objects: Iterable[ObjectPieces]) -> tuple[in
             except ArmlpError:          # not in the binary's loaded image
                 bad.append(Mismatch(p.name, obj.file, "its bytes are not in the binary"))
                 continue
+            if got == p.code:
+                why = _refs_disagree(index, obj, p, sym)
+                if why:
+                    bad.append(Mismatch(p.name, obj.file, why))
+                    continue
             if got != p.code:
                 at = next(i for i in range(0, len(got), 4) if got[i:i + 4] != p.code[i:i + 4])
                 word = struct.unpack_from("<I", got.ljust(at + 4, b"\0"), at)[0]

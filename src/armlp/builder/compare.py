@@ -16,6 +16,7 @@ into it had its source touched.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from capstone import CS_ARCH_ARM, CS_MODE_ARM, Cs
 
 from armlp.builder.diffs import FileDiff
 from armlp.builder.pieces import ObjectPieces, Piece
+from armlp.errors import BuildError
 
 _IMM = re.compile(r"#(-?(?:0x[0-9a-f]+|\d+))")
 _cs = Cs(CS_ARCH_ARM, CS_MODE_ARM)
@@ -44,6 +46,8 @@ class ObjectChanges:
     data_refused: list[str] = field(default_factory=list)  # writable: cannot change live
     #: Functions changed only because they use changed read-only data: which.
     uses: dict[str, str] = field(default_factory=dict)
+    #: Function-local statics GCC numbered differently: patched -> original name.
+    renames: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -87,13 +91,50 @@ def line_only(a: Piece, b: Piece, moved: Callable[[int, int], bool]) -> bool:
                for i in range(0, len(a.code), 4) if a.code[i:i + 4] != b.code[i:i + 4])
 
 
+_NUMBERED = re.compile(r"(.+)\.(\d+)")
+
+
+def _numbered_statics(before: dict[str, Piece], after: dict[str, Piece],
+                      file: str) -> dict[str, str]:
+    """Match function-local statics across builds.  GCC names them
+    ``name.N`` with N counted over the file, so a new one renumbers others:
+    those of one name keep their order; a diff that adds or removes one of
+    an existing name leaves armlp no way to tell which is which."""
+    def groups(pieces: dict[str, Piece]) -> dict[str, list[tuple[int, str]]]:
+        out: dict[str, list[tuple[int, str]]] = {}
+        for name, p in pieces.items():
+            m = _NUMBERED.fullmatch(name)
+            if m and p.kind == "data" and p.local:
+                out.setdefault(m[1], []).append((int(m[2]), name))
+        return {k: sorted(v) for k, v in out.items()}
+    old, new = groups(before), groups(after)
+    renames: dict[str, str] = {}
+    for base, names in new.items():
+        was = old.get(base)
+        if was is None or [n for _, n in was] == [n for _, n in names]:
+            continue
+        if len(was) != len(names):
+            raise BuildError(f"{file}: the diff adds or removes a function-local static "
+                             f"named {base!r}; GCC renumbers those ({', '.join(n for _, n in was)}"
+                             f" become {', '.join(n for _, n in names)}), so armlp cannot tell "
+                             f"which holds which state: give the new one another name")
+        renames.update({n: o for (_, n), (_, o) in zip(names, was, strict=True) if n != o})
+    return renames
+
+
 def compare(orig: ObjectPieces | None, patched: ObjectPieces,
             moved: Callable[[int, int], bool]) -> ObjectChanges:
     """What *patched* changes against *orig* (None: a file new in the diff)."""
     out = ObjectChanges(patched.file)
     before = orig.pieces if orig is not None else {}
+    out.renames = _numbered_statics(before, patched.pieces, patched.file)
     for name, p in patched.pieces.items():
-        old = before.get(name)
+        old = before.get(out.renames.get(name, name))
+        if out.renames and old is not None:
+            p = dataclasses.replace(p, refs=tuple(
+                (at, t, (k[0], out.renames.get(k[1], k[1]), k[2])
+                 if k[0] == "sym" and isinstance(k[1], str) else k)
+                for at, t, k in p.refs))
         if p.kind == "func":
             if old is None or old.kind != "func":
                 out.new.append(name)

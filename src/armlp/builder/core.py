@@ -144,6 +144,26 @@ def _reason(name: str, ch: ObjectChanges, touched: set[str],
            "or a constant it uses?)"
 
 
+def _check_shared_constants(changes: dict[str, tuple[ObjectChanges, ObjectPieces]],
+                            ours: dict[str, ObjectPieces]) -> None:
+    """A changed global constant travels with the functions of its own file
+    that use it; a function of another file using it would keep reading the
+    old one: refused, naming it."""
+    for key, (ch, patched) in changes.items():
+        shared = {n for n in ch.data_changed if not patched.pieces[n].local}
+        for other_key, obj in ours.items():
+            if other_key == key or not shared:
+                continue
+            for p in obj.functions():
+                used = next((k[1] for _, _, k in p.refs if k[0] == "ext" and k[1] in shared),
+                            None)
+                if used is not None:
+                    raise BuildError(f"{ch.file}: the diff changes the constant {used!r}, "
+                                     f"which {obj.file}:{p.name} also reads: armlp build "
+                                     f"patches the users of a changed constant in its own "
+                                     f"file only")
+
+
 def _confirm_line_only(ch: ObjectChanges, patched: ObjectPieces,
                        diffs: list[FileDiff]) -> None:
     """A function whose own lines, or an inlined function's, the diff
@@ -245,6 +265,7 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
             report.line_only += [f"{ch.file}:{n}" for n in ch.line_only]
             if not ch.empty:
                 changes[key] = (ch, patched)
+        _check_shared_constants(changes, ours)
         for ch, _ in changes.values():
             if ch.data_refused:
                 raise BuildError(f"{ch.file}: the diff changes the size or initial value of "
@@ -285,7 +306,7 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
                 emission = patched
             else:
                 emission = _emit_compile(cc, rec, emit_dir / f"{len(os.listdir(emit_dir))}.o")
-            emitter.add_object(emission, orig_obj, funcs, copies)
+            emitter.add_object(emission, orig_obj, funcs, copies, ch.renames)
         if not any(i.replaces for i in emitter.included):
             raise BuildError(f"the diff changes no function of {program}: what it changes "
                              f"the program does not have ("
@@ -342,16 +363,18 @@ def _prove(index: ProgramIndex, orig: dict[str, ObjectPieces], records: dict[str
     ours: dict[str, ObjectPieces] = {}
     bad: list[Mismatch] = []
     for keys in by_file.values():
-        first: list[Mismatch] | None = None
+        first: tuple[int, list[Mismatch]] | None = None
         for key in keys:
             proven, wrong = prove_base(index, [orig[key]])
             if not wrong:
                 ours[key] = orig[key]
                 report.proven += proven
                 break
-            first = first if first is not None else wrong
+            first = first or (proven, wrong)
         else:
-            bad += first or []
+            if first is not None:
+                report.proven += first[0]
+                bad += first[1]
     report.objects = len(ours)
     return ours, bad
 

@@ -73,11 +73,12 @@ class PatchEmitter:
     # -- one C file ----------------------------------------------------------
 
     def add_object(self, emission: ObjectPieces, orig: ObjectPieces | None,
-                   funcs: dict[str, str], copies: dict[str, str]) -> None:
+                   funcs: dict[str, str], copies: dict[str, str],
+                   renames: dict[str, str] | None = None) -> None:
         """Copy *funcs* (name -> reason) of *emission* and what they need;
         *copies* is the data (name -> reason) that travels rather than being
         the program's."""
-        _ObjectCopy(self, emission, orig, dict(funcs), dict(copies)).run()
+        _ObjectCopy(self, emission, orig, dict(funcs), dict(copies), renames or {}).run()
         if self._attributes is None:
             attrs = next((s for s in emission.image.sections if s.type == SHT_ARM_ATTRIBUTES),
                          None)
@@ -139,8 +140,12 @@ class _ObjectCopy:
     """One C file's share of the patch: a worklist over sections."""
 
     def __init__(self, out: PatchEmitter, emission: ObjectPieces, orig: ObjectPieces | None,
-                 funcs: dict[str, str], copies: dict[str, str]) -> None:
+                 funcs: dict[str, str], copies: dict[str, str],
+                 renames: dict[str, str]) -> None:
         self.out = out
+        #: Function-local statics this build numbers differently (its name ->
+        #: the original's).
+        self.renames = renames
         self.obj = emission
         self.orig = orig
         self.funcs = funcs
@@ -177,7 +182,8 @@ class _ObjectCopy:
         return p
 
     def _in_program(self, name: str) -> tuple[str, int] | None:
-        old = self.orig.pieces.get(name) if self.orig is not None else None
+        old = self.orig.pieces.get(self.renames.get(name, name)) \
+            if self.orig is not None else None
         return None if old is None else self.out.program_symbol(self.obj.file, old)
 
     def _piece_section(self, p: Piece) -> int:
@@ -196,7 +202,8 @@ class _ObjectCopy:
             if s.shndx == sec.index and s.name and s.type != STT_SECTION and \
                     (s.name in self.obj.pieces or is_mapping_symbol(s.name)):
                 # New globals stay global: another file of the patch may call them.
-                new = self.orig is None or s.name not in self.orig.pieces
+                new = self.orig is None or \
+                    self.renames.get(s.name, s.name) not in self.orig.pieces
                 bind = s.bind if new and s.bind != STB_LOCAL and not \
                     is_mapping_symbol(s.name) else STB_LOCAL
                 w.add_symbol(s.name, s.value, s.size, s.type, bind, idx)
@@ -253,11 +260,12 @@ class _ObjectCopy:
         holder = self.obj.covering(sec.index, rel.offset)
         user = holder.name if holder else sec.name
         if p.kind == "data" and p.writable and self.orig is not None and \
-                p.name in self.orig.pieces:
+                self.renames.get(p.name, p.name) in self.orig.pieces:
             raise BuildError(f"{self.obj.file}: {user} uses {p.name}, which the original "
                              f"build has but armlp cannot find in the program (its state "
                              f"cannot be copied into the patch)")
-        why = f"new, used by {user}" if self.orig is None or p.name not in self.orig.pieces \
+        why = f"new, used by {user}" if self.orig is None or \
+            self.renames.get(p.name, p.name) not in self.orig.pieces \
             else f"used by {user}, not in the program"
         (self.funcs if p.kind == "func" else self.copies)[p.name] = why
         return self.out.writer.section_symbol(self._piece_section(p)), base

@@ -148,7 +148,7 @@ class ObjectPieces:
         blob = self.image.section_data(sec)
         if sec.flags & SHF_STRINGS:
             end = blob.find(b"\0", off)
-            return ("anon", blob[off:end if end >= 0 else len(blob)], 0)
+            return ("str", blob[off:end if end >= 0 else len(blob)], 0)
         # Up to the next symbol of the section, or its end.
         starts = self._starts.get(sym.shndx, [])
         i = bisect.bisect_right(starts, off)

@@ -1,0 +1,2 @@
+int threshold = 10;
+const char *const greeting = "hi";
