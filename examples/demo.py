@@ -6,7 +6,10 @@ and the fix examples/patches/fix_price.c, starts the service as a real
 Linux process under qemu-arm with ``armlp run``, and while it runs applies
 the fix with ``armlp patch``, shows ``armlp status``, and takes the fix out
 again with ``armlp unpatch``: the printed prices change and change back, and
-a last ``armlp status`` shows the target as it was.
+a last ``armlp status`` shows the target as it was.  Then the same fix as a
+source diff (examples/patches/fix_price.diff): ``armlp build`` proves the
+source rebuilds the running binary and makes the patch, applied to the
+service running again.
 
 Then the kernel part (examples/demo_kernel.py): Debian's stock ARM kernel,
 live patched.  Run through ``./run.sh demo`` (which installs what is missing
@@ -77,6 +80,47 @@ def program() -> int:
         armlp("unpatch", "fix-price")
         time.sleep(0.6)
         armlp("status")
+        status = run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    print(f"\nthe service exited with status {status}")
+    if status == 0:
+        status = from_diff(service, env)
+    return status
+
+
+#: How the demo's service is built, for armlp build: the flags build_program
+#: gave it (the base proof checks they are the same).
+MAKEFILE = """\
+CFLAGS = -marm -pg -mapcs-frame -O2
+live_service: live_service.o
+\t$(CC) -static -pthread -o $@ live_service.o
+live_service.o: live_service.c
+\t$(CC) $(CFLAGS) -c live_service.c -o $@
+"""
+
+
+def from_diff(service: Path, env: dict[str, str]) -> int:
+    """The same fix as a source diff, made into a patch by armlp build."""
+    import shutil
+    build = HERE.parent / "build"
+    tree = build / "demo-src"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    shutil.copy(HERE / "programs" / "live_service.c", tree)
+    (tree / "Makefile").write_text(MAKEFILE)
+    fix = build / "fix_price_from_diff.o"
+    print("\nthe same fix as a diff of the source (examples/patches/fix_price.diff), "
+          "built into a patch after proving the tree rebuilds the running binary:")
+    armlp("build", rel(HERE / "patches" / "fix_price.diff"), "--source", rel(tree),
+          "--program", rel(service), "--build", "make", "--name", "fix-price-diff",
+          "-o", rel(fix))
+    print(f"\n$ armlp run {rel(service)} 8 &", flush=True)
+    run = subprocess.Popen([*ARMLP, "run", rel(service), "8"], env=env)
+    try:
+        time.sleep(1.1)
+        armlp("patch", rel(fix))
         status = run.wait(timeout=60)
     finally:
         if run.poll() is None:
