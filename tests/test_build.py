@@ -340,7 +340,7 @@ def test_a_change_to_an_unpatchable_function_is_refused(tmp_path: Path) -> None:
     assert not patch.exists()
 
 
-#: Small cases from a review of armlp build (tests/builds/cases/NAME: a
+#: Small cases from two reviews of armlp build (tests/builds/cases/NAME: a
 #: Makefile, sources, fix.diff): None when the patched program must print
 #: what the program rebuilt from the fixed source prints, else the start of
 #: the refusal.
@@ -365,6 +365,16 @@ CASES: dict[str, str | None] = {
     "weak": "the diff changes no function of",
     # the same bytes calling another function and printing another string
     "proof": "the tree does not rebuild",
+    # -fcommon: a common symbol is the program's, not new data
+    "common2": None,
+    # a git diff -M renaming a.c to a2.c: its functions replace the program's
+    "ren2": None,
+    # a C file compiled as -x c tbl.inc
+    "xc": None,
+    # a git diff adding a global function and a global variable to b.c for a.c
+    "git1": None,
+    # a thread-local variable: refused by name
+    "tls": "a.c: compute uses a thread-local variable (tlocal)",
 }
 
 

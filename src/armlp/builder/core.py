@@ -272,7 +272,8 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
                                  f"{ch.data_refused[0]}, which the running program holds: a live "
                                  f"patch cannot change existing data; keep its layout and put new "
                                  f"state in a shadow variable (klp_shadow_get_or_alloc)")
-        if not any(ch.changed for ch, _ in changes.values()):
+        if not any(ch.changed or any(not p.pieces[n].local and n in index.globals
+                                     for n in ch.new) for ch, p in changes.values()):
             only = f" ({len(report.line_only)} differ only by line numbers)" \
                 if report.line_only else ""
             raise BuildError(f"the diff changes no function of {program}{only}")
@@ -298,7 +299,11 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
             facts = source_facts(patched.path, {n.split(".")[0] for n in roots})
             touched = facts.touched(diffs)
             funcs = {n: _reason(n, ch, touched, facts.inlined) for n in roots}
-            copies = {n: "new" for n in ch.data_new}
+            # New data travels, unless the program has a global of its name
+            # (a common symbol, or a variable moved from another file): the
+            # program's holds the state.
+            copies = {n: "new" for n in ch.data_new
+                      if patched.pieces[n].local or n not in index.globals}
             copies.update({n: "changed read-only data" for n in ch.data_changed})
             rec = records["patched"][key]
             orig_obj = ours.get(key)
@@ -312,12 +317,18 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
                              f"the program does not have ("
                              f"{', '.join(report.not_in_program) or 'new code only'})")
         _check_patchable(emitter, index)
-        emitter.write(output, name, image.build_id)
+        # Written beside, checked, then renamed: no unloadable patch is left.
+        staged = output.with_name(f".{output.name}.armlp-tmp")
+        emitter.write(staged, name, image.build_id)
         report.included = emitter.included
         report.timings["emit"] = time.monotonic() - t
         report.timings["total"] = time.monotonic() - t0
-        if check:
-            _check_patch(output, image)
+        try:
+            if check:
+                _check_patch(staged, image)
+            os.replace(staged, output)
+        finally:
+            staged.unlink(missing_ok=True)
     finally:
         if not workdir:
             shutil.rmtree(work, ignore_errors=True)

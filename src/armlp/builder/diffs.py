@@ -86,15 +86,19 @@ def parse_diff(raw: bytes, level: int) -> list[FileDiff]:
 def apply_diff(diff: Path, tree: Path) -> list[FileDiff]:
     """Apply *diff* to *tree* with GNU patch (-p1, else -p0) and return its files."""
     raw = diff.read_bytes()
+    first = ""
     for level in (1, 0):
         probe = subprocess.run(["patch", f"-p{level}", "--dry-run", "--batch", "--forward",
                                 "--silent", "-d", str(tree), "-i", str(diff.resolve())],
                                capture_output=True, text=True, check=False)
+        lines = (probe.stdout + probe.stderr).strip().splitlines()
+        first = first or next((ln for ln in lines if "FAILED" in ln or "can't find" in ln
+                               or "No file" in ln or "malformed" in ln.lower()),
+                              lines[0] if lines else "")
         if probe.returncode == 0:
             subprocess.run(["patch", f"-p{level}", "--batch", "--forward", "--silent",
                             "-d", str(tree), "-i", str(diff.resolve())],
                            capture_output=True, check=True)
             return parse_diff(raw, level)
-    detail = (probe.stdout + probe.stderr).strip().splitlines()
     raise BuildError(f"{diff} does not apply to the source tree"
-                     f"{': ' + detail[0] if detail else ''}")
+                     f"{': ' + first.strip() if first else ''}")

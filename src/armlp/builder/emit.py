@@ -42,6 +42,8 @@ from armlp.livepatch.module import DESC
 from armlp.loader.relocate import rel_addend, with_addend
 from armlp.objects import PROGRAM
 
+SHF_TLS = 0x400
+
 #: Flags of the compile that supplies the patch's code.
 EMIT_FLAGS = ("-ffunction-sections", "-fdata-sections", "-fno-section-anchors", "-fno-pie",
               "-fno-pic", "-fno-common")
@@ -91,6 +93,10 @@ class PatchEmitter:
             self._externs[name] = self.writer.add_symbol(
                 name, 0, 0, STT_NOTYPE, STB_WEAK if weak else STB_GLOBAL, SHN_UNDEF)
         return self._externs[name]
+
+    def program_global(self, name: str) -> tuple[str, int] | None:
+        sym = self.index.globals.get(name)
+        return None if sym is None else (sym.name, self.index.sympos(sym))
 
     def program_symbol(self, file: str, piece: Piece) -> tuple[str, int] | None:
         sym = self.index.find(file, piece)
@@ -156,6 +162,10 @@ class _ObjectCopy:
     def run(self) -> None:
         for name in list(self.funcs):
             self._piece_section(self._piece(name, "function"))
+        # New global data: another file of the patch may use it.
+        for name in list(self.copies):
+            if not self.obj.pieces[name].local:
+                self._piece_section(self._piece(name, "datum"))
         while self.pending:
             self._relocate(self.pending.pop())
         for name, reason in self.funcs.items():
@@ -167,6 +177,8 @@ class _ObjectCopy:
                                  f"which function of the program it is (not there, or "
                                  f"several of that name and file)")
             replaces = None if old is None or ".cold" in name else old
+            if replaces is not None and reason == "new":
+                reason = "new in this file, replaces the program's function of its name"
             self.out.included.append(Included(self.obj.file, name, "func", reason, replaces))
             if replaces is not None:
                 self.out.describe(replaces, self.sections[p.section.index], start_of(p.sym))
@@ -182,9 +194,18 @@ class _ObjectCopy:
         return p
 
     def _in_program(self, name: str) -> tuple[str, int] | None:
+        """The program's symbol for *name* of this file: the original
+        build's, or, for a global the original file did not define as such
+        (a common symbol, a function or variable moved from another file),
+        the program's global of that name."""
         old = self.orig.pieces.get(self.renames.get(name, name)) \
             if self.orig is not None else None
-        return None if old is None else self.out.program_symbol(self.obj.file, old)
+        if old is not None:
+            return self.out.program_symbol(self.obj.file, old)
+        p = self.obj.pieces.get(name)
+        if p is not None and not p.local:
+            return self.out.program_global(name)
+        return None
 
     def _piece_section(self, p: Piece) -> int:
         return self._section(p.section)
@@ -230,9 +251,16 @@ class _ObjectCopy:
     def _target(self, sec: Section, rel: Relocation, word: int) -> tuple[int, int]:
         """``(patch symbol, addend change)`` for one relocation."""
         sym = rel.symbol
+        sections = self.obj.image.sections
+        holder = self.obj.covering(sec.index, rel.offset)
+        user = holder.name if holder else sec.name
+        if rel.type_name.startswith("R_ARM_TLS") or (
+                SHN_UNDEF < sym.shndx < len(sections) and sections[sym.shndx].flags & SHF_TLS):
+            raise BuildError(f"{self.obj.file}: {user} uses a thread-local variable "
+                             f"({sym.name or sections[sym.shndx].name}): armlp's loader does "
+                             f"not place TLS")
         if sym.shndx == SHN_UNDEF:
             return self.out.extern(sym.name, sym.bind == STB_WEAK), 0
-        sections = self.obj.image.sections
         if sym.shndx >= len(sections):
             raise BuildError(f"{self.obj.file}: {sec.name} refers to {sym.name or '?'}, a "
                              f"special (absolute or common) symbol")
@@ -257,8 +285,6 @@ class _ObjectCopy:
             return self.out.extern(f".klp.sym.{self.out.index.object}.{old[0]},{old[1]}"), \
                 base - start
         # Not in the program (never linked, or inlined everywhere there).
-        holder = self.obj.covering(sec.index, rel.offset)
-        user = holder.name if holder else sec.name
         if p.kind == "data" and p.writable and self.orig is not None and \
                 self.renames.get(p.name, p.name) in self.orig.pieces:
             raise BuildError(f"{self.obj.file}: {user} uses {p.name}, which the original "

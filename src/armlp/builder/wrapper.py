@@ -26,10 +26,11 @@ RECORD_FLAGS = ("-ffunction-sections", "-g")
 C_SUFFIXES = (".c",)
 #: Options that take the next argument as their value.
 _WITH_VALUE = {"-o", "-MF", "-MT", "-MQ", "-x", "-include", "-imacros", "-isystem", "-I",
-               "-D", "-U", "-idirafter", "-iquote", "-L", "-l", "-Xlinker", "-T", "-u"}
+               "-D", "-U", "-idirafter", "-iquote", "-L", "-l", "-Xlinker", "-T", "-u",
+               "-z", "-e", "-Xassembler", "-Xpreprocessor", "--sysroot"}
 #: Options that only matter when linking, dropped from a recorded compile.
 _LINK_ONLY = ("-l", "-L", "-Wl,", "-Xlinker", "-static", "-shared", "-rdynamic", "-T", "-u",
-              "-nostartfiles", "-nostdlib", "-pie", "-no-pie")
+              "-z", "-e", "-nostartfiles", "-nostdlib", "-pie", "-no-pie")
 #: Options that make the compiler do something other than compile to an object.
 _NOT_COMPILING = {"-E", "-S", "-M", "-MM", "--version", "-v", "-dumpversion", "-dumpmachine",
                   "-print-file-name", "-print-prog-name"}
@@ -42,19 +43,23 @@ def split(args: list[str]) -> tuple[list[str], list[str], str | None, bool]:
     sources: list[str] = []
     output: str | None = None
     compile_only = False
+    language: str | None = None         # -x LANG: what the files after it are
     i = 0
     while i < len(args):
         a = args[i]
         if a in _WITH_VALUE and i + 1 < len(args):
             if a == "-o":
                 output = args[i + 1]
-            elif not a.startswith(("-L", "-l", "-Xlinker", "-T", "-u")):
+            elif a not in ("-L", "-l", "-Xlinker", "-T", "-u", "-z", "-e"):
                 flags += [a, args[i + 1]]
+            if a == "-x":
+                language = None if args[i + 1] == "none" else args[i + 1]
             i += 2
             continue
         if a == "-c":
             compile_only = True
-        elif not a.startswith("-") and a.endswith(C_SUFFIXES):
+        elif not a.startswith("-") and (language == "c" if language else
+                                        a.endswith(C_SUFFIXES)):
             sources.append(a)
         elif a.startswith("-") and not a.startswith(_LINK_ONLY):
             flags.append(a)

@@ -1,0 +1,1 @@
+__attribute__((noinline)) int compute(int x) { return x * 2; }

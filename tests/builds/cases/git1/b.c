@@ -1,0 +1,1 @@
+int helper_old(int x) { return x + 1; }
