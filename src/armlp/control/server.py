@@ -102,13 +102,8 @@ class LiveProcess(Protocol):
 #: First retry of a deferred free, and the longest back-off (seconds).
 RELEASE_FIRST, RELEASE_MAX = 0.1, 5.0
 #: Transition retries: soon (a thread just left a function), then once a
-#: second, as the kernel's klp_transition_work does.  The first
-#: TRANSITION_STEADY retries keep the first interval: a running thread needs
-#: clean scans in two successive attempts, and with many threads calling
-#: the functions often the first attempts rarely find them all clear (a
-#: pause of a few ms each).
+#: second, as the kernel's klp_transition_work does.
 TRANSITION_FIRST, TRANSITION_MAX = 0.01, 1.0
-TRANSITION_STEADY = 8
 #: A transition still open after this long is reported.
 STALL_AFTER = 60.0
 
@@ -293,8 +288,7 @@ class Controller:
                             for b in t.blocked()) or "no thread can be checked"
             self.on_event(f"patch {t.patch.name}: transition stalled for {age:.0f} s ({who}); "
                           f"'armlp force {t.patch.name}' switches the rest")
-        if t.attempts >= TRANSITION_STEADY:
-            self._transition_delay = min(self._transition_delay * 2, TRANSITION_MAX)
+        self._transition_delay = min(self._transition_delay * 2, TRANSITION_MAX)
         self._transition_at = time.monotonic() + self._transition_delay
 
     def _trace_start(self, req: TraceStart, client: Client | None) -> Any:
