@@ -29,7 +29,7 @@ from armlp.elf.symbols import (
     Symbol,
 )
 from armlp.errors import ArmlpError, BuildError
-from armlp.loader.relocate import ARM_BRANCH_TYPES
+from armlp.loader.relocate import ARM_BRANCH_TYPES, rel_addend
 from armlp.objects import PROGRAM
 
 
@@ -134,14 +134,8 @@ def _refs_disagree(index: ProgramIndex, obj: ObjectPieces, p: Piece, sym: Symbol
         if rtype not in _CHECKED or at + 4 > p.size:
             continue
         word = int.from_bytes(image.read(start + at, 4), "little")
-        if rtype in ARM_BRANCH_TYPES:
-            if word >> 28 == 0xF:                       # blx: the H bit is bit 1
-                dest = start + at + 8 + ((((word & 0xFFFFFF) ^ 0x800000) - 0x800000) << 2) \
-                    + ((word >> 23) & 2)
-            else:
-                dest = start + at + 8 + ((((word & 0xFFFFFF) ^ 0x800000) - 0x800000) << 2)
-        else:
-            dest = word
+        # A branch's "addend" in the linked word is its offset from pc.
+        dest = start + at + 8 + rel_addend(rtype, word) if rtype in ARM_BRANCH_TYPES else word
         if key[0] == "sym" and isinstance(key[1], str):
             target = obj.pieces.get(key[1])
             if target is None or not target.local:

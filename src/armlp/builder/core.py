@@ -29,13 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from armlp.builder.base import Mismatch, ProgramIndex, prove_base
-from armlp.builder.compare import ObjectChanges, compare, line_pairs, source_facts
+from armlp.builder.compare import (
+    ObjectChanges,
+    SourceFacts,
+    compare,
+    line_pairs,
+    source_facts,
+)
 from armlp.builder.diffs import FileDiff, apply_diff
 from armlp.builder.emit import EMIT_FLAGS, Included, PatchEmitter
 from armlp.builder.pieces import ObjectPieces
 from armlp.elf.image import ElfImage
 from armlp.errors import ArmlpError, BuildError
 from armlp.inputs import check_input
+from armlp.loader.relocate import SUPPORTED_TYPES
 
 #: How many differing functions a refused base names.
 SHOWN = 5
@@ -49,7 +56,7 @@ class Record:
     cwd: Path
     flags: list[str]
     object: Path              # the recorded copy
-    output: Path              # what the build wrote
+    output: Path | None       # what the build wrote (None: the wrapper's own compile)
 
     def file(self, tree: Path) -> str:
         """The source's path in the tree (as the diff names it)."""
@@ -57,14 +64,14 @@ class Record:
 
     def key(self, tree: Path) -> str:
         """Source and output: a file may be compiled twice (PIC and not)."""
-        return f"{self.file(tree)}|{_inside(self.output, tree)}"
+        return f"{self.file(tree)}|{'' if self.output is None else _inside(self.output, tree)}"
 
 
 def _inside(path: Path, tree: Path) -> str:
     try:
         return str(path.relative_to(tree))
     except ValueError:
-        return "" if "tmp" in path.parts else str(path)
+        return str(path)
 
 
 @dataclass
@@ -114,7 +121,8 @@ def _records(where: Path) -> dict[str, Record]:
     for meta in sorted(where.glob("*.json")):
         d = json.loads(meta.read_text())
         out[str(meta)] = Record(Path(d["source"]), Path(d["cwd"]), list(d["flags"]),
-                                meta.with_suffix(".o"), Path(d["object"]))
+                                meta.with_suffix(".o"),
+                                Path(d["object"]) if d["object"] else None)
     return out
 
 
@@ -164,14 +172,13 @@ def _check_shared_constants(changes: dict[str, tuple[ObjectChanges, ObjectPieces
                                      f"file only")
 
 
-def _confirm_line_only(ch: ObjectChanges, patched: ObjectPieces,
+def _confirm_line_only(ch: ObjectChanges, facts: SourceFacts,
                        diffs: list[FileDiff]) -> None:
     """A function whose own lines, or an inlined function's, the diff
     touches changed, whatever its differing words look like: a constant
     that happens to equal a moved line number is not a line number."""
     if not ch.line_only:
         return
-    facts = source_facts(patched.path, {n.split(".")[0] for n in ch.line_only})
     touched = facts.touched(diffs)
     for name in list(ch.line_only):
         base = name.split(".")[0]
@@ -254,6 +261,7 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
         _check_files(diffs, {records["original"][k].file(tree) for k in ours},
                      {r.file(tree) for r in records["patched"].values()}, program)
         changes: dict[str, tuple[ObjectChanges, ObjectPieces]] = {}
+        facts: dict[str, SourceFacts] = {}
         for key, rec in records["patched"].items():
             if key not in ours and key in orig:
                 continue                        # a file of another program of the tree
@@ -261,7 +269,11 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
             # __LINE__ is the line of the file being compiled: only its moves count.
             own = [d for d in diffs if Path(d.path).name == rec.source.name]
             ch = compare(ours.get(key), patched, line_pairs(own))
-            _confirm_line_only(ch, patched, diffs)
+            if ch.changed or ch.new or ch.line_only:
+                # Read once per file: what line-only needs and the reasons.
+                facts[key] = source_facts(patched.path, {
+                    n.split(".")[0] for n in [*ch.changed, *ch.new, *ch.line_only]})
+                _confirm_line_only(ch, facts[key], diffs)
             report.line_only += [f"{ch.file}:{n}" for n in ch.line_only]
             if not ch.empty:
                 changes[key] = (ch, patched)
@@ -296,9 +308,8 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
                 [n for n in ch.new if not patched.pieces[n].local]
             if not roots:
                 continue
-            facts = source_facts(patched.path, {n.split(".")[0] for n in roots})
-            touched = facts.touched(diffs)
-            funcs = {n: _reason(n, ch, touched, facts.inlined) for n in roots}
+            touched = facts[key].touched(diffs)
+            funcs = {n: _reason(n, ch, touched, facts[key].inlined) for n in roots}
             # New data travels, unless the program has a global of its name
             # (a common symbol, or a variable moved from another file): the
             # program's holds the state.
@@ -357,7 +368,6 @@ def _same_data_layout(orig: ObjectPieces, patched: ObjectPieces, ch: ObjectChang
                 bases.setdefault(p.section.name, set()).add(sym.value - old.sym.value)
     if any(len(b) > 1 for b in bases.values()):
         return False
-    from armlp.loader.relocate import SUPPORTED_TYPES
     return all(r.type in SUPPORTED_TYPES for relocs in patched.relocs.values() for r in relocs)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from armlp.builder.base import ProgramIndex
 from armlp.builder.elfwrite import SHT_ARM_ATTRIBUTES, ObjectWriter
@@ -107,8 +108,7 @@ class PatchEmitter:
 
     # -- the whole patch -----------------------------------------------------
 
-    def write(self, path: object, name: str, build_id: str | None) -> None:
-        from pathlib import Path
+    def write(self, path: Path, name: str, build_id: str | None) -> None:
         w = self.writer
         strings = bytearray()
 
@@ -139,7 +139,7 @@ class PatchEmitter:
         if self._attributes is not None:
             w.add_section(".ARM.attributes", self._attributes, flags=0, align=1,
                           type=SHT_ARM_ATTRIBUTES)
-        w.write(Path(str(path)))
+        w.write(path)
 
 
 class _ObjectCopy:

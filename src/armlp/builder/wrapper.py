@@ -29,8 +29,8 @@ _WITH_VALUE = {"-o", "-MF", "-MT", "-MQ", "-x", "-include", "-imacros", "-isyste
                "-D", "-U", "-idirafter", "-iquote", "-L", "-l", "-Xlinker", "-T", "-u",
                "-z", "-e", "-Xassembler", "-Xpreprocessor", "--sysroot"}
 #: Options that only matter when linking, dropped from a recorded compile.
-_LINK_ONLY = ("-l", "-L", "-Wl,", "-Xlinker", "-static", "-shared", "-rdynamic", "-T", "-u",
-              "-z", "-e", "-nostartfiles", "-nostdlib", "-pie", "-no-pie")
+_LINK_ONLY = ("-l", "-L", "-Wl,", "-Xlinker", "-static", "-shared", "-rdynamic",
+              "-nostartfiles", "-nostdlib", "-pie", "-no-pie")
 #: Options that make the compiler do something other than compile to an object.
 _NOT_COMPILING = {"-E", "-S", "-M", "-MM", "--version", "-v", "-dumpversion", "-dumpmachine",
                   "-print-file-name", "-print-prog-name"}
@@ -67,16 +67,18 @@ def split(args: list[str]) -> tuple[list[str], list[str], str | None, bool]:
     return flags, sources, output, compile_only
 
 
-def record(real: str, where: str, flags: list[str], source: str, output: str) -> int:
+def record(real: str, where: str, flags: list[str], source: str, output: str, *,
+           built: bool = True) -> int:
     """Compile *source* to *output* with the recording flags; copy the object
-    and its description into *where*."""
+    and its description into *where* (*built*: the build itself uses
+    *output*; else it is the wrapper's own, and the record names none)."""
     rc = subprocess.call([real, *flags, *RECORD_FLAGS, "-c", source, "-o", output])
     if rc == 0:
         stem = os.path.join(where, f"{time.monotonic_ns()}-{os.getpid()}")
         shutil.copyfile(output, stem + ".o")
         with open(stem + ".json", "w", encoding="utf-8") as f:
             json.dump({"source": os.path.abspath(source), "cwd": os.getcwd(), "flags": flags,
-                       "object": os.path.abspath(output)}, f)
+                       "object": os.path.abspath(output) if built else None}, f)
     return rc
 
 
@@ -99,7 +101,7 @@ def main(argv: list[str]) -> int:
     os.makedirs(tmp, exist_ok=True)
     for i, src in enumerate(sources):
         obj = os.path.join(tmp, f"{os.getpid()}-{i}.o")
-        rc = record(real, where, flags, src, obj)
+        rc = record(real, where, flags, src, obj, built=False)
         if rc:
             return rc
     return subprocess.call([real, *argv])

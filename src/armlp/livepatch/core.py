@@ -27,6 +27,7 @@ from armlp.elf.image import ElfImage
 from armlp.errors import ArmlpError, MachineError, PatchError, PatchRefusedError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
+from armlp.livepatch.codemap import TargetCode
 from armlp.livepatch.module import KlpFunc, KlpObject, KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.patch import FuncStack, FuncStacks
 from armlp.livepatch.state import KlpStates, check_compatible
@@ -68,10 +69,7 @@ class Livepatch:
         self.console: Callable[[], str] | None = None
         self._table = 0
         self._table_cap = 0
-        self._code: CodeMap | None = None
-        #: The last code map and what it was made of (rebuilt when that changes).
-        self._code_map: tuple[object, CodeMap] | None = None
-        self._libraries: dict[tuple[str, int], CodeMap] = {}
+        self._code = TargetCode(target)
         self._exports: dict[str, int] | None = None
 
     def _log(self, msg: str) -> None:
@@ -529,35 +527,9 @@ class Livepatch:
         return self._table
 
     def code_map(self) -> CodeMap:
-        """The code a stack walk may meet: the program (its symbols and
-        exception table, read once), the enabled and disabled patches, and
-        armlp's own memory (never walked through)."""
-        if self._code is None:
-            self._code = CodeMap.of_image(self.target.image)
-        program = str(self.target.image.path.resolve())
-        libraries = [(r.path, r.start, r.offset) for r in self.machine.regions()
-                     if r.path and r.path != program and not r.writable]  # qemu: code r--
-        armlp = list(self.machine.armlp_memory())
-        modules = [p.module for p in [*self.patches, *self.deferred] if p.module is not None]
-        # Each transition attempt asks again; merging the maps is most of
-        # an attempt's time in a program with libc linked in.
-        key = (libraries, armlp, [(id(m), m.region) for m in modules])
-        if self._code_map is not None and self._code_map[0] == key:
-            return self._code_map[1]
-        code = self._code.copy()
-        for path, start, offset in libraries:
-            lib = self._libraries.get((path, start))
-            if lib is None:
-                lib = self._libraries[(path, start)] = CodeMap()
-                lib.add_library(path, start, offset)
-            code.add(lib.functions)
-        code.add_armlp(armlp, "armlp")
-        rt = self.target.runtime.module
-        code.add_armlp([(rt.base, rt.base + rt.size)], "armlp runtime")
-        for m in modules:
-            code.add_module(m)
-        self._code_map = (key, code)
-        return code
+        """The code a stack walk may meet now (:mod:`armlp.livepatch.codemap`)."""
+        return self._code.code_map(p.module for p in [*self.patches, *self.deferred]
+                                   if p.module is not None)
 
     # -- queries --------------------------------------------------------------------
 
