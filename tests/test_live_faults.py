@@ -125,17 +125,17 @@ def test_controller_killed_leaves_the_patched_program_running(built: Built,
 
 
 def test_stub_connection_lost(built: Built, live: Live) -> None:
+    """qemu-arm killed under armlp: the program is gone as if killed without
+    armlp (its stub, behind the shut door, reports nothing): armlp ends with
+    the program's status and cleans up."""
     run = live.run("t", built.target, "200", "50")
     info = run.info()
     wait_until("a line", lambda: bool(target_prices(run.out())))
     os.kill(info["pid"], signal.SIGKILL)                  # qemu-arm, not the controller
-    code = run.wait()
-    assert code != 0
+    assert run.wait() == 128 + signal.SIGKILL
     err = run.err()
     no_traceback(err)
-    last = err.splitlines()[-1]
-    assert last.startswith("armlp: error: ") and "qemu" in last, err
-    assert [ln for ln in err.splitlines() if not ln.startswith("[armlp] ")] == [last]
+    assert [ln for ln in err.splitlines() if not ln.startswith("[armlp] ")] == [], err
     assert not (live.runtime / info["id"]).exists()
 
 

@@ -45,6 +45,11 @@ class CodeModificationError(MachineError):
     """A code word was not the expected one: refuse to write over it."""
 
 
+class StubLostError(MachineError):
+    """The connection to the GDB stub ended (the process behind it is gone,
+    or was never there)."""
+
+
 class StubStalledError(MachineError):
     """The GDB stub did not answer while armlp held the other threads
     stopped; they were let go and the stub's late reply consumed."""

@@ -164,13 +164,13 @@ def run_qemu(args: argparse.Namespace) -> int:
         raise ArmlpError(f"{args.program}: a relocatable object, not a program")
     patches = [_split_patch(p) for p in args.patch]
     runtime_dir()       # a control directory that is not private: refuse before starting
-    if qemu_live.gprof_linked(image):
-        _note(f"warning: {args.program} was linked with -pg (gprof): its SIGPROF timer "
-              f"stops a thread in qemu's GDB stub 100 times a second, which qemu-user "
-              f"7.2's stub does not survive beside armlp's own stops; compile with -pg, "
-              f"link without it")
     live = qemu_live.start(image, args.program, args.args)
     assert live.qemu is not None and live.guardian is not None
+    if qemu_live.gprof_linked(image) and live.machine.door is None:
+        _note(f"warning: {args.program} was linked with -pg (gprof): its SIGPROF timer "
+              f"stops a thread in qemu's GDB stub 100 times a second, and armlp found no "
+              f"way to keep it out (armlp.machine.door), so qemu-user 7.2's stub may not "
+              f"survive it beside armlp's own stops; compile with -pg, link without it")
     try:                # refusals before the program's first instruction: it never runs
         controller = _controller(live.image, live, args.program, patches)
         listener = controller.listen()

@@ -58,8 +58,11 @@ class LibraryWatch:
         rt = lp.target.runtime
         self.pending_at = rt.symbol("armlp_linker_pending")
         # Ordering: the agent's ids are in place before a thread can branch.
+        self.signal_at = rt.symbol("armlp_agent_signal")
+        self._quiet = machine.parked
         machine.write(rt.symbol("armlp_agent_tgid"),
-                      struct.pack("<III", pid, machine.agent, GUEST_STOP_SIGNAL))
+                      struct.pack("<III", pid, machine.agent,
+                                  0 if self._quiet else GUEST_STOP_SIGNAL))
         machine.write_code([self._branch(brk, rt.symbol("armlp_linker_hook"))])
         lp.target.follows_libraries = True
 
@@ -112,6 +115,15 @@ class LibraryWatch:
         if value:
             return value
         raise MachineError(f"{image.path}: the dynamic linker left no r_debug (DT_DEBUG)")
+
+    def quiet(self) -> None:
+        """The agent waits in the stub behind a shut door
+        (armlp.machine.door), where a signal would reach it as the
+        program's: the hook signals no one (tgkill with signal 0) and the
+        controller looks at the mark instead (GdbLive.poll_interval)."""
+        if not self._quiet:
+            write_word(self.machine, self.signal_at, 0)
+            self._quiet = True
 
     def pending(self) -> bool:
         """Whether a thread waits in the hook for armlp."""

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from armlp.control.guardian import Guardian
 from armlp.elf.image import ET_DYN, ElfImage
-from armlp.errors import ArmlpError, MachineError
+from armlp.errors import ArmlpError, MachineError, StubLostError
 from armlp.machine.auxv import program_bias, read_auxv
+from armlp.machine.door import StubDoor
 from armlp.machine.freeze import Freezer
 from armlp.machine.gdb import GdbMachine
 from armlp.machine.inject import GDB_SIGINT
@@ -32,6 +36,8 @@ if TYPE_CHECKING:
     from armlp.control.libraries import LibraryWatch
 
 POLL = 0.5
+#: How often a parked controller looks at the dynamic linker's hook (s).
+HOOK_POLL = 0.005
 #: Seconds the dynamic linker may take to load a program's libraries.
 ENTRY_TIMEOUT = 30.0
 #: Exit status reported when the stub went away without telling how the
@@ -64,10 +70,12 @@ class GdbLive:
             raise MachineError(f"the program has exited (status {self.exit_status})")
         if self.guardian is not None:
             self.guardian.paused()
+        if self.machine.parked:
+            return          # the agent waits in the stub: armlp may talk at once
         try:
             stop = self.machine.stop()
         except MachineError as exc:
-            if "connection lost" in str(exc):
+            if isinstance(exc, StubLostError):
                 self._lost()        # raises unless qemu ended on its own
                 raise MachineError(f"the program has exited (status {self.exit_status})") \
                     from None
@@ -86,8 +94,11 @@ class GdbLive:
                 except ArmlpError as exc:
                     self.watch.log(f"error: following the dynamic linker: {exc}")
             self.machine.resume()
-            if self.guardian is not None:
-                self.guardian.running()
+            self.machine.park()
+            if self.watch is not None and self.machine.parked:
+                self.watch.quiet()
+            if self.guardian is not None and not self.machine.parked:
+                self.guardian.running()     # parked: the agent is armlp's to let go
 
     def fileno(self) -> int:
         return self.machine.conn.sock.fileno()
@@ -103,7 +114,23 @@ class GdbLive:
         handled (a stop set aside during a request): select() would not
         see it again."""
         conn = self.machine.conn
+        if conn.sock.fileno() < 0:
+            return True     # the connection ended during a request: poll_exit says how
+        try:
+            if self._hook_waits():
+                return True     # a thread waits in the dynamic linker's hook
+        except MachineError:
+            return True         # the target cannot be read: poll_exit finds out why
         return bool(conn.pending_stops) or bool(conn._buf)
+
+    def _hook_waits(self) -> bool:
+        """Parked: whether a thread waits in the dynamic linker's hook."""
+        return self.machine.parked and self.watch is not None and self.watch.pending()
+
+    def poll_interval(self) -> float | None:
+        """Parked behind a shut door, the dynamic linker's hook signals no
+        one: armlp looks at its mark this often."""
+        return HOOK_POLL if self.machine.parked and self.watch is not None else None
 
     def exited(self) -> int | None:
         """The program's exit status once the stub reported its end (also
@@ -117,12 +144,23 @@ class GdbLive:
     def poll_exit(self) -> int | None:
         if self.exited() is not None:
             return self.exit_status
+        if self.machine.conn.sock.fileno() < 0:
+            return self._lost()
+        if self.machine.parked:
+            try:
+                if self._hook_waits():
+                    self.resume()       # handles the event
+            except StubLostError:
+                return self._lost()
+            if not self.machine.conn.pending_stops and not self.machine.conn._buf and \
+                    not select.select([self.fileno()], [], [], 0)[0]:
+                return None
         try:
             stop = self.machine.wait(POLL)
         except MachineError as exc:
             if "timed out" in str(exc):
                 return None        # only the program's own signals, handed back
-            if "connection lost" in str(exc):
+            if isinstance(exc, StubLostError):
                 return self._lost()
             raise
         if stop.exited:
@@ -155,14 +193,24 @@ class GdbLive:
         """The stub connection is gone without an exit report.  Under a
         qemu-arm armlp started: its status when it ended on its own; when it
         was killed, one line that says so (there is no program status to
-        pass on)."""
+        pass on).  Behind a shut door (armlp.machine.door) the stub reports
+        no end: qemu's status is the program's, and after attach the status
+        is :data:`LOST`."""
         if self.exited() is not None:
             assert self.exit_status is not None
             return self.exit_status
+        shut = self.machine.door is not None and not self.machine.door.is_open
         if self.qemu is None:
+            if shut:        # the program ended; how, its parent knows first
+                self.exit_status = ended_status(self.pid)
+                return self.exit_status
             raise MachineError("stub connection lost; the program's fate is unknown")
         code = self.qemu.wait(5.0)
-        if code < 0:
+        if code < 0 and shut:
+            # Behind a shut door qemu ends as the program would, without a
+            # report: killed by the program's fatal signal.
+            code = 128 - code
+        elif code < 0:
             raise MachineError(f"qemu-arm (pid {self.qemu.pid}) was killed by signal {-code}: "
                                f"the stub connection is lost, the program is gone")
         self.exit_status = code
@@ -171,6 +219,24 @@ class GdbLive:
     @staticmethod
     def _status(stop: StopReply) -> int:
         return (stop.status or 0) if stop.kind == "W" else 128 + stop.signal
+
+
+def ended_status(pid: int, timeout: float = 0.5) -> int:
+    """The exit status of process *pid*, which is not armlp's child, once
+    it has ended: ``exit_code`` of ``/proc/PID/stat`` while it is a zombie
+    its parent has not reaped yet; :data:`LOST` when that moment has passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return LOST
+        if fields[0] == "Z" and len(fields) >= 50:
+            code = int(fields[49])      # field 52: waitpid's status
+            return code >> 8 if code & 0x7F == 0 else 128 + (code & 0x7F)
+        if time.monotonic() > deadline:
+            return LOST
+        time.sleep(0.005)
 
 
 def first_address(image: ElfImage) -> int:
@@ -287,9 +353,11 @@ def attach(image: ElfImage, program: str, address: str,
 
     memory = HostMemory.find(pid, program, first_address(image)) if local else None
     freezer = Freezer(pid) if memory is not None and Freezer.available(pid) else None
+    door = StubDoor.find(pid) if memory is not None else None
     machine = GdbMachine(conn, interrupt=interrupt, host_memory=memory,
                          stop_signal=GDB_STOP_SIGNAL if local else GDB_SIGINT,
-                         freezer=freezer, agent_signal=GUEST_STOP_SIGNAL if local else None)
+                         freezer=freezer, agent_signal=GUEST_STOP_SIGNAL if local else None,
+                         door=door)
     if local:
         machine.start_agent()
     guardian = Guardian.start(conn.sock, ours=[machine.stop_signal])

@@ -92,6 +92,11 @@ class LiveProcess(Protocol):
         reported in the middle of a request), else None."""
         ...
 
+    def poll_interval(self) -> float | None:
+        """How often :meth:`poll_exit` must run even when :meth:`fileno` is
+        quiet (None: only when it is readable)."""
+        ...
+
     def held_s(self) -> float | None:
         """Seconds the program's own threads have been held stopped so far,
         when :meth:`interrupt` stops only armlp's agent (the threads run
@@ -424,13 +429,16 @@ class Controller:
                     ([self._transition_at] if self._transition_at is not None else []) + \
                     [c.deadline for c in clients.values() if c.deadline is not None]
                 wait = max(0.0, min(due) - now) if due else None
+                interval = self.process.poll_interval()
+                if interval is not None:
+                    wait = interval if wait is None else min(wait, interval)
                 target_fd = self.process.fileno()
                 if self.process.pending():
                     wait = 0.0
                 readable, writable, _ = select.select(
-                    [listener.fileno(), target_fd, *clients],
+                    [listener.fileno(), *([target_fd] if target_fd >= 0 else []), *clients],
                     [fd for fd, c in clients.items() if c.outbox], [], wait)
-                if target_fd in readable or self.process.pending():
+                if target_fd in readable or self.process.pending() or interval is not None:
                     status = self.process.poll_exit()
                     if status is not None:
                         return status

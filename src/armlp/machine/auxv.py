@@ -12,8 +12,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from armlp.elf.image import PT_PHDR, Segment, program_headers
+from armlp.elf.image import PF_R, PF_W, PF_X, PT_LOAD, PT_PHDR, Segment, program_headers
 from armlp.errors import MachineError
+from armlp.machine.base import Region
 
 if TYPE_CHECKING:
     from armlp.machine.rsp import RspConnection
@@ -56,3 +57,32 @@ def program_bias(conn: RspConnection, auxv: dict[int, int]) -> int:
 
 def program_headers_at(conn: RspConnection, phdr: int, phnum: int, phent: int) -> list[Segment]:
     return program_headers(conn.read_memory(phdr, phent * phnum), phnum, phent)
+
+
+def loaded_segments(conn: RspConnection) -> tuple[int, list[Region], list[Region]]:
+    """The stopped program's entry point, its ``PT_LOAD`` segments where
+    they are mapped (a PIE's moved by its load bias), and its interpreter's
+    (ld.so, empty for a static program), read through its auxiliary vector."""
+    vals = read_auxv(conn)
+    bias = program_bias(conn, vals)
+    segs = _loads(conn, vals[AT_PHDR], vals[AT_PHNUM], vals[AT_PHENT], bias)
+    if not segs:
+        raise MachineError("the program has no PT_LOAD segment")
+    interp: list[Region] = []
+    base = vals.get(AT_BASE, 0)
+    if base:
+        ehdr = conn.read_memory(base, 52)
+        phoff, = struct.unpack_from("<I", ehdr, 28)
+        i_phent, i_phnum = struct.unpack_from("<HH", ehdr, 42)
+        if ehdr[:4] == b"\x7fELF" and i_phent >= 32:
+            interp = _loads(conn, base + phoff, i_phnum, i_phent, base)
+    return vals.get(AT_ENTRY, 0), segs, interp
+
+
+def _loads(conn: RspConnection, phdr: int, phnum: int, phent: int,
+           bias: int) -> list[Region]:
+    """The PT_LOAD segments of the program headers at *phdr*, moved by *bias*."""
+    return [Region(bias + p.vaddr, bias + p.vaddr + p.memsz, bool(p.flags & PF_R),
+                   bool(p.flags & PF_W), bool(p.flags & PF_X))
+            for p in program_headers_at(conn, phdr, phnum, phent)
+            if p.type == PT_LOAD and p.memsz]

@@ -229,6 +229,24 @@ class Freezer:
         finally:
             self.thaw()
 
+    @contextlib.contextmanager
+    def holding(self, tid: int) -> Iterator[None]:
+        """``with freezer.holding(tid):`` task *tid* alone is held still (armlp's
+        own agent, see :meth:`armlp.machine.gdb.GdbMachine.hand_back`): not a
+        pause of the program, so not counted in :attr:`held_s`.  Inside a
+        freeze the task is held already."""
+        if self.is_frozen:
+            yield
+            return
+        held = self.held_s
+        self._owner = threading.get_ident()
+        try:
+            self._grab([tid])
+            yield
+        finally:
+            self.thaw()
+            self.held_s = held
+
     def tasks(self) -> list[int]:
         """The process's host threads now (``/proc/PID/task``: no stub)."""
         return self._list_tasks()

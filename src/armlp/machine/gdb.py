@@ -29,28 +29,28 @@ Stops
     program's: with an agent (:meth:`~armlp.machine.inject.Injection.start_agent`)
     every stop goes to the agent, and system calls and calls run on it
     (:mod:`armlp.machine.inject`).
+
+The door
+    qemu-user 7.2 also hands every signal of the program's to its stub,
+    which does not survive two threads inside.  With the stub's door found
+    (:mod:`armlp.machine.door`), the first resume through
+    :meth:`~armlp.machine.parking.Parking.park` leaves the agent parked in
+    the stub for good with the door shut: requests are served at once, the
+    program's signals go straight to the program, and the agent's system
+    calls and calls come back through the door only with the program's
+    threads held (:mod:`armlp.machine.parking`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from armlp.elf.image import PF_R, PF_W, PF_X, PT_LOAD
 from armlp.errors import MachineError, StubStalledError
-from armlp.machine.auxv import (
-    AT_BASE,
-    AT_ENTRY,
-    AT_PHDR,
-    AT_PHENT,
-    AT_PHNUM,
-    program_bias,
-    program_headers_at,
-    read_auxv,
-)
+from armlp.machine.auxv import loaded_segments
 from armlp.machine.base import CodeWrite, Region, Regs, code_images
+from armlp.machine.door import StubDoor
 from armlp.machine.freeze import Freezer
 from armlp.machine.inject import (
     GDB_SIGINT,
@@ -93,7 +93,8 @@ class GdbMachine(Injection):
                  host_memory: HostMemory | None = None,
                  segments: Sequence[Region] | None = None,
                  call_timeout: float = 10.0, stop_signal: int = GDB_SIGINT,
-                 freezer: Freezer | None = None, agent_signal: int | None = None) -> None:
+                 freezer: Freezer | None = None, agent_signal: int | None = None,
+                 door: StubDoor | None = None) -> None:
         self.conn = conn
         self._interrupt_thread = interrupt or (lambda _thread: conn.interrupt())
         self.call_timeout = call_timeout
@@ -105,6 +106,11 @@ class GdbMachine(Injection):
         self.agent_signal = agent_signal
         #: armlp's agent thread, once started: every stop of armlp's goes to it.
         self.agent: int | None = None
+        #: The stub's door (armlp.machine.door), when found: from the first
+        #: resume on, the agent stays *parked* in the stub with the door shut,
+        #: and the program's own signals never enter the stub.
+        self.door = door
+        self.parked = False
         self.running = False
         self.exit: StopReply | None = None
         self.thread = 0
@@ -145,7 +151,9 @@ class GdbMachine(Injection):
         self._pid: int | None = tids[0] if tids else None
         self._pass_signals()
         self._stopped(stop)
-        self.segments = list(segments) if segments is not None else self._read_segments()
+        if segments is None:
+            self.entry, segments, self.interp_segments = loaded_segments(conn)
+        self.segments = list(segments)
 
     # --- the Machine protocol ----------------------------------------------
 
@@ -327,6 +335,9 @@ class GdbMachine(Injection):
         they stopped with, except the ones armlp caused)."""
         self._flush_batch()
         self._need_stopped("resume")
+        if self.parked:
+            self._cache.clear()     # the program runs on: its memory may change
+            return
         if self._breakpoints and self.conn.read_register(15, self.thread) in self._breakpoints:
             stop = self.conn.step(self.thread)      # off the breakpoint first
             if stop.exited:
@@ -366,9 +377,18 @@ class GdbMachine(Injection):
         """Wait until the program stops for armlp (breakpoint, stop signal) or
         ends; its own signals are handed back to it.  *timeout* None: no
         limit."""
-        if not self.running:
+        if not self.running and not self.parked:
             raise MachineError("the target is not running")
         deadline = None if timeout is None else time.monotonic() + timeout
+        while self.parked:
+            # The stub says nothing unasked behind a shut door but the end
+            # of the connection when qemu ends.
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
+            stop = self.conn.wait(left, forever=left is None)
+            if stop.exited:
+                self._stopped(stop)
+                return stop
+            self.hand_back(stop.thread or self.thread, stop.signal if self._programs(stop) else 0)
         while True:
             left = None if deadline is None else max(0.001, deadline - time.monotonic())
             stop = self.conn.wait(left, forever=left is None)
@@ -396,8 +416,12 @@ class GdbMachine(Injection):
 
     def set_breakpoint(self, address: int) -> None:
         """A software breakpoint (``Z0``): the thread reaching *address*
-        stops; :meth:`wait` returns.  :meth:`resume` steps off it first."""
+        stops; :meth:`wait` returns.  :meth:`resume` steps off it first.
+        Not while parked: behind the shut door its trap would reach the
+        program as the program's own SIGTRAP."""
         self._need_stopped("set a breakpoint")
+        if self.parked:
+            raise MachineError("no breakpoint while armlp's agent is parked in the stub")
         self.conn.set_breakpoint(address)
         self._breakpoints.add(address)
 
@@ -445,6 +469,10 @@ class GdbMachine(Injection):
                     not self._leftover(st):
                 self._pass[st.thread] = 0 if self._armlps(st.signal) else st.signal
         self.conn.pending_stops.clear()
+        if self.parked and self._pass and not (self.freezer and self.freezer.is_frozen):
+            for t, sig in list(self._pass.items()):
+                del self._pass[t]
+                self.hand_back(t, sig)
 
     def _programs(self, stop: StopReply) -> bool:
         """Whether the signal a thread stopped with is the program's, to hand
@@ -553,28 +581,4 @@ class GdbMachine(Injection):
     def _read_only(self, address: int, size: int) -> bool:
         return any(s.start < address + size and address < _page_up(s.end) and not s.writable
                    for s in self.segments)
-
-    def _read_segments(self) -> list[Region]:
-        vals = read_auxv(self.conn)
-        self.entry = vals.get(AT_ENTRY, 0)
-        # A PIE's PT_LOAD at 0 is mapped wherever the loader chose.
-        bias = program_bias(self.conn, vals)
-        segs = self._loads(vals[AT_PHDR], vals[AT_PHNUM], vals[AT_PHENT], bias)
-        if not segs:
-            raise MachineError("the program has no PT_LOAD segment")
-        base = vals.get(AT_BASE, 0)
-        if base:
-            ehdr = self.conn.read_memory(base, 52)
-            phoff, = struct.unpack_from("<I", ehdr, 28)
-            i_phent, i_phnum = struct.unpack_from("<HH", ehdr, 42)
-            if ehdr[:4] == b"\x7fELF" and i_phent >= 32:
-                self.interp_segments = self._loads(base + phoff, i_phnum, i_phent, base)
-        return segs
-
-    def _loads(self, phdr: int, phnum: int, phent: int, bias: int) -> list[Region]:
-        """The PT_LOAD segments of the program headers at *phdr*, moved by *bias*."""
-        return [Region(bias + p.vaddr, bias + p.vaddr + p.memsz, bool(p.flags & PF_R),
-                       bool(p.flags & PF_W), bool(p.flags & PF_X))
-                for p in program_headers_at(self.conn, phdr, phnum, phent)
-                if p.type == PT_LOAD and p.memsz]
 

@@ -28,18 +28,18 @@ from __future__ import annotations
 import contextlib
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from armlp.arm.a32 import BRANCH_RANGE
 from armlp.errors import MachineError
 from armlp.machine.base import Region, Regs
-from armlp.machine.rsp import RspConnection
+from armlp.machine.parking import Parking
 from armlp.machine.rsp_packets import StopReply
 from armlp.machine.scratch import SCRATCH_PAGES, agent_mask, scratch_code
 
 if TYPE_CHECKING:
-    from armlp.machine.qemu import HostMemory
+    pass
 
 PAGE = 0x1000
 #: ARM EABI syscall numbers armlp uses.
@@ -69,22 +69,15 @@ def _page_up(v: int) -> int:
     return (v + PAGE - 1) & ~(PAGE - 1)
 
 
-class Injection:
+class Injection(Parking):
     """System calls, calls, scratch pages and the agent for
     :class:`~armlp.machine.gdb.GdbMachine` (a mixin: the state is the
     machine's)."""
 
-    conn: RspConnection
-    host_memory: HostMemory | None
-    thread: int
     segments: list[Region]
     interp_segments: list[Region]
     exit: StopReply | None
-    running: bool
     call_timeout: float
-    agent: int | None
-    agent_signal: int | None
-    _scratch: int | None
     _staging: int | None
     _svc: int | None
     _bootstrap: bool
@@ -93,19 +86,11 @@ class Injection:
     _rwx_text: bool
     _allocs: dict[int, int]
     _pass: dict[int, int]
-    _cache: dict[int, bytes]
-    _interrupt_thread: Callable[[int | None], None]
 
     def _need_stopped(self, what: str) -> None:
         raise NotImplementedError
 
-    def _stopped(self, stop: StopReply) -> None:
-        raise NotImplementedError
-
     def _leftover(self, stop: StopReply) -> bool:
-        raise NotImplementedError
-
-    def _programs(self, stop: StopReply) -> bool:
         raise NotImplementedError
 
     def _flush_batch(self) -> None:
@@ -189,6 +174,14 @@ class Injection:
         sp = (regs.sp - 256) & ~7
         cpsr = (regs.cpsr & ~(_CPSR_T | _CPSR_IT)) | (_CPSR_T if address & 1 else 0)
         self._arm_restore(tid, saved)
+        if self.parked:
+            try:
+                return self._run_parked(tid, saved, Regs(r, sp, self._scratch_at("parked_return"),
+                                                         address & ~1, cpsr),
+                                        f"the call of {address:#010x}", self.call_timeout)
+            finally:
+                if self.exit is None and self.parked:
+                    self.conn.write_all_registers(saved, tid)
         self.conn.write_all_registers(_encode_regs(saved, Regs(r, sp, ret, address & ~1, cpsr)),
                                       tid)
         self.conn.set_breakpoint(ret)
@@ -354,28 +347,44 @@ class Injection:
         cpsr = regs.cpsr & ~(_CPSR_T | _CPSR_IT)
         if self._scratch is not None:
             self._arm_restore(tid, saved)
+        if self.parked:
+            try:
+                return self._run_parked(tid, saved, Regs(r, regs.sp, regs.lr,
+                                                         self._scratch_at("parked_svc"), cpsr),
+                                        f"syscall {number}", self.call_timeout)
+            finally:
+                if self.exit is None and self.parked:
+                    self.conn.write_all_registers(saved, tid)
         self.conn.write_all_registers(_encode_regs(saved, Regs(r, regs.sp, regs.lr, svc, cpsr)),
                                       tid)
         try:
-            for _ in range(16):
-                stop = self.conn.step(tid)
-                if stop.exited:
-                    self._stopped(stop)
-                    raise MachineError(f"the target {stop.describe()} during syscall {number}")
-                pc = self.conn.read_register(15, tid)
-                done = (svc + 4, svc + 8)            # qemu-user 7.2 steps one more
-                if pc in done or (self._scratch is not None
-                                  and pc == self._scratch_at("restore")):
-                    return self.conn.read_register(0, tid)
-                if pc != svc:
-                    raise MachineError(f"syscall {number}: single step from {svc:#010x} "
-                                       f"stopped at {pc:#010x} (signal {stop.signal})")
-                if self._programs(stop):
-                    self._pass[tid] = stop.signal       # a signal came first: keep it
-            raise MachineError(f"syscall {number}: the svc at {svc:#010x} never completed")
+            return self._step_svc(number, tid, svc)
         finally:
             if self.exit is None:
                 self.conn.write_all_registers(saved, tid)
+
+    def _step_svc(self, number: int, tid: int, svc: int) -> int:
+        """Single-step thread *tid* through the ``svc`` at *svc*; r0 after it."""
+        for _ in range(16):
+            stop = self.conn.step(tid)
+            while not stop.exited and stop.thread not in (None, tid):
+                # A thread of the program's came in through the open door.
+                self.hand_back(stop.thread, stop.signal if self._programs(stop) else 0)
+                stop = self.conn.wait()
+            if stop.exited:
+                self._stopped(stop)
+                raise MachineError(f"the target {stop.describe()} during syscall {number}")
+            pc = self.conn.read_register(15, tid)
+            done = (svc + 4, svc + 8)            # qemu-user 7.2 steps one more
+            if pc in done or (self._scratch is not None
+                              and pc == self._scratch_at("restore")):
+                return self.conn.read_register(0, tid)
+            if pc != svc:
+                raise MachineError(f"syscall {number}: single step from {svc:#010x} "
+                                   f"stopped at {pc:#010x} (signal {stop.signal})")
+            if self._programs(stop):
+                self._pass[tid] = stop.signal       # a signal came first: keep it
+        raise MachineError(f"syscall {number}: the svc at {svc:#010x} never completed")
 
     def _mmap(self, hint: int, size: int, *, prot: int = PROT_RWX) -> int:
         r = self._syscall(NR_MMAP2, hint, size, prot, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -438,6 +447,9 @@ class Injection:
                 raise MachineError(f"the target {stop.describe()} during {what}")
             if self._leftover(stop):
                 self.conn.resume(0, stop.thread)
+                continue
+            if stop.thread not in (None, tid):
+                self.hand_back(stop.thread, stop.signal if self._programs(stop) else 0)
                 continue
             if stop.signal == GDB_SIGTRAP:
                 self._stopped(stop)

@@ -104,14 +104,17 @@ class QemuProcess:
     def machine(self, host_memory: HostMemory | None = None) -> GdbMachine:
         """The :class:`~armlp.machine.gdb.GdbMachine` of this process; with
         *host_memory*, one that stops every thread for code writes when this
-        host lets armlp ptrace qemu."""
+        host lets armlp ptrace qemu, and that keeps the program's signals out
+        of the stub when it finds the stub's door (armlp.machine.door)."""
+        from armlp.machine.door import StubDoor
         from armlp.machine.freeze import Freezer
         from armlp.machine.gdb import GdbMachine
         freezer = Freezer(self.pid) if host_memory is not None and \
             Freezer.available(self.pid) else None
+        door = StubDoor.find(self.pid) if host_memory is not None else None
         machine = GdbMachine(self.conn, interrupt=self.interrupt, host_memory=host_memory,
                              stop_signal=GDB_STOP_SIGNAL, freezer=freezer,
-                             agent_signal=GUEST_STOP_SIGNAL)
+                             agent_signal=GUEST_STOP_SIGNAL, door=door)
         machine.start_agent()
         return machine
 

@@ -14,7 +14,7 @@ Errors
     Every read has a timeout (:class:`~armlp.errors.MachineError` naming the
     packet whose reply did not come); ``Exx`` replies raise MachineError
     naming the request; a closed or reset socket raises
-    ``MachineError("stub connection lost")``; an empty reply means
+    ``StubLostError("stub connection lost")``; an empty reply means
     "unsupported" and raises where armlp needs the packet.
 Memory
     ``m`` reads chunked by the stub's ``PacketSize``; ``X`` binary writes
@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
-from armlp.errors import MachineError
+from armlp.errors import MachineError, StubLostError
 from armlp.machine.rsp_packets import (
     ESCAPED,
     StopReply,
@@ -175,11 +175,11 @@ class RspConnection:
 
     def _lost(self) -> MachineError:
         self.close()
-        return MachineError("stub connection lost")
+        return StubLostError("stub connection lost")
 
     def _send_raw(self, data: bytes) -> None:
         if self.closed:
-            raise MachineError("stub connection lost")
+            raise StubLostError("stub connection lost")
         self._trace(">", data)
         try:
             self.sock.sendall(data)
@@ -189,7 +189,7 @@ class RspConnection:
     def _fill(self, deadline: float | None, what: str) -> None:
         """Receive more bytes into the buffer before *deadline*."""
         if self.closed:
-            raise MachineError("stub connection lost")
+            raise StubLostError("stub connection lost")
         if deadline is None:
             self.sock.settimeout(None)
         else:

@@ -30,6 +30,54 @@ armlp_scratch_svc:
 armlp_scratch_return:
 	b	.Lrestore
 
+@ A system call or a call on the agent while it is parked in the stub
+@ behind the shut door (armlp.machine.door): the agent leaves the stub to
+@ run it, and must not come back in before armlp has opened the door with
+@ the program's threads held.  So it stores r0 and marks the work done in
+@ the data page, naps until armlp says go, and comes back by sending itself
+@ armlp's stop signal.  Every translation block on the way back is made
+@ before the work is marked done, while the threads still run: once they
+@ are held, nothing the agent does waits for qemu's translator, whose lock
+@ a held thread may hold.  Should go
+@ not come within about a second (armlp died), it goes home through restore.
+	.set	armlp_scratch_result, 72	@ data page: the run's r0,
+	.set	armlp_scratch_done, 76		@ 1 once it is there,
+	.set	armlp_scratch_go, 80		@ armlp's go: the agent's thread id,
+	.set	armlp_scratch_go_signal, 84	@ and armlp's stop signal
+	.global	armlp_scratch_result, armlp_scratch_done
+	.global	armlp_scratch_go, armlp_scratch_go_signal
+	.global	armlp_scratch_parked_svc
+armlp_scratch_parked_svc:
+	svc	#0
+	.global	armlp_scratch_parked_return
+armlp_scratch_parked_return:
+	adr	ip, .Lbase
+	add	ip, ip, #4096
+	str	r0, [ip, #armlp_scratch_result]
+	ldr	r4, .Lgo_naps
+	mov	r5, #0
+1:	ldr	r0, [ip, #armlp_scratch_go]
+	cmp	r0, #0
+	ldrne	r1, [ip, #armlp_scratch_go_signal]
+	movne	r7, #238		@ tkill(go, signal)
+	svcne	#0
+	bne	.Lrestore		@ if let go from that stop as it is
+	@ Ordering: done is 0 on the first pass and 1 from the second, when
+	@ every block on the way back (after the nap, the check) is translated.
+	str	r5, [ip, #armlp_scratch_done]
+	mov	r5, #1
+	subs	r4, r4, #1
+	beq	.Lrestore
+	adr	r0, .Lgo_nap		@ nanosleep(&100 us, NULL): the svc keeps ip
+	mov	r1, #0
+	mov	r7, #162
+	svc	#0
+	b	1b
+.Lgo_naps:
+	.word	10000
+.Lgo_nap:
+	.word	0, 100000
+
 @ copy(dst = r0, src = r1, n = r2): word by word when all three are word
 @ aligned (each aligned word lands with one store, so no thread ever runs
 @ half of a rewritten instruction), else byte by byte.

@@ -1,0 +1,183 @@
+"""The agent parked in qemu-user's stub behind a shut door.
+
+With the stub's door (:mod:`armlp.machine.door`) a GDB machine brings its
+agent thread into the stub once, on the first resume, and keeps it there
+with the door shut: the stub's read loop is the agent's, every request is
+served at once, and no signal of the program's enters the stub.
+
+The agent still runs code for armlp (system calls, calls).  Leaving the
+stub needs nothing, but coming back does: a trap, and a trap reaches the
+stub only through the open door, which would let the program's signals in
+too.  So the agent runs its work behind the shut door and then waits in the
+scratch page (``armlp_scratch_parked_return`` in ``runtime/scratch.S``);
+armlp holds the program's threads still (ptrace), opens the door, tells the
+agent to go on (it sends itself armlp's stop signal), and shuts the door
+once the agent's stop has arrived.  No
+thread of the program's can enter meanwhile: they are all held, and each
+last looked at the door while it was shut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import struct
+import termios
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from armlp.errors import MachineError
+from armlp.machine.base import Regs
+from armlp.machine.rsp import RspConnection
+from armlp.machine.rsp_packets import StopReply
+from armlp.machine.scratch import PAGE, scratch_code
+
+if TYPE_CHECKING:
+    from armlp.machine.door import StubDoor
+    from armlp.machine.freeze import Freezer
+    from armlp.machine.qemu import HostMemory
+
+#: How long a thread armlp lets go from the stub takes to handle the
+#: continue it has read (see Parking.hand_back): microseconds.
+HANDLED_S = 0.001
+#: How long the agent may take to trap back in with the program's threads
+#: held; longer, and it waits for a lock one of them holds: they are let go.
+BACK_TIMEOUT = 0.25
+
+
+class Parking:
+    """The parked agent for :class:`~armlp.machine.gdb.GdbMachine` (a
+    mixin: the state is the machine's)."""
+
+    conn: RspConnection
+    door: StubDoor | None
+    freezer: Freezer | None
+    host_memory: HostMemory | None
+    agent: int | None
+    agent_signal: int | None
+    parked: bool
+    running: bool
+    thread: int
+    stop_signal: int
+    _sigints: int
+    _scratch: int | None
+    _cache: dict[int, bytes]
+
+    _interrupt_thread: Callable[[int | None], None]
+
+    def _stopped(self, stop: StopReply) -> None:
+        raise NotImplementedError
+
+    def _programs(self, stop: StopReply) -> bool:
+        raise NotImplementedError
+
+    def park(self) -> bool:
+        """Once the program runs (resumed): bring the agent into the stub for
+        good and shut the door behind it; whether the agent is parked."""
+        if self.parked or self.door is None or self.agent is None or not self.running:
+            return self.parked
+        self._sigints += 1
+        self._interrupt_thread(self.agent)
+        while True:
+            stop = self.conn.wait(self.conn.timeout)
+            if stop.exited or stop.thread == self.agent:
+                break
+            # A thread of the program's got in first (the door is open).
+            self.hand_back(stop.thread or self.thread, stop.signal if self._programs(stop) else 0)
+        if not stop.exited:
+            # Ordering: shut only once the agent is inside (its stop is here).
+            self.door.shut()
+            self.parked = True
+            if stop.signal == self.stop_signal:
+                self._sigints -= 1
+        self._stopped(stop)
+        return self.parked
+
+    def hand_back(self, thread: int, signal: int) -> None:
+        """Let *thread*, parked in the stub by a signal of the program's (the
+        door was open), go on with *signal*.  Every thread inside qemu's stub
+        reads the same socket and a continue lets go whichever reads it, so
+        with a door the agent is held still (ptrace) until the stub has read
+        the continue, and a moment more for it to be handled."""
+        if self.door is None or self.agent is None or self.freezer is None or \
+                thread == self.agent:
+            self.conn.resume(signal, thread)
+            return
+        with self.freezer.holding(self.agent):
+            self.conn.resume(signal, thread)
+            _drained(self.conn, self.conn.timeout)
+            time.sleep(HANDLED_S)
+
+    def _run_parked(self, tid: int, saved: bytes, regs: Regs, what: str,
+                    timeout: float) -> int:
+        """Run the parked agent *tid* from *regs* (its code ends in the scratch
+        page's ``parked_return``) and bring it back; returns its r0.  The
+        caller restores the agent's registers (*saved*, the ``g`` packet)."""
+        from armlp.machine.inject import _encode_regs
+        host = self.host_memory
+        assert host is not None and self._scratch is not None and self.door is not None
+        data = self._scratch + PAGE
+        code = scratch_code()
+        result, done, go, sig = (data + code.offset(n)
+                                 for n in ("result", "done", "go", "go_signal"))
+        host.write(result, bytes(12))
+        host.write(sig, struct.pack("<I", self.agent_signal or 0))
+        self.conn.write_all_registers(_encode_regs(saved, regs), tid)
+        self._cache.clear()
+        self.conn.resume(0, tid)
+        deadline = time.monotonic() + timeout
+        nap = 0.00005
+        while host.read(done, 4) == bytes(4):
+            if time.monotonic() > deadline:
+                # The agent is somewhere in the call: armlp stops parking and
+                # lets it come back through the open door when it does.
+                self.parked = False
+                self.running = True         # its trap is a stop like any other
+                self.door.open()
+                host.write(go, struct.pack("<I", tid))
+                raise MachineError(f"{what} did not return within {timeout} s")
+            time.sleep(nap)
+            nap = min(nap * 2, 0.002)
+        value: int = struct.unpack("<I", host.read(result, 4))[0]
+        self._come_back(tid, go)
+        return value
+
+    def _come_back(self, tid: int, go: int) -> None:
+        """Let the agent waiting in ``parked_return`` trap back into the stub
+        (see the module docstring)."""
+        assert self.door is not None and self.host_memory is not None
+        stop: StopReply | None = None
+        with contextlib.ExitStack() as held:
+            if self.freezer is not None:
+                with contextlib.suppress(MachineError):     # another tracer: no hold
+                    held.enter_context(self.freezer.frozen(keep={tid}))
+            self.door.open()
+            self.host_memory.write(go, struct.pack("<I", tid))
+            with contextlib.suppress(MachineError):
+                stop = self.conn.wait(BACK_TIMEOUT)
+            if stop is not None and not stop.exited:
+                # Ordering: shut before the threads are let go.
+                self.door.shut()
+        while stop is None or (not stop.exited and stop.thread not in (None, tid)):
+            if stop is not None:        # only when the threads had to be let go
+                self.hand_back(stop.thread or tid, stop.signal if self._programs(stop) else 0)
+            stop = self.conn.wait(self.conn.timeout)
+        if not stop.exited and self.door.is_open:
+            self.door.shut()
+        self._stopped(stop)
+        if stop.exited:
+            raise MachineError(f"the target {stop.describe()} while armlp's agent ran")
+
+
+def _drained(conn: RspConnection, timeout: float) -> bool:
+    """Wait until the stub has read everything armlp sent (the socket's send
+    queue, ``SIOCOUTQ``, is empty); False after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        queued = fcntl.ioctl(conn.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+        if struct.unpack("i", queued)[0] == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0001)
