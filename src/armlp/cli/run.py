@@ -31,10 +31,12 @@ point, once its libraries are mapped); PATCH.o@SECONDS that long after the
 start.  Code writes stop every thread
 (ptrace); should armlp be killed or fail, a guardian process lets the program
 run on with whatever was fully applied.  armlp adds one thread of its own to
-the program (its agent): armlp's stops are the host's SIGRTMAX (the
-program's signal 62) to the agent alone, so no system call of the program's
-is interrupted; leave that signal alone.  ^C in the terminal is the
-program's: armlp itself ignores it.  Program arguments go after '--'.
+the program (its agent), which waits in qemu's GDB stub, so no system call
+of the program's is interrupted; where armlp finds the stub's door, the
+program's own signals never enter the stub (without it, armlp's stops are
+the host's SIGRTMAX, the program's signal 62, to the agent: leave that
+signal alone).  ^C in the terminal is the program's: armlp itself ignores
+it.  Program arguments go after '--'.
 
 A dynamically linked program runs with the sysroot its dynamic linker names
 (or QEMU_LD_PREFIX) and LD_LIBRARY_PATH as given; armlp takes over at its

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from armlp.analysis.mcount import mcount_addresses
@@ -420,8 +420,18 @@ class Ftrace:
     def set_direct(self, ops: FtraceOps, direct: int | None,
                    direct_entry: int | None) -> None:
         """Move a registered ops' fast path (e.g. its func stack's top changed)."""
-        ops.direct, ops.direct_entry = direct, direct_entry
-        self._update([r for r in self.records.values() if ops in r.users])
+        self.set_directs([(ops, direct, direct_entry)])
+
+    def set_directs(self, changes: Sequence[tuple[FtraceOps, int | None, int | None]]) -> None:
+        """:meth:`set_direct` of many ops with one code update (one stop of
+        the program, as the kernel's ftrace_modify_all_code)."""
+        if not changes:
+            return
+        for ops, direct, direct_entry in changes:
+            ops.direct, ops.direct_entry = direct, direct_entry
+        moved = {id(ops) for ops, _, _ in changes}
+        self._update([r for r in self.records.values()
+                      if any(id(u) in moved for u in r.users)])
 
     def _call_word(self, ip: int, target: int) -> int:
         if not branch_in_range(ip, target):

@@ -168,8 +168,7 @@ class Livepatch:
                     for f in o.funcs:
                         f.site = 0
                     raise
-                for f in o.funcs:
-                    self.funcs.settle(self.stacks[f.site])
+                self.funcs.settle(self.stacks[f.site] for f in o.funcs)
                 o.patched = True
                 done.append(patch.name)
         return done
@@ -351,8 +350,7 @@ class Livepatch:
         t.fill_table()
         # Only a function whose top is this patch changes where calls go.
         top = [f for f in patch.placed if self.stacks[f.site].funcs[-1] is f]
-        for f in top:
-            self.funcs.unsettle(self.stacks[f.site])
+        self.funcs.unsettle(self.stacks[f.site] for f in top)
         t.mark(top)
         patch.enabled = False
         self.transition = t
@@ -393,8 +391,7 @@ class Livepatch:
         if t.target == KLP_PATCHED:
             # Ordering: flags cleared first, then the fast path comes back.
             t.unmark()
-            for f in patch.placed:
-                self.funcs.settle(self.stacks[f.site])
+            self.funcs.settle(self.stacks[f.site] for f in patch.placed)
             replaced = [p for p in self.patches if p is not patch] if patch.replace else []
             for old in replaced:    # the others go now; their callbacks do not run
                 self._unpatch(old)

@@ -11,7 +11,7 @@ one target; :mod:`armlp.livepatch.core` decides when to push and unlink.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from armlp.ftrace.core import FtraceOps
@@ -64,7 +64,7 @@ class FuncStacks:
         if stack is not None:
             st = stack
             old_top = st.funcs[-1].new_func
-            self.unsettle(st)
+            self.unsettle([st])
             write_word(m, st.klp_ops, node)             # the switch: one word
             st.funcs.append(f)
 
@@ -95,16 +95,23 @@ class FuncStacks:
         undo.append(forget)
         return ops
 
-    def settle(self, stack: FuncStack) -> None:
-        """The transition is over: the fast path to the top's new function."""
-        if stack.funcs and stack.funcs[-1].new_func:    # a nop top: the handler's job
-            self._retarget(stack, stack.funcs[-1].new_func)
+    def settle(self, stacks: Iterable[FuncStack]) -> None:
+        """The transition is over: the fast path to each top's new function
+        (one code update for them all)."""
+        changes = []
+        for stack in stacks:
+            new_func = stack.funcs[-1].new_func if stack.funcs else 0
+            if stack.tramp and new_func:     # a nop top: the handler's job
+                # The trampoline's literal is data (see _retarget): a plain write.
+                write_word(self.machine, stack.literal, new_func)
+                changes.append((stack.ops, stack.tramp, new_func))
+        self.ftrace.set_directs(changes)
 
-    def unsettle(self, stack: FuncStack) -> None:
+    def unsettle(self, stacks: Iterable[FuncStack]) -> None:
         """A transition begins: every call through the handler, which
-        looks at the calling thread's state."""
-        if stack.tramp and stack.ops.direct is not None:
-            self.ftrace.set_direct(stack.ops, None, None)
+        looks at the calling thread's state (one code update)."""
+        self.ftrace.set_directs([(st.ops, None, None) for st in stacks
+                                 if st.tramp and st.ops.direct is not None])
 
     def _retarget(self, stack: FuncStack, new_func: int) -> None:
         """Point the fast path at the func stack's new top."""
