@@ -24,7 +24,7 @@ from pathlib import Path
 from armlp.analysis.unwind import CodeMap
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
 from armlp.elf.image import ElfImage
-from armlp.errors import ArmlpError, MachineError, PatchError, PatchRefusedError
+from armlp.errors import ArmlpError, MachineError, PatchError, PatchRefusedError, StubStalledError
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch import liveness
 from armlp.livepatch.codemap import TargetCode
@@ -362,7 +362,12 @@ class Livepatch:
         t = self.transition
         if t is None:
             return True
-        if not t.try_switch():
+        try:
+            if not t.try_switch():
+                return False
+        except StubStalledError:
+            # A held thread had a lock the stub needed (armlp.machine.gdb's
+            # all_stopped let them go): the next attempt checks again.
             return False
         self._complete(t)
         return True
