@@ -37,13 +37,13 @@ def _cycles(prog: Path, patch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
             *, force: bool) -> tuple[int, int, list[str]]:
     monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
     proc = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), "--",
-                             "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "12"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ.copy())
     reasons: list[str] = []
     try:
         info = wait_for_target(proc)
         time.sleep(0.5)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 5     # the program runs 12 s: a slow last cycle fits
         while time.monotonic() < deadline:
             for req in ({"op": "patch", "path": str(patch)},
                         {"op": "unpatch", "name": "consistency-fix"}):

@@ -41,7 +41,7 @@ def _ready(run: Run) -> str:
 def test_signals_of_many_threads_while_patching(storm: tuple[Path, Path, Path],
                                                 live: Live) -> None:
     prog, x3, _ = storm
-    run = live.run("storm", prog, "4")
+    run = live.run("storm", prog, "10")     # cycles for 3 s: a slow last one fits
     sock = _ready(run)
     cycles = 0
     deadline = time.monotonic() + 3.0
