@@ -57,9 +57,12 @@ armlp's own messages go to stderr, prefixed with [armlp].
 ATTACH_HELP = """\
 Like 'armlp run', for a program already waiting under a GDB stub: a device's
 gdbserver (HOST:PORT) or a 'qemu-arm -g PATH' (unix:PATH).  PROGRAM is the
-same ELF file, for its symbols.  The GDB protocol has no authentication:
-anyone who can reach a TCP stub controls the process, so prefer a Unix socket
-or an SSH tunnel.
+same ELF file, for its symbols.  armlp ends when the program does, with its
+exit status when it can read it (a local qemu's stub reports none while
+armlp keeps the program's signals out of it: armlp reads it from /proc
+before the program's parent reaps it, else exits 255).  The GDB protocol
+has no authentication: anyone who can reach a TCP stub controls the
+process, so prefer a Unix socket or an SSH tunnel.
 """
 
 CFLAGS_HELP = """\
