@@ -152,9 +152,8 @@ class GdbLive:
                     self.resume()       # handles the event
             except StubLostError:
                 return self._lost()
-            if not self.machine.conn.pending_stops and not self.machine.conn._buf and \
-                    not select.select([self.fileno()], [], [], 0)[0]:
-                return None
+            if not self.pending() and not select.select([self.fileno()], [], [], 0)[0]:
+                return None     # behind the shut door the stub says nothing but its end
         try:
             stop = self.machine.wait(POLL)
         except MachineError as exc:

@@ -33,7 +33,6 @@ armlp works as before, with the program's signals going through the stub.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import struct
@@ -53,12 +52,12 @@ class StubDoor:
     docstring): :meth:`shut` keeps the program's signals out of the stub,
     :meth:`open` lets a thread in again."""
 
-    def __init__(self, pid: int, state: int) -> None:
+    def __init__(self, pid: int, state: int, mem: int) -> None:
         self.pid = pid
         #: Host address of qemu's GDBState.
         self.state = state
         self.is_open = True
-        self._mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        self._mem = mem         # qemu's /proc/PID/mem, read-write
 
     @classmethod
     def find(cls, pid: int) -> StubDoor | None:
@@ -70,10 +69,17 @@ class StubDoor:
             path = _socket_argument(pid)
             if path is None:
                 return None
-            state = _find_state(pid, path.encode())
+            mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         except (OSError, ValueError):
             return None
-        return cls(pid, state) if state is not None else None
+        try:
+            state = _find_state(pid, mem, path.encode())
+        except (OSError, ValueError):
+            state = None
+        if state is None:
+            os.close(mem)
+            return None
+        return cls(pid, state, mem)
 
     def shut(self) -> None:
         """From now on a thread that takes a signal does not enter the stub."""
@@ -82,10 +88,6 @@ class StubDoor:
     def open(self) -> None:
         """From now on a thread that takes a signal enters the stub."""
         self._set(1)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._mem)
 
     def _set(self, value: int) -> None:
         os.pwrite(self._mem, bytes([value]), self.state + _INIT)
@@ -103,7 +105,7 @@ def _socket_argument(pid: int) -> str | None:
     return None
 
 
-def _find_state(pid: int, path: bytes) -> int | None:
+def _find_state(pid: int, mem: int, path: bytes) -> int | None:
     """The host address of qemu's GDBState, proven by its fields."""
     exe = os.readlink(f"/proc/{pid}/exe")
     heap: list[tuple[int, int]] = []
@@ -119,18 +121,14 @@ def _find_state(pid: int, path: bytes) -> int | None:
                 heap.append((lo, hi))
             elif name == exe or (not name and data and data[-1][1] == lo):
                 data.append((lo, hi))      # qemu's .data, then its .bss
-    mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        strings = [a for lo, hi in heap for a in _all(_read(mem, lo, hi), path + b"\0", lo)]
-        for lo, hi in data:
-            block = _read(mem, lo, hi)
-            for s in strings:
-                for at in _all(block, struct.pack("<Q", s), lo):
-                    state = at - _SOCKET_PATH       # may start in the region before
-                    if _proven(pid, mem, state):
-                        return state
-    finally:
-        os.close(mem)
+    strings = [a for lo, hi in heap for a in _all(_read(mem, lo, hi), path + b"\0", lo)]
+    for lo, hi in data:
+        block = _read(mem, lo, hi)
+        for s in strings:
+            for at in _all(block, struct.pack("<Q", s), lo):
+                state = at - _SOCKET_PATH       # may start in the region before
+                if _proven(pid, mem, state):
+                    return state
     return None
 
 

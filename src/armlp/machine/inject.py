@@ -29,7 +29,6 @@ import contextlib
 import struct
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from armlp.arm.a32 import BRANCH_RANGE
 from armlp.errors import MachineError
@@ -37,9 +36,6 @@ from armlp.machine.base import Region, Regs
 from armlp.machine.parking import Parking
 from armlp.machine.rsp_packets import StopReply
 from armlp.machine.scratch import SCRATCH_PAGES, agent_mask, scratch_code
-
-if TYPE_CHECKING:
-    pass
 
 PAGE = 0x1000
 #: ARM EABI syscall numbers armlp uses.
@@ -76,7 +72,6 @@ class Injection(Parking):
 
     segments: list[Region]
     interp_segments: list[Region]
-    exit: StopReply | None
     call_timeout: float
     _staging: int | None
     _svc: int | None
@@ -175,13 +170,9 @@ class Injection(Parking):
         cpsr = (regs.cpsr & ~(_CPSR_T | _CPSR_IT)) | (_CPSR_T if address & 1 else 0)
         self._arm_restore(tid, saved)
         if self.parked:
-            try:
-                return self._run_parked(tid, saved, Regs(r, sp, self._scratch_at("parked_return"),
-                                                         address & ~1, cpsr),
-                                        f"the call of {address:#010x}", self.call_timeout)
-            finally:
-                if self.exit is None and self.parked:
-                    self.conn.write_all_registers(saved, tid)
+            run = Regs(r, sp, self._scratch_at("parked_return"), address & ~1, cpsr)
+            return self._run_parked(tid, saved, _encode_regs(saved, run),
+                                    f"the call of {address:#010x}", self.call_timeout)
         self.conn.write_all_registers(_encode_regs(saved, Regs(r, sp, ret, address & ~1, cpsr)),
                                       tid)
         self.conn.set_breakpoint(ret)
@@ -348,13 +339,9 @@ class Injection(Parking):
         if self._scratch is not None:
             self._arm_restore(tid, saved)
         if self.parked:
-            try:
-                return self._run_parked(tid, saved, Regs(r, regs.sp, regs.lr,
-                                                         self._scratch_at("parked_svc"), cpsr),
-                                        f"syscall {number}", self.call_timeout)
-            finally:
-                if self.exit is None and self.parked:
-                    self.conn.write_all_registers(saved, tid)
+            run = Regs(r, regs.sp, regs.lr, self._scratch_at("parked_svc"), cpsr)
+            return self._run_parked(tid, saved, _encode_regs(saved, run),
+                                    f"syscall {number}", self.call_timeout)
         self.conn.write_all_registers(_encode_regs(saved, Regs(r, regs.sp, regs.lr, svc, cpsr)),
                                       tid)
         try:

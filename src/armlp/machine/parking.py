@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from armlp.errors import MachineError
-from armlp.machine.base import Regs
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import StopReply
 from armlp.machine.scratch import PAGE, scratch_code
@@ -58,6 +57,7 @@ class Parking:
     agent_signal: int | None
     parked: bool
     running: bool
+    exit: StopReply | None
     thread: int
     stop_signal: int
     _sigints: int
@@ -109,12 +109,11 @@ class Parking:
             _drained(self.conn, self.conn.timeout)
             time.sleep(HANDLED_S)
 
-    def _run_parked(self, tid: int, saved: bytes, regs: Regs, what: str,
+    def _run_parked(self, tid: int, saved: bytes, run: bytes, what: str,
                     timeout: float) -> int:
-        """Run the parked agent *tid* from *regs* (its code ends in the scratch
-        page's ``parked_return``) and bring it back; returns its r0.  The
-        caller restores the agent's registers (*saved*, the ``g`` packet)."""
-        from armlp.machine.inject import _encode_regs
+        """Run the parked agent *tid* from the registers *run* (a ``G``
+        packet; its code ends in the scratch page's ``parked_return``), bring
+        it back and give it its registers *saved* again; returns its r0."""
         host = self.host_memory
         assert host is not None and self._scratch is not None and self.door is not None
         data = self._scratch + PAGE
@@ -123,25 +122,29 @@ class Parking:
                                  for n in ("result", "done", "go", "go_signal"))
         host.write(result, bytes(12))
         host.write(sig, struct.pack("<I", self.agent_signal or 0))
-        self.conn.write_all_registers(_encode_regs(saved, regs), tid)
-        self._cache.clear()
-        self.conn.resume(0, tid)
-        deadline = time.monotonic() + timeout
-        nap = 0.00005
-        while host.read(done, 4) == bytes(4):
-            if time.monotonic() > deadline:
-                # The agent is somewhere in the call: armlp stops parking and
-                # lets it come back through the open door when it does.
-                self.parked = False
-                self.running = True         # its trap is a stop like any other
-                self.door.open()
-                host.write(go, struct.pack("<I", tid))
-                raise MachineError(f"{what} did not return within {timeout} s")
-            time.sleep(nap)
-            nap = min(nap * 2, 0.002)
-        value: int = struct.unpack("<I", host.read(result, 4))[0]
-        self._come_back(tid, go)
-        return value
+        try:
+            self.conn.write_all_registers(run, tid)
+            self._cache.clear()
+            self.conn.resume(0, tid)
+            deadline = time.monotonic() + timeout
+            nap = 0.00005
+            while host.read(done, 4) == bytes(4):
+                if time.monotonic() > deadline:
+                    # The agent is somewhere in the call: armlp stops parking
+                    # and lets it come back through the open door when it does.
+                    self.parked = False
+                    self.running = True         # its stop is a stop like any other
+                    self.door.open()
+                    host.write(go, struct.pack("<I", tid))
+                    raise MachineError(f"{what} did not return within {timeout} s")
+                time.sleep(nap)
+                nap = min(nap * 2, 0.002)
+            value: int = struct.unpack("<I", host.read(result, 4))[0]
+            self._come_back(tid, go)
+            return value
+        finally:
+            if self.exit is None and self.parked:
+                self.conn.write_all_registers(saved, tid)
 
     def _come_back(self, tid: int, go: int) -> None:
         """Let the agent waiting in ``parked_return`` trap back into the stub
