@@ -145,7 +145,8 @@ class Prover:
         ``generic``: the regs trampoline with a handler moving pc (the seed's
         path); ``fast``: the site branching to the function's own fast-path
         trampoline (what threads caught inside the prologue take); ``entry``:
-        the branch written over the first instruction (what new calls take).
+        the branch written over the first instruction (what new calls take;
+        an ARM function's only: a Thumb entry is never rewritten).
         """
         recs = [r for r in recs if r.report.verdict.patchable]
         unknown = set(paths) - set(PATHS)
@@ -163,12 +164,14 @@ class Prover:
             ft.register_ftrace_function(ops)
             try:
                 for r in recs:
-                    proofs[r.ip].paths["generic"] = self.check_path(r.report.fn.address, trials)
+                    proofs[r.ip].paths["generic"] = self.check_path(_entry(r), trials)
             finally:
                 ft.unregister_ftrace_function(ops)
         for path in ("fast", "entry"):
             if path in paths:
                 for r in recs:
+                    if path == "entry" and not r.tracks_entry:
+                        continue
                     proofs[r.ip].paths[path] = self._prove_direct(r, trials,
                                                                   entry=path == "entry")
         return list(proofs.values())
@@ -179,16 +182,21 @@ class Prover:
         ft = self.target.ftrace
         undo = rec.report.undo
         assert undo is not None
-        tramp = build_trampoline(undo, self.probe)
+        tramp = build_trampoline(undo, self.probe, thumb=rec.thumb)
         addr = self.target.heap.alloc(tramp.size)
         self.emu.write_code([CodeWrite(addr, bytes(tramp.size), tramp.code())])
         ops = FtraceOps(f"verify-direct:{rec.name}", self.target.runtime.symbol(
                         "armlp_redirect_func"), flags=FTRACE_OPS_FL_SAVE_REGS,
-                        private=self.probe, ips={rec.ip}, direct=addr,
+                        private=self.probe, ips={rec.ip}, direct=addr | int(rec.thumb),
                         direct_entry=self.probe if entry else None)
         ft.register_ftrace_function(ops)
         try:
-            return self.check_path(rec.report.fn.address, trials)
+            return self.check_path(_entry(rec), trials)
         finally:
             ft.unregister_ftrace_function(ops)
             self.target.heap.free(addr)
+
+
+def _entry(rec: DynFtrace) -> int:
+    """Where a caller enters the function (bit 0 set for Thumb)."""
+    return rec.report.fn.address | int(rec.thumb)

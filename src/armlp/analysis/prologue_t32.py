@@ -7,11 +7,8 @@ registers (``vpush``), may set its frame pointer r7 (``add r7, sp, #n``,
 ``mov r7, sp``), then calls mcount with ``push {lr}; bl __gnu_mcount_nc``.
 When every instruction before the site is one of these, the prologue is
 understood and its undo is known (rule ``push``: sp back by the frame, r7
-reloaded from its slot when the prologue wrote it); anything else is named,
-as for ARM.  armlp does not patch Thumb functions yet, so the verdict is
-not patchable either way, without a rule or an undo (scan's JSON has those
-for patchable functions only): the reason says which case it is, with the
-frame and the undo steps.
+reloaded from its slot when the prologue wrote it), and the function is
+patchable like an ARM one; anything else is named, as for ARM.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from armlp.arm.t32 import T16_PUSH_LR
 _REGS = {**{f"r{i}": i for i in range(16)}, **{n: i for i, n in enumerate(REG_NAMES)},
          "sb": 9}
 _IMM = re.compile(r"#(0x[0-9a-f]+|\d+)$")
-NOT_YET = "armlp does not patch Thumb functions yet (build with -marm)"
 
 _md: Any = None
 
@@ -100,16 +96,9 @@ def classify_thumb(code: bytes) -> Verdict:
             return Verdict(False, reason="r7 is changed before the mcount site without "
                                          "being saved", reason_code="clobbered_unsaved")
         loads = ((7, slots[7] - sp),)
-    undo = UndoRecipe("push", -sp, loads)
-    # Not patchable, so no rule and no undo in the verdict (scan's JSON has
-    # them exactly for patchable functions): the reason carries the reading.
-    return Verdict(False,
-                   reason=f"Thumb function; prologue understood ({'; '.join(steps) or 'none'}: "
-                          f"rule push, frame {undo.frame_size} bytes; "
-                          f"{'; '.join(undo.steps())}), but {NOT_YET}",
-                   reason_code="thumb")
+    return Verdict(True, rule="push", undo=UndoRecipe("push", -sp, loads))
 
 
 def _unknown(pos: int, text: str) -> Verdict:
     return Verdict(False, reason=f"Thumb prologue instruction '{text}' at +{pos:#x} is not "
-                                 f"understood ({NOT_YET})", reason_code="unknown_instruction")
+                                 f"understood", reason_code="unknown_instruction")

@@ -69,6 +69,8 @@ class CodeFunction:
     cantunwind: bool = False
     #: armlp's own code (trampolines, the runtime): never walked through.
     armlp: bool = False
+    #: Thumb code: no APCS frames; straight-line code decoded as T32.
+    thumb: bool = False
 
 
 @dataclass
@@ -122,7 +124,7 @@ class CodeMap:
         funcs = []
         named = set()
         for k, fn in enumerate(symbols):
-            if fn.mode != "arm":
+            if fn.mode not in ("arm", "thumb"):
                 continue
             named.add(fn.address)
             # An assembly function without a size runs to the next symbol.
@@ -130,7 +132,8 @@ class CodeMap:
             size = fn.size or ((following[0] - fn.address) if following else 4)
             entry = entry_at(fn.address)
             funcs.append(CodeFunction(fn.name, fn.address + bias, fn.address + bias + size,
-                                      opcodes=entry or None, cantunwind=entry == ()))
+                                      opcodes=entry or None, cantunwind=entry == (),
+                                      thumb=fn.mode == "thumb"))
         name = image.path.name
         for a, b in itertools.pairwise(starts):
             if a not in named:
@@ -153,9 +156,9 @@ class CodeMap:
             self.add(CodeMap.of_image(image, start - (seg.vaddr & ~0xFFF)).functions)
 
     def add_module(self, module: LoadedModule) -> None:
-        """A loaded patch module's functions (built with APCS frames)."""
-        self.add(CodeFunction(s.name, s.address, s.address + max(s.size, 4))
-                 for s in module.symbols if s.is_function and not s.thumb)
+        """A loaded patch module's functions (ARM ones built with APCS frames)."""
+        self.add(CodeFunction(s.name, s.address, s.address + max(s.size, 4), thumb=s.thumb)
+                 for s in module.symbols if s.is_function)
 
     def add_armlp(self, ranges: Iterable[tuple[int, int]], name: str) -> None:
         """Memory holding armlp's own code: a thread found there is not walked."""
@@ -220,6 +223,7 @@ def walk_stack(code: CodeMap, regs: Regs, read_word: Callable[[int], int]) -> St
             pc = r[15]
             if pc is None or pc == 0:
                 raise _Unreliable("a frame has no return address")
+            pc = r[15] = pc & ~1            # a Thumb return address has bit 0 set
             fn = code.find(pc if innermost else pc - 2)
             if fn is None:
                 raise _Unreliable(f"{pc:#x} is in no known function")
@@ -230,10 +234,10 @@ def walk_stack(code: CodeMap, regs: Regs, read_word: Callable[[int], int]) -> St
                 return StackTrace(frames, True)
             sp = r[13]
             assert sp is not None
-            mask = _apcs_push(read_word, fn)
+            mask = None if fn.thumb else _apcs_push(read_word, fn)
             if mask is not None:
                 _unwind_apcs(r, fn, mask, read_word, innermost)
-            elif innermost and not _at_svc(read_word, pc):
+            elif innermost and not _at_svc(read_word, pc, fn.thumb):
                 raise _Unreliable(f"stopped in {fn.name}+{pc - fn.start:#x}, outside a "
                                   f"system call, in code without frames")
             elif fn.opcodes:
@@ -254,22 +258,25 @@ def walk_stack(code: CodeMap, regs: Regs, read_word: Callable[[int], int]) -> St
         return StackTrace(frames, False, f"a frame cannot be read ({exc})")
 
 
-def _at_svc(read_word: Callable[[int], int], pc: int) -> bool:
+def _at_svc(read_word: Callable[[int], int], pc: int, thumb: bool = False) -> bool:
     """After an ``svc`` (in the call), or on one (qemu restarts a call
-    interrupted by a stop from its ``svc``)."""
+    interrupted by a stop from its ``svc``); Thumb's is ``svc`` T16."""
+    if thumb:
+        return any(read_word(a) & 0xFF00 == 0xDF00 for a in (pc - 2, pc))
     return any((read_word(a) & 0x0F000000) == 0x0F000000 for a in (pc - 4, pc))
 
 
-_CS: Any = None
+_CS: dict[bool, Any] = {}
 
 
-def _disassemble(code: bytes, address: int) -> list[Any]:
-    global _CS
-    if _CS is None:
+def _disassemble(code: bytes, address: int, thumb: bool = False) -> list[Any]:
+    md = _CS.get(thumb)
+    if md is None:
         import capstone
-        _CS = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_ARM)
-        _CS.detail = True
-    return list(_CS.disasm(code, address))
+        md = _CS[thumb] = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB if thumb
+                                      else capstone.CS_MODE_ARM)
+        md.detail = True
+    return list(md.disasm(code, address))
 
 
 #: sp's offset from the function's entry, and where registers were saved
@@ -314,11 +321,12 @@ def _sp_effect(insn: Any, state: _State) -> _State | None:
             for reg in regs:
                 slots.pop(reg, None)
         return sp_off, tuple(sorted(slots.items()))
-    if insn.id in (csarm.ARM_INS_SUB, csarm.ARM_INS_ADD) and len(ops) == 3 and \
-            ops[0].reg == csarm.ARM_REG_SP and ops[1].reg == csarm.ARM_REG_SP and \
-            ops[2].type == csarm.ARM_OP_IMM:
-        step = ops[2].imm if insn.id == csarm.ARM_INS_ADD else -ops[2].imm
-        return sp_off + step, saved
+    if insn.id in (csarm.ARM_INS_SUB, csarm.ARM_INS_ADD, csarm.ARM_INS_SUBW,
+                   csarm.ARM_INS_ADDW) and len(ops) in (2, 3) and \
+            all(o.reg == csarm.ARM_REG_SP for o in ops[:-1]) and \
+            ops[-1].type == csarm.ARM_OP_IMM:        # Thumb has "sub sp, #n" too
+        up = insn.id in (csarm.ARM_INS_ADD, csarm.ARM_INS_ADDW)
+        return sp_off + (ops[-1].imm if up else -ops[-1].imm), saved
     return None
 
 
@@ -333,7 +341,7 @@ def _unwind_straight(r: list[int | None], fn: CodeFunction,
     if fn.end - fn.start > 0x4000:
         return False
     words = b"".join(read_word(a).to_bytes(4, "little") for a in range(fn.start, fn.end, 4))
-    by_address = {i.address: i for i in _disassemble(words, fn.start)}
+    by_address = {i.address: i for i in _disassemble(words, fn.start, fn.thumb)}
     # What the stack holds at each instruction, along every path from the
     # entry (a worklist over the function's branches): it must not depend
     # on the path taken, and every instruction that moves sp is modelled.
@@ -348,7 +356,7 @@ def _unwind_straight(r: list[int | None], fn: CodeFunction,
         conditional = insn.cc not in (csarm.ARM_CC_AL, csarm.ARM_CC_INVALID)
         op = insn.operands[0] if insn.operands else None
         writes = insn.regs_access()[1]
-        following = [address + 4] if address + 4 < fn.end else []
+        following = [address + insn.size] if address + insn.size < fn.end else []
         if insn.id == csarm.ARM_INS_B and op is not None and op.type == csarm.ARM_OP_IMM:
             inside = [op.imm] if fn.start <= op.imm < fn.end else []    # else a tail call
             succ = inside + (following if conditional else [])
@@ -394,6 +402,8 @@ def apcs_saved_pc(read_word: Callable[[int], int], fn: CodeFunction) -> int | No
     """What the function's APCS frame holds in its saved-pc slot (its
     ``push`` stores pc = start + 12), None if it builds no such frame: a
     word that is on a stack exactly while the frame is live."""
+    if fn.thumb:
+        return None
     return fn.start + 12 if _apcs_push(read_word, fn) is not None else None
 
 

@@ -7,11 +7,14 @@ Ranges: ``BL``/``B.W`` target - (pc + 4) in [-16 MiB, 16 MiB - 2];
 
 from __future__ import annotations
 
-from armlp.arm.a32 import Branch
+from armlp.arm.a32 import SP, Branch
 from armlp.errors import EncodingError
 
 T32_BRANCH_MIN = -(1 << 24)
 T32_BRANCH_MAX = (1 << 24) - 2
+#: How near armlp places what a site branches to (trampolines, veneers,
+#: patches): a Thumb-2 ``BL``'s reach, which an ARM ``BL``'s ±32 MiB covers.
+NEAR_RANGE = 1 << 24
 
 
 #: ``push {lr}`` (T16): the first half of Thumb's mcount calling sequence.
@@ -20,6 +23,12 @@ T16_PUSH_LR = 0xB500
 T16_BX_LR_NOP = bytes.fromhex("7047" "00bf")
 #: ``ldr.w pc, [pc, #0]`` (as bytes): a Thumb veneer to the word after it.
 T32_LDR_PC = bytes.fromhex("dff8" "00f0")
+#: ``add.w sp, sp, #4`` (one 32-bit instruction): the Thumb mcount site's
+#: NOP, the size of the ``bl`` it replaces, so no thread is ever left
+#: between two halves of a rewritten site.
+T32_NOP_ADD_SP = 0x0D04F10D
+#: The largest immediate of ``addw`` and of ``ldr.w rt, [rn, #imm12]``.
+T32_IMM12_MAX = 4095
 
 def is_t32(hw1: int) -> bool:
     """Whether the halfword *hw1* starts a 32-bit Thumb instruction."""
@@ -35,6 +44,13 @@ def _split(off: int) -> tuple[int, int]:
     hw1 = 0xF000 | (s << 10) | ((off >> 12) & 0x3FF)
     hw2 = (j1 << 13) | (j2 << 11) | ((off >> 1) & 0x7FF)
     return hw1, hw2
+
+
+def t32_branch_in_range(pc: int, target: int) -> bool:
+    """Whether a T32 ``B.W``/``BL``/``BLX`` at *pc* reaches *target* (with
+    the halfword ``BLX``'s alignment can cost)."""
+    off = (target & ~1) - (pc + 4)
+    return T32_BRANCH_MIN + 4 <= off <= T32_BRANCH_MAX - 4
 
 
 def _check(off: int, what: str, pc: int, target: int) -> None:
@@ -119,3 +135,34 @@ def t32_with_movw_movt_imm(value: int, imm16: int) -> int:
     hw1 = (hw1 & 0xFBF0) | ((imm16 >> 12) & 0xF) | (((imm16 >> 11) & 1) << 10)
     hw2 = (hw2 & 0x8F00) | (((imm16 >> 8) & 7) << 12) | (imm16 & 0xFF)
     return hw1 | (hw2 << 16)
+
+
+def encode_t32_addw_sp(imm12: int) -> int:
+    """``addw sp, sp, #imm12`` (T4)."""
+    if not 0 <= imm12 <= T32_IMM12_MAX:
+        raise EncodingError(f"addw immediate {imm12} outside 0..4095")
+    hw1 = 0xF20D | (((imm12 >> 11) & 1) << 10)
+    hw2 = (((imm12 >> 8) & 7) << 12) | (SP << 8) | (imm12 & 0xFF)
+    return hw1 | (hw2 << 16)
+
+
+def encode_t32_ldr_sp(rt: int, imm12: int) -> int:
+    """``ldr.w rt, [sp, #imm12]`` (T3)."""
+    if not 0 <= rt <= 15:
+        raise EncodingError(f"register r{rt} out of range")
+    if not 0 <= imm12 <= T32_IMM12_MAX:
+        raise EncodingError(f"ldr.w offset {imm12} outside 0..4095")
+    return 0xF8DD | (((rt << 12) | imm12) << 16)
+
+
+def encode_t32_add_sp(value: int) -> list[int]:
+    """``addw sp, sp`` steps adding *value* (each at most 4095)."""
+    if value < 0:
+        raise EncodingError(f"cannot add {value} to sp")
+    words = []
+    while value > T32_IMM12_MAX:
+        words.append(encode_t32_addw_sp(T32_IMM12_MAX))
+        value -= T32_IMM12_MAX
+    if value:
+        words.append(encode_t32_addw_sp(value))
+    return words

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from armlp.analysis.mcount import mcount_addresses
 from armlp.analysis.scan import FunctionReport, ScanResult
 from armlp.arm.a32 import MCOUNT_NOP_ADD_SP, branch_in_range, encode_b, encode_bl, encode_blx
+from armlp.arm.t32 import T32_NOP_ADD_SP, encode_t32_branch, t32_branch_in_range
 from armlp.errors import ArmlpError, CodeModificationError
 from armlp.ftrace.veneers import VeneerPool
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
@@ -31,6 +32,7 @@ from armlp.runtime.layout import (
     OPS,
     RULES,
     SITE,
+    SITE_FL_THUMB,
     SITE_MAX_OPS,
     SITE_NOPS_OFFSET,
     SITE_OPS_OFFSET,
@@ -40,6 +42,30 @@ from armlp.runtime.layout import (
 from armlp.runtime.module import Runtime
 
 NOP = MCOUNT_NOP_ADD_SP
+#: A Thumb site's NOP (``add.w sp, sp, #4``: one instruction, as the ``bl``).
+T32_NOP = T32_NOP_ADD_SP
+
+
+def nop_word(thumb: bool) -> int:
+    """The NOP of an ARM or a Thumb site."""
+    return T32_NOP if thumb else NOP
+
+
+def site_branch(kind: str, at: int, target: int, thumb: bool) -> int:
+    """``bl``/``b`` from a site (or entry) at *at* to *target*, in the site's
+    instruction set: from Thumb code a call to ARM code (bit 0 clear) is a
+    ``blx``; a Thumb ``b.w`` reaches Thumb code only (the caller checks)."""
+    if thumb:
+        if kind == "bl" and not target & 1:
+            return encode_t32_branch("blx", at, target)
+        return encode_t32_branch(kind, at, target)
+    if kind == "bl":
+        return encode_blx(at, target) if target & 1 else encode_bl(at, target)
+    return encode_b(at, target)
+
+
+def site_in_range(at: int, target: int, thumb: bool) -> bool:
+    return t32_branch_in_range(at, target) if thumb else branch_in_range(at, target)
 
 
 class FtraceError(ArmlpError):
@@ -115,6 +141,18 @@ class DynFtrace:
     mcount: int = 0
 
     @property
+    def thumb(self) -> bool:
+        """The site is Thumb code (T32 words, halfword aligned)."""
+        return self.report.fn.mode == "thumb"
+
+    @property
+    def tracks_entry(self) -> bool:
+        """Whether the function's first word is armlp's to change: an ARM
+        function's; a Thumb function's entry shares its first halfwords with
+        the ``push {lr}`` and the site, so it is never rewritten."""
+        return not self.thumb
+
+    @property
     def direct_ops(self) -> FtraceOps | None:
         """The sole user, when it asks for the fast path."""
         if len(self.users) == 1 and self.users[0].direct is not None:
@@ -154,15 +192,15 @@ class Ftrace:
         self._table = 0             # the published struct armlp_site_table
 
     def _add_records(self, name: str, result: ScanResult) -> list[DynFtrace]:
-        """Records for the ARM sites of object *name* (none for a library
-        not built with -pg)."""
+        """Records for the sites of object *name*, ARM and Thumb (none for a
+        library not built with -pg)."""
         found = {self.mcount} if name == PROGRAM else mcount_addresses(result.image)
         if len(found) != 1:
             return []
         mcount = min(found)
         # By site: aliases share one (the last symbol names it).
         recs = {rep.site: DynFtrace(rep.site, rep, object=name, mcount=mcount)
-                for rep in result.functions if rep.site is not None and rep.fn.mode == "arm"}
+                for rep in result.functions if rep.site is not None}
         self.records.update(recs)
         return list(recs.values())
 
@@ -189,13 +227,10 @@ class Ftrace:
             raise FtraceError(f"{scan.image.path}: no __gnu_mcount_nc: not built with -pg")
         return found.pop()
 
-    def mcount_call(self, ip: int, mcount: int | None = None) -> int:
-        """The word an ARM site at *ip* holds as built: ``bl`` or ``blx``
-        *mcount* (default: the program's)."""
-        target = self.mcount if mcount is None else mcount
-        if target & 1:
-            return encode_blx(ip, target)
-        return encode_bl(ip, target)
+    def mcount_call(self, ip: int, mcount: int | None = None, thumb: bool = False) -> int:
+        """The word a site at *ip* (ARM, or Thumb with *thumb*) holds as
+        built: ``bl`` or ``blx`` *mcount* (default: the program's)."""
+        return site_branch("bl", ip, self.mcount if mcount is None else mcount, thumb)
 
     # -- init ---------------------------------------------------------------
 
@@ -223,9 +258,9 @@ class Ftrace:
         for rec in recs:
             rec.entry_orig = rec.entry_word = read_word(self.machine, rec.report.fn.address)
         for rec in recs:
-            old = self.mcount_call(rec.ip, rec.mcount)
-            writes.append(CodeWrite(rec.ip, struct.pack("<I", old), struct.pack("<I", NOP)))
-            rec.word = NOP
+            old, nop = self.mcount_call(rec.ip, rec.mcount, rec.thumb), nop_word(rec.thumb)
+            writes.append(CodeWrite(rec.ip, struct.pack("<I", old), struct.pack("<I", nop)))
+            rec.word = nop
         self.machine.write_code(writes)
 
     def _publish_table(self) -> None:
@@ -290,7 +325,7 @@ class Ftrace:
         armlp) owns the program's code."""
         for rec in self.records.values() if recs is None else recs:
             found = read_word(self.machine, rec.ip)
-            if found != self.mcount_call(rec.ip, rec.mcount):
+            if found != self.mcount_call(rec.ip, rec.mcount, rec.thumb):
                 raise CodeModificationError(
                     f"site of {rec.name} at {rec.ip:#x} holds {found:#010x}, not "
                     f"'bl __gnu_mcount_nc': the code is not as built, refusing to touch it")
@@ -300,9 +335,11 @@ class Ftrace:
         undo = v.undo
         fp_slot = -1
         if undo is not None and v.rule == "push":
-            fp_slot = next((off for reg, off in undo.loads if reg == 11), -1)
+            fp = 7 if rec.thumb else 11
+            fp_slot = next((off for reg, off in undo.loads if reg == fp), -1)
         rule = RULES[v.rule] if v.patchable else 0
-        return SITE.pack(rec.ip, rec.report.fn.address, rule, 0, 0,
+        flags = SITE_FL_THUMB if rec.thumb else 0
+        return SITE.pack(rec.ip, rec.report.fn.address, rule, 0, flags,
                          undo.frame_size if undo else 0, fp_slot, *([0] * 2 * SITE_MAX_OPS))
 
     # -- ops ----------------------------------------------------------------
@@ -397,33 +434,36 @@ class Ftrace:
     def wanted_word(self, rec: DynFtrace) -> int:
         """What the site should hold for its current users."""
         if not rec.users:
-            return NOP
+            return nop_word(rec.thumb)
         direct = rec.direct_ops
         if direct is not None and direct.direct is not None:
-            return self._branch_word(rec.ip, direct.direct)
+            return self._branch_word(rec.ip, direct.direct, rec.thumb)
         target = self.runtime.symbol(
             "ftrace_regs_caller" if any(u.save_regs for u in rec.users) else "ftrace_caller")
-        return self._call_word(rec.ip, target)
+        return self._call_word(rec.ip, target, rec.thumb)
 
     def wanted_entry(self, rec: DynFtrace) -> int:
         """What the function's first word should hold."""
         direct = rec.direct_ops
-        if direct is not None and direct.direct_entry is not None:
-            return self._branch_word(rec.report.fn.address, direct.direct_entry)
+        if direct is not None and direct.direct_entry is not None and rec.tracks_entry:
+            return self._branch_word(rec.report.fn.address, direct.direct_entry, False)
         return rec.entry_orig
 
-    def _branch_word(self, at: int, target: int) -> int:
-        if not branch_in_range(at, target):
+    def _branch_word(self, at: int, target: int, thumb: bool) -> int:
+        """``b target``: a fast path's trampoline is in the site's own
+        instruction set (a branch does not change it)."""
+        if bool(target & 1) != thumb:
+            raise FtraceError(f"a branch at {at:#x} cannot reach {target:#x}: "
+                              f"{'Thumb' if thumb else 'ARM'} code branching to the other set")
+        if not site_in_range(at, target, thumb):
+            if thumb:
+                raise FtraceError(f"{target:#x} is out of a Thumb branch's range of {at:#x}")
             target = self.veneers.get(at, target)
-        return encode_b(at, target)
-
-    def set_direct(self, ops: FtraceOps, direct: int | None,
-                   direct_entry: int | None) -> None:
-        """Move a registered ops' fast path (e.g. its func stack's top changed)."""
-        self.set_directs([(ops, direct, direct_entry)])
+        return site_branch("b", at, target, thumb)
 
     def set_directs(self, changes: Sequence[tuple[FtraceOps, int | None, int | None]]) -> None:
-        """:meth:`set_direct` of many ops with one code update (one stop of
+        """Move registered ops' fast paths (``(ops, direct, direct_entry)``:
+        e.g. a func stack's top changed) with one code update (one stop of
         the program, as the kernel's ftrace_modify_all_code)."""
         if not changes:
             return
@@ -433,10 +473,12 @@ class Ftrace:
         self._update([r for r in self.records.values()
                       if any(id(u) in moved for u in r.users)])
 
-    def _call_word(self, ip: int, target: int) -> int:
-        if not branch_in_range(ip, target):
-            target = self.veneers.get(ip, target)
-        return encode_bl(ip, target)
+    def _call_word(self, ip: int, target: int, thumb: bool) -> int:
+        """``bl`` (``blx`` from Thumb) to an ARM trampoline, through a veneer
+        out of range."""
+        if not site_in_range(ip, target, thumb):
+            target = self.veneers.get(ip, target, thumb)
+        return site_branch("bl", ip, target, thumb)
 
     def _update(self, recs: Iterable[DynFtrace]) -> None:
         """Bring *recs* to the state their users want.
@@ -459,7 +501,7 @@ class Ftrace:
                                         struct.pack("<I", want)))
             entry = self.wanted_entry(rec)
             entries.append((rec, entry))
-            if entry != rec.entry_word:
+            if entry != rec.entry_word and rec.tracks_entry:
                 writes.append(CodeWrite(rec.report.fn.address, struct.pack("<I", rec.entry_word),
                                         struct.pack("<I", entry)))
         self._update_trace_function()
@@ -472,8 +514,10 @@ class Ftrace:
     def _check_words(self, recs: list[DynFtrace]) -> None:
         """Refuse before any write if a site no longer holds what we wrote."""
         for rec in recs:
-            for addr, want, what in ((rec.ip, rec.word, "site"),
-                                     (rec.report.fn.address, rec.entry_word, "entry")):
+            checks = [(rec.ip, rec.word, "site")]
+            if rec.tracks_entry:
+                checks.append((rec.report.fn.address, rec.entry_word, "entry"))
+            for addr, want, what in checks:
                 found = read_word(self.machine, addr)
                 if found != want:
                     raise CodeModificationError(

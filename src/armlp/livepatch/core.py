@@ -22,16 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from armlp.analysis.unwind import CodeMap
-from armlp.arm.a32 import MCOUNT_NOP_ADD_SP
 from armlp.elf.image import ElfImage
 from armlp.errors import ArmlpError, MachineError, PatchError, PatchRefusedError, StubStalledError
-from armlp.ftrace.core import FtraceOps
+from armlp.ftrace.core import FtraceOps, nop_word
 from armlp.livepatch import liveness
 from armlp.livepatch.codemap import TargetCode
 from armlp.livepatch.module import KlpFunc, KlpObject, KlpPatch, read_patch, relocate_patch
 from armlp.livepatch.patch import FuncStack, FuncStacks
 from armlp.livepatch.state import KlpStates, check_compatible
 from armlp.livepatch.transition import Transition
+from armlp.loader.relocate import THUMB_BRANCH_TYPES
 from armlp.machine.base import CodeWrite, read_word
 from armlp.machine.heap import CHUNK
 from armlp.runtime.layout import (
@@ -324,8 +324,9 @@ class Livepatch:
             for rel in patch.image.relocations_for(sec):
                 if rel.symbol.name == "__gnu_mcount_nc":
                     addr = loaded.address + rel.offset
-                    writes.append(CodeWrite(addr, struct.pack("<I", call(addr)),
-                                            struct.pack("<I", MCOUNT_NOP_ADD_SP)))
+                    thumb = rel.type in THUMB_BRANCH_TYPES
+                    writes.append(CodeWrite(addr, struct.pack("<I", call(addr, thumb=thumb)),
+                                            struct.pack("<I", nop_word(thumb))))
         self.machine.write_code(writes, unused=True)      # nothing runs them yet
 
     # -- disable ------------------------------------------------------------------

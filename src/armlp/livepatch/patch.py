@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from armlp.arm.t32 import t32_branch_in_range
 from armlp.ftrace.core import FtraceOps
 from armlp.livepatch.module import KlpFunc
 from armlp.livepatch.trampoline import build_trampoline
@@ -33,6 +34,15 @@ class FuncStack:
     funcs: list[KlpFunc] = field(default_factory=list)
     tramp: int = 0              # fast-path trampoline (0: generic path only)
     literal: int = 0            # its target word
+    thumb: bool = False         # the function (and its trampoline) is Thumb code
+
+    def direct(self, new_func: int) -> tuple[FtraceOps, int, int | None]:
+        """The fast path to *new_func*: the site's trampoline (bit 0 set
+        for Thumb) and, for an ARM function whose new function is ARM too,
+        the branch at its entry (a ``b`` cannot change instruction set; a
+        Thumb entry is never rewritten, see DynFtrace.tracks_entry)."""
+        entry = new_func if not self.thumb and not new_func & 1 else None
+        return self.ops, self.tramp | int(self.thumb), entry
 
 
 class FuncStacks:
@@ -79,15 +89,18 @@ class FuncStacks:
         undo.append(lambda: self.heap.free(klp_ops))
         ops = FtraceOps(f"livepatch:{f.label}", self.target.runtime.symbol("klp_ftrace_handler"),
                         flags=FTRACE_OPS_FL_SAVE_REGS, private=klp_ops, ips={f.site})
-        new_stack = FuncStack(f.site, f.label, ops, klp_ops, [f])
+        rec = self.ftrace.records[f.site]
+        new_stack = FuncStack(f.site, f.label, ops, klp_ops, [f], thumb=rec.thumb)
         if self.fast:
-            rep = self.ftrace.records[f.site].report
-            assert rep.undo is not None
-            tramp = build_trampoline(rep.undo, f.new_func)
+            assert rec.report.undo is not None
+            tramp = build_trampoline(rec.report.undo, f.new_func, thumb=rec.thumb)
             addr = self.heap.alloc(tramp.size)
-            tramps.append(CodeWrite(addr, bytes(tramp.size), tramp.code()))
             undo.append(lambda: self.heap.free(addr))
-            new_stack.tramp, new_stack.literal = addr, addr + 4 * tramp.literal_index
+            # A Thumb site's b.w has no veneer (veneers are ARM): a trampoline
+            # out of its reach leaves the function on the generic path.
+            if not rec.thumb or t32_branch_in_range(f.site, addr):
+                tramps.append(CodeWrite(addr, bytes(tramp.size), tramp.code()))
+                new_stack.tramp, new_stack.literal = addr, addr + 4 * tramp.literal_index
         self.by_site[f.site] = new_stack
 
         def forget() -> None:
@@ -104,7 +117,7 @@ class FuncStacks:
             if stack.tramp and new_func:     # a nop top: the handler's job
                 # The trampoline's literal is data (see _retarget): a plain write.
                 write_word(self.machine, stack.literal, new_func)
-                changes.append((stack.ops, stack.tramp, new_func))
+                changes.append(stack.direct(new_func))
         self.ftrace.set_directs(changes)
 
     def unsettle(self, stacks: Iterable[FuncStack]) -> None:
@@ -120,7 +133,7 @@ class FuncStacks:
         # The trampoline's literal is data that its ldr pc loads each time
         # it runs (no translator folds a load): a plain write, no stop.
         write_word(self.machine, stack.literal, new_func)
-        self.ftrace.set_direct(stack.ops, stack.tramp, new_func)
+        self.ftrace.set_directs([stack.direct(new_func)])
 
     def unlink(self, f: KlpFunc) -> FuncStack | None:
         """Take *f* out of its stack wherever it is; the stack if that left it

@@ -9,17 +9,21 @@ become one JSON object; ``sites`` adds what ftrace shows in
 from __future__ import annotations
 
 from armlp.arm.a32 import decode_branch
-from armlp.ftrace.core import NOP
+from armlp.arm.t32 import decode_t32_branch
+from armlp.ftrace.core import nop_word
 from armlp.livepatch.core import Livepatch
 
 
-def _describe_word(word: int, at: int, names: dict[int, str]) -> str:
-    if word == NOP:
+def _describe_word(word: int, at: int, names: dict[int, str], thumb: bool = False) -> str:
+    """A site's or entry's word as ``nop`` or ``kind name`` (*names* by
+    address, bit 0 clear)."""
+    if word == nop_word(thumb):
         return "nop"
-    br = decode_branch(word, at)
+    br = decode_t32_branch(word, at) if thumb else decode_branch(word, at)
     if br is None:
         return f"{word:#010x}"
-    return f"{br.kind} {names.get(br.target, hex(br.target))}"
+    target = br.target & ~1
+    return f"{br.kind} {names.get(target, hex(target))}"
 
 
 def livepatch_status(lp: Livepatch) -> dict[str, object]:
@@ -38,7 +42,7 @@ def livepatch_status(lp: Livepatch) -> dict[str, object]:
     t = lp.transition
     for p in lp.patches:
         for f in p.funcs:
-            names[f.new_func] = f.new_name
+            names[f.new_func & ~1] = f.new_name
         patches.append({
             "name": p.name,
             "enabled": p.enabled,
@@ -61,7 +65,7 @@ def livepatch_status(lp: Livepatch) -> dict[str, object]:
             "function": rec.name,
             "site": rec.ip,
             "users": [u.name for u in rec.users],
-            "site_word": _describe_word(rec.word, rec.ip, names),
+            "site_word": _describe_word(rec.word, rec.ip, names, rec.thumb),
             "entry_word": (_describe_word(rec.entry_word, rec.report.fn.address, names)
                            if rec.entry_word != rec.entry_orig else "original"),
         })

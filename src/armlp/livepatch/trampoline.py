@@ -21,6 +21,16 @@ rule ``push``::
     add   sp, sp, #frame + 4     @ one or more adds
     ldr   pc, [pc, #-4]
     .word new_func
+
+A Thumb function's site holds ``b.w tramp`` and its trampoline is Thumb
+code, every instruction 32-bit so the literal falls word aligned (the
+trampoline is)::
+
+    ldr.w r7, [sp, #slot + 4]    @ only if the prologue changed r7 (after
+                                 @ moving sp part of the way past 4 KiB)
+    addw  sp, sp, #frame + 4     @ one or more
+    ldr.w pc, [pc, #0]           @ interworks: new_func may be ARM or Thumb
+    .word new_func
 """
 
 from __future__ import annotations
@@ -30,9 +40,12 @@ from dataclasses import dataclass
 
 from armlp.analysis.prologue import UndoRecipe
 from armlp.arm.a32 import FP, IP, SP, encode_add_sp, encode_add_wide, encode_ldr_imm
+from armlp.arm.t32 import T32_IMM12_MAX, T32_LDR_PC, encode_t32_add_sp, encode_t32_ldr_sp
 from armlp.errors import PatchError
 
 LDR_PC_PC_M4 = 0xE51FF004
+#: Thumb's frame pointer.
+R7 = 7
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,32 @@ def undo_words(undo: UndoRecipe, sp_bias: int) -> list[int]:
     return words + encode_add_sp(undo.frame_size + sp_bias)
 
 
-def build_trampoline(undo: UndoRecipe, target: int) -> Trampoline:
-    """The fast-path trampoline for a function with recipe *undo*."""
-    words = [*undo_words(undo, 4), LDR_PC_PC_M4, target & 0xFFFFFFFF]
+def undo_words_t32(undo: UndoRecipe, sp_bias: int) -> list[int]:
+    """:func:`undo_words` in T32 (32-bit instructions as ``hw1 | hw2 << 16``)
+    for a Thumb prologue, whose frame pointer is r7."""
+    if undo.rule != "push":
+        raise PatchError(f"no Thumb undo for rule {undo.rule!r}")
+    total = undo.frame_size + sp_bias
+    words: list[int] = []
+    moved = 0
+    for reg, off in undo.loads:
+        if reg != R7:
+            raise PatchError(f"the Thumb prologue changes r{reg}; only r7 can be reloaded")
+        slot = off + sp_bias
+        # Past ldr.w's reach, sp moves first: the slot is still above it.
+        step = max(0, slot - moved - T32_IMM12_MAX)
+        words += encode_t32_add_sp(step)
+        moved += step
+        words.append(encode_t32_ldr_sp(R7, slot - moved))
+    return words + encode_t32_add_sp(total - moved)
+
+
+def build_trampoline(undo: UndoRecipe, target: int, *, thumb: bool = False) -> Trampoline:
+    """The fast-path trampoline for a function with recipe *undo* (a Thumb
+    one with *thumb*: its address is then entered with bit 0 set)."""
+    if thumb:
+        ldr_pc = int.from_bytes(T32_LDR_PC, "little")
+        words = [*undo_words_t32(undo, 4), ldr_pc, target & 0xFFFFFFFF]
+    else:
+        words = [*undo_words(undo, 4), LDR_PC_PC_M4, target & 0xFFFFFFFF]
     return Trampoline(tuple(words), len(words) - 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from armlp.arm.a32 import BRANCH_RANGE
+from armlp.arm.t32 import NEAR_RANGE
 from armlp.errors import MachineError
 from armlp.machine.base import Region
 from armlp.machine.exec_loader import MIN_ADDR, PAGE, _align_down, _align_up, uc
@@ -31,7 +31,7 @@ class AddressSpace:
     def alloc(self, size: int, *, near: int | None = None) -> int:
         """Map RWX memory, page aligned and zeroed.
 
-        With *near*, the block lies within B/BL range (±32 MiB) of it when a
+        With *near*, the block lies within a Thumb BL's range (±16 MiB) of it when a
         free region there exists (the highest one, leaving room for brk);
         otherwise, and without *near*, the first free region from
         ``MMAP_BASE`` up.
@@ -41,8 +41,8 @@ class AddressSpace:
         size = _align_up(size)
         addr: int | None = None
         if near is not None:
-            lo = max(MIN_ADDR, _align_up(near - BRANCH_RANGE + PAGE))
-            hi = min(ALLOC_LIMIT, _align_down(near + BRANCH_RANGE - PAGE))
+            lo = max(MIN_ADDR, _align_up(near - NEAR_RANGE + PAGE))
+            hi = min(ALLOC_LIMIT, _align_down(near + NEAR_RANGE - PAGE))
             addr = self._find_free(size, lo, hi, top_down=True)
         if addr is None:
             addr = self._find_free(size, MMAP_BASE, ALLOC_LIMIT, top_down=False)

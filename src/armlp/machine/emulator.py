@@ -269,8 +269,10 @@ class Emulator(AddressSpace):
     def set_regs(self, regs: Regs, thread: int | None = None) -> None:
         self._check_thread(thread)
         vals = regs.as_list()
-        # cpsr first: a mode change banks sp/lr.
+        # cpsr first: a mode change banks sp/lr.  Unicorn takes the Thumb
+        # state from bit 0 of a pc it is given, so pc carries cpsr's T bit.
         self.uc.reg_write(ac.UC_ARM_REG_CPSR, vals[16])
+        vals[15] |= int(bool(vals[16] & _CPSR_T))
         self.uc.reg_write_batch(list(zip(_REG_IDS[:16], vals[:16], strict=True)))
 
     # --- extensions ----------------------------------------------------------

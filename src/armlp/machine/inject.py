@@ -30,7 +30,7 @@ import struct
 import time
 from collections.abc import Sequence
 
-from armlp.arm.a32 import BRANCH_RANGE
+from armlp.arm.t32 import NEAR_RANGE
 from armlp.errors import MachineError
 from armlp.machine.base import Region, Regs
 from armlp.machine.parking import Parking
@@ -112,7 +112,7 @@ class Injection(Parking):
 
     def alloc(self, size: int, *, near: int | None = None) -> int:
         """``mmap2`` RWX anonymous memory in the target; with *near*, within
-        ±32 MiB of it (the highest free place below near + 32 MiB, which
+        ±16 MiB of it (a Thumb BL's reach: the highest free place below near + 16 MiB, which
         leaves the program's brk room to grow)."""
         if size <= 0:
             raise MachineError(f"alloc of {size} bytes")
@@ -121,8 +121,8 @@ class Injection(Parking):
             addr = self._mmap(0, size)
             self._allocs[addr] = size
             return addr
-        lo = max(PAGE, _page_up(near - BRANCH_RANGE + PAGE))
-        hi = _page_down(near + BRANCH_RANGE - PAGE)
+        lo = max(PAGE, _page_up(near - NEAR_RANGE + PAGE))
+        hi = _page_down(near + NEAR_RANGE - PAGE)
         taken = sorted([(s.start, s.end) for s in self.segments]
                        + [(a, a + n) for a, n in self._allocs.items()])
         hint = hi - size

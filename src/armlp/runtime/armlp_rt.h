@@ -50,6 +50,10 @@ struct ftrace_ops {
 
 #define SITE_MAX_OPS 4
 
+/* struct armlp_site.flags: the site is Thumb code, whose frame pointer is
+ * r7 (ARM's is fp, r11). */
+#define SITE_FL_THUMB 0x1
+
 /* One replacement on a patched function's func stack (livepatch.c). */
 struct klp_func_node {
 	u32 new_func;
@@ -91,9 +95,10 @@ struct armlp_site {
 	u32 func;            /* function entry */
 	u8 rule;             /* RULE_* */
 	u8 nops;             /* users of this site */
-	u16 flags;
+	u16 flags;           /* SITE_FL_* */
 	u32 frame_size;      /* RULE_PUSH: entry sp - site sp */
-	s32 fp_slot;         /* RULE_PUSH: fp's save slot from site sp, -1 if fp untouched */
+	s32 fp_slot;         /* RULE_PUSH: the frame pointer's (fp, or r7 in Thumb code)
+	                      * save slot from site sp, -1 if untouched */
 	/* The same users twice: as the plain trampoline calls them and as the
 	 * regs trampoline does, so a site can switch trampolines at any instant. */
 	struct ftrace_ops *ops[SITE_MAX_OPS];

@@ -5,7 +5,10 @@
  * "bl" put the resume address (site + 4) in lr.  So on entry here:
  *   lr   = site + 4            [sp] = the function's entry lr (parent ip)
  *   sp   = site sp - 4         r0-r3 = the function's arguments
- * ip is free (the mcount ABI lets __gnu_mcount_nc clobber it).
+ * ip is free (the mcount ABI lets __gnu_mcount_nc clobber it).  A Thumb
+ * site calls these with "blx": lr has bit 0 set, which every return here
+ * keeps ("bx" goes back to Thumb) and the site's address drops.  Nothing
+ * here touches the VFP registers or FPSCR (the hard-float arguments).
  */
 	.syntax unified
 	.arm
@@ -20,7 +23,8 @@
 	.type	ftrace_caller, %function
 ftrace_caller:
 	push	{r0-r3, lr}
-	sub	r0, lr, #4			@ ip: the site
+	bic	r0, lr, #1
+	sub	r0, r0, #4			@ ip: the site
 	ldr	r1, [sp, #20]			@ parent ip: the entry lr
 	ldr	r2, .Lops
 	ldr	r2, [r2]
@@ -58,7 +62,8 @@ ftrace_regs_caller:
 	str	lr, [sp, #S_PC]
 	mrs	r2, cpsr
 	str	r2, [sp, #S_PSR]
-	sub	r0, lr, #4			@ ip: the site
+	bic	r0, lr, #1
+	sub	r0, r0, #4			@ ip: the site
 	mov	r2, sp				@ regs
 	bl	armlp_ftrace_regs_dispatch
 	cmp	r0, #0

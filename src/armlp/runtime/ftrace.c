@@ -44,7 +44,7 @@ void armlp_ftrace_list_func(u32 ip, u32 parent_ip, struct ftrace_ops *op, void *
 
 /*
  * Called by ftrace_regs_caller with a full struct pt_regs whose pc is the
- * resume address (site + 4).  If a handler moved pc, undo the prologue in
+ * resume address (site + 4, bit 0 set for a Thumb site).  If a handler moved pc, undo the prologue in
  * regs so the trampoline enters the new pc with the caller's exact context
  * (r0-r11, sp, lr), and return 1.
  */
@@ -71,8 +71,9 @@ int armlp_ftrace_regs_dispatch(u32 ip, u32 parent_ip, struct pt_regs *regs)
 		regs->ARM_fp = fp[-3];
 	} else if (s->rule == RULE_PUSH) {
 		u32 sp = regs->ARM_sp;
+		u32 fp = (s->flags & SITE_FL_THUMB) ? 7 : 11;
 		if (s->fp_slot >= 0)
-			regs->ARM_fp = *(const u32 *)(sp + (u32)s->fp_slot);
+			regs->uregs[fp] = *(const u32 *)(sp + (u32)s->fp_slot);
 		regs->ARM_sp = sp + s->frame_size;
 	} else {
 		/* Not undoable: never redirect (the control plane refuses these). */

@@ -15,6 +15,8 @@ RULE_NONE, RULE_APCS, RULE_PUSH = 0, 1, 2
 RULES = {None: RULE_NONE, "apcs": RULE_APCS, "push": RULE_PUSH}
 SITE_MAX_OPS = 4
 FTRACE_OPS_FL_SAVE_REGS = 0x1
+#: struct armlp_site.flags: a Thumb site (its frame pointer is r7, not fp).
+SITE_FL_THUMB = 0x1
 SITE_HASH_MUL = 0x9E3779B1
 
 #: struct armlp_site: ip, func, rule, nops, flags, frame_size, fp_slot, ops[4], regs_ops[4]
@@ -100,6 +102,7 @@ def c_asserts() -> str:
         ("SITE_HASH_MUL", SITE_HASH_MUL),
         ("RULE_APCS", RULE_APCS),
         ("RULE_PUSH", RULE_PUSH),
+        ("SITE_FL_THUMB", SITE_FL_THUMB),
         ("FTRACE_OPS_FL_SAVE_REGS", FTRACE_OPS_FL_SAVE_REGS),
         ("sizeof(struct armlp_func_desc)", DESC.size),
         ("sizeof(struct armlp_callbacks_desc)", CALLBACKS_DESC.size),
