@@ -270,9 +270,10 @@ def test_prover_detects_a_wrong_fast_path(monkeypatch: pytest.MonkeyPatch) -> No
     from armlp.analysis.prologue import UndoRecipe
     from armlp.livepatch.trampoline import build_trampoline
 
-    def off_by_four(undo: UndoRecipe, target: int):  # type: ignore[no-untyped-def]
+    def off_by_four(undo: UndoRecipe, target: int,  # type: ignore[no-untyped-def]
+                    thumb: bool = False):
         return build_trampoline(UndoRecipe(undo.rule, undo.frame_size - 4, undo.loads,
-                                           undo.fp_offset), target)
+                                           undo.fp_offset), target, thumb=thumb)
     monkeypatch.setattr(verify, "build_trampoline", off_by_four)
     prog = build_program([CORPUS / "funcs.c", CORPUS / "other.c", CORPUS / "prog_main.c"],
                          cflags=["-O2", "-mno-apcs-frame"])

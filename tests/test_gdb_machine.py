@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from armlp.arm.a32 import BRANCH_RANGE, MCOUNT_NOP_ADD_SP
+from armlp.arm.t32 import NEAR_RANGE
 from armlp.elf.image import ElfImage
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
@@ -169,7 +170,7 @@ def test_alloc_is_rwx_and_near_the_text(run: Launch, prog: Path) -> None:
     a = s.m.alloc(10000, near=text.addr)
     b = s.m.alloc(4096, near=text.addr)
     for addr in (a, b):
-        assert abs(addr - text.addr) < BRANCH_RANGE and addr % 4096 == 0
+        assert abs(addr - text.addr) < NEAR_RANGE and addr % 4096 == 0
     assert a + 12288 <= b or b + 4096 <= a
     code = struct.pack("<2I", MOV_R0_7, BX_LR)
     s.m.write_code([CodeWrite(a, bytes(8), code)])

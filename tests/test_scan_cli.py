@@ -115,9 +115,9 @@ def test_function_json(program: Path) -> None:
 
 def test_function_unpatchable(corpus: Corpus) -> None:
     path = corpus.objects[("thumb", "-O2")]["funcs"]
-    res = armlp("scan", "--function", "varargs_sum", path)
+    res = armlp("scan", "--function", "frame_4k", path)       # a Thumb-1 frame over 1 KiB
     assert res.code == 0
-    assert "not patchable" in res.out and "Thumb" in res.out
+    assert "not patchable" in res.out and "Thumb prologue instruction 'ldr r7" in res.out
     assert "<- mcount site" in res.out
     res = armlp("scan", "--function", "not_traced", path)
     assert res.code == 0 and "no mcount site" in res.out

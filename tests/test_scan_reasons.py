@@ -40,21 +40,19 @@ def test_refusal_reasons(files: dict[str, Path], kind: str) -> None:
         assert f["mcount_site"] is not None, name
 
 
-def test_thumb2_prologues_are_understood_and_said_not_patched(tmp_path: Path) -> None:
+def test_thumb2_prologues_are_read_with_the_push_rule_and_patchable(tmp_path: Path) -> None:
     """Debian armhf's Thumb-2 code: push.w (stmdb), sub sp, vpush and none
-    at all are read with ARM's rule vocabulary (frame and undo), and the
-    reason says armlp does not patch Thumb functions yet."""
+    at all are read with ARM's rule vocabulary: patchable by rule push,
+    with the frame each prologue builds."""
     obj = tmp_path / "thumb2.o"
     subprocess.run(["arm-linux-gnueabihf-gcc", "-mthumb", "-pg", "-O2", "-c",
                     str(CORPUS / "thumb2.c"), "-o", str(obj)], check=True)
     funcs = {f["name"]: f for f in scan_json(obj)["functions"]}
-    seen = {name: (f["mode"], f["patchable"], f["rule"], f["reason_code"])
+    seen = {name: (f["mode"], f["patchable"], f["rule"], f["reason"])
             for name, f in funcs.items()}
     assert seen == dict.fromkeys(("frame_and_locals", "bare_leaf", "keeps_d8"),
-                                 ("thumb", False, None, "thumb"))
-    assert all("does not patch Thumb functions yet" in f["reason"] for f in funcs.values())
-    reasons = {name: f["reason"] for name, f in funcs.items()}
-    assert "push.w {r4, r5, r6, r7, r8, lr}; sub sp, #0x20: rule push, frame 56 bytes" in \
-        reasons["frame_and_locals"]
-    assert "(none: rule push, frame 0 bytes" in reasons["bare_leaf"]
-    assert "push {r3, lr}; vpush {d8}: rule push, frame 16 bytes" in reasons["keeps_d8"]
+                                 ("thumb", True, "push", None))
+    # push.w {r4-r8, lr} + sub sp, #0x20; nothing; push {r3, lr} + vpush {d8}
+    frames = {name: f["undo"]["frame_size"] for name, f in funcs.items()}
+    assert frames == {"frame_and_locals": 56, "bare_leaf": 0, "keeps_d8": 16}
+    assert all(f["undo"]["restore"] == [] for f in funcs.values())    # r7 saved, not set

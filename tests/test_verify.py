@@ -266,8 +266,8 @@ def test_a_path_that_changes_a_vfp_register_fails(hardfloat: Path,
 
     real = trampoline.build_trampoline
 
-    def clobbering(undo, target):  # type: ignore[no-untyped-def]
-        t = real(undo, target)
+    def clobbering(undo, target, thumb=False):  # type: ignore[no-untyped-def]
+        t = real(undo, target, thumb=thumb)
         return trampoline.Trampoline((0xEE000A90, *t.words), t.literal_index + 1)
 
     monkeypatch.setattr("armlp.verify.build_trampoline", clobbering)
