@@ -18,18 +18,24 @@ PREFIX = os.environ.get("ARMLP_CROSS_PREFIX", "arm-linux-gnueabi-")
 
 #: Flags that give every function an APCS frame and an mcount site.
 PATCHABLE_CFLAGS = ("-marm", "-pg", "-mapcs-frame")
+#: The same for Thumb-2 code (Debian armhf's default instruction set): an
+#: mcount site in every function, exception tables for the stack walk.
+PATCHABLE_THUMB_CFLAGS = ("-mthumb", "-pg", "-funwind-tables")
 
 
 #: Flags for a patch module: patchable like the program, position dependent
 #: (the loader does not build GOTs), no common symbols, unmerged strings.
-PATCH_CFLAGS = (*PATCHABLE_CFLAGS, "-O2", "-fno-pie", "-fno-pic", "-fno-common",
-                "-fno-merge-constants", "-ffreestanding", "-fno-stack-protector")
+_PATCH_ONLY = ("-O2", "-fno-pie", "-fno-pic", "-fno-common", "-fno-merge-constants",
+               "-ffreestanding", "-fno-stack-protector")
+PATCH_CFLAGS = (*PATCHABLE_CFLAGS, *_PATCH_ONLY)
 INCLUDE_DIR = Path(__file__).parent / "include"
 
 
-def patch_cflags(target_build_id: str | None = None) -> list[str]:
-    """The flags to compile a live patch with (``armlp cflags``)."""
-    flags = [*PATCH_CFLAGS, f"-I{INCLUDE_DIR}"]
+def patch_cflags(target_build_id: str | None = None, *, thumb: bool = False) -> list[str]:
+    """The flags to compile a live patch with (``armlp cflags``; *thumb*:
+    its code in Thumb-2, ARM's otherwise: either patches either kind)."""
+    flags = [*(PATCHABLE_THUMB_CFLAGS if thumb else PATCHABLE_CFLAGS), *_PATCH_ONLY,
+             f"-I{INCLUDE_DIR}"]
     if target_build_id:
         flags.append(f"-DARMLP_TARGET_BUILD_ID={target_build_id}")
     return flags

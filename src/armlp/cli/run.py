@@ -74,6 +74,10 @@ With --target the patch records PROGRAM's build-id and armlp refuses to
 apply it to any other program.  PROGRAM may be a shared library (a patch of
 that library, ARMLP_OBJECT): the patch then applies to any program that has
 loaded that very build of it.
+
+The patch's code is ARM (-marm) by default, Thumb-2 with --thumb; either
+kind replaces ARM and Thumb functions alike (calls interwork).  For an armhf
+program (hard-float) compile with arm-linux-gnueabihf-gcc.
 """
 
 CHUNK = 100_000
@@ -109,6 +113,8 @@ def register(sub: Any) -> None:
                        description=CFLAGS_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--target", metavar="PROGRAM", help="bind the patch to PROGRAM's build-id")
+    c.add_argument("--thumb", action="store_true",
+                   help="build the patch's code as Thumb-2 (-mthumb) instead of ARM")
     c.set_defaults(func=cflags)
 
 
@@ -121,7 +127,7 @@ def cflags(args: argparse.Namespace) -> int:
         build_id = ElfImage(args.target).build_id
         if build_id is None:
             raise ArmlpError(f"{args.target}: has no build-id to bind the patch to")
-    print(" ".join(patch_cflags(build_id)))
+    print(" ".join(patch_cflags(build_id, thumb=args.thumb)))
     return 0
 
 

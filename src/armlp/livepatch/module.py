@@ -178,7 +178,7 @@ def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[
         raise PatchError(f"{path}: patch name {name[:80]!r} is not 1-64 letters, digits, "
                          f"'-', '_' or '.' (set it with ARMLP_PATCH)")
     by_object: dict[str, KlpObject] = {}
-    by_addr = {s.address: s.name for s in module.symbols if s.is_function}
+    by_addr = {s.address: (s.name, s.thumb) for s in module.symbols if s.is_function}
     code = [(s.address, s.end) for s in module.sections if s.executable and not s.nobits]
     scopes = _object_scopes(module, path)
     for sec in funcs_secs:
@@ -201,13 +201,16 @@ def parse_descriptors(image: ElfImage, module: LoadedModule) -> tuple[str, list[
                                  f"({old[:40]!r})")
             if new_ptr == 0:
                 raise PatchError(f"{path}: the replacement of {old} is NULL")
-            if new_ptr & 1:
-                raise PatchError(f"{path}: replacement of {old} is Thumb code; build the "
-                                 f"patch with -marm")
-            if not any(lo <= new_ptr < hi for lo, hi in code):
+            if not any(lo <= new_ptr & ~1 < hi for lo, hi in code):
                 raise PatchError(f"{path}: the replacement of {old} ({new_ptr:#x}) is not a "
                                  f"function of the patch (data, or code outside it)")
-            new_name = by_addr.get(new_ptr, f"{new_ptr:#x}")
+            # Bit 0 says Thumb (a function pointer's interworking bit): it
+            # must agree with the function there, or a call would fault.
+            new_name, thumb = by_addr.get(new_ptr & ~1, (f"{new_ptr:#x}", bool(new_ptr & 1)))
+            if thumb != bool(new_ptr & 1):
+                raise PatchError(f"{path}: the replacement of {old} ({new_ptr:#x}) points "
+                                 f"at {'Thumb' if thumb else 'ARM'} code without its "
+                                 f"interworking bit right")
             func = KlpFunc(old, sympos, new_ptr, new_name)
             by_object.setdefault(obj, KlpObject(obj)).funcs.append(func)
     # A patch that replaces nothing (callbacks and states only, as the
