@@ -62,18 +62,39 @@ class Blocking:
     hi: int
     name: str
     saved_pc: int | None
+    #: Its live mcount site (the original function's; a patch's are NOPs).
+    site: int | None = None
+    #: Thumb code: a return address into it has bit 0 set.
+    thumb: bool = False
 
     def holds(self, address: int) -> bool:
         """Whether *address* is in the function, or just past its end (the
         return address of a final call)."""
         return self.lo <= address <= self.hi
 
+    def returns_into(self, word: int) -> bool:
+        """Whether a stack word may be a return address into the function.
+
+        Not: its entry (a pointer to the function: a return address follows
+        a call inside it); an even word into Thumb code; the mcount site or
+        the return of its call, which only armlp's trampoline has reason to
+        hold (its argument and saved pc) and which are live only while the
+        thread is inside it, which :meth:`Transition._check` rules out first:
+        elsewhere they are stale copies, in slots a later frame reserved but
+        never wrote, that would block a function without an APCS frame (Thumb
+        code) forever."""
+        address = word & ~1
+        if not self.lo < address <= self.hi or (self.thumb and not word & 1):
+            return False
+        return self.site is None or address not in (self.site, self.site + 4)
+
 
 def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking]) -> str:
     """The first register or live stack word that places the thread in a
     blocking function ('' if none): the conservative test of
     :meth:`Transition._check`.  Only the stack above sp is live; below it
-    lie dead frames (the trampoline's of the last call, say)."""
+    lie dead frames (the trampoline's of the last call, say); a word there
+    counts when it may return into the function (Blocking.returns_into)."""
     def inside(w: int) -> str:
         return next((b.name for b in blocking if b.holds(w)), "")
 
@@ -88,7 +109,7 @@ def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking
     exact = {b.saved_pc: b.name for b in blocking if b.saved_pc is not None}
     spans = [b for b in blocking if b.saved_pc is None]
     for off, (w,) in enumerate(struct.iter_unpack("<I", m.read(lo, stack.hi - lo))):
-        name = exact.get(w) or next((b.name for b in spans if b.holds(w)), "")
+        name = exact.get(w) or next((b.name for b in spans if b.returns_into(w)), "")
         if name:
             return f"{name}'s frame at sp{4 * off + lo - regs.sp:+#x}"
     return ""
@@ -190,11 +211,12 @@ class Transition:
                 addr = funcs[i - 1].new_func if i > 0 else f.old_addr
             else:
                 addr = f.new_func or f.old_addr       # a nop func runs the original
-            fn = code.find(addr)
+            fn = code.find(addr & ~1)
             if fn is None:
                 raise PatchError(f"{self.patch.name}: no code map entry for {f.label}")
             out.append(Blocking(fn.start, fn.end, fn.name,
-                                apcs_saved_pc(lambda a: read_word(m, a), fn)))
+                                apcs_saved_pc(lambda a: read_word(m, a), fn),
+                                f.site if addr == f.old_addr else None, fn.thumb))
         return out
 
     def try_switch(self) -> bool:
@@ -278,6 +300,10 @@ class Transition:
             if trace.reliable:
                 return ""
             reason = f"stack unreliable: {trace.reason}"
+        where = code.find(regs.pc & ~1)
+        if where is not None and where.armlp:
+            # On its way through the trampoline: see _evidence.
+            return f"{reason or RUNNING}; in {where.name}, checked again next attempt"
         try:
             hit = _evidence(m, regs, stack, blocking)
         except MachineError as exc:
