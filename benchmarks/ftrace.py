@@ -1,7 +1,9 @@
 """Instructions per call on each ftrace path, counted in the emulator.
 
-Builds ``benchmarks/programs/paths.c`` twice — ``-mapcs-frame`` (rule
-``apcs``) and ``-mno-apcs-frame`` (rule ``push``) — and, for functions of
+Builds ``benchmarks/programs/paths.c`` three times — ARM with
+``-mapcs-frame`` (rule ``apcs``) and ``-mno-apcs-frame`` (rule ``push``),
+and Thumb-2 (``-mthumb -march=armv7-a``: T32 sites, the NOP ``add.w sp,
+sp, #4``, ``blx`` to the ARM trampolines) — and, for functions of
 different prologue shapes (a leaf, one with locals, one saving callee-saved
 registers), counts the instructions one call executes
 (:mod:`armlp.ftrace.cost`):
@@ -39,8 +41,10 @@ from armlp.ftrace.cost import (  # noqa: E402
 from armlp.program_build import PROGRAM_CFLAGS, build_program  # noqa: E402
 
 PROGRAM = ROOT / "benchmarks/programs/paths.c"
-#: build name -> extra cflags (after -marm -pg -mapcs-frame -O2)
-BUILDS: dict[str, list[str]] = {"apcs": [], "push": ["-mno-apcs-frame"]}
+#: build name -> its cflags
+BUILDS: dict[str, list[str]] = {"apcs": list(PROGRAM_CFLAGS),
+                                "push": [*PROGRAM_CFLAGS, "-mno-apcs-frame"],
+                                "thumb2": ["-mthumb", "-march=armv7-a", "-pg", "-O2"]}
 #: (function, arguments of the measured call)
 FUNCTIONS: list[tuple[str, tuple[int, ...]]] = [
     ("leaf", (1,)),
@@ -54,7 +58,7 @@ def measure() -> dict[str, list[SiteCosts]]:
     """The figures of every build, by build name."""
     out = {}
     for build, cflags in BUILDS.items():
-        path = build_program([PROGRAM], cflags=cflags)
+        path = build_program([PROGRAM], base_cflags=cflags)
         out[build] = measure_program(path, FUNCTIONS, NEW_FUNCTION)
     return out
 
@@ -78,7 +82,7 @@ def main() -> None:
                   f"{c.plain:9} {c.regs:8} {red:>12}")
     doc = {
         "program": str(PROGRAM.relative_to(ROOT)),
-        "base_cflags": list(PROGRAM_CFLAGS),
+        "base_cflags": "per build",
         "spans": {
             "prologue": "first instruction .. push {lr}",
             "nop": "push {lr} .. site + 4, site = add sp, sp, #4",

@@ -142,6 +142,19 @@ CASES: list[Case] = [
          lambda: t32.encode_t32_branch("blx", 0x0E80_0000, 0x0E7F_0000), 0x0E7F_0000,
          target_thumb=False),
 ]
+# The T32 instructions of a Thumb site and its fast-path trampoline.
+CASES += [
+    _t32("t_nop_add_sp", "add.w sp, sp, #4", 0x0F00_0002, lambda: t32.T32_NOP_ADD_SP),
+    _t32("t_addw_sp", "addw sp, sp, #4095", 0x0F10_0002, lambda: t32.encode_t32_addw_sp(4095)),
+    _t32("t_addw_sp_small", "addw sp, sp, #20", 0x0F20_0000,
+         lambda: t32.encode_t32_addw_sp(20)),
+    _t32("t_ldr_r7_sp", "ldr.w r7, [sp, #4092]", 0x0F30_0002,
+         lambda: t32.encode_t32_ldr_sp(7, 4092)),
+    *(_t32(f"t_add_sp_{v:#x}", f"add.w sp, sp, #{v:#x}", 0x0F40_0000 + 0x10000 * k,
+           lambda v=v: t32.encode_t32_add_sp_imm(v))           # type: ignore[misc]
+      for k, v in enumerate((0x10000, 0xAB, 0x00120012, 0x34003400, 0x56565656, 0xFF000000,
+                             0x3FC00))),
+]
 # "ldr_lit_neg": the label at byte 1, the ldr 4088 bytes in: offset -4095.
 CASES.append(_arm("ldr_lit_neg", ".byte 0\n1: .space 4087\nldr r0, 1b", 0x04D0_0000,
                   lambda: a32.encode_ldr_literal(0, 0x04D0_0000 + 4088, 0x04D0_0001)))

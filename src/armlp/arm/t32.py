@@ -155,11 +155,48 @@ def encode_t32_ldr_sp(rt: int, imm12: int) -> int:
     return 0xF8DD | (((rt << 12) | imm12) << 16)
 
 
+def t32_modified_imm(value: int) -> int | None:
+    """The 12-bit ``ThumbExpandImm`` field for *value*, None if it has none
+    (a byte, a byte repeated in a pattern, or 1bcdefgh rotated right by 8-31)."""
+    if not 0 <= value <= 0xFFFFFFFF:
+        return None
+    b0, b1 = value & 0xFF, (value >> 8) & 0xFF
+    if value == b0:
+        return b0
+    if value == b0 * 0x00010001:
+        return 0x100 | b0
+    if value == b1 * 0x01000100:
+        return 0x200 | b1
+    if value == b0 * 0x01010101:
+        return 0x300 | b0
+    for rot in range(8, 32):
+        byte = ((value << rot) | (value >> (32 - rot))) & 0xFFFFFFFF     # rotate left
+        if byte < 0x100 and byte & 0x80:
+            return (rot << 7) | (byte & 0x7F)
+    return None
+
+
+def encode_t32_add_sp_imm(value: int) -> int:
+    """``add.w sp, sp, #value`` (T3, a modified immediate)."""
+    imm12 = t32_modified_imm(value)
+    if imm12 is None:
+        raise EncodingError(f"{value:#x} is not a Thumb modified immediate")
+    hw1 = 0xF10D | (((imm12 >> 11) & 1) << 10)
+    hw2 = (((imm12 >> 8) & 7) << 12) | (SP << 8) | (imm12 & 0xFF)
+    return hw1 | (hw2 << 16)
+
+
 def encode_t32_add_sp(value: int) -> list[int]:
-    """``addw sp, sp`` steps adding *value* (each at most 4095)."""
+    """Steps adding *value* to sp: one ``addw`` up to 4095; above, the part
+    above 4 KiB as one ``add.w`` when encodable (as GCC's frames are), else
+    ``addw`` steps of at most 4095."""
     if value < 0:
         raise EncodingError(f"cannot add {value} to sp")
     words = []
+    high, low = value & ~0xFFF, value & 0xFFF
+    if high and t32_modified_imm(high) is not None:
+        words.append(encode_t32_add_sp_imm(high))
+        value = low
     while value > T32_IMM12_MAX:
         words.append(encode_t32_addw_sp(T32_IMM12_MAX))
         value -= T32_IMM12_MAX

@@ -7,8 +7,9 @@ next occurrence of another (the start counted, the end not).  For a
 function whose mcount site is at ``site``:
 
 ``nop``
-    ``push {lr}`` (``site - 4``) to ``site + 4`` with the site holding the
-    NOP: the ``push {lr}`` and the NOP, 2 by construction.
+    ``push {lr}`` (``site - 4``; in Thumb code ``site - 2``) to ``site + 4``
+    with the site holding the NOP: the ``push {lr}`` and the NOP, 2 by
+    construction.
 ``plain``
     the same span with the function tracer on the function (``bl
     ftrace_caller``, the tracer's callback, the return into the function).
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from armlp.arm.a32 import PUSH_LR
+from armlp.arm.t32 import T16_PUSH_LR
 from armlp.errors import ArmlpError
 from armlp.ftrace.core import DynFtrace, FtraceOps
 from armlp.ftrace.tracer import FunctionTracer
@@ -120,8 +122,9 @@ class CostMeter:
         ft = self.target.ftrace
         rec = ft.find_function(function)
         fn = rec.report.fn
-        push = rec.ip - 4
-        if read_word(self.emu, push) != PUSH_LR:
+        push = rec.ip - (2 if rec.thumb else 4)
+        want, size = (T16_PUSH_LR, 0xFFFF) if rec.thumb else (PUSH_LR, 0xFFFFFFFF)
+        if read_word(self.emu, push) & size != want:
             raise CostError(f"{fn.label}: no push {{lr}} before the site at {rec.ip:#x}")
         resume = rec.ip + 4
 
@@ -150,9 +153,11 @@ class CostMeter:
 
         redirect: int | None = None
         if new_function is not None and rec.report.verdict.patchable:
-            new = ft.scan.find(new_function).fn.address
+            new_fn = ft.scan.find(new_function).fn
+            new = new_fn.address
             ops = FtraceOps("cost-redirect", rt.symbol("armlp_redirect_func"),
-                            flags=FTRACE_OPS_FL_SAVE_REGS, private=new, ips={rec.ip})
+                            flags=FTRACE_OPS_FL_SAVE_REGS,
+                            private=new | int(new_fn.mode == "thumb"), ips={rec.ip})
             pcs = self._with_ops(ops, rec, args)
             self._require(pcs, self.ftrace_regs_caller, fn.label, "the redirect")
             redirect = span(pcs, fn.address, new)
@@ -161,7 +166,7 @@ class CostMeter:
                          new_function if redirect is not None else None)
 
     def _call(self, rec: DynFtrace, args: Sequence[int]) -> list[int]:
-        return executed(self.emu, rec.report.fn.address, args)
+        return executed(self.emu, rec.report.fn.address | int(rec.thumb), args)
 
     def _with_ops(self, ops: FtraceOps, rec: DynFtrace, args: Sequence[int]) -> list[int]:
         ft = self.target.ftrace
