@@ -308,25 +308,26 @@ def force_transition(socket: str, name: str) -> bool:
 
 def program_and_patch(program: Path, patch: Path, out: Path,
                       gcc: str = "") -> tuple[Path, Path]:
-    """Build the pthreads program *program* (static glibc, ``-pg``) and the
-    live patch *patch* bound to its build-id, both into directory *out*.
-    With *gcc* (``arm-linux-gnueabihf-gcc``), the program is that
-    compiler's default: dynamically linked, PIE (compiled with ``-pg``,
-    linked without)."""
+    """Build the pthreads program *program* (static glibc, ARM, ``-pg
+    -mapcs-frame``) and the live patch *patch* bound to its build-id, both
+    into directory *out*.  With *gcc* (``arm-linux-gnueabihf-gcc``), both
+    are what Debian armhf builds: Thumb-2, hard-float, the program
+    dynamically linked and PIE (compiled with ``-mthumb -pg``, linked
+    without)."""
     from armlp.elf.image import ElfImage
     from armlp.program_build import build_program
-    from armlp.toolchain import PATCHABLE_CFLAGS, patch_cflags, tool
+    from armlp.toolchain import PATCHABLE_THUMB_CFLAGS, patch_cflags, tool
 
     if gcc:
         prog, obj = out / program.stem, out / f"{program.stem}.o"
-        run([gcc, *PATCHABLE_CFLAGS, "-O2", "-c", program, "-o", obj])
+        run([gcc, *PATCHABLE_THUMB_CFLAGS, "-O2", "-c", program, "-o", obj])
         run([gcc, obj, "-pthread", "-o", prog])
     else:
         prog = build_program([program], out / program.stem, freestanding=False,
                              ldflags=["-pthread"])
     fix = out / f"{patch.stem}.o"
-    subprocess.run([gcc or tool("gcc"), *patch_cflags(ElfImage(prog).build_id), "-c",
-                    str(patch), "-o", str(fix)], check=True)
+    subprocess.run([gcc or tool("gcc"), *patch_cflags(ElfImage(prog).build_id, thumb=bool(gcc)),
+                    "-c", str(patch), "-o", str(fix)], check=True)
     return prog, fix
 
 

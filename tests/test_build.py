@@ -47,8 +47,8 @@ def _tree(dest: Path, kind: str) -> Path:
     return dest
 
 
-def _make(tree: Path, cmd: str) -> None:
-    subprocess.run(cmd, shell=True, cwd=tree, env=dict(os.environ, CC=CC), check=True,
+def _make(tree: Path, cmd: str, cc: str = CC) -> None:
+    subprocess.run(cmd, shell=True, cwd=tree, env=dict(os.environ, CC=cc), check=True,
                    capture_output=True, timeout=600)
 
 
@@ -137,6 +137,44 @@ def test_zlib_diff_patch_matches_the_rebuilt_program(zlib_case: dict[str, Path],
     assert zlib.decompress(out.read_bytes()) == zlib_case["in"].read_bytes()
     # ... and the patch made a difference the unpatched program does not.
     assert (lines, out.read_bytes()) != (orig_lines, orig_out.read_bytes())
+
+
+#: zlib and zstream as Debian armhf builds them: Thumb-2, hard-float.
+MAKE_ZLIB_THUMB2 = (f"{MAKE_ZLIB} CFLAGS='-mthumb -pg -O2 -fno-pie -fno-common "
+                    f"-DHAVE_UNISTD_H -DHAVE_STDARG_H'")
+HF_CC = "arm-linux-gnueabihf-gcc"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["longest_match", "lm_init"])
+def test_zlib_thumb2_diff_patch_matches_the_rebuilt_program(zlib_case: dict[str, Path],
+                                                            name: str, tmp_path: Path) -> None:
+    """The same from a Thumb-2 armhf build: the compiler is armhf's (armlp
+    build reads it from the binary), the replacements are Thumb code, and
+    the program patched before its first instruction prints and writes what
+    the program rebuilt from the patched source does."""
+    built = _tree(tmp_path / "built", "zlib")
+    _make(built, MAKE_ZLIB_THUMB2, HF_CC)
+    program = built / "zstream"
+    diff = BUILDS / "zlib" / f"{name}.diff"
+    patch = tmp_path / f"{name}.o"
+    proc = _build(diff, zlib_case["src"], program, MAKE_ZLIB_THUMB2, patch)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["base"]["objects"] == 16 and report["base"]["functions_proven"] > 100
+    got = _functions(report)
+    assert set(got) == set(ZLIB_DIFFS[name]), got
+    ref_tree = _tree(tmp_path / "ref", "zlib")
+    subprocess.run(["patch", "-s", "-p1", "-d", str(ref_tree), "-i", str(diff)], check=True)
+    _make(ref_tree, MAKE_ZLIB_THUMB2, HF_CC)
+    ref_out, out = tmp_path / "ref.z", tmp_path / "out.z"
+    ref_lines = _run(["qemu-arm", str(ref_tree / "zstream"), str(zlib_case["in"]),
+                      str(ref_out), "0"])
+    lines = _run([str(ARMLP), "run", "--patch", str(patch), str(program), "--",
+                  str(zlib_case["in"]), str(out), "0"], env=_env(tmp_path))
+    assert lines == ref_lines
+    assert out.read_bytes() == ref_out.read_bytes()
+    assert zlib.decompress(out.read_bytes()) == zlib_case["in"].read_bytes()
 
 
 MAKE_SHARED = "make -f Makefile.shared -j2"

@@ -41,14 +41,14 @@ def _parked(pid: int) -> bool:
 
 
 #: (delay, compiler): static armel builds at every delay, and an armhf
-#: dynamic PIE (ARM-mode -pg code, Debian's Thumb-2 libc) at three.
+#: dynamic PIE (Thumb-2, as Debian armhf builds, and a Thumb-2 patch) at three.
 CASES = [*((d, "") for d in (0, 5, 10, 20, 30, 45, 60, 70, 80, 90, 100, 115, 140)),
          *((d, "arm-linux-gnueabihf-gcc") for d in (0, 45, 100))]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("delay_ms", "gcc"), CASES,
-                         ids=[f"{d}ms{'-armhf-dynamic' if g else ''}" for d, g in CASES])
+                         ids=[f"{d}ms{'-armhf-thumb2-dynamic' if g else ''}" for d, g in CASES])
 def test_controller_killed_mid_enable(delay_ms: int, gcc: str, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     prog, fix = program_and_patch(HERE / "programs" / "many.c",

@@ -61,7 +61,7 @@ def stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: str,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("gcc", ["", "arm-linux-gnueabihf-gcc"],
-                         ids=["static", "armhf-dynamic-pie"])
+                         ids=["static", "armhf-thumb2-dynamic-pie"])
 def test_200_enable_disable_cycles_under_8_hammering_threads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gcc: str) -> None:
     pauses: list[float] = []

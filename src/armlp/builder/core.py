@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,7 +250,8 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
         run("patched")
         t = time.monotonic()
         orig = {k: ObjectPieces(r.object) for k, r in records["original"].items()}
-        ours, bad = _prove(index, orig, records["original"], tree, report)
+        ours, bad = _prove(index, orig, records["original"], tree, report,
+                           lambda rec: _exact_compile(cc, rec, work))
         if bad:
             shown = "; ".join(f"{m.name} ({m.file}: {m.why})" for m in bad[:SHOWN])
             raise BuildError(f"the tree does not rebuild {program}: {len(bad)} of "
@@ -371,12 +373,30 @@ def _same_data_layout(orig: ObjectPieces, patched: ObjectPieces, ch: ObjectChang
     return all(r.type in SUPPORTED_TYPES for relocs in patched.relocs.values() for r in relocs)
 
 
+def _exact_compile(cc: str, rec: Record, work: Path) -> ObjectPieces | None:
+    """*rec*'s file compiled with the program's own flags and ``-g`` only.
+
+    In Thumb code ``-ffunction-sections`` does change the bytes: GAS makes a
+    branch or tail call within one section 16 bits wide (``b.n``) where it
+    can, and one to another section 32 bits.  The recorded object still
+    serves the comparison (both builds have it); the base proof of a Thumb
+    file that differs is made again with the build's exact code."""
+    out = work / "exact" / rec.object.name
+    out.parent.mkdir(exist_ok=True)
+    rc = subprocess.call([cc, *rec.flags, "-g", "-c", str(rec.source), "-o", str(out)],
+                         cwd=rec.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return ObjectPieces(out) if rc == 0 else None
+
+
 def _prove(index: ProgramIndex, orig: dict[str, ObjectPieces], records: dict[str, Record],
-           tree: Path, report: BuildReport) -> tuple[dict[str, ObjectPieces], list[Mismatch]]:
+           tree: Path, report: BuildReport,
+           exact: Callable[[Record], ObjectPieces | None],
+           ) -> tuple[dict[str, ObjectPieces], list[Mismatch]]:
     """The compiles that built the binary, one per source file, proven: of a
     file compiled twice (a static and a shared build), the one whose
-    functions are the binary's.  Returns them and, for files no compile of
-    which matches, the mismatches."""
+    functions are the binary's (a Thumb file's from :func:`_exact_compile`
+    when its recorded object differs).  Returns them and, for files no
+    compile of which matches, the mismatches."""
     by_file: dict[str, list[str]] = {}
     for key, rec in records.items():
         if index.belongs(orig[key]):
@@ -387,6 +407,10 @@ def _prove(index: ProgramIndex, orig: dict[str, ObjectPieces], records: dict[str
         first: tuple[int, list[Mismatch]] | None = None
         for key in keys:
             proven, wrong = prove_base(index, [orig[key]])
+            if wrong and any(p.sym.value & 1 for p in orig[key].functions()):
+                again = exact(records[key])
+                if again is not None:
+                    proven, wrong = prove_base(index, [again])
             if not wrong:
                 ours[key] = orig[key]
                 report.proven += proven

@@ -181,7 +181,8 @@ class _ObjectCopy:
                 reason = "new in this file, replaces the program's function of its name"
             self.out.included.append(Included(self.obj.file, name, "func", reason, replaces))
             if replaces is not None:
-                self.out.describe(replaces, self.sections[p.section.index], start_of(p.sym))
+                # The symbol's value: a Thumb function's keeps its interworking bit.
+                self.out.describe(replaces, self.sections[p.section.index], p.sym.value)
         for name, reason in self.copies.items():
             if self.obj.pieces[name].section.index in self.sections:
                 self.out.included.append(Included(self.obj.file, name, "data", reason))
