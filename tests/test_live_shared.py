@@ -9,7 +9,8 @@ program's ``report`` (its lines say "patched") and, after
 literals only), and calls libc's ``printf`` through what libc exports.
 The stream stays a valid zlib stream of the same input; it is the
 reference up to the patch point and larger while patched; status shows the
-two objects patched, as sysfs does.
+two objects patched, as sysfs does.  The same again as Debian armhf builds
+it: library, program and patch Thumb-2 and hard-float.
 """
 
 from __future__ import annotations
@@ -34,43 +35,55 @@ pytestmark = pytest.mark.slow
 
 FLAGS = ["-marm", "-pg", "-mapcs-frame", "-O2"]
 SYSROOT = "/usr/arm-linux-gnueabi"
+HF = "arm-linux-gnueabihf-gcc"
+#: Debian armel's ARM build and Debian armhf's own (Thumb-2, hard-float):
+#: (compiler, flags, sysroot, patch in Thumb).
+ABIS = {"armel-arm": ("", FLAGS, SYSROOT, False),
+        "armhf-thumb2": (HF, ["-mthumb", "-pg", "-O2"], "/usr/arm-linux-gnueabihf", True)}
 
 
-def _library(builder: Builder) -> Path:
+def _library(builder: Builder, abi: str = "armel-arm") -> Path:
+    gcc, flags, _, _ = ABIS[abi]
     sources = zlib_sources()
-    lib = builder.build("libz.so.1", [cross("gcc"), *FLAGS, "-fPIC", "-shared",
-                                      "-Wl,-soname,libz.so.1", f"-I{ZLIB_DIR}", *ZLIB_CFLAGS,
-                                      *sources, "-o", "{out}"], sources)
+    lib = builder.build(f"libz.so.1-{abi}", [gcc or cross("gcc"), *flags, "-fPIC", "-shared",
+                                             "-Wl,-soname,libz.so.1", f"-I{ZLIB_DIR}",
+                                             *ZLIB_CFLAGS, *sources, "-o", "{out}"], sources)
     return lib
 
 
-def _program(builder: Builder, lib: Path, where: Path) -> Path:
+def _program(builder: Builder, lib: Path, where: Path, abi: str = "armel-arm") -> Path:
     """zstream linked against *lib*, which is copied next to it as libz.so.1."""
+    gcc, flags, _, _ = ABIS[abi]
     libdir = where / "lib"
     libdir.mkdir(exist_ok=True)
     (libdir / "libz.so.1").write_bytes(lib.read_bytes())
-    obj = builder.compile(TESTS / "programs" / "zstream.c", [*FLAGS, f"-I{ZLIB_DIR}"],
-                          name="zstream-dyn.o")
+    obj = builder.compile(TESTS / "programs" / "zstream.c", [*flags, f"-I{ZLIB_DIR}"],
+                          name=f"zstream-dyn-{abi}.o", compiler=gcc or None)
     prog = where / "zs"             # a short name: the control socket's path holds it
-    subprocess.run([cross("gcc"), str(obj), str(libdir / "libz.so.1"), "-o", str(prog)],
+    subprocess.run([gcc or cross("gcc"), str(obj), str(libdir / "libz.so.1"), "-o", str(prog)],
                    check=True)
     return prog
 
 
+@pytest.mark.parametrize("abi", list(ABIS))
 def test_one_patch_changes_the_program_and_its_shared_zlib(builder: Builder,
-                                                           live: Live) -> None:
-    prog = _program(builder, _library(builder), live.dir)
+                                                           live: Live, abi: str) -> None:
+    gcc, _, sysroot, thumb = ABIS[abi]
+    prog = _program(builder, _library(builder, abi), live.dir, abi)
     libdir = str(live.dir / "lib")
     data = zlib_input(live.dir / "in.bin", 3 << 20)
     ref = live.dir / "ref.z"
-    subprocess.run(["qemu-arm", "-L", SYSROOT, "-E", f"LD_LIBRARY_PATH={libdir}", str(prog),
+    subprocess.run(["qemu-arm", "-L", sysroot, "-E", f"LD_LIBRARY_PATH={libdir}", str(prog),
                     str(live.dir / "in.bin"), str(ref), "0"], check=True, capture_output=True,
                    timeout=120)
     reference = ref.read_bytes()
     assert zlib.decompress(reference) == data
     # Bound to the library's build (armlp cflags --target libz.so.1).
-    patch = compile_patch(TESTS / "patches" / "zlib_shared.c", live.dir / "lib" / "libz.so.1",
-                          live.dir / "p.o")
+    patch = live.dir / "p.o"
+    subprocess.run([gcc or cross("gcc"), *patch_cflags(ElfImage(libdir + "/libz.so.1").build_id,
+                                                       thumb=thumb),
+                    "-c", str(TESTS / "patches" / "zlib_shared.c"), "-o", str(patch)],
+                   check=True)
 
     live.env["LD_LIBRARY_PATH"] = libdir
     r = live.run("zs", prog, str(live.dir / "in.bin"), str(live.dir / "out.z"), "150000")
