@@ -8,25 +8,39 @@ function holds it, is named with the function, and only force ends it."""
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from armlp.elf.image import ElfImage
+from armlp.toolchain import patch_cflags, tool
 from conftest import program_and_patch
-from live_helpers import TESTS, Live, compile_patch, wait_until
+from live_helpers import TESTS, Live, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def busy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return program_and_patch(TESTS / "programs" / "busy.c", TESTS / "patches" / "busy_fix.c",
-                             tmp_path_factory.mktemp("busy"))
+Busy = tuple[Path, Path, str]
 
 
-def test_busy_threads_switch_without_force(busy: tuple[Path, Path], live: Live) -> None:
-    prog, fix = busy
+@pytest.fixture(scope="module", params=["", "arm-linux-gnueabihf-gcc"],
+                ids=["static-arm", "armhf-thumb2"])
+def busy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Busy:
+    """The program, its patch and the compiler (see program_and_patch):
+    static ARM (APCS frames: a function is seen on a stack by its frame's
+    saved pc), and Debian armhf's Thumb-2 PIE (no frames: by the words that
+    may return into it)."""
+    gcc: str = request.param
+    prog, fix = program_and_patch(TESTS / "programs" / "busy.c",
+                                  TESTS / "patches" / "busy_fix.c",
+                                  tmp_path_factory.mktemp("busy"), gcc)
+    return prog, fix, gcc
+
+
+def test_busy_threads_switch_without_force(busy: Busy, live: Live) -> None:
+    prog, fix, _ = busy
     r = live.run("busy", prog, "6")
     target = r.info()["id"]
     wait_until("the workers", lambda: "ready" in r.out())
@@ -42,9 +56,12 @@ def test_busy_threads_switch_without_force(busy: tuple[Path, Path], live: Live) 
 
 
 def test_a_thread_inside_a_patched_function_holds_the_transition(
-        busy: tuple[Path, Path], live: Live) -> None:
-    prog, _ = busy
-    patch = compile_patch(TESTS / "patches" / "busy_forever.c", prog, live.dir / "forever.o")
+        busy: Busy, live: Live) -> None:
+    prog, _, gcc = busy
+    patch = live.dir / "forever.o"          # built as program_and_patch builds the first
+    subprocess.run([gcc or tool("gcc"), *patch_cflags(ElfImage(prog).build_id, thumb=bool(gcc)),
+                    "-c", str(TESTS / "patches" / "busy_forever.c"), "-o", str(patch)],
+                   check=True)
     r = live.run("stuck", prog, "8", "stuck")
     target = r.info()["id"]
     wait_until("the workers", lambda: "ready" in r.out())

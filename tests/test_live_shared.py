@@ -146,33 +146,36 @@ def test_objects_a_patch_names(builder: Builder, tmp_path: Path) -> None:
 
 
 def _plugin_host(builder: Builder, where: Path, gcc: str) -> tuple[Path, Path, Path]:
-    """dlopen_host and libplugin.so built by *gcc* (armel or armhf), and the
-    patch plugin_fix.c for them."""
+    """dlopen_host and libplugin.so built by *gcc* (armel: ARM; armhf:
+    Thumb-2, as Debian builds), and the patch plugin_fix.c for them."""
+    thumb = gcc == HF
+    flags = ABIS["armhf-thumb2" if thumb else "armel-arm"][1]
     plugin = where / "libplugin.so"
     src = TESTS / "programs" / "plugin.c"
-    built = builder.build(f"libplugin-{gcc}.so", [gcc, *FLAGS, "-fPIC", "-shared",
+    built = builder.build(f"libplugin-{gcc}.so", [gcc, *flags, "-fPIC", "-shared",
                                                   "-Wl,-soname,libplugin.so", str(src), "-o",
                                                   "{out}"], [src])
     plugin.write_bytes(built.read_bytes())
     host, obj = where / "dh", where / "dh.o"       # compiled with -pg, linked without
-    subprocess.run([gcc, *FLAGS, "-c", str(TESTS / "programs" / "dlopen_host.c"), "-o",
+    subprocess.run([gcc, *flags, "-c", str(TESTS / "programs" / "dlopen_host.c"), "-o",
                     str(obj)], check=True)
     subprocess.run([gcc, str(obj), "-o", str(host)], check=True)
     patch = where / "p.o"
-    subprocess.run([gcc, *patch_cflags(ElfImage(host).build_id), "-c",
+    subprocess.run([gcc, *patch_cflags(ElfImage(host).build_id, thumb=thumb), "-c",
                     str(TESTS / "patches" / "plugin_fix.c"), "-o", str(patch)], check=True)
     return host, plugin, patch
 
 
-@pytest.mark.parametrize("gcc", ["arm-linux-gnueabi-gcc", "arm-linux-gnueabihf-gcc"])
+@pytest.mark.parametrize("gcc", ["arm-linux-gnueabi-gcc", HF])
 def test_a_library_loaded_later_is_patched_as_it_loads(builder: Builder, live: Live,
                                                        gcc: str) -> None:
     """The patch names libplugin.so while it is not loaded (accepted, its
     object unpatched); every dlopen after that runs the new function from
     the first call; dlclose and dlopen again keep it right; unpatching
-    while it is loaded gives the old one back.  armel's ld.so is ARM code,
-    armhf's Thumb (its _dl_debug_state gets a b.w to a Thumb veneer; its
-    first system call borrows the program's ELF header for an ARM svc)."""
+    while it is loaded gives the old one back.  armel's build is ARM code,
+    armhf's Thumb-2; armel's ld.so is ARM code, armhf's Thumb (its
+    _dl_debug_state gets a b.w to a Thumb veneer; its first system call
+    borrows the program's ELF header for an ARM svc)."""
     host, plugin, patch = _plugin_host(builder, live.dir, gcc)
     r = live.run("dh", host, str(plugin), "30", "100000")
     info = r.info()

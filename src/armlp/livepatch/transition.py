@@ -86,7 +86,11 @@ class Blocking:
         address = word & ~1
         if not self.lo < address <= self.hi or (self.thumb and not word & 1):
             return False
-        return self.site is None or address not in (self.site, self.site + 4)
+        return not self.trampoline_word(word)
+
+    def trampoline_word(self, word: int) -> bool:
+        """The mcount site or its return (see :meth:`returns_into`)."""
+        return self.site is not None and word & ~1 in (self.site, self.site + 4)
 
 
 def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking]) -> str:
@@ -94,12 +98,13 @@ def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking
     blocking function ('' if none): the conservative test of
     :meth:`Transition._check`.  Only the stack above sp is live; below it
     lie dead frames (the trampoline's of the last call, say); a word there
-    counts when it may return into the function (Blocking.returns_into)."""
-    def inside(w: int) -> str:
-        return next((b.name for b in blocking if b.holds(w)), "")
-
+    counts when it may return into the function (Blocking.returns_into).
+    r0-r12 count anywhere in a function but at its mcount site and the
+    site's return, which ip keeps after the trampoline's return (``bx ip``),
+    a stale copy as the stack's (lr and pc always count)."""
     for i, w in enumerate([*regs.r, regs.lr, regs.pc]):
-        name = inside(w)
+        name = next((b.name for b in blocking
+                     if b.holds(w) and (i >= 13 or not b.trampoline_word(w))), "")
         if name:
             reg = ("lr", "pc")[i - 13] if i >= 13 else f"r{i}"
             return f"{reg} in {name}"
