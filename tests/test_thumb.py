@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from armlp.elf.image import ElfImage
 from armlp.machine.emulator import Emulator
 from armlp.target import Target
+from armlp.toolchain import patch_cflags
 from conftest import CORPUS, OLEVELS, Builder, armlp, cross
 from zlib_build import ZLIB_CFLAGS, ZLIB_DIR, zlib_sources
 
@@ -128,3 +132,31 @@ def test_unknown_thumb_prologue_is_refused_with_its_instruction(builder: Builder
     res = armlp("scan", "--function", "frame_4k", obj)
     assert res.code == 0 and "not patchable" in res.out
     assert "Thumb prologue instruction 'ldr r7, [pc" in res.out
+
+
+def test_emulator_traces_and_patches_a_thumb2_glibc_program(builder: Builder,
+                                                            tmp_path: Path) -> None:
+    """armlp's emulator runs a static Thumb-2 armhf glibc program: the
+    tracer sees its Thumb functions, and a Thumb patch with hard-float
+    arguments (d0, s0-s3) replaces one of them from the first call."""
+    src = Path(__file__).parent / "programs" / "hardfloat.c"
+    prog = builder.build("hardfloat-thumb2", [HF, "-mthumb", "-pg", "-O2", "-static",
+                                              str(src), "-o", "{out}"], [src])
+    res = armlp("trace", prog, "--filter", "mix", "--filter", "scale")
+    assert res.code == 0, res.err
+    assert "5.750 8.000\n" in res.err                 # the program's own output
+    assert res.out.startswith("mix <- main\nscale <- main\n# 2 calls traced")
+    fix = tmp_path / "fix.c"
+    fix.write_text('#include <armlp/livepatch.h>\nARMLP_PATCH("scale-fix");\n'
+                   "float scale_v2(float x, float y, float z, float w, double e)\n"
+                   "{ return x * y * z * w + (float)e; }\n"
+                   "ARMLP_REPLACE(scale, scale_v2);\n")
+    patch = tmp_path / "fix.o"
+    subprocess.run([HF, *patch_cflags(ElfImage(prog).build_id, thumb=True), "-c", str(fix),
+                    "-o", str(patch)], check=True)
+    # The program writes to the process's own stdout: a child's, captured.
+    run = subprocess.run([sys.executable, "-m", "armlp.cli.main", "run", "--machine", "emu",
+                          str(prog), "--patch", str(patch)], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "5.750 29.000\n"              # scale: 1*2*3*4 + 5
