@@ -27,11 +27,14 @@ TESTS = Path(__file__).resolve().parent
 LINES = 25
 
 
-@pytest.fixture(scope="module")
-def blocking(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+@pytest.fixture(scope="module", params=["", "arm-linux-gnueabihf-gcc"],
+                ids=["static-arm", "armhf-thumb2"])
+def blocking(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The program and its patch: static ARM, and Debian armhf's Thumb-2 PIE."""
     return program_and_patch(TESTS / "programs" / "blocking.c",
                              TESTS / "patches" / "price_x3.c",
-                             tmp_path_factory.mktemp("blocking"))
+                             tmp_path_factory.mktemp("blocking"), request.param)
 
 
 @pytest.mark.parametrize("handler", ["restart", "norestart"])
