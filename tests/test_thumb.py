@@ -182,3 +182,14 @@ def test_a_patch_of_an_unreadable_thumb_prologue_is_refused(builder: Builder,
     assert res.code == 2 and res.err.count("\n") == 1, res.err
     assert "frame_dummy is not patchable" in res.err
     assert "Thumb prologue instruction 'movw r3" in res.err
+
+
+def test_a_thumb2_program_without_pg_is_refused_with_the_fix(builder: Builder) -> None:
+    """Debian armhf's default build has no mcount site: the one line says
+    so and which flags give one."""
+    src = Path(__file__).parent / "programs" / "hardfloat.c"
+    prog = builder.build("hardfloat-nopg", [HF, "-mthumb", "-O2", "-static", str(src), "-o",
+                                            "{out}"], [src])
+    res = armlp("run", "--machine", "emu", prog)
+    assert res.code == 2 and res.err.count("\n") == 1, res.err
+    assert "not built with -pg" in res.err and "-mthumb -funwind-tables" in res.err

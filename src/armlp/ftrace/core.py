@@ -224,7 +224,9 @@ class Ftrace:
         it is Thumb code (armhf's libc): ARM sites then call it with ``blx``."""
         found = mcount_addresses(scan.image)
         if len(found) != 1:
-            raise FtraceError(f"{scan.image.path}: no __gnu_mcount_nc: not built with -pg")
+            raise FtraceError(f"{scan.image.path}: no __gnu_mcount_nc: not built with -pg "
+                              f"(rebuild it with -pg, and -marm -mapcs-frame for ARM code "
+                              f"or -mthumb -funwind-tables for Thumb-2)")
         return found.pop()
 
     def mcount_call(self, ip: int, mcount: int | None = None, thumb: bool = False) -> int:
