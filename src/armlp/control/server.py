@@ -106,11 +106,17 @@ class LiveProcess(Protocol):
 
 #: First retry of a deferred free, and the longest back-off (seconds).
 RELEASE_FIRST, RELEASE_MAX = 0.1, 5.0
-#: Transition retries: soon (a thread just left a function), then once a
+#: Transition retries: every 10 ms for the first attempts (a running thread
+#: switches after two clean scans in successive attempts, and one caught in
+#: the trampoline just waits for the next), then backing off to once a
 #: second, as the kernel's klp_transition_work does.
 TRANSITION_FIRST, TRANSITION_MAX = 0.01, 1.0
+TRANSITION_QUICK_ATTEMPTS = 20
 #: A transition still open after this long is reported.
 STALL_AFTER = 60.0
+#: How long code written stale-ok (a transition's fast paths) may wait for
+#: qemu's translations to be dropped, when no other code update does it.
+STALE_AFTER = 0.1
 
 
 def target_id(program: str, pid: int) -> str:
@@ -167,6 +173,7 @@ class Controller:
         #: When to try the open transition again, and the back-off.
         self._transition_at: float | None = None
         self._transition_delay = TRANSITION_FIRST
+        self._stale_at: float | None = None
         #: A transition open this long is reported (``--stall-after``).
         self.stall_after = STALL_AFTER
         #: Whether every thread can be stopped (else no free is ever proven).
@@ -293,7 +300,8 @@ class Controller:
                             for b in t.blocked()) or "no thread can be checked"
             self.on_event(f"patch {t.patch.name}: transition stalled for {age:.0f} s ({who}); "
                           f"'armlp force {t.patch.name}' switches the rest")
-        self._transition_delay = min(self._transition_delay * 2, TRANSITION_MAX)
+        if t.attempts >= TRANSITION_QUICK_ATTEMPTS:
+            self._transition_delay = min(self._transition_delay * 2, TRANSITION_MAX)
         self._transition_at = time.monotonic() + self._transition_delay
 
     def _trace_start(self, req: TraceStart, client: Client | None) -> Any:
@@ -421,12 +429,25 @@ class Controller:
                         return status
                 if self._release_at is None and self.livepatch.deferred and self.stops_all:
                     self._release_at = now + self._release_delay
+                if self._stale_at is not None and self._stale_at <= now:
+                    self._stale_at = None
+                    try:
+                        with self.paused():
+                            self.target.machine.flush_stale()
+                    except ArmlpError as exc:   # old code runs on: correct, slower
+                        self.on_event(f"dropping old translations failed: {exc}")
+                    status = self.process.exited()
+                    if status is not None:
+                        return status
+                if self._stale_at is None and self.target.machine.stale:
+                    self._stale_at = now + STALE_AFTER
                 for c in [c for c in clients.values() if c.deadline is not None
                           and c.deadline <= now]:
                     self._drop(c, clients)          # too slow: dropped, nothing else waits
                 due = [t[0] for t in timers[:1]] + \
                     ([self._release_at] if self._release_at is not None else []) + \
                     ([self._transition_at] if self._transition_at is not None else []) + \
+                    ([self._stale_at] if self._stale_at is not None else []) + \
                     [c.deadline for c in clients.values() if c.deadline is not None]
                 wait = max(0.0, min(due) - now) if due else None
                 interval = self.process.poll_interval()

@@ -402,8 +402,10 @@ class Ftrace:
     def unregister_ftrace_function(self, ops: FtraceOps) -> None:
         self.unregister_ftrace_functions([ops])
 
-    def unregister_ftrace_functions(self, opss: list[FtraceOps]) -> None:
-        """Remove several users with one batch of code writes."""
+    def unregister_ftrace_functions(self, opss: list[FtraceOps], *,
+                                    stale_ok: bool = False) -> None:
+        """Remove several users with one batch of code writes (*stale_ok*:
+        see Machine.write_code)."""
         for ops in opss:
             if ops not in self.ops:
                 raise FtraceError(f"ops {ops.name} is not registered")
@@ -415,7 +417,7 @@ class Ftrace:
                     self._active.pop(r.ip, None)
                 touched[r.ip] = r
             self.ops.remove(ops)
-        self._update(touched.values())
+        self._update(touched.values(), stale_ok=stale_ok)
         for ops in opss:
             self._free_ops(ops)
 
@@ -463,17 +465,19 @@ class Ftrace:
             target = self.veneers.get(at, target)
         return site_branch("b", at, target, thumb)
 
-    def set_directs(self, changes: Sequence[tuple[FtraceOps, int | None, int | None]]) -> None:
+    def set_directs(self, changes: Sequence[tuple[FtraceOps, int | None, int | None]], *,
+                    stale_ok: bool = False) -> None:
         """Move registered ops' fast paths (``(ops, direct, direct_entry)``:
         e.g. a func stack's top changed) with one code update (one stop of
-        the program, as the kernel's ftrace_modify_all_code)."""
+        the program, as the kernel's ftrace_modify_all_code); *stale_ok*:
+        see Machine.write_code."""
         if not changes:
             return
         for ops, direct, direct_entry in changes:
             ops.direct, ops.direct_entry = direct, direct_entry
         moved = {id(ops) for ops, _, _ in changes}
         self._update([r for r in self.records.values()
-                      if any(id(u) in moved for u in r.users)])
+                      if any(id(u) in moved for u in r.users)], stale_ok=stale_ok)
 
     def _call_word(self, ip: int, target: int, thumb: bool) -> int:
         """``bl`` (``blx`` from Thumb) to an ARM trampoline, through a veneer
@@ -482,7 +486,7 @@ class Ftrace:
             target = self.veneers.get(ip, target, thumb)
         return site_branch("bl", ip, target, thumb)
 
-    def _update(self, recs: Iterable[DynFtrace]) -> None:
+    def _update(self, recs: Iterable[DynFtrace], *, stale_ok: bool = False) -> None:
         """Bring *recs* to the state their users want.
 
         The records' user lists are written before any site starts calling a
@@ -507,7 +511,7 @@ class Ftrace:
                 writes.append(CodeWrite(rec.report.fn.address, struct.pack("<I", rec.entry_word),
                                         struct.pack("<I", entry)))
         self._update_trace_function()
-        self.machine.write_code(writes)
+        self.machine.write_code(writes, stale_ok=stale_ok)
         for rec, want in wanted:
             rec.word = want
         for rec, entry in entries:

@@ -110,7 +110,9 @@ class FuncStacks:
 
     def settle(self, stacks: Iterable[FuncStack]) -> None:
         """The transition is over: the fast path to each top's new function
-        (one code update for them all)."""
+        (one code update for them all).  A thread may keep taking the
+        generic path a while (qemu's old translations): with no transition,
+        the handler sends it to the same new function."""
         changes = []
         for stack in stacks:
             new_func = stack.funcs[-1].new_func if stack.funcs else 0
@@ -118,7 +120,7 @@ class FuncStacks:
                 # The trampoline's literal is data (see _retarget): a plain write.
                 write_word(self.machine, stack.literal, new_func)
                 changes.append(stack.direct(new_func))
-        self.ftrace.set_directs(changes)
+        self.ftrace.set_directs(changes, stale_ok=True)
 
     def unsettle(self, stacks: Iterable[FuncStack]) -> None:
         """A transition begins: every call through the handler, which
@@ -157,8 +159,10 @@ class FuncStacks:
 
     def drop(self, emptied: list[FuncStack]) -> None:
         """Functions left unpatched go back to the NOP in one batch of writes;
-        only then are their func stacks cleared."""
-        self.ftrace.unregister_ftrace_functions([st.ops for st in emptied])
+        only then are their func stacks cleared.  A thread may keep calling
+        the regs trampoline a while (qemu's old translations of the sites):
+        their records have no users left, so it resumes the function."""
+        self.ftrace.unregister_ftrace_functions([st.ops for st in emptied], stale_ok=True)
         for stack in emptied:
             write_word(self.machine, stack.klp_ops, 0)
             self.heap.free(stack.klp_ops)

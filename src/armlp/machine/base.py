@@ -133,15 +133,28 @@ class Machine(Protocol):
         """Write data memory (no icache flush, no comparison)."""
         ...
 
-    def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False) -> None:
+    def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False,
+                   stale_ok: bool = False) -> None:
         """Compare-and-swap code writes, all or nothing, then flush.
 
         Raises CodeModificationError naming the first address whose current
         bytes are not the expected ones; nothing is written in that case.
         *unused*: no thread can be running, or have translated, that code
         yet (memory armlp has just mapped, a heap block never used before),
-        so the target need not be stopped for the writes.
+        so the target need not be stopped for the writes.  *stale_ok*: the
+        code replaced stays correct (a fast path taking over from the
+        generic one), so a backend whose flush is costly may run it later,
+        with its next code update or :meth:`flush_stale`.
         """
+        ...
+
+    @property
+    def stale(self) -> bool:
+        """Whether ``write_code(stale_ok=True)`` left code to flush."""
+        ...
+
+    def flush_stale(self) -> None:
+        """Flush what ``write_code(stale_ok=True)`` left (the target stopped)."""
         ...
 
     def alloc(self, size: int, *, near: int | None = None) -> int:

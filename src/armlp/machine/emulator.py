@@ -211,12 +211,18 @@ class Emulator(AddressSpace):
             raise MachineError(f"cannot write {len(data)} bytes at {address:#010x}: "
                                f"{exc}") from None
 
-    def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False) -> None:
+    def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False,
+                   stale_ok: bool = False) -> None:
         """Compare-and-swap code writes, all or nothing, then drop the
-        translated code of every written range."""
+        translated code of every written range (always: it is cheap here)."""
         for start, image in code_images(writes, self.read):
             self.write(start, bytes(image))
             self.flush_icache(start, len(image))
+
+    stale = False
+
+    def flush_stale(self) -> None:
+        pass
 
     def call(self, address: int, args: Sequence[int] = (), *,
              regs: Mapping[str, int] | None = None, max_instructions: int = 10_000_000) -> int:

@@ -74,6 +74,26 @@ HOLD_NICE = -10
 _libc: ctypes.CDLL | None = None
 
 
+def raise_priority(tid: int) -> int | None:
+    """Run host thread *tid* at nice HOLD_NICE; its nice before (None when it
+    was that high already, or the system does not allow it: not root)."""
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, tid)
+        if nice > HOLD_NICE:
+            os.setpriority(os.PRIO_PROCESS, tid, HOLD_NICE)
+            return nice
+    except OSError:
+        pass                # not allowed: only slower
+    return None
+
+
+def restore_priority(tid: int, nice: int | None) -> None:
+    """Undo :func:`raise_priority` (*nice*: what it returned)."""
+    if nice is not None:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+
+
 def _ptrace(request: int, tid: int, data: int = 0) -> int:
     """ptrace(request, tid, 0, data); 0 or the errno."""
     global _libc
@@ -254,19 +274,11 @@ class Freezer:
     # --- internals -----------------------------------------------------------
 
     def _raise_priority(self) -> None:
-        tid = threading.get_native_id()
-        try:
-            nice = os.getpriority(os.PRIO_PROCESS, tid)
-            if nice > HOLD_NICE:
-                os.setpriority(os.PRIO_PROCESS, tid, HOLD_NICE)
-                self._nice = nice
-        except OSError:
-            pass                # not allowed: the thaw is only slower
+        self._nice = raise_priority(threading.get_native_id())
 
     def _restore_priority(self) -> None:
         if self._nice is not None:
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+            restore_priority(threading.get_native_id(), self._nice)
             self._nice = None
 
     def _list_tasks(self, must_exist: bool = True) -> list[int]:

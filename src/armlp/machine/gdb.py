@@ -183,7 +183,8 @@ class GdbMachine(Injection):
         self._need_stopped("write memory")
         self._raw_write(address, bytes(data))
 
-    def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False) -> None:
+    def write_code(self, writes: Sequence[CodeWrite], *, unused: bool = False,
+                   stale_ok: bool = False) -> None:
         """Compare-and-swap code writes: one read per contiguous range,
         nothing written if any expected word differs, then coalesced writes
         (the stub's write path invalidates qemu's translations; gdbserver
@@ -191,7 +192,8 @@ class GdbMachine(Injection):
         qemu is written through ``/proc/PID/mem`` with the program running:
         qemu translates only what a thread has executed, and a translation
         ends at the branch that ends a routine, so none holds those bytes
-        (and mapping memory drops what qemu kept of an earlier mapping)."""
+        (and mapping memory drops what qemu kept of an earlier mapping).
+        *stale_ok*: the mprotect dropping translations waits (see Machine)."""
         self._flush_batch()
         self._need_stopped("write code")
         images = code_images(writes, self._cached_read, _GAP_FILL)
@@ -200,7 +202,7 @@ class GdbMachine(Injection):
                 for start, img in images:
                     self._raw_write(start, bytes(img))
             if not unused:
-                self._drop_translations(images)
+                self._drop_translations(images, stale_ok=stale_ok)
             return
         if any(self._read_only(start, len(img)) for start, img in images):
             self.make_text_writable()

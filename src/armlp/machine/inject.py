@@ -91,13 +91,33 @@ class Injection(Parking):
     def _flush_batch(self) -> None:
         raise NotImplementedError
 
-    def _drop_translations(self, images: Sequence[tuple[int, bytes | bytearray]]) -> None:
+    #: Code written with write_code(stale_ok=True) whose pages keep qemu's
+    #: old translations until the next drop (see Machine.write_code).
+    _stale: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def stale(self) -> bool:
+        return bool(self._stale)
+
+    def flush_stale(self) -> None:
+        if self._stale:
+            self._need_stopped("flush code")
+            self._drop_translations([])
+
+    def _drop_translations(self, images: Sequence[tuple[int, bytes | bytearray]], *,
+                           stale_ok: bool = False) -> None:
         """After code was written behind qemu's back: an mprotect of the pages
         in the target makes qemu drop what it translated from them (a page
         it write-protected for its translations regains write permission,
-        which invalidates them), so every thread runs the new code."""
-        pages = sorted({p for start, img in images
-                        for p in range(_page_down(start), _page_up(start + len(img)), PAGE)})
+        which invalidates them), so every thread runs the new code.  With
+        *stale_ok* the pages wait for the next drop, which takes them too."""
+        spans = (*self._stale, *((start, len(img)) for start, img in images))
+        if stale_ok:
+            self._stale = spans
+            return
+        self._stale = ()
+        pages = sorted({p for start, size in spans
+                        for p in range(_page_down(start), _page_up(start + size), PAGE)})
         runs: list[list[int]] = []
         for p in pages:
             if runs and runs[-1][1] == p:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from armlp.errors import MachineError
+from armlp.machine.freeze import raise_priority, restore_priority
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import StopReply
 from armlp.machine.scratch import PAGE, scratch_code
@@ -122,6 +123,10 @@ class Parking:
                                  for n in ("result", "done", "go", "go_signal"))
         host.write(result, bytes(12))
         host.write(sig, struct.pack("<I", self.agent_signal or 0))
+        # The agent runs ahead of the program's threads while it works for
+        # armlp: on a busy machine it would wait for a time slice, then for
+        # the come-back, while armlp's request waits on it.
+        nice = raise_priority(tid)
         try:
             self.conn.write_all_registers(run, tid)
             self._cache.clear()
@@ -143,6 +148,7 @@ class Parking:
             self._come_back(tid, go)
             return value
         finally:
+            restore_priority(tid, nice)
             if self.exit is None and self.parked:
                 self.conn.write_all_registers(saved, tid)
 
