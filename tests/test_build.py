@@ -397,8 +397,10 @@ CASES: dict[str, str | None] = {
     "datafile": "conf.c: the diff changes the size or initial value of threshold",
     # a new function-local static of a name that exists: GCC renumbers them
     "statics": "main.c: the diff adds or removes a function-local static named 'calls'",
-    # a global constant another file reads
-    "rodata": "conf.c: the diff changes the constant 'limits', which main.c:show",
+    # a global constant another file reads, and that file's function changed too
+    "rodata": None,
+    # only the constant: its users in its own file and in another are patched
+    "rodata2": None,
     # a weak definition another file overrides: not the program's
     "weak": "the diff changes no function of",
     # the same bytes calling another function and printing another string
@@ -445,3 +447,21 @@ def test_review_cases(name: str, tmp_path: Path) -> None:
     assert want_out != _run(["qemu-arm", str(built / "prog")])
     assert _run([str(ARMLP), "run", "--patch", str(patch), str(built / "prog")],
                 env=_env(tmp_path)) == want_out
+
+
+def test_a_changed_constant_brings_its_readers_from_every_file(tmp_path: Path) -> None:
+    """limits changes in conf.c: its copy travels with the patch, with
+    over() (conf.c) and show() (main.c, which the diff does not touch and
+    make does not recompile, reading the copy); the report says why."""
+    case = BUILDS / "cases" / "rodata2"
+    built = tmp_path / "built"
+    shutil.copytree(case, built, ignore=shutil.ignore_patterns("fix.diff"))
+    _make(built, "make")
+    proc = _build(case / "fix.diff", case, built / "prog", "make", tmp_path / "p.o")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    got = _functions(report)
+    # over() has limits[1] folded into its code by GCC (a const of its file).
+    assert set(got) == {"over", "show"} and got["over"].startswith("changed")
+    assert got["show"] == "changed: uses limits (conf.c), which changed"
+    assert [d["name"] for d in report["data"]] == ["limits"]

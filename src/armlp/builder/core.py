@@ -153,24 +153,34 @@ def _reason(name: str, ch: ObjectChanges, touched: set[str],
            "or a constant it uses?)"
 
 
-def _check_shared_constants(changes: dict[str, tuple[ObjectChanges, ObjectPieces]],
-                            ours: dict[str, ObjectPieces]) -> None:
-    """A changed global constant travels with the functions of its own file
-    that use it; a function of another file using it would keep reading the
-    old one: refused, naming it."""
-    for key, (ch, patched) in changes.items():
-        shared = {n for n in ch.data_changed if not patched.pieces[n].local}
-        for other_key, obj in ours.items():
-            if other_key == key or not shared:
+def _shared_constants(changes: dict[str, tuple[ObjectChanges, ObjectPieces]]) -> set[str]:
+    """The global constants the diff changes: a new copy of each travels
+    with the patch, and every function of the program that reads one must
+    read the copy."""
+    return {n for ch, patched in changes.values() for n in ch.data_changed
+            if not patched.pieces[n].local}
+
+
+def _add_constant_users(changes: dict[str, tuple[ObjectChanges, ObjectPieces]],
+                        ours: dict[str, ObjectPieces], patched: dict[str, Record]) -> None:
+    """The functions of other files that read a changed global constant
+    (through an undefined symbol there) are in the patch too, as the users
+    in its own file are (kpatch-build's rule for changed data users)."""
+    shared = _shared_constants(changes)
+    if not shared:
+        return
+    owner = {n: ch.file for ch, p in changes.values() for n in ch.data_changed if n in shared}
+    for key, obj in ours.items():
+        for p in obj.functions():
+            used = next((k[1] for _, _, k in p.refs if k[0] == "ext" and k[1] in shared), None)
+            if used is None:
                 continue
-            for p in obj.functions():
-                used = next((k[1] for _, _, k in p.refs if k[0] == "ext" and k[1] in shared),
-                            None)
-                if used is not None:
-                    raise BuildError(f"{ch.file}: the diff changes the constant {used!r}, "
-                                     f"which {obj.file}:{p.name} also reads: armlp build "
-                                     f"patches the users of a changed constant in its own "
-                                     f"file only")
+            if key not in changes:
+                changes[key] = (ObjectChanges(obj.file), ObjectPieces(patched[key].object))
+            ch = changes[key][0]
+            if p.name not in ch.changed and p.name not in ch.new:
+                ch.changed.append(p.name)
+            ch.uses.setdefault(p.name, f"{used} ({owner[used]})")
 
 
 def _confirm_line_only(ch: ObjectChanges, facts: SourceFacts,
@@ -279,7 +289,10 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
             report.line_only += [f"{ch.file}:{n}" for n in ch.line_only]
             if not ch.empty:
                 changes[key] = (ch, patched)
-        _check_shared_constants(changes, ours)
+        # A file the patched build did not recompile (make saw no change) is
+        # the original build's.
+        latest = {**records["original"], **records["patched"]}
+        _add_constant_users(changes, ours, latest)
         for ch, _ in changes.values():
             if ch.data_refused:
                 raise BuildError(f"{ch.file}: the diff changes the size or initial value of "
@@ -293,10 +306,13 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
             raise BuildError(f"the diff changes no function of {program}{only}")
         report.timings["compare"] = time.monotonic() - t
         t = time.monotonic()
-        emitter = PatchEmitter(index)
+        emitter = PatchEmitter(index, _shared_constants(changes))
         emit_dir = work / "emit"
         emit_dir.mkdir(exist_ok=True)
-        for key, (ch, patched) in sorted(changes.items()):
+        # Ordering: the files defining changed constants first, so the other
+        # files' references to them find the patch's copies.
+        for key, (ch, patched) in sorted(changes.items(), key=lambda kv: (
+                not kv[1][0].data_changed, kv[0])):
             # Roots: the changed functions, and new global ones (another file's
             # changed function may call them); new statics come when used.
             orig_obj = ours.get(key)
@@ -308,17 +324,19 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
             report.not_in_program += [f"{ch.file}:{n}" for n in absent]
             roots = [n for n in ch.changed if n not in absent] + \
                 [n for n in ch.new if not patched.pieces[n].local]
-            if not roots:
+            if not roots and not ch.data_changed:
                 continue
-            touched = facts[key].touched(diffs)
-            funcs = {n: _reason(n, ch, touched, facts[key].inlined) for n in roots}
+            # A file only in the patch for a constant's users has no facts.
+            touched = facts[key].touched(diffs) if key in facts else set()
+            inlined = facts[key].inlined if key in facts else {}
+            funcs = {n: _reason(n, ch, touched, inlined) for n in roots}
             # New data travels, unless the program has a global of its name
             # (a common symbol, or a variable moved from another file): the
             # program's holds the state.
             copies = {n: "new" for n in ch.data_new
                       if patched.pieces[n].local or n not in index.globals}
             copies.update({n: "changed read-only data" for n in ch.data_changed})
-            rec = records["patched"][key]
+            rec = latest[key]
             orig_obj = ours.get(key)
             if orig_obj is not None and _same_data_layout(orig_obj, patched, ch, index):
                 emission = patched

@@ -65,11 +65,14 @@ class Included:
 class PatchEmitter:
     """Collects sections from the changed files' builds, then writes the patch."""
 
-    def __init__(self, index: ProgramIndex) -> None:
+    def __init__(self, index: ProgramIndex, shared: set[str] | None = None) -> None:
         self.index = index
         self.writer = ObjectWriter()
         self.included: list[Included] = []
         self._externs: dict[str, int] = {}
+        #: Changed global constants: the patch's copy of each, once emitted;
+        #: other files' references to the name bind to it.
+        self.shared: dict[str, int | None] = dict.fromkeys(shared or ())
         self._descs: list[tuple[str, int, int, int]] = []   # old, sympos, shndx, value
         self._attributes: bytes | None = None
 
@@ -90,6 +93,9 @@ class PatchEmitter:
                 self.writer.flags = emission.image.flags
 
     def extern(self, name: str, weak: bool = False) -> int:
+        copy = self.shared.get(name)
+        if copy is not None:
+            return copy
         if name not in self._externs:
             self._externs[name] = self.writer.add_symbol(
                 name, 0, 0, STT_NOTYPE, STB_WEAK if weak else STB_GLOBAL, SHN_UNDEF)
@@ -228,7 +234,9 @@ class _ObjectCopy:
                     self.renames.get(s.name, s.name) not in self.orig.pieces
                 bind = s.bind if new and s.bind != STB_LOCAL and not \
                     is_mapping_symbol(s.name) else STB_LOCAL
-                w.add_symbol(s.name, s.value, s.size, s.type, bind, idx)
+                at = w.add_symbol(s.name, s.value, s.size, s.type, bind, idx)
+                if s.name in self.out.shared and s.name in self.copies:
+                    self.out.shared[s.name] = at
         self.pending.append(sec)
         return idx
 
