@@ -26,7 +26,7 @@ from pathlib import Path
 from capstone import CS_ARCH_ARM, CS_MODE_ARM, Cs
 
 from armlp.builder.diffs import FileDiff
-from armlp.builder.pieces import ObjectPieces, Piece
+from armlp.builder.pieces import ObjectPieces, Piece, start_of
 from armlp.errors import BuildError
 
 _IMM = re.compile(r"#(-?(?:0x[0-9a-f]+|\d+))")
@@ -94,12 +94,12 @@ def line_only(a: Piece, b: Piece, moved: Callable[[int, int], bool]) -> bool:
 _NUMBERED = re.compile(r"(.+)\.(\d+)")
 
 
-def _numbered_statics(before: dict[str, Piece], after: dict[str, Piece],
-                      file: str) -> dict[str, str]:
+def _numbered_statics(orig: ObjectPieces | None, patched: ObjectPieces) -> dict[str, str]:
     """Match function-local statics across builds.  GCC names them
-    ``name.N`` with N counted over the file, so a new one renumbers others:
-    those of one name keep their order; a diff that adds or removes one of
-    an existing name leaves armlp no way to tell which is which."""
+    ``name.N`` with N counted over the file, so a new one renumbers others.
+    A static is matched by the function that declares it (its DWARF), as
+    kpatch correlates them; failing that, by order, which only holds when
+    the diff adds or removes none."""
     def groups(pieces: dict[str, Piece]) -> dict[str, list[tuple[int, str]]]:
         out: dict[str, list[tuple[int, str]]] = {}
         for name, p in pieces.items():
@@ -107,19 +107,74 @@ def _numbered_statics(before: dict[str, Piece], after: dict[str, Piece],
             if m and p.kind == "data" and p.local:
                 out.setdefault(m[1], []).append((int(m[2]), name))
         return {k: sorted(v) for k, v in out.items()}
-    old, new = groups(before), groups(after)
+    before = orig.pieces if orig is not None else {}
+    file = patched.file
+    old, new = groups(before), groups(patched.pieces)
     renames: dict[str, str] = {}
     for base, names in new.items():
         was = old.get(base)
         if was is None or [n for _, n in was] == [n for _, n in names]:
             continue
+        mine = _owners(orig, [n for _, n in was]) if orig is not None else None
+        theirs = _owners(patched, [n for _, n in names])
+        if mine is not None and theirs is not None:
+            # kpatch's rule: a static is its function's; one of a function
+            # only the patched build has is new, whatever its number.
+            for user, n in theirs.items():
+                o = mine.get(user)
+                if o is None and n in before:
+                    renames[n] = f"{n}#new"
+                elif o is not None and o != n:
+                    renames[n] = o
+            continue
         if len(was) != len(names):
             raise BuildError(f"{file}: the diff adds or removes a function-local static "
                              f"named {base!r}; GCC renumbers those ({', '.join(n for _, n in was)}"
-                             f" become {', '.join(n for _, n in names)}), so armlp cannot tell "
+                             f" become {', '.join(n for _, n in names)}), and their debug "
+                             f"information does not say whose each is, so armlp cannot tell "
                              f"which holds which state: give the new one another name")
         renames.update({n: o for (_, n), (_, o) in zip(names, was, strict=True) if n != o})
     return renames
+
+
+def _owners(obj: ObjectPieces, statics: list[str]) -> dict[str, str] | None:
+    """Each of *statics* (``name.N`` of one name) by the function that
+    declares it, from the object's DWARF (the wrapper builds with -g): a
+    static variable's DIE is under its function's, and its location is its
+    offset in its section.  None unless every one is found, each function
+    declaring one of them."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    base = statics[0].rsplit(".", 1)[0]
+    at: dict[int, list[str]] = {}
+    for n in statics:
+        at.setdefault(start_of(obj.pieces[n].sym), []).append(n)
+    if any(len(v) > 1 for v in at.values()):
+        return None                     # two sections, one offset: not told apart
+    out: dict[str, str] = {}
+    try:
+        with open(obj.path, "rb") as f:
+            dwarf = ELFFile(f).get_dwarf_info(relocate_dwarf_sections=True)
+            for cu in dwarf.iter_CUs():
+                for fn in cu.get_top_DIE().iter_children():
+                    name = _die_name(fn) if fn.tag == "DW_TAG_subprogram" else None
+                    stack = list(fn.iter_children()) if name else []
+                    while stack:
+                        d = stack.pop()
+                        stack.extend(d.iter_children())
+                        loc = d.attributes.get("DW_AT_location")
+                        if d.tag != "DW_TAG_variable" or _die_name(d) != base or \
+                                loc is None or loc.form != "DW_FORM_exprloc" or \
+                                len(loc.value) != 5 or loc.value[0] != 0x03:   # DW_OP_addr
+                            continue
+                        found = at.get(int.from_bytes(bytes(loc.value[1:]), "little"))
+                        if found is None or name in out:
+                            return None
+                        out[str(name)] = found[0]
+    except (ELFError, KeyError, ValueError, AttributeError, OSError):
+        return None
+    return out if sorted(out.values()) == sorted(statics) else None
 
 
 def compare(orig: ObjectPieces | None, patched: ObjectPieces,
@@ -127,7 +182,7 @@ def compare(orig: ObjectPieces | None, patched: ObjectPieces,
     """What *patched* changes against *orig* (None: a file new in the diff)."""
     out = ObjectChanges(patched.file)
     before = orig.pieces if orig is not None else {}
-    out.renames = _numbered_statics(before, patched.pieces, patched.file)
+    out.renames = _numbered_statics(orig, patched)
     for name, p in patched.pieces.items():
         old = before.get(out.renames.get(name, name))
         if out.renames and old is not None:
