@@ -431,10 +431,13 @@ class Controller:
                     self._release_at = now + self._release_delay
                 if self._stale_at is not None and self._stale_at <= now:
                     self._stale_at = None
+                    status = self.process.poll_exit()
+                    if status is not None:
+                        return status
                     try:
                         with self.paused():
                             self.target.machine.flush_stale()
-                    except ArmlpError as exc:   # old code runs on: correct, slower
+                    except (ArmlpError, OSError) as exc:   # old code runs on: correct
                         self.on_event(f"dropping old translations failed: {exc}")
                     status = self.process.exited()
                     if status is not None:
