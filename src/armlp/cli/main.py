@@ -41,7 +41,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     typed, so that ``armlp scan`` does not import what ``armlp run`` needs."""
     parser = Parser(
         prog="armlp",
-        description="Live patching for 32-bit ARM code built with -marm -pg -mapcs-frame.",
+        description="Live patching for 32-bit ARM code built with -pg (ARM with "
+                    "-marm -mapcs-frame, or Thumb-2).",
     )
     parser.add_argument("--version", action="version", version=f"armlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -19,10 +19,10 @@ Read an ARM ELF (executable, PIE, shared library, .o or vmlinux), find each
 function's mcount site and classify its prologue:
 
   patchable, rule apcs   the seed's APCS frame; undone through fp
-  patchable, rule push   other prologues whose exact inverse is derived
-  not patchable          with the reason (no mcount site; Thumb, whose
-                         prologue is read but not patched; an instruction
-                         the analysis does not understand, ...)
+  patchable, rule push   other prologues whose exact inverse is derived,
+                         ARM and Thumb (push, push.w, sub sp, vpush, r7)
+  not patchable          with the reason (no mcount site; an instruction
+                         the analysis does not understand, named; ...)
 
 Prints a summary and the unpatchable functions (all with --all); --function
 shows one function's prologue disassembled with its undo recipe.

@@ -21,8 +21,8 @@ if TYPE_CHECKING:   # imported in run(): `armlp --help` should not pay for the e
     from armlp.verify import FunctionProof
 
 HELP = """\
-Load PROGRAM (an ARM executable built with -marm -pg: static, dynamic or PIE;
-or a shared library) into armlp's emulator (a dynamic program's or a
+Load PROGRAM (an ARM executable built with -pg, ARM or Thumb code: static,
+dynamic or PIE; or a shared library) into armlp's emulator (a dynamic program's or a
 library's code only: it is not run from its entry) and, for every patchable
 function (or the one --function names), prove by execution that redirecting
 it to a new function is exact:
@@ -49,7 +49,9 @@ probe's:
            trampoline, which undoes the prologue (what a thread already
            inside the prologue takes)
   entry    a branch written over the function's first instruction (what
-           new calls take once the redirect is settled)
+           new calls take once the redirect is settled); ARM functions
+           only: a Thumb function's entry is never rewritten, its new calls
+           take the fast path's trampoline
 
 Functions that are not patchable (see `armlp scan`) are skipped and listed
 by reason.
