@@ -140,3 +140,32 @@ def test_a_gprof_linked_program_runs_and_is_served(builder: Builder, live: Live)
             assert live.cli("status", "--target", target).code == 0
         assert r.wait(60) == 0, r.err()
         assert "warning" not in r.err(), flags
+
+
+def test_sysroot_option_gives_the_root_a_dynamic_program_runs_from(builder: Builder,
+                                                                   live: Live) -> None:
+    """``armlp run --sysroot DIR``: the dynamic linker and libc come from
+    DIR (a copy of Debian's armhf root in a place qemu-arm would never look
+    for by itself), qemu-arm is given it, and the program is patched as
+    with the default; a root without the program's dynamic linker, a static
+    program and the emulator are refused in one line."""
+    prog = live.dir / "lts"
+    shutil.copy(dynamic(builder, "-pie", "arm-linux-gnueabihf-gcc"), prog)
+    root = live.dir / "root"
+    subprocess.run(["cp", "-rs", "/usr/arm-linux-gnueabihf", str(root)], check=True)
+    r = live.run("sysroot", prog, "200", "20", options=("--sysroot", str(root)))
+    info = r.info()
+    cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[cmdline.index(b"-L") + 1] == str(root).encode()
+    patch = compile_patch(TESTS / "patches" / "live_price.c", prog, live.dir / "p.o")
+    res = live.cli("patch", patch, "--target", info["id"], "--wait", "10")
+    assert res.code == 0, (res.out, res.err)
+    wait_until("the patched price", lambda: "price=1001" in r.out())
+    assert r.wait(60) == 0, r.err()
+    bad: list[tuple[list[str | Path], str]] = [
+        (["--sysroot", live.dir / "nowhere", prog], "not a directory"),
+        (["--sysroot", "/usr/arm-linux-gnueabi", prog], "has no /lib/ld-linux-armhf.so.3"),
+        (["--sysroot", root, "--machine", "emu", prog], "--machine qemu")]
+    for args, message in bad:
+        res = live.cli("run", *args)
+        assert res.code == 2 and res.err.count("\n") == 1 and message in res.err, res.err

@@ -39,7 +39,7 @@ signal alone).  ^C in the terminal is the program's: armlp itself ignores
 it.  Program arguments go after '--'.
 
 A dynamically linked program runs with the sysroot its dynamic linker names
-(or QEMU_LD_PREFIX) and LD_LIBRARY_PATH as given; armlp takes over at its
+(or QEMU_LD_PREFIX, or --sysroot DIR) and LD_LIBRARY_PATH as given; armlp takes over at its
 own entry point, once its libraries are mapped.  Its shared libraries are
 patch objects (ARMLP_OBJECT("soname") in the patch): those built with -pg
 and not stripped can be patched, and one loaded later (dlopen) is patched as
@@ -90,6 +90,10 @@ def register(sub: Any) -> None:
     p.add_argument("args", nargs="*", metavar="ARGS", help="program arguments (after --)")
     p.add_argument("--machine", choices=["qemu", "emu"], default="qemu",
                    help="qemu: a real process under qemu-arm (default); emu: armlp's emulator")
+    p.add_argument("--sysroot", metavar="DIR",
+                   help="the ARM root a dynamically linked program's dynamic linker and "
+                        "libraries come from (default: the Debian cross sysroot its "
+                        "interpreter names, /usr/arm-linux-gnueabi[hf], or QEMU_LD_PREFIX)")
     p.add_argument("--patch", action="append", default=[], metavar="PATCH.o[@SECONDS]",
                    help="patch module to apply (repeatable: applied in order, stacked); "
                         "with qemu, @SECONDS delays it")
@@ -173,9 +177,12 @@ def run_qemu(args: argparse.Namespace) -> int:
     image = ElfImage(args.program)
     if image.is_relocatable:
         raise ArmlpError(f"{args.program}: a relocatable object, not a program")
+    if args.sysroot is not None and image.interpreter is None:
+        raise ArmlpError(f"--sysroot: {args.program} is statically linked (it loads no "
+                         f"libraries)")
     patches = [_split_patch(p) for p in args.patch]
     runtime_dir()       # a control directory that is not private: refuse before starting
-    live = qemu_live.start(image, args.program, args.args)
+    live = qemu_live.start(image, args.program, args.args, args.sysroot)
     assert live.qemu is not None and live.guardian is not None
     if qemu_live.gprof_linked(image) and live.machine.door is None:
         _note(f"warning: {args.program} was linked with -pg (gprof): its SIGPROF timer "
@@ -267,6 +274,9 @@ def run_emu(args: argparse.Namespace) -> int:
     from armlp.machine.emulator import Emulator
     from armlp.target import Target
 
+    if args.sysroot is not None:
+        raise ArmlpError("--sysroot is for --machine qemu (the emulator runs static "
+                         "programs)")
     target = Target.emulate(args.program, [args.program, *args.args], echo=True)
     lp = Livepatch(target)
     patches = [lp.load(_split_patch(p)[0]) for p in args.patch]   # every check first

@@ -248,11 +248,19 @@ SYSROOTS = {"/lib/ld-linux.so.3": "/usr/arm-linux-gnueabi",
             "/lib/ld-linux-armhf.so.3": "/usr/arm-linux-gnueabihf"}
 
 
-def sysroot_args(image: ElfImage) -> list[str]:
-    """``-L SYSROOT`` for a dynamically linked program (its interpreter
-    names Debian's armel or armhf cross sysroot), unless ``QEMU_LD_PREFIX``
-    chooses one; nothing for a static program."""
+def sysroot_args(image: ElfImage, sysroot: str | None = None) -> list[str]:
+    """``-L SYSROOT`` for a dynamically linked program: *sysroot* when given
+    (``armlp run --sysroot``), else the Debian armel or armhf cross sysroot
+    its interpreter names, unless ``QEMU_LD_PREFIX`` chooses one; nothing
+    for a static program."""
     name = image.interpreter
+    if sysroot is not None:
+        if not os.path.isdir(sysroot):
+            raise ArmlpError(f"--sysroot {sysroot}: not a directory")
+        if name is not None and not os.path.exists(os.path.join(sysroot, name.lstrip("/"))):
+            raise ArmlpError(f"--sysroot {sysroot}: has no {name}, the dynamic linker "
+                             f"{image.path} names")
+        return ["-L", sysroot]
     if name is None or os.environ.get("QEMU_LD_PREFIX"):
         return []
     root = SYSROOTS.get(name)
@@ -279,11 +287,13 @@ def as_loaded(image: ElfImage, conn: RspConnection) -> ElfImage:
     return image.rebased(program_bias(conn, read_auxv(conn)))
 
 
-def start(image: ElfImage, program: str, args: Sequence[str]) -> GdbLive:
+def start(image: ElfImage, program: str, args: Sequence[str],
+          sysroot: str | None = None) -> GdbLive:
     """Start *program* under qemu-arm, stopped before its first instruction,
     with everything armlp sets up around it: the machine (all-stop through
-    ptrace when this host allows it, armlp's agent thread), the guardian."""
-    qemu = start_qemu(program, args, qemu_args=sysroot_args(image))
+    ptrace when this host allows it, armlp's agent thread), the guardian.
+    *sysroot*: see :func:`sysroot_args`."""
+    qemu = start_qemu(program, args, qemu_args=sysroot_args(image, sysroot))
     guardian = Guardian.start(qemu.conn.sock, ours=[GDB_STOP_SIGNAL])
     try:
         image = as_loaded(image, qemu.conn)
