@@ -360,6 +360,9 @@ def _unwind_straight(r: list[int | None], fn: CodeFunction,
         if insn.id == csarm.ARM_INS_B and op is not None and op.type == csarm.ARM_OP_IMM:
             inside = [op.imm] if fn.start <= op.imm < fn.end else []    # else a tail call
             succ = inside + (following if conditional else [])
+        elif insn.id in (csarm.ARM_INS_CBZ, csarm.ARM_INS_CBNZ):   # Thumb: always conditional
+            target = insn.operands[1].imm
+            succ = ([target] if fn.start <= target < fn.end else []) + following
         elif csarm.ARM_REG_PC in writes and insn.id not in (csarm.ARM_INS_BL, csarm.ARM_INS_BLX):
             if not _returns(insn):
                 return False            # a computed jump: any target

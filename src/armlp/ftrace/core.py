@@ -494,6 +494,9 @@ class Ftrace:
         any instant), the plain path's function next, the code words last.
         """
         recs = list(recs)
+        # Only the program's text stays mapped for sure: a library's pages
+        # may be gone (dlclose) before a postponed drop would reach them.
+        stale_ok = stale_ok and all(r.object == PROGRAM for r in recs)
         self._check_words(recs)
         writes: list[CodeWrite] = []
         wanted: list[tuple[DynFtrace, int]] = []

@@ -95,12 +95,14 @@ class FuncStacks:
             assert rec.report.undo is not None
             tramp = build_trampoline(rec.report.undo, f.new_func, thumb=rec.thumb)
             addr = self.heap.alloc(tramp.size)
-            undo.append(lambda: self.heap.free(addr))
             # A Thumb site's b.w has no veneer (veneers are ARM): a trampoline
             # out of its reach leaves the function on the generic path.
             if not rec.thumb or t32_branch_in_range(f.site, addr):
+                undo.append(lambda: self.heap.free(addr))
                 tramps.append(CodeWrite(addr, bytes(tramp.size), tramp.code()))
                 new_stack.tramp, new_stack.literal = addr, addr + 4 * tramp.literal_index
+            else:
+                self.heap.free(addr)
         self.by_site[f.site] = new_stack
 
         def forget() -> None:
