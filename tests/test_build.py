@@ -413,6 +413,8 @@ CASES: dict[str, str | None] = {
     "rodata": None,
     # only the constant: its users in its own file and in another are patched
     "rodata2": None,
+    # two changed constants, each read from the other's file
+    "rodata3": None,
     # a weak definition another file overrides: not the program's
     "weak": "the diff changes no function of",
     # the same bytes calling another function and printing another string

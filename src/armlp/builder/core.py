@@ -313,10 +313,7 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
         emitter = PatchEmitter(index, _shared_constants(changes))
         emit_dir = work / "emit"
         emit_dir.mkdir(exist_ok=True)
-        # Ordering: the files defining changed constants first, so the other
-        # files' references to them find the patch's copies.
-        for key, (ch, patched) in sorted(changes.items(), key=lambda kv: (
-                not kv[1][0].data_changed, kv[0])):
+        for key, (ch, patched) in sorted(changes.items()):
             # Roots: the changed functions, and new global ones (another file's
             # changed function may call them); new statics come when used.
             orig_obj = ours.get(key)

@@ -71,7 +71,8 @@ class PatchEmitter:
         self.included: list[Included] = []
         self._externs: dict[str, int] = {}
         #: Changed global constants: the patch's copy of each, once emitted;
-        #: other files' references to the name bind to it.
+        #: other files' references to the name bind to it when the patch is
+        #: written (files may read each other's: no order serves them all).
         self.shared: dict[str, int | None] = dict.fromkeys(shared or ())
         self._descs: list[tuple[str, int, int, int]] = []   # old, sympos, shndx, value
         self._attributes: bytes | None = None
@@ -93,9 +94,6 @@ class PatchEmitter:
                 self.writer.flags = emission.image.flags
 
     def extern(self, name: str, weak: bool = False) -> int:
-        copy = self.shared.get(name)
-        if copy is not None:
-            return copy
         if name not in self._externs:
             self._externs[name] = self.writer.add_symbol(
                 name, 0, 0, STT_NOTYPE, STB_WEAK if weak else STB_GLOBAL, SHN_UNDEF)
@@ -116,6 +114,10 @@ class PatchEmitter:
 
     def write(self, path: Path, name: str, build_id: str | None) -> None:
         w = self.writer
+        copies = {self._externs[n]: at for n, at in self.shared.items()
+                  if at is not None and n in self._externs}
+        for sec in w.sections:
+            sec.relocs = [(off, rtype, copies.get(sym, sym)) for off, rtype, sym in sec.relocs]
         strings = bytearray()
 
         def string(text: str) -> int:
