@@ -50,6 +50,10 @@ STATE_NAMES = {KLP_PATCHED: "patched", KLP_UNPATCHED: "unpatched"}
 RUNNING = "running"
 #: How much of one thread's stack the conservative scan reads at most.
 MAX_SCAN = 16 << 20
+#: CPSR: user mode, the Thumb state bit, the bits a user-mode cpsr has
+#: clear (E, A, I, F; J and the reserved 23:20), and the IT bits.
+USR_MODE, CPSR_T = 0x10, 0x20
+CPSR_ZERO, CPSR_IT = 0x01F003C0, 0x0600FC00
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,17 @@ class Blocking:
             return False
         return not self.trampoline_word(word)
 
+    def interrupted(self, word: int, after: int) -> bool:
+        """Whether *word* and the one *after* it may be a signal frame's saved
+        pc and cpsr (``struct sigcontext``: arm_pc, arm_cpsr) for a thread
+        interrupted in the function: user mode, in its instruction set, with
+        the bits a user cpsr has clear (E, A, I, F, J, the reserved ones,
+        and in ARM state the IT bits).  A resume point, unlike a return
+        address: any word of the function."""
+        zero = CPSR_ZERO if self.thumb else CPSR_ZERO | CPSR_IT
+        return self.holds(word) and after & 0x1F == USR_MODE and not after & zero and \
+            bool(after & CPSR_T) == self.thumb
+
     def trampoline_word(self, word: int) -> bool:
         """The mcount site or its return (see :meth:`returns_into`)."""
         return self.site is not None and word & ~1 in (self.site, self.site + 4)
@@ -98,7 +113,8 @@ def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking
     blocking function ('' if none): the conservative test of
     :meth:`Transition._check`.  Only the stack above sp is live; below it
     lie dead frames (the trampoline's of the last call, say); a word there
-    counts when it may return into the function (Blocking.returns_into).
+    counts when it may return into the function (Blocking.returns_into), or
+    when it is a signal frame's saved pc there (Blocking.interrupted).
     r0-r12 count anywhere in a function but at its mcount site and the
     site's return, which ip keeps after the trampoline's return (``bx ip``),
     a stale copy as the stack's (lr and pc always count)."""
@@ -113,8 +129,10 @@ def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking
         return f"stack of {stack.hi - lo} bytes, too deep to scan"
     exact = {b.saved_pc: b.name for b in blocking if b.saved_pc is not None}
     spans = [b for b in blocking if b.saved_pc is None]
-    for off, (w,) in enumerate(struct.iter_unpack("<I", m.read(lo, stack.hi - lo))):
-        name = exact.get(w) or next((b.name for b in spans if b.returns_into(w)), "")
+    words = [w for (w,) in struct.iter_unpack("<I", m.read(lo, stack.hi - lo))] + [0]
+    for off, w in enumerate(words[:-1]):
+        name = exact.get(w) or next((b.name for b in spans if b.returns_into(w)), "") or \
+            next((b.name for b in blocking if b.interrupted(w, words[off + 1])), "")
         if name:
             return f"{name}'s frame at sp{4 * off + lo - regs.sp:+#x}"
     return ""

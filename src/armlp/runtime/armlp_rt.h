@@ -13,7 +13,9 @@ typedef int s32;
 typedef unsigned short u16;
 typedef unsigned char u8;
 
-/* The kernel's ARM struct pt_regs: r0-r10, fp, ip, sp, lr, pc, cpsr, orig_r0. */
+/* The kernel's ARM struct pt_regs: r0-r10, fp, ip, sp, lr, pc, cpsr, orig_r0.
+ * ftrace_regs_caller leaves cpsr 0: left on a stack, its pc and cpsr would
+ * otherwise look like a signal frame's (livepatch/transition.py). */
 struct pt_regs {
 	u32 uregs[18];
 };

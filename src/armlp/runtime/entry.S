@@ -60,8 +60,8 @@ ftrace_regs_caller:
 	str	r0, [sp, #S_SP]
 	str	r1, [sp, #S_LR]
 	str	lr, [sp, #S_PC]
-	mrs	r2, cpsr
-	str	r2, [sp, #S_PSR]
+	mov	r2, #0				@ no cpsr: a stale copy of this
+	str	r2, [sp, #S_PSR]		@ frame is then no signal frame
 	bic	r0, lr, #1
 	sub	r0, r0, #4			@ ip: the site
 	mov	r2, sp				@ regs
