@@ -69,3 +69,38 @@ def test_interworking_patch_in_and_out(builder: Builder, live: Live, prog_mode: 
     prices = {int(ln.split("price=")[1].split()[0]) for ln in out.splitlines()
               if "price=" in ln}
     assert prices <= {0, 1000, 1001}, prices        # old or new, never anything else
+
+
+@pytest.mark.parametrize("mode", ["thumb", "arm"])
+def test_a_thread_a_signal_interrupted_in_a_patched_function_holds_the_transition(
+        builder: Builder, live: Live, mode: str) -> None:
+    """The worker of tests/programs/sighold.c sits in a signal handler
+    (blocked in nanosleep) that interrupted it inside work(): its stack
+    holds work() only below the signal frame.  It holds the transition,
+    named with work, until the handler returns; then it switches, and
+    work() returns the new value."""
+    src = TESTS / "programs" / "sighold.c"
+    prog = live.dir / "sh"
+    prog.write_bytes(builder.build(f"sighold-{mode}", [HF, *MODES[mode], "-O2", "-pthread",
+                                                       "-static", str(src), "-o", "{out}"],
+                                   [src]).read_bytes())
+    prog.chmod(0o755)
+    patch = live.dir / "work.o"
+    subprocess.run([HF, *patch_cflags(ElfImage(prog).build_id, thumb=mode == "thumb"), "-c",
+                    str(TESTS / "patches" / "work_fix.c"), "-o", str(patch)], check=True)
+    r = live.run("sh", prog, "4000")
+    target = r.info()["id"]
+    wait_until("the handler", lambda: "held" in r.out())
+    res = live.cli("patch", patch, "--target", target, "--json")
+    assert res.code == 0 and res.json()["transition"] is True, (res.out, res.err)
+    st = live.cli("status", "--target", target, "--json").json()["targets"][0]
+    assert any("work" in b["reason"] for b in st["transition"]["blocked"]), st["transition"]
+    assert "released" not in r.out()
+
+    def done() -> bool:
+        doc = live.cli("status", "--target", target, "--json").json()["targets"][0]
+        return doc["transition"] is None
+    wait_until("the transition's end", done, timeout=30)
+    assert "released" in r.out()
+    assert r.wait(60) == 0, r.err()
+    assert "result -1\ndone\n" in r.out()
