@@ -156,9 +156,14 @@ class CodeMap:
             self.add(CodeMap.of_image(image, start - (seg.vaddr & ~0xFFF)).functions)
 
     def add_module(self, module: LoadedModule) -> None:
-        """A loaded patch module's functions (ARM ones built with APCS frames)."""
-        self.add(CodeFunction(s.name, s.address, s.address + max(s.size, 4), thumb=s.thumb)
-                 for s in module.symbols if s.is_function)
+        """A loaded patch module's functions (ARM ones built with APCS frames),
+        and its whole region under its own name: code there outside a
+        function (a loader veneer) is the patch's, not armlp's."""
+        base, size = module.region
+        region = [CodeFunction(f"patch module at {base:#x}", base, base + size)] if size else []
+        self.add([*region, *(CodeFunction(s.name, s.address, s.address + max(s.size, 4),
+                                          thumb=s.thumb)
+                             for s in module.symbols if s.is_function)])
 
     def add_armlp(self, ranges: Iterable[tuple[int, int]], name: str) -> None:
         """Memory holding armlp's own code: a thread found there is not walked."""
