@@ -85,17 +85,20 @@ def test_one_patch_changes_the_program_and_its_shared_zlib(builder: Builder,
                     "-c", str(TESTS / "patches" / "zlib_shared.c"), "-o", str(patch)],
                    check=True)
 
+    # ... and one bound to another build of it (the other ABI's), made
+    # before the program starts (a fresh build of zlib takes a while).
+    other = _library(builder, next(a for a in ABIS if a != abi))
+    wrong = live.dir / "wrong.o"
+    subprocess.run([gcc or cross("gcc"), *patch_cflags(ElfImage(other).build_id, thumb=thumb),
+                    "-c", str(TESTS / "patches" / "zlib_shared.c"), "-o", str(wrong)],
+                   check=True)
+
     live.env["LD_LIBRARY_PATH"] = libdir
     r = live.run("zs", prog, str(live.dir / "in.bin"), str(live.dir / "out.z"), "150000")
     info = r.info()
     st = live.cli("status", "--target", info["id"], "--json").json()["targets"][0]
     assert st["sites"]["total"] > 100            # the program's and libz's own
     # A patch bound to another build of libz.so.1 (the other ABI's): refused.
-    other = _library(builder, next(a for a in ABIS if a != abi))
-    wrong = live.dir / "wrong.o"
-    subprocess.run([gcc or cross("gcc"), *patch_cflags(ElfImage(other).build_id, thumb=thumb),
-                    "-c", str(TESTS / "patches" / "zlib_shared.c"), "-o", str(wrong)],
-                   check=True)
     res = live.cli("patch", wrong, "--target", info["id"])
     assert res.code == 2 and res.err.count("\n") == 1 and "build-id" in res.err, res.err
 
