@@ -32,8 +32,17 @@ class TargetCode:
         if self._program is None:
             self._program = CodeMap.of_image(self.target.image)
         program = str(self.target.image.path.resolve())
-        libraries = [(r.path, r.start, r.offset) for r in machine.regions()
-                     if r.path and r.path != program and not r.writable]  # qemu: code r--
+        # A library's code mapping, told by its file offset (add_library
+        # takes the one its executable segment starts at), not by its
+        # permissions: armlp's mprotect that drops qemu's translations
+        # leaves it writable until qemu translates from it again.  Of two
+        # at one offset (code and data sharing a file page) the lower is
+        # the code.
+        lowest: dict[tuple[str, int], tuple[str, int, int]] = {}
+        for r in sorted(machine.regions(), key=lambda r: r.start):
+            if r.path and r.path != program:
+                lowest.setdefault((r.path, r.offset), (r.path, r.start, r.offset))
+        libraries = list(lowest.values())
         armlp = list(machine.armlp_memory())
         mods = list(modules)
         key = (libraries, armlp, [(id(m), m.region) for m in mods])
