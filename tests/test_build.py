@@ -28,9 +28,12 @@ REPO = Path(__file__).resolve().parent.parent
 ARMLP = REPO / ".venv" / "bin" / "armlp"
 BUILDS = REPO / "tests" / "builds"
 CC = "arm-linux-gnueabi-gcc"
+HF_CC = "arm-linux-gnueabihf-gcc"
 MAKE_ZLIB = "make -f Makefile.armlp -j2"
 #: The assert program as Debian's gcc builds by default: PIE, dynamic.
 MAKE_PIE = "make CFLAGS='-marm -pg -mapcs-frame -O2 -fpie' LDFLAGS=-pie"
+#: ... and as Debian armhf's does: Thumb-2 (static here).
+MAKE_THUMB2 = "make CFLAGS='-mthumb -pg -O2 -fno-pie'"
 
 
 def _tree(dest: Path, kind: str) -> Path:
@@ -142,7 +145,6 @@ def test_zlib_diff_patch_matches_the_rebuilt_program(zlib_case: dict[str, Path],
 #: zlib and zstream as Debian armhf builds them: Thumb-2, hard-float.
 MAKE_ZLIB_THUMB2 = (f"{MAKE_ZLIB} CFLAGS='-mthumb -pg -O2 -fno-pie -fno-common "
                     f"-DHAVE_UNISTD_H -DHAVE_STDARG_H'")
-HF_CC = "arm-linux-gnueabihf-gcc"
 
 
 #: The Thumb-2 diffs: two of the above, and one to gzlib.c, a file whose
@@ -283,16 +285,18 @@ def asserts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _make(other, "make CFLAGS='-marm -pg -mapcs-frame -O1 -fno-pie'")
     pie = _tree(root / "pie", "asserts")
     _make(pie, MAKE_PIE)
+    thumb2 = _tree(root / "thumb2", "asserts")
+    _make(thumb2, MAKE_THUMB2, HF_CC)
     return {"src": _tree(root / "src", "asserts"), "program": built / "prog",
-            "o1": other / "prog", "pie": pie / "prog"}
+            "o1": other / "prog", "pie": pie / "prog", "thumb2": thumb2 / "prog"}
 
 
-@pytest.mark.parametrize("kind", ["program", "pie"])
+@pytest.mark.parametrize("kind", ["program", "pie", "thumb2"])
 def test_line_numbers_that_only_moved_are_no_change(asserts: dict[str, Path], tmp_path: Path,
                                                     kind: str) -> None:
     patch = tmp_path / "moved.o"
     proc = _build(BUILDS / "asserts" / "moved.diff", asserts["src"], asserts[kind],
-                  "make" if kind == "program" else MAKE_PIE, patch)
+                  {"program": "make", "pie": MAKE_PIE, "thumb2": MAKE_THUMB2}[kind], patch)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     # scan reads the patch as any object: its functions are patchable ones.

@@ -22,15 +22,20 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from capstone import CS_ARCH_ARM, CS_MODE_ARM, Cs
+from capstone import CS_ARCH_ARM, CS_MODE_ARM, CS_MODE_THUMB, Cs
 
 from armlp.builder.diffs import FileDiff
 from armlp.builder.pieces import ObjectPieces, Piece, start_of
 from armlp.errors import BuildError
 
 _IMM = re.compile(r"#(-?(?:0x[0-9a-f]+|\d+))")
+#: Above this a word is no line number (an instruction word one more than
+#: another is not a line that moved one down).
+MAX_LINE = 10_000_000
 _cs = Cs(CS_ARCH_ARM, CS_MODE_ARM)
+_cs_thumb = Cs(CS_ARCH_ARM, CS_MODE_THUMB)
 
 
 @dataclass(slots=True)
@@ -60,7 +65,8 @@ def line_pairs(diffs: Iterable[FileDiff]) -> Callable[[int, int], bool]:
     files = list(diffs)
 
     def moved(old: int, new: int) -> bool:
-        return old != new and any(f.moved(old) == new for f in files)
+        return old != new and 0 < old < MAX_LINE and \
+            any(f.moved(old) == new for f in files)
     return moved
 
 
@@ -73,7 +79,13 @@ def _explained(old: int, new: int, moved: Callable[[int, int], bool]) -> bool:
         return True
     a = next(_cs.disasm(struct.pack("<I", old), 0), None)
     b = next(_cs.disasm(struct.pack("<I", new), 0), None)
-    if a is None or b is None or a.mnemonic != b.mnemonic:
+    return a is not None and b is not None and _moved_operands(a, b, moved)
+
+
+def _moved_operands(a: Any, b: Any, moved: Callable[[int, int], bool]) -> bool:
+    """Whether instructions *a* and *b* differ only by immediates that are
+    line numbers the diff moved."""
+    if a.mnemonic != b.mnemonic:
         return False
     if _IMM.sub("#", a.op_str) != _IMM.sub("#", b.op_str):
         return False
@@ -84,9 +96,20 @@ def _explained(old: int, new: int, moved: Callable[[int, int], bool]) -> bool:
 
 
 def line_only(a: Piece, b: Piece, moved: Callable[[int, int], bool]) -> bool:
-    """Whether *a* and *b* differ only by line numbers the diff moved."""
+    """Whether *a* and *b* differ only by line numbers the diff moved (ARM
+    code word by word; Thumb code instruction by instruction, 16 and 32
+    bits, and the words after what decodes, a literal pool)."""
     if a.size != b.size or a.refs != b.refs or a.code == b.code:
         return False
+    if a.sym.value & 1:
+        ia, ib = list(_cs_thumb.disasm(a.code, 0)), list(_cs_thumb.disasm(b.code, 0))
+        if [i.size for i in ia] != [i.size for i in ib]:
+            return False
+        end = sum(i.size for i in ia)
+        return all(x.bytes == y.bytes or _moved_operands(x, y, moved)
+                   for x, y in zip(ia, ib, strict=True)) and \
+            all(moved(_word(a.raw, i), _word(b.raw, i)) for i in range(end, len(a.code), 4)
+                if a.code[i:i + 4] != b.code[i:i + 4])
     return all(_explained(_word(a.raw, i), _word(b.raw, i), moved)
                for i in range(0, len(a.code), 4) if a.code[i:i + 4] != b.code[i:i + 4])
 

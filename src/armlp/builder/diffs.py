@@ -25,10 +25,14 @@ class FileDiff:
     path: str
     hunks: list[tuple[int, int, int, int]] = field(default_factory=list)
     touched: set[int] = field(default_factory=set)
+    #: A hunk's context lines: old number -> new number (they stay as they are).
+    kept: dict[int, int] = field(default_factory=dict)
 
     def moved(self, old: int) -> int | None:
         """The new number of old line *old* if the diff leaves that line as it
-        is (None if a hunk changes it)."""
+        is (None if a hunk removes or changes it)."""
+        if old in self.kept:
+            return self.kept[old]
         shift = 0
         for o_start, o_len, n_start, n_len in self.hunks:
             if old < o_start:
@@ -49,7 +53,7 @@ def parse_diff(raw: bytes, level: int) -> list[FileDiff]:
     """The files of unified diff *raw*, paths stripped of *level* components."""
     files: list[FileDiff] = []
     cur: FileDiff | None = None
-    new_line = 0
+    old_line = new_line = 0
     lines = raw.splitlines()
     i = 0
     while i < len(lines):
@@ -67,14 +71,17 @@ def parse_diff(raw: bytes, level: int) -> list[FileDiff]:
             n_start, n_len = int(m[3]), int(m[4] or b"1")
             # a count of 0 names the line before the hunk
             cur.hunks.append((o_start + (o_len == 0), o_len, n_start + (n_len == 0), n_len))
-            new_line = n_start
+            old_line, new_line = o_start, n_start
         elif cur is not None and cur.hunks:
             if ln.startswith(b"+"):
                 cur.touched.add(new_line)
                 new_line += 1
             elif ln.startswith(b"-"):
                 cur.touched.add(new_line)        # a deletion touches the line after it
+                old_line += 1
             elif ln.startswith(b" ") or not ln:
+                cur.kept[old_line] = new_line
+                old_line += 1
                 new_line += 1
         i += 1
     if not files or not any(f.hunks for f in files):

@@ -204,8 +204,8 @@ def rel_addend(rtype: int, word: int) -> int:
 
 def with_addend(rtype: int, word: int, addend: int) -> int | None:
     """*word* holding *addend* in place of its own (the inverse of
-    :func:`rel_addend` for the ARM types armlp build moves between symbols);
-    None for a type it cannot, or an addend that does not fit."""
+    :func:`rel_addend` for the ARM and Thumb types armlp build moves between
+    symbols); None for a type it cannot, or an addend that does not fit."""
     if rtype in (R_ARM_ABS32, R_ARM_TARGET1, R_ARM_REL32):
         return addend & 0xFFFFFFFF
     if rtype in _ARM_MOV and -0x8000 <= addend < 0x8000:
@@ -214,6 +214,12 @@ def with_addend(rtype: int, word: int, addend: int) -> int | None:
     if rtype in ARM_BRANCH_TYPES and word >> 28 != 0xF and addend % 4 == 0 \
             and -(1 << 25) <= addend < (1 << 25):
         return (word & 0xFF000000) | ((addend >> 2) & 0xFFFFFF)
+    if rtype in _THM_MOV and -0x8000 <= addend < 0x8000:
+        return t32_with_movw_movt_imm(word, addend & 0xFFFF)
+    kind = {0xD000: "bl", 0x9000: "b"}.get((word >> 16) & 0xD000)
+    if rtype in THUMB_BRANCH_TYPES and kind is not None and addend % 2 == 0 \
+            and THUMB2_BRANCH_RANGE[0] <= addend <= THUMB2_BRANCH_RANGE[1]:
+        return t32_branch_from_offset(kind, addend)
     return None
 
 
