@@ -93,8 +93,7 @@ def measure_build(path: Path) -> list[RedirectCost]:
     assert isinstance(emu, Emulator)
     ft = target.ftrace
     rt = target.runtime
-    new_fn = ft.scan.find(NEW_FUNCTION).fn
-    new = new_fn.address | int(new_fn.mode == "thumb")      # a pc to enter it with
+    new = ft.scan.find(NEW_FUNCTION).fn.pc
     recs = {name: ft.find_function(name) for name, _ in FUNCTIONS}
     # The hook counts first: Unicorn's code hooks miss blocks it translated
     # before the hook was added, and the Prover runs the trampoline.
@@ -104,14 +103,13 @@ def measure_build(path: Path) -> list[RedirectCost]:
         args = [ret_buffer if a == RET_BUFFER else int(a) for a in spec]
         rec = recs[name]
         fn = rec.report.fn
-        entry = fn.address | int(rec.thumb)
-        plain = executed(emu, entry, args)
+        plain = executed(emu, fn.pc, args)
         prologue = span(plain, fn.address, rec.ip - (2 if rec.thumb else 4))   # push {lr}
         ops = FtraceOps("bench-redirect", rt.symbol("armlp_redirect_func"),
                         flags=FTRACE_OPS_FL_SAVE_REGS, private=new, ips={rec.ip})
         ft.register_ftrace_function(ops)
         try:
-            pcs = executed(emu, entry, args)
+            pcs = executed(emu, fn.pc, args)
         finally:
             ft.unregister_ftrace_function(ops)
         if rt.symbol("ftrace_regs_caller") not in pcs:

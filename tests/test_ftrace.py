@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from armlp.errors import ArmlpError, CodeModificationError
-from armlp.ftrace.core import NOP, FtraceOps
+from armlp.ftrace.core import FtraceOps
+from armlp.ftrace.sitecode import NOP
 from armlp.ftrace.tracer import FunctionTracer
 from armlp.machine.base import read_word
 from armlp.machine.emulator import StopReason

@@ -243,7 +243,7 @@ def test_tracer_on_a_patched_function_falls_back_to_the_generic_path(program: Pa
     second user the site goes back through the regs trampoline (calls still
     reach the new function, and are traced), and the fast path returns when
     the tracer leaves."""
-    from armlp.ftrace.core import NOP
+    from armlp.ftrace.sitecode import NOP
     from armlp.ftrace.tracer import FunctionTracer
     from armlp.machine.base import read_word
 

@@ -164,7 +164,7 @@ class Prover:
             ft.register_ftrace_function(ops)
             try:
                 for r in recs:
-                    proofs[r.ip].paths["generic"] = self.check_path(_entry(r), trials)
+                    proofs[r.ip].paths["generic"] = self.check_path(r.report.fn.pc, trials)
             finally:
                 ft.unregister_ftrace_function(ops)
         for path in ("fast", "entry"):
@@ -191,12 +191,7 @@ class Prover:
                         direct_entry=self.probe if entry else None)
         ft.register_ftrace_function(ops)
         try:
-            return self.check_path(_entry(rec), trials)
+            return self.check_path(rec.report.fn.pc, trials)
         finally:
             ft.unregister_ftrace_function(ops)
             self.target.heap.free(addr)
-
-
-def _entry(rec: DynFtrace) -> int:
-    """Where a caller enters the function (bit 0 set for Thumb)."""
-    return rec.report.fn.address | int(rec.thumb)

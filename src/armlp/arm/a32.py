@@ -19,6 +19,10 @@ from armlp.errors import EncodingError
 
 AL = 0xE
 SP, LR, PC, FP, IP = 13, 14, 15, 11, 12
+#: CPSR: user mode, the Thumb state bit, the IT (if-then) state bits.
+CPSR_MODE_USR = 0x10
+CPSR_T = 1 << 5
+CPSR_IT = (0x3F << 10) | (0x3 << 25)
 
 REG_NAMES = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "sl", "fp", "ip",
              "sp", "lr", "pc")

@@ -75,6 +75,11 @@ class FunctionSymbol:
         """``name`` or ``name,sympos`` as users write it."""
         return f"{self.name},{self.sympos}" if self.sympos else self.name
 
+    @property
+    def pc(self) -> int:
+        """Where a call enters it: the address, bit 0 set for Thumb code."""
+        return self.address | int(self.mode == "thumb")
+
 
 def is_mapping_symbol(name: str) -> bool:
     return len(name) >= 2 and name[0] == "$" and name[1] in "atd" and (

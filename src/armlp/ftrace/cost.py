@@ -156,8 +156,7 @@ class CostMeter:
             new_fn = ft.scan.find(new_function).fn
             new = new_fn.address
             ops = FtraceOps("cost-redirect", rt.symbol("armlp_redirect_func"),
-                            flags=FTRACE_OPS_FL_SAVE_REGS,
-                            private=new | int(new_fn.mode == "thumb"), ips={rec.ip})
+                            flags=FTRACE_OPS_FL_SAVE_REGS, private=new_fn.pc, ips={rec.ip})
             pcs = self._with_ops(ops, rec, args)
             self._require(pcs, self.ftrace_regs_caller, fn.label, "the redirect")
             redirect = span(pcs, fn.address, new)
@@ -166,7 +165,7 @@ class CostMeter:
                          new_function if redirect is not None else None)
 
     def _call(self, rec: DynFtrace, args: Sequence[int]) -> list[int]:
-        return executed(self.emu, rec.report.fn.address | int(rec.thumb), args)
+        return executed(self.emu, rec.report.fn.pc, args)
 
     def _with_ops(self, ops: FtraceOps, rec: DynFtrace, args: Sequence[int]) -> list[int]:
         ft = self.target.ftrace

@@ -24,7 +24,8 @@ from pathlib import Path
 from armlp.analysis.unwind import CodeMap
 from armlp.elf.image import ElfImage
 from armlp.errors import ArmlpError, MachineError, PatchError, PatchRefusedError, StubStalledError
-from armlp.ftrace.core import FtraceOps, nop_word
+from armlp.ftrace.core import FtraceOps
+from armlp.ftrace.sitecode import nop_word
 from armlp.livepatch import liveness
 from armlp.livepatch.codemap import TargetCode
 from armlp.livepatch.module import KlpFunc, KlpObject, KlpPatch, read_patch, relocate_patch

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from armlp.arm.a32 import decode_branch
 from armlp.arm.t32 import decode_t32_branch
-from armlp.ftrace.core import nop_word
+from armlp.ftrace.sitecode import nop_word
 from armlp.livepatch.core import Livepatch
 
 

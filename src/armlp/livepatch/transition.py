@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from armlp.analysis.unwind import CodeMap, apcs_saved_pc, walk_stack
+from armlp.arm.a32 import CPSR_IT, CPSR_MODE_USR, CPSR_T
 from armlp.errors import MachineError, PatchError
 from armlp.livepatch.module import KlpFunc, KlpPatch
 from armlp.machine.base import Machine, Regs, read_word, write_word
@@ -50,10 +51,8 @@ STATE_NAMES = {KLP_PATCHED: "patched", KLP_UNPATCHED: "unpatched"}
 RUNNING = "running"
 #: How much of one thread's stack the conservative scan reads at most.
 MAX_SCAN = 16 << 20
-#: CPSR: user mode, the Thumb state bit, the bits a user-mode cpsr has
-#: clear (E, A, I, F; J and the reserved 23:20), and the IT bits.
-USR_MODE, CPSR_T = 0x10, 0x20
-CPSR_ZERO, CPSR_IT = 0x01F003C0, 0x0600FC00
+#: The bits a user-mode cpsr has clear: E, A, I, F; J and the reserved 23:20.
+CPSR_ZERO = 0x01F003C0
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ class Blocking:
         and in ARM state the IT bits).  A resume point, unlike a return
         address: any word of the function."""
         zero = CPSR_ZERO if self.thumb else CPSR_ZERO | CPSR_IT
-        return self.holds(word) and after & 0x1F == USR_MODE and not after & zero and \
+        return self.holds(word) and after & 0x1F == CPSR_MODE_USR and not after & zero and \
             bool(after & CPSR_T) == self.thumb
 
     def trampoline_word(self, word: int) -> bool:

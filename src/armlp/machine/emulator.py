@@ -56,6 +56,7 @@ from typing import Any, Literal
 import unicorn as _unicorn
 from unicorn import arm_const as ac
 
+from armlp.arm.a32 import CPSR_MODE_USR, CPSR_T
 from armlp.elf.image import ElfImage
 from armlp.errors import MachineError
 from armlp.machine.address_space import AddressSpace
@@ -77,8 +78,6 @@ _UcError: type[Exception] = uc.UcError
 #: is never executed (emulation stops when pc reaches it).
 MAGIC_RETURN = 0xFFFF8000
 
-_MODE_USR = 0x10
-_CPSR_T = 1 << 5
 _EXCP_SWI = 2
 _EXCP_NAMES = {1: "undefined instruction", 2: "svc", 3: "prefetch abort", 4: "data abort",
                5: "irq", 6: "fiq", 7: "bkpt"}
@@ -138,7 +137,7 @@ class Emulator(AddressSpace):
         self.uc.ctl_set_page_size(PAGE)     # Linux's 4 KiB, not ARM's 1 KiB minimum
         self.uc.ctl_set_cpu_model(ac.UC_CPU_ARM_CORTEX_A15)
         self.uc.ctl_exits_enabled(True)     # several stop addresses per run
-        self.uc.reg_write(ac.UC_ARM_REG_CPSR, _MODE_USR)
+        self.uc.reg_write(ac.UC_ARM_REG_CPSR, CPSR_MODE_USR)
         self.uc.reg_write(ac.UC_ARM_REG_FPEXC, 0x40000000)    # VFP enabled
         self.syscalls = LinuxSyscalls(echo=echo, clock=clock,
                                       vclock=VirtualClock(ns_per_instruction=ns_per_instruction))
@@ -278,7 +277,7 @@ class Emulator(AddressSpace):
         # cpsr first: a mode change banks sp/lr.  Unicorn takes the Thumb
         # state from bit 0 of a pc it is given, so pc carries cpsr's T bit.
         self.uc.reg_write(ac.UC_ARM_REG_CPSR, vals[16])
-        vals[15] |= int(bool(vals[16] & _CPSR_T))
+        vals[15] |= int(bool(vals[16] & CPSR_T))
         self.uc.reg_write_batch(list(zip(_REG_IDS[:16], vals[:16], strict=True)))
 
     # --- extensions ----------------------------------------------------------
@@ -474,7 +473,7 @@ class Emulator(AddressSpace):
         self._icount += n
 
     def _insns_in_block(self, address: int, size: int) -> int:
-        if not self.uc.reg_read(ac.UC_ARM_REG_CPSR) & _CPSR_T:
+        if not self.uc.reg_read(ac.UC_ARM_REG_CPSR) & CPSR_T:
             return size // 4
         code = self.read(address, size)
         n = i = 0
@@ -491,7 +490,7 @@ class Emulator(AddressSpace):
             raise MachineError(f"{name} at pc {pc:#010x}")
         r = self.uc.reg_read_batch(_REG_IDS[:8])
         number = r[7]
-        svc = pc - (2 if self.uc.reg_read(ac.UC_ARM_REG_CPSR) & _CPSR_T else 4)
+        svc = pc - (2 if self.uc.reg_read(ac.UC_ARM_REG_CPSR) & CPSR_T else 4)
         result = self.syscalls.handle(self, number, tuple(r[:6]), svc)
         if isinstance(result, SyscallStop):
             if self._in_call is not None:
@@ -530,7 +529,7 @@ class Emulator(AddressSpace):
             self._exits_prev = exits
         cpsr = self.uc.reg_read(ac.UC_ARM_REG_CPSR)
         pc = self.uc.reg_read(ac.UC_ARM_REG_PC)
-        begin = pc | 1 if cpsr & _CPSR_T else pc
+        begin = pc | 1 if cpsr & CPSR_T else pc
         self._pending = None
         self._fault = None
         self._stop_reason = None
@@ -576,7 +575,7 @@ class Emulator(AddressSpace):
         r = list(saved.r)
         for i, a in enumerate(args[:4]):
             r[i] = a & 0xFFFFFFFF
-        cpsr = (saved.cpsr & ~_CPSR_T) | (_CPSR_T if address & 1 else 0)
+        cpsr = (saved.cpsr & ~CPSR_T) | (CPSR_T if address & 1 else 0)
         self.set_regs(Regs(r, sp, MAGIC_RETURN, address & ~1, cpsr))
         for name, value in (regs or {}).items():
             if name not in _REG_BY_NAME or name in ("pc", "cpsr"):

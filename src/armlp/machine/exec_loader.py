@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import unicorn as _unicorn
 
-from armlp.arm.a32 import BX_LR
+from armlp.arm.a32 import BX_LR, CPSR_MODE_USR, CPSR_T
 from armlp.elf.image import ET_DYN, ET_EXEC, PF_R, PF_W, PF_X, PT_LOAD, ElfImage, Segment
 from armlp.errors import MachineError
 from armlp.machine.auxv import (
@@ -56,8 +56,6 @@ def _align_down(v: int, a: int = PAGE) -> int:
 
 #: AT_HWCAP: half, thumb, fast_mult, vfp, edsp, tls, vfpv3, idiva (what a Cortex-A15 has).
 _HWCAP = 0x2 | 0x4 | 0x10 | 0x40 | 0x80 | 0x8000 | 0x2000 | 0x20000
-_MODE_USR = 0x10
-_CPSR_T = 1 << 5
 
 
 #: Where a position-independent program's code is put when only its code
@@ -101,7 +99,7 @@ def load_program(emu: Emulator, path: str | Path, argv: Sequence[str] | None,
            (AT_SECURE, 0)]
     env = [f"{k}={v}" for k, v in envp.items()] if isinstance(envp, Mapping) else list(envp)
     sp = _build_stack(emu, list(argv) if argv is not None else [str(path)], env, aux)
-    regs = Regs([0] * 13, sp, 0, entry & ~1, _MODE_USR | (_CPSR_T if entry & 1
+    regs = Regs([0] * 13, sp, 0, entry & ~1, CPSR_MODE_USR | (CPSR_T if entry & 1
                                                                 else 0))
     emu.set_regs(regs)
     return entry, end_of_image, image

@@ -30,6 +30,7 @@ import struct
 import time
 from collections.abc import Sequence
 
+from armlp.arm.a32 import CPSR_IT, CPSR_T
 from armlp.arm.t32 import NEAR_RANGE
 from armlp.errors import MachineError
 from armlp.machine.base import Region, Regs
@@ -53,8 +54,6 @@ SVC0 = 0xEF000000
 #: ``mov r0, r0``: what follows a borrowed svc (qemu steps it with the svc).
 ARM_NOP = 0xE1A00000
 STAGING = 16 * 4096
-_CPSR_T = 1 << 5
-_CPSR_IT = (0x3F << 10) | (0x3 << 25)
 
 
 def _page_down(v: int) -> int:
@@ -187,7 +186,7 @@ class Injection(Parking):
         for i, a in enumerate(args):
             r[i] = a & 0xFFFFFFFF
         sp = (regs.sp - 256) & ~7
-        cpsr = (regs.cpsr & ~(_CPSR_T | _CPSR_IT)) | (_CPSR_T if address & 1 else 0)
+        cpsr = (regs.cpsr & ~(CPSR_T | CPSR_IT)) | (CPSR_T if address & 1 else 0)
         self._arm_restore(tid, saved)
         if self.parked:
             run = Regs(r, sp, self._scratch_at("parked_return"), address & ~1, cpsr)
@@ -355,7 +354,7 @@ class Injection(Parking):
         for i in range(6):
             r[i] = args[i] & 0xFFFFFFFF if i < len(args) else 0
         r[7] = number
-        cpsr = regs.cpsr & ~(_CPSR_T | _CPSR_IT)
+        cpsr = regs.cpsr & ~(CPSR_T | CPSR_IT)
         if self._scratch is not None:
             self._arm_restore(tid, saved)
         if self.parked:
@@ -425,7 +424,7 @@ class Injection(Parking):
         the save block, and its r12 and pc just below its sp."""
         assert self._scratch is not None
         regs = _decode_regs(saved)
-        pc = regs.pc | (1 if regs.cpsr & _CPSR_T else 0)
+        pc = regs.pc | (1 if regs.cpsr & CPSR_T else 0)
         block = struct.pack("<17I", *regs.r, regs.sp, regs.lr, pc, regs.cpsr)
         self.conn.write_memory(self._scratch + PAGE, block)
         self.conn.write_memory(regs.sp - 8, struct.pack("<II", regs.r[12], pc))
