@@ -49,6 +49,18 @@ from armlp.loader.relocate import SUPPORTED_TYPES
 SHOWN = 5
 
 
+@dataclass(frozen=True)
+class KernelFlavour:
+    """What a patch for a kernel does differently from a program's: its
+    symbols are vmlinux's (``.klp.sym.vmlinux.``), each compile of its code
+    is finished as Kbuild finishes one (``recordmcount``), and a function is
+    patchable by the kernel path's rules (:mod:`armlp.kernel.build`)."""
+
+    object_name: str
+    after_compile: Callable[[Path], None]
+    check_patchable: Callable[[Included], None]
+
+
 @dataclass(slots=True)
 class Record:
     """One compilation the wrapper recorded."""
@@ -198,19 +210,23 @@ def _confirm_line_only(ch: ObjectChanges, facts: SourceFacts,
             ch.changed.append(name)
 
 
-def _emit_compile(cc: str, rec: Record, out: Path) -> ObjectPieces:
+def _emit_compile(cc: str, rec: Record, out: Path,
+                  kernel: KernelFlavour | None = None) -> ObjectPieces:
     cmd = [cc, *rec.flags, *EMIT_FLAGS, "-c", str(rec.source), "-o", str(out)]
     proc = subprocess.run(cmd, cwd=rec.cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(f"compiling the patch's code from {rec.source.name} failed: "
                          f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    if kernel is not None:
+        kernel.after_compile(out)
     return ObjectPieces(out)
 
 
 def build_patch(diff: Path, source: Path, program: Path, command: str, output: Path, *,
                 name: str | None = None, cc: str, workdir: Path | None = None,
-                check: bool = True) -> BuildReport:
-    """Build the live patch of *diff* for *program* (see the module docstring)."""
+                check: bool = True, kernel: KernelFlavour | None = None) -> BuildReport:
+    """Build the live patch of *diff* for *program* (see the module docstring);
+    *kernel*: for a kernel (*program* is its vmlinux)."""
     diff = check_input(diff, "diff")
     program = check_input(program, "program")
     if not source.is_dir():
@@ -220,6 +236,8 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
         raise BuildError(f"{program}: a relocatable object; --program is the executable or "
                          f"library that runs")
     index = ProgramIndex(image)
+    if kernel is not None:
+        index.object = kernel.object_name
     name = name or default_name(diff)
     if not output.resolve().parent.is_dir():
         raise BuildError(f"{output}: no directory {output.parent} to write the patch in")
@@ -310,7 +328,7 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
             raise BuildError(f"the diff changes no function of {program}{only}")
         report.timings["compare"] = time.monotonic() - t
         t = time.monotonic()
-        emitter = PatchEmitter(index, _shared_constants(changes))
+        emitter = PatchEmitter(index, _shared_constants(changes), kernel=kernel is not None)
         emit_dir = work / "emit"
         emit_dir.mkdir(exist_ok=True)
         for key, (ch, patched) in sorted(changes.items()):
@@ -339,16 +357,23 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
             copies.update({n: "changed read-only data" for n in ch.data_changed})
             rec = latest[key]
             orig_obj = ours.get(key)
-            if orig_obj is not None and _same_data_layout(orig_obj, patched, ch, index):
+            if kernel is None and orig_obj is not None and \
+                    _same_data_layout(orig_obj, patched, ch, index):
                 emission = patched
             else:
-                emission = _emit_compile(cc, rec, emit_dir / f"{len(os.listdir(emit_dir))}.o")
+                emission = _emit_compile(cc, rec, emit_dir / f"{len(os.listdir(emit_dir))}.o",
+                                         kernel)
             emitter.add_object(emission, orig_obj, funcs, copies, ch.renames)
         if not any(i.replaces for i in emitter.included):
             raise BuildError(f"the diff changes no function of {program}: what it changes "
                              f"the program does not have ("
                              f"{', '.join(report.not_in_program) or 'new code only'})")
-        _check_patchable(emitter, index)
+        if kernel is None:
+            _check_patchable(emitter, index)
+        else:
+            for inc in emitter.included:
+                if inc.replaces is not None:
+                    kernel.check_patchable(inc)
         # Written beside, checked, then renamed: no unloadable patch is left.
         staged = output.with_name(f".{output.name}.armlp-tmp")
         emitter.write(staged, name, image.build_id)

@@ -30,6 +30,7 @@ class _Section:
     data: bytes
     align: int
     size: int = 0                       # NOBITS: the size
+    link: int = 0                       # SHF_LINK_ORDER: the section it describes
     relocs: list[tuple[int, int, int]] = field(default_factory=list)  # offset, type, symbol
 
 
@@ -52,10 +53,11 @@ class ObjectWriter:
         self._section_syms: dict[int, int] = {}
 
     def add_section(self, name: str, data: bytes, *, flags: int, align: int = 4,
-                    type: int = SHT_PROGBITS, size: int = 0) -> int:
+                    type: int = SHT_PROGBITS, size: int = 0, link: int = 0) -> int:
         """A new section; its index (1-based, as the header table numbers it)."""
         self.sections.append(_Section(name, type, flags, b"" if type == SHT_NOBITS else data,
-                                      max(1, align), size if type == SHT_NOBITS else len(data)))
+                                      max(1, align), size if type == SHT_NOBITS else len(data),
+                                      link))
         return len(self.sections)
 
     def add_symbol(self, name: str, value: int, size: int, type: int, bind: int,
@@ -88,7 +90,7 @@ class ObjectWriter:
         headers: list[tuple[str, int, int, bytes, int, int, int, int, int]] = []
         # (name, type, flags, data, link, info, align, entsize, size)
         for sec in self.sections:
-            headers.append((sec.name, sec.type, sec.flags, sec.data, 0, 0, sec.align, 0,
+            headers.append((sec.name, sec.type, sec.flags, sec.data, sec.link, 0, sec.align, 0,
                             sec.size))
         nsec = len(self.sections)
         symtab_index = nsec + 1 + sum(1 for s in self.sections if s.relocs)

@@ -27,13 +27,14 @@ from pathlib import Path
 from armlp.builder.base import ProgramIndex
 from armlp.builder.elfwrite import SHT_ARM_ATTRIBUTES, ObjectWriter
 from armlp.builder.pieces import ObjectPieces, Piece, start_of
-from armlp.elf.image import SHF_ALLOC, SHF_WRITE, SHT_NOBITS, Section
+from armlp.elf.image import SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHT_NOBITS, Section
 from armlp.elf.relocs import Relocation, reloc_type
 from armlp.elf.symbols import (
     SHN_UNDEF,
     STB_GLOBAL,
     STB_LOCAL,
     STB_WEAK,
+    STT_FUNC,
     STT_NOTYPE,
     STT_SECTION,
     is_mapping_symbol,
@@ -49,6 +50,16 @@ SHF_TLS = 0x400
 EMIT_FLAGS = ("-ffunction-sections", "-fdata-sections", "-fno-section-anchors", "-fno-pie",
               "-fno-pic", "-fno-common")
 R_ARM_ABS32 = reloc_type("ABS32")
+SHT_ARM_EXIDX = 0x70000001
+#: A kernel object's tables whose entries point into its functions, by entry
+#: size (ARM's: ``.long insn, fixup``; BUG's ``.word addr, file; .hword line,
+#: flags``; ``.word code, target, key``; mcount sites).  The entries of the
+#: functions a kernel patch copies travel with them: the module loader
+#: registers each (fixups, BUG sites, static keys, ftrace sites), as for the
+#: code they came with in vmlinux.
+KERNEL_TABLES = {"__ex_table": 8, "__bug_table": 12, "__jump_table": 12, "__mcount_loc": 4}
+#: What a kernel patch calls its replacements, for the module's tables.
+KERNEL_NEW = "armlp_new_{}"
 
 
 @dataclass(slots=True)
@@ -65,8 +76,13 @@ class Included:
 class PatchEmitter:
     """Collects sections from the changed files' builds, then writes the patch."""
 
-    def __init__(self, index: ProgramIndex, shared: set[str] | None = None) -> None:
+    def __init__(self, index: ProgramIndex, shared: set[str] | None = None, *,
+                 kernel: bool = False) -> None:
         self.index = index
+        #: A kernel patch: every symbol the patch's code needs from vmlinux is
+        #: reached by address (most are not exported), and the kernel's tables
+        #: of the copied code come along.
+        self.kernel = kernel
         self.writer = ObjectWriter()
         self.included: list[Included] = []
         self._externs: dict[str, int] = {}
@@ -99,6 +115,19 @@ class PatchEmitter:
                 name, 0, 0, STT_NOTYPE, STB_WEAK if weak else STB_GLOBAL, SHN_UNDEF)
         return self._externs[name]
 
+    def undefined(self, name: str, weak: bool) -> int:
+        """A symbol the copied code uses but its file does not define: by
+        name, for the loader to resolve against the program and its
+        libraries; in a kernel patch, vmlinux's symbol by address (checked
+        against kallsyms when the module loads)."""
+        if self.kernel and name not in self.shared:
+            found = self.program_global(name)
+            if found is None:
+                raise BuildError(f"{name}: the patch's code uses it, and "
+                                 f"{self.index.image.path.name} has no global of that name")
+            return self.extern(f".klp.sym.{self.index.object}.{found[0]},{found[1]}")
+        return self.extern(name, weak)
+
     def program_global(self, name: str) -> tuple[str, int] | None:
         sym = self.index.globals.get(name)
         return None if sym is None else (sym.name, self.index.sympos(sym))
@@ -118,6 +147,13 @@ class PatchEmitter:
                   if at is not None and n in self._externs}
         for sec in w.sections:
             sec.relocs = [(off, rtype, copies.get(sym, sym)) for off, rtype, sym in sec.relocs]
+        if self.kernel:
+            # The module's tables, written in C, name each replacement by a
+            # global of its own; nothing else of armlp's goes into a kernel.
+            for i, (_, _, shndx, value) in enumerate(self._descs):
+                w.add_symbol(KERNEL_NEW.format(i), value, 0, STT_FUNC, STB_GLOBAL, shndx)
+            w.write(path)
+            return
         strings = bytearray()
 
         def string(text: str) -> int:
@@ -174,8 +210,12 @@ class _ObjectCopy:
         for name in list(self.copies):
             if not self.obj.pieces[name].local:
                 self._piece_section(self._piece(name, "datum"))
+        tabled: set[int] = set()
         while self.pending:
-            self._relocate(self.pending.pop())
+            while self.pending:
+                self._relocate(self.pending.pop())
+            if self.out.kernel:
+                tabled |= self._kernel_tables(tabled)
         for name, reason in self.funcs.items():
             p = self.obj.pieces[name]
             old = self._in_program(name)
@@ -194,6 +234,48 @@ class _ObjectCopy:
         for name, reason in self.copies.items():
             if self.obj.pieces[name].section.index in self.sections:
                 self.out.included.append(Included(self.obj.file, name, "data", reason))
+
+    def _kernel_tables(self, done: set[int]) -> set[int]:
+        """Copy the table entries and unwind sections of the code sections
+        copied since the last call (not in *done*); returns those sections."""
+        code = {i for i, o in self.sections.items()
+                if self.obj.image.sections[i].flags & SHF_EXECINSTR} - done
+        if not code:
+            return code
+        w = self.out.writer
+        for sec in self.obj.image.sections:
+            if sec.type == SHT_ARM_EXIDX and sec.link in code:
+                self._section(sec)
+                w.sections[self.sections[sec.index] - 1].link = self.sections[sec.link]
+            size = KERNEL_TABLES.get(sec.name)
+            if size is None:
+                continue
+            relocs = sorted(self.obj.image.relocations_for(sec), key=lambda r: r.offset)
+            wanted = sorted({r.offset - r.offset % size for r in relocs
+                             if r.offset % size == 0 and r.symbol.shndx in code})
+            if not wanted:
+                continue
+            raw = self.obj.image.section_data(sec)
+            data = bytearray(b"".join(raw[at:at + size] for at in wanted))
+            moved: list[tuple[int, int, int]] = []
+            for n, at in enumerate(wanted):
+                for rel in relocs:
+                    if not at <= rel.offset < at + size:
+                        continue
+                    off = n * size + rel.offset - at
+                    word = struct.unpack_from("<I", data, off)[0]
+                    symidx, delta = self._target(sec, rel, word)
+                    if delta:
+                        new = with_addend(rel.type, word, rel_addend(rel.type, word) + delta)
+                        if new is None:
+                            raise BuildError(f"{self.obj.file}: {sec.name}: relocation "
+                                             f"{rel.type_name} cannot be moved")
+                        struct.pack_into("<I", data, off, new)
+                    moved.append((off, rel.type, symidx))
+            out_idx = w.add_section(sec.name, bytes(data), flags=sec.flags, align=sec.addralign)
+            for off, rtype, symidx in moved:
+                w.add_reloc(out_idx, off, rtype, symidx)
+        return code
 
     def _piece(self, name: str, what: str) -> Piece:
         p = self.obj.pieces.get(name)
@@ -271,7 +353,7 @@ class _ObjectCopy:
                              f"({sym.name or sections[sym.shndx].name}): armlp's loader does "
                              f"not place TLS")
         if sym.shndx == SHN_UNDEF:
-            return self.out.extern(sym.name, sym.bind == STB_WEAK), 0
+            return self.out.undefined(sym.name, sym.bind == STB_WEAK), 0
         if sym.shndx >= len(sections):
             raise BuildError(f"{self.obj.file}: {sec.name} refers to {sym.name or '?'}, a "
                              f"special (absolute or common) symbol")

@@ -89,6 +89,8 @@ def main(argv: list[str]) -> int:
         print("armlp-cc: ARMLP_BUILD_CC is not set (run through armlp build)", file=sys.stderr)
         return 2
     flags, sources, output, compile_only = split(argv)
+    # A build system's probe (Kbuild's `-x c /dev/null`) is no source file.
+    sources = [src for src in sources if os.path.isfile(src)]
     if not where or not sources or _NOT_COMPILING.intersection(argv):
         return subprocess.call([real, *argv])
     if compile_only and len(sources) == 1:

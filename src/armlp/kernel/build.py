@@ -25,6 +25,7 @@ import struct
 import subprocess
 import tempfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,9 @@ class KernelPatch:
     states: list[tuple[int, int]] = field(default_factory=list)          # (id, version)
     replace: bool = False
     modules: list[Path] = field(default_factory=list)
+    #: The patch's code as an object (a diff build); else *source* is
+    #: compiled into the module.
+    code: Path | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"patch": self.name, "source": str(self.source), "release": self.release,
@@ -110,30 +114,42 @@ def build(source: Path, kit: KernelKit, out: Path, *, name: str | None = None) -
         first = _pass_one(source, kit, work / "pass1")
         patch_name, records, ksyms, callbacks = _read_pass_one(first)
         states, replace = _read_states(first)
-        mod_name = _module_name(name or patch_name or source.stem)
+        mod_name = module_name(name or patch_name or source.stem)
         image = ElfImage(kit.vmlinux)
         patch = KernelPatch(source, mod_name, kit.release)
-        patch.funcs = [_resolve(image, *r) for r in records]
-        patch.symbols = {s: _resolve_symbol(image, s) for s in ksyms}
+        patch.funcs = [resolve(image, *r) for r in records]
+        patch.symbols = {s: resolve_symbol(image, s) for s in ksyms}
         patch.callbacks = callbacks
         patch.states, patch.replace = states, replace
         if not patch.funcs and not callbacks:
             raise KernelBuildError(f"{source}: replaces nothing and has no callbacks "
                                    f"(no ARMLP_REPLACE, no ARMLP_CALLBACKS)")
-        core = core_module(kit)
-        gen = generate(patch)
-        pko = _kbuild(kit, work / "patch", {"armlp_gen.c": gen},
-                      f"obj-m := {mod_name}.o\n{mod_name}-y := armlp_gen.o\n"
-                      f"ccflags-y := -I{INCLUDE_DIR} -I{MODULE_DIR}\n"
-                      f"KBUILD_EXTRA_SYMBOLS := {core / 'Module.symvers'}\n")
-        out.mkdir(parents=True, exist_ok=True)
-        patch.modules = [out / f"{CORE_NAME}.ko", out / f"{mod_name}.ko"]
-        shutil.copyfile(core / f"{CORE_NAME}.ko", patch.modules[0])
-        shutil.copyfile(pko / f"{mod_name}.ko", patch.modules[1])
-        (out / "load-order").write_text("".join(m.name + "\n" for m in patch.modules))
+        write_modules(kit, patch, work / "patch", out)
         return patch
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def write_modules(kit: KernelKit, patch: KernelPatch, work: Path, out: Path) -> None:
+    """Build *patch*'s module in *work* and write it, the core module and
+    ``load-order`` into *out*."""
+    core = core_module(kit)
+    files: dict[str, str | bytes] = {"armlp_gen.c": generate(patch)}
+    objects = "armlp_gen.o"
+    if patch.code is not None:
+        # The diff build's object goes in as it is (Kbuild's shipped objects).
+        files["armlp_code.o_shipped"] = patch.code.read_bytes()
+        files[".armlp_code.o.cmd"] = "cmd_armlp_code.o := shipped\n"     # modpost reads it
+        objects += " armlp_code.o"
+    pko = _kbuild(kit, work, files,
+                  f"obj-m := {patch.name}.o\n{patch.name}-y := {objects}\n"
+                  f"ccflags-y := -I{INCLUDE_DIR} -I{MODULE_DIR}\n"
+                  f"KBUILD_EXTRA_SYMBOLS := {core / 'Module.symvers'}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    patch.modules = [out / f"{CORE_NAME}.ko", out / f"{patch.name}.ko"]
+    shutil.copyfile(core / f"{CORE_NAME}.ko", patch.modules[0])
+    shutil.copyfile(pko / f"{patch.name}.ko", patch.modules[1])
+    (out / "load-order").write_text("".join(m.name + "\n" for m in patch.modules))
 
 
 def core_module(kit: KernelKit) -> Path:
@@ -156,7 +172,7 @@ def core_module(kit: KernelKit) -> Path:
     return done
 
 
-def _module_name(name: str) -> str:
+def module_name(name: str) -> str:
     mod = name.replace("-", "_")
     if not NAME_RE.match(mod):
         raise KernelBuildError(f"patch name {name!r}: a module name is 1-55 letters, digits, "
@@ -227,7 +243,7 @@ def _cstr(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-def _resolve(image: ElfImage, old: str, sympos: int, new: str) -> Replacement:
+def resolve(image: ElfImage, old: str, sympos: int, new: str) -> Replacement:
     """*old* in vmlinux, scanned: refused here unless patchable."""
     same = [f for f in image.symbols.functions() if f.name == old]
     where = f"{image.path.name}"
@@ -258,7 +274,7 @@ def _resolve(image: ElfImage, old: str, sympos: int, new: str) -> Replacement:
                        tuple(words))
 
 
-def _resolve_symbol(image: ElfImage, asm_name: str) -> tuple[str, int]:
+def resolve_symbol(image: ElfImage, asm_name: str) -> tuple[str, int]:
     spec = asm_name[len(KSYM_PREFIX):]
     name, _, pos = spec.rpartition(",")
     if not name or not pos.isdigit():
@@ -274,10 +290,15 @@ def generate(patch: KernelPatch) -> str:
     """The patch module's C: the patch's source, its trampolines, its tables."""
     describe = DescribeFn()
     out = [f"/* Generated by armlp kernel build from {patch.source.name} for "
-           f"{patch.release}: do not edit. */",
-           f'#include "{patch.source}"', '#include "klp.h"', ""]
+           f"{patch.release}: do not edit. */"]
+    if patch.code is None:
+        out += [f'#include "{patch.source}"', '#include "klp.h"', ""]
+    else:
+        out += ["#include <linux/module.h>", '#include "klp.h"', ""]
+        out += [f"extern void {f.new_name}(void);" for f in patch.funcs]
     for asm_name, (_name, addr) in patch.symbols.items():
-        out.append(f'asm(".set \\"{asm_name}\\", {addr:#010x}");')
+        # Global: a diff build's code is another object of the module.
+        out.append(f'asm(".globl \\"{asm_name}\\"\\n.set \\"{asm_name}\\", {addr:#010x}");')
     for i, f in enumerate(patch.funcs):
         lines = [".pushsection .text.armlp_tramp, \\\"ax\\\", %progbits", ".arm", ".align 2",
                  f".type armlp_tramp_{i}, %function", f"armlp_tramp_{i}:"]
@@ -316,10 +337,13 @@ def generate(patch: KernelPatch) -> str:
     return "\n".join(out)
 
 
-def _kbuild(kit: KernelKit, d: Path, files: dict[str, str], kbuild: str) -> Path:
+def _kbuild(kit: KernelKit, d: Path, files: Mapping[str, str | bytes], kbuild: str) -> Path:
     d.mkdir(parents=True)
     for name, text in files.items():
-        (d / name).write_text(text)
+        if isinstance(text, bytes):
+            (d / name).write_bytes(text)
+        else:
+            (d / name).write_text(text)
     (d / "Kbuild").write_text(kbuild)
     _make(kit, d, "modules")
     return d

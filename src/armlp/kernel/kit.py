@@ -80,11 +80,11 @@ def guest_files(k: KernelKit) -> tuple[Path, Path]:
         return vmlinuz, busybox
     tmp = Path(tempfile.mkdtemp(prefix=".guest-", dir=k.root))
     try:
-        with _PrivateApt() as apt:
+        with PrivateApt() as apt:
             apt.run("apt-get", "download", "-qq", "busybox-static", cwd=tmp)
         x = tmp / "x"
-        _run(["dpkg-deb", "-x", str(next(tmp.glob("busybox-static_*.deb"))), str(x)])
-        _run(["dpkg-deb", "-x", str(k.image_deb), str(x)])
+        run_tool(["dpkg-deb", "-x", str(next(tmp.glob("busybox-static_*.deb"))), str(x)])
+        run_tool(["dpkg-deb", "-x", str(k.image_deb), str(x)])
         guest.mkdir(exist_ok=True)
         (x / "bin" / "busybox").rename(busybox)
         (x / "boot" / f"vmlinuz-{k.release}").rename(vmlinuz)
@@ -118,7 +118,7 @@ def default_release() -> str:
                       key=_release_key)
         if have:
             return have[-1]
-    with _PrivateApt() as apt:
+    with PrivateApt() as apt:
         out = apt.run("apt-cache", "depends", "linux-image-armmp")
     m = re.search(r"Depends: linux-image-(\S+-armmp)$", out, re.M)
     if not m:
@@ -153,7 +153,7 @@ def _fetch(k: KernelKit) -> None:
           f"downloaded)", file=sys.stderr, flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{rel}-", dir=_mkdir(cache_root())))
     try:
-        with _PrivateApt() as apt:
+        with PrivateApt() as apt:
             version = apt.version(f"linux-image-{rel}")
             abi = rel.rsplit("-", 1)[0]                       # 6.1.0-50
             series = ".".join(abi.split(".")[:2])              # 6.1
@@ -165,7 +165,7 @@ def _fetch(k: KernelKit) -> None:
         x = tmp / "x"
         for name in (f"linux-headers-{rel}", f"linux-headers-{abi}-common",
                      f"linux-kbuild-{series}"):
-            _run(["dpkg-deb", "-x", str(debs[name]), str(x)])
+            run_tool(["dpkg-deb", "-x", str(debs[name]), str(x)])
         _extract_vmlinux(debs[f"linux-image-{rel}-dbg"], rel, tmp / "vmlinux")
         out = tmp / "kit"
         out.mkdir()
@@ -211,7 +211,7 @@ def _extract_vmlinux(deb: Path, rel: str, dest: Path) -> None:
 
 
 def _host_arch() -> str:
-    return _run(["dpkg", "--print-architecture"]).strip()
+    return run_tool(["dpkg", "--print-architecture"]).strip()
 
 
 def _mkdir(p: Path) -> Path:
@@ -219,7 +219,7 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def _run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+def run_tool(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, check=False)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -227,10 +227,10 @@ def _run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
     return proc.stdout
 
 
-class _PrivateApt:
+class PrivateApt:
     """apt with its own sources, lists and cache, for armhf and the host."""
 
-    def __enter__(self) -> _PrivateApt:
+    def __enter__(self) -> PrivateApt:
         self.dir = Path(tempfile.mkdtemp(prefix=".apt-", dir=_mkdir(cache_root())))
         d = self.dir
         for sub in ("etc/apt.conf.d", "etc/preferences.d", "etc/sources.list.d",
@@ -258,7 +258,7 @@ class _PrivateApt:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def run(self, *cmd: str, cwd: Path | None = None) -> str:
-        return _run(list(cmd), cwd=cwd, env=self.env)
+        return run_tool(list(cmd), cwd=cwd, env=self.env)
 
     def version(self, package: str) -> str:
         out = self.run("apt-cache", "policy", package)
