@@ -82,10 +82,16 @@ def _explained(old: int, new: int, moved: Callable[[int, int], bool]) -> bool:
     return a is not None and b is not None and _moved_operands(a, b, moved)
 
 
+#: Instructions that put an immediate in a register, whichever encoding the
+#: value allows: a line number that moved may change from one to the other
+#: (``movw r1, #1997`` becomes ``mov r1, #2000``, a modified immediate).
+_SET_IMMEDIATE = {"movw": "mov", "mov.w": "mov"}
+
+
 def _moved_operands(a: Any, b: Any, moved: Callable[[int, int], bool]) -> bool:
     """Whether instructions *a* and *b* differ only by immediates that are
     line numbers the diff moved."""
-    if a.mnemonic != b.mnemonic:
+    if _SET_IMMEDIATE.get(a.mnemonic, a.mnemonic) != _SET_IMMEDIATE.get(b.mnemonic, b.mnemonic):
         return False
     if _IMM.sub("#", a.op_str) != _IMM.sub("#", b.op_str):
         return False

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from armlp.errors import BuildError
+
+if TYPE_CHECKING:
+    from armlp.builder.core import BuildReport
 
 HELP = """\
 Turn a source diff into a live patch, as kpatch-build does for the kernel,
@@ -93,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2))
         return 0
     print(f"wrote {report.patch} (patch {report.name!r} for {report.program})")
+    print_report(report)
+    return 0
+
+
+def print_report(report: BuildReport) -> None:
+    """What a diff build proved, included and left out, and its times."""
     files = f"{report.objects} file" + ("s" if report.objects != 1 else "")
     print(f"base: {report.proven} functions in {files} rebuilt byte for byte")
     for inc in report.included:
@@ -108,4 +117,3 @@ def run(args: argparse.Namespace) -> int:
     t = report.timings
     print(f"time: builds {t.get('build_original', 0):.1f} s + {t.get('build_patched', 0):.1f} s, "
           f"comparison {t.get('compare', 0):.2f} s, patch {t.get('emit', 0):.2f} s")
-    return 0

@@ -18,6 +18,7 @@ headers.  Building it:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import shutil
@@ -33,7 +34,7 @@ from armlp.analysis.mcount import SiteFinder
 from armlp.analysis.prologue import DescribeFn
 from armlp.analysis.scan import analyse_function
 from armlp.elf.image import ElfImage
-from armlp.elf.symbols import FunctionSymbol
+from armlp.elf.symbols import STT_FUNC, STT_OBJECT, FunctionSymbol
 from armlp.errors import ArmlpError, PatchError
 from armlp.inputs import check_input
 from armlp.kernel.kit import KernelKit
@@ -78,6 +79,16 @@ class Replacement:
                 "trampoline": [f"{w:#010x}" for w in self.tramp]}
 
 
+@dataclass(frozen=True)
+class KernelSymbol:
+    """A vmlinux symbol a patch uses by address, and the other names vmlinux
+    gives that address (kallsyms shows one of them)."""
+
+    name: str
+    addr: int
+    aliases: tuple[str, ...] = ()
+
+
 @dataclass
 class KernelPatch:
     """What a patch's source asks for, resolved; and where its modules went."""
@@ -86,7 +97,7 @@ class KernelPatch:
     name: str
     release: str
     funcs: list[Replacement] = field(default_factory=list)
-    symbols: dict[str, tuple[str, int]] = field(default_factory=dict)   # asm name -> (name, addr)
+    symbols: dict[str, KernelSymbol] = field(default_factory=dict)      # by asm name
     callbacks: dict[str, str] = field(default_factory=dict)             # pre_patch -> C name
     states: list[tuple[int, int]] = field(default_factory=list)          # (id, version)
     replace: bool = False
@@ -98,7 +109,7 @@ class KernelPatch:
     def to_json(self) -> dict[str, object]:
         return {"patch": self.name, "source": str(self.source), "release": self.release,
                 "functions": [f.to_json() for f in self.funcs],
-                "symbols": {n: a for n, a in self.symbols.values()},
+                "symbols": {s.name: s.addr for s in self.symbols.values()},
                 "callbacks": self.callbacks, "replace": self.replace,
                 "states": [{"id": i, "version": v} for i, v in self.states],
                 "load_order": [m.name for m in self.modules]}
@@ -274,7 +285,7 @@ def resolve(image: ElfImage, old: str, sympos: int, new: str) -> Replacement:
                        tuple(words))
 
 
-def resolve_symbol(image: ElfImage, asm_name: str) -> tuple[str, int]:
+def resolve_symbol(image: ElfImage, asm_name: str) -> KernelSymbol:
     spec = asm_name[len(KSYM_PREFIX):]
     name, _, pos = spec.rpartition(",")
     if not name or not pos.isdigit():
@@ -283,7 +294,18 @@ def resolve_symbol(image: ElfImage, asm_name: str) -> tuple[str, int]:
         sym = image.symbols.lookup(name, int(pos), where=image.path.name)
     except ArmlpError as exc:
         raise KernelBuildError(f"ARMLP_SYMBOL({name}, {pos}): {exc}") from None
-    return name, sym.value
+    aliases = sorted(_names_at(image).get(sym.value, set()) - {name})
+    return KernelSymbol(name, sym.value, tuple(aliases))
+
+
+@functools.lru_cache(maxsize=2)
+def _names_at(image: ElfImage) -> dict[int, set[str]]:
+    """vmlinux's function and data names by address."""
+    out: dict[int, set[str]] = {}
+    for s in image.symbols.symbols:
+        if s.defined and s.name and s.type in (STT_FUNC, STT_OBJECT):
+            out.setdefault(s.value, set()).add(s.name)
+    return out
 
 
 def generate(patch: KernelPatch) -> str:
@@ -296,9 +318,9 @@ def generate(patch: KernelPatch) -> str:
     else:
         out += ["#include <linux/module.h>", '#include "klp.h"', ""]
         out += [f"extern void {f.new_name}(void);" for f in patch.funcs]
-    for asm_name, (_name, addr) in patch.symbols.items():
+    for asm_name, ks in patch.symbols.items():
         # Global: a diff build's code is another object of the module.
-        out.append(f'asm(".globl \\"{asm_name}\\"\\n.set \\"{asm_name}\\", {addr:#010x}");')
+        out.append(f'asm(".globl \\"{asm_name}\\"\\n.set \\"{asm_name}\\", {ks.addr:#010x}");')
     for i, f in enumerate(patch.funcs):
         lines = [".pushsection .text.armlp_tramp, \\\"ax\\\", %progbits", ".arm", ".align 2",
                  f".type armlp_tramp_{i}, %function", f"armlp_tramp_{i}:"]
@@ -318,7 +340,9 @@ def generate(patch: KernelPatch) -> str:
     out += ["\t{ }", "};", "", "static struct klp_state armlp_states[] = {"]
     out += [f"\t{{ .id = {i}, .version = {v} }}," for i, v in patch.states]
     out += ["\t{ }", "};", "", "static struct klp_sym armlp_syms[] = {"]
-    out += [f'\t{{ "{n}", {a:#010x} }},' for n, a in patch.symbols.values()]
+    out += [f'\t{{ "{ks.name}", {ks.addr:#010x}, '
+            + (f'"{" ".join(ks.aliases)}"' if ks.aliases else "NULL") + " },"
+            for ks in patch.symbols.values()]
     out += ["\t{ }", "};", "",
             "static struct klp_object armlp_objs[] = {",
             "\t{ .name = NULL, .funcs = armlp_funcs, .callbacks = {",

@@ -341,11 +341,31 @@ static void klp_free_replaced(struct klp_patch *patch)
 /* checks before anything changes */
 
 /*
+ * Whether @have, what kallsyms printed for an address ("name+0x0/0x..."),
+ * names one of @aliases (space separated) at that address.
+ */
+static bool klp_is_alias(const char *have, const char *aliases)
+{
+	const char *plus = strchr(have, '+');
+	size_t len, n;
+
+	if (!aliases || !plus || strncmp(plus, "+0x0/", 5))
+		return false;
+	len = plus - have;
+	for (; *aliases; aliases += n + (aliases[n] == ' ')) {
+		n = strcspn(aliases, " ");
+		if (n == len && !strncmp(aliases, have, len))
+			return true;
+	}
+	return false;
+}
+
+/*
  * kallsyms says @addr is the start of @name, of @size bytes (0: any size),
- * or -EINVAL.
+ * or of one of its @aliases; else -EINVAL.
  */
 static int klp_check_symbol(struct klp_patch *patch, unsigned long addr,
-			    const char *name, unsigned long size)
+			    const char *name, unsigned long size, const char *aliases)
 {
 	char have[KSYM_SYMBOL_LEN], want[KSYM_SYMBOL_LEN];
 
@@ -362,6 +382,8 @@ static int klp_check_symbol(struct klp_patch *patch, unsigned long addr,
 	else
 		snprintf(want, sizeof(want), "%s+0x0/", name);
 	if (size ? strcmp(have, want) == 0 : strncmp(have, want, strlen(want)) == 0)
+		return 0;
+	if (klp_is_alias(have, aliases))
 		return 0;
 	pr_err("%s: %s: expected at %px, found %s: not the kernel the patch was built for\n",
 	       patch->mod->name, name, (void *)addr, have);
@@ -399,7 +421,8 @@ static int klp_check_func(struct klp_patch *patch, struct klp_func *func)
 		pr_err("%s: %s: malformed description\n", patch->mod->name, func->old_name);
 		return -EINVAL;
 	}
-	ret = klp_check_symbol(patch, func->old_addr, func->old_name, func->old_size);
+	ret = klp_check_symbol(patch, func->old_addr, func->old_name, func->old_size,
+			       NULL);
 	if (ret)
 		return ret;
 	/* The site word is ftrace's (NOP, tracer or ours): the rest is the build's. */
@@ -427,7 +450,7 @@ static int klp_check_patch(struct klp_patch *patch)
 		return -EINVAL;
 	}
 	for (sym = patch->syms; sym && sym->name; sym++) {
-		ret = klp_check_symbol(patch, sym->addr, sym->name, 0);
+		ret = klp_check_symbol(patch, sym->addr, sym->name, 0, sym->aliases);
 		if (ret)
 			return ret;
 	}

@@ -109,10 +109,13 @@ struct klp_state {
  * struct klp_sym - a kernel symbol the patch uses by address (ARMLP_SYMBOL)
  * @name:	its name, checked against kallsyms at load
  * @addr:	its address in the build's vmlinux
+ * @aliases:	the other names vmlinux gives that address, space separated
+ *		(kallsyms shows one of them), or NULL
  */
 struct klp_sym {
 	const char *name;
 	unsigned long addr;
+	const char *aliases;
 };
 
 /**
