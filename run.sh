@@ -99,12 +99,14 @@ setup_vm() {
 }
 
 # Debian's armhf kernel: what `armlp kernel build` needs for it (headers, the
-# host's kbuild of the same version, vmlinux with symbols) and its vmlinuz
-# and a busybox for the test guest, fetched once into $ARMLP_KERNEL_CACHE.
+# host's kbuild of the same version, vmlinux with symbols), its source (for
+# `armlp kernel build --diff`) and its vmlinuz and a busybox for the test
+# guest, fetched once into $ARMLP_KERNEL_CACHE.
 setup_kernel() {
-    compgen -G "$ARMLP_KERNEL_CACHE/*/guest/busybox" >/dev/null && return 0
-    echo "== fetching Debian's armhf kernel kit into $ARMLP_KERNEL_CACHE"
-    .venv/bin/armlp kernel fetch --guest
+    compgen -G "$ARMLP_KERNEL_CACHE/*/guest/busybox" >/dev/null &&
+        compgen -G "$ARMLP_KERNEL_CACHE/*/source/.complete" >/dev/null && return 0
+    echo "== fetching Debian's armhf kernel kit and source into $ARMLP_KERNEL_CACHE"
+    .venv/bin/armlp kernel fetch --guest --source
 }
 
 setup() { setup_apt; setup_venv; setup_zlib; setup_vm; setup_kernel; }

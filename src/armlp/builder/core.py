@@ -286,8 +286,10 @@ def build_patch(diff: Path, source: Path, program: Path, command: str, output: P
                              f"{len(bad) + report.proven} functions differ, first {shown}; "
                              f"other source, flags or compiler than the program's?")
         if not ours:
+            hint = "built as a module? only vmlinux is patched" if kernel is not None \
+                else "another program's tree?"
             raise BuildError(f"none of the {len(orig)} files the build compiled is in {program} "
-                             f"(another program's tree?)")
+                             f"({hint})")
         proof_s = time.monotonic() - t
         diffs = apply_diff(diff, tree)
         run("patched")

@@ -263,15 +263,7 @@ class _ObjectCopy:
                     if not at <= rel.offset < at + size:
                         continue
                     off = n * size + rel.offset - at
-                    word = struct.unpack_from("<I", data, off)[0]
-                    symidx, delta = self._target(sec, rel, word)
-                    if delta:
-                        new = with_addend(rel.type, word, rel_addend(rel.type, word) + delta)
-                        if new is None:
-                            raise BuildError(f"{self.obj.file}: {sec.name}: relocation "
-                                             f"{rel.type_name} cannot be moved")
-                        struct.pack_into("<I", data, off, new)
-                    moved.append((off, rel.type, symidx))
+                    moved.append((off, rel.type, self._moved(sec, rel, data, off)))
             out_idx = w.add_section(sec.name, bytes(data), flags=sec.flags, align=sec.addralign)
             for off, rtype, symidx in moved:
                 w.add_reloc(out_idx, off, rtype, symidx)
@@ -329,17 +321,22 @@ class _ObjectCopy:
         target = self.out.writer.sections[out_idx - 1]
         data = bytearray(target.data)
         for rel in self.obj.image.relocations_for(sec):
-            word = struct.unpack_from("<I", data, rel.offset)[0] \
-                if rel.offset + 4 <= len(data) else 0
-            symidx, delta = self._target(sec, rel, word)
-            if delta:
-                new = with_addend(rel.type, word, rel_addend(rel.type, word) + delta)
-                if new is None:
-                    raise BuildError(f"{self.obj.file}: {sec.name}: relocation {rel.type_name} "
-                                     f"at +{rel.offset:#x} cannot be moved to another symbol")
-                struct.pack_into("<I", data, rel.offset, new)
-            self.out.writer.add_reloc(out_idx, rel.offset, rel.type, symidx)
+            self.out.writer.add_reloc(out_idx, rel.offset, rel.type,
+                                      self._moved(sec, rel, data, rel.offset))
         target.data = bytes(data)
+
+    def _moved(self, sec: Section, rel: Relocation, data: bytearray, at: int) -> int:
+        """The patch symbol of relocation *rel* of *sec*, whose word is at
+        *at* of *data*: the word's addend changed there if the symbol did."""
+        word = struct.unpack_from("<I", data, at)[0] if at + 4 <= len(data) else 0
+        symidx, delta = self._target(sec, rel, word)
+        if delta:
+            new = with_addend(rel.type, word, rel_addend(rel.type, word) + delta)
+            if new is None:
+                raise BuildError(f"{self.obj.file}: {sec.name}: relocation {rel.type_name} "
+                                 f"at +{rel.offset:#x} cannot be moved to another symbol")
+            struct.pack_into("<I", data, at, new)
+        return symidx
 
     def _target(self, sec: Section, rel: Relocation, word: int) -> tuple[int, int]:
         """``(patch symbol, addend change)`` for one relocation."""

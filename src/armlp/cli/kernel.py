@@ -1,8 +1,9 @@
 """``armlp kernel``: live patches for a running 32-bit ARM kernel.
 
-``armlp kernel build`` turns a patch's C into a patch module and the core
-module it needs (:mod:`armlp.kernel.build`); ``armlp kernel fetch`` fetches
-a release's build kit ahead of time (:mod:`armlp.kernel.kit`).
+``armlp kernel build`` turns a patch's C (:mod:`armlp.kernel.build`) or a
+source diff (:mod:`armlp.kernel.diff`) into a patch module and the core
+module it needs; ``armlp kernel fetch`` fetches a release's build kit (and
+source) ahead of time (:mod:`armlp.kernel.kit`, :mod:`armlp.kernel.source`).
 """
 
 from __future__ import annotations

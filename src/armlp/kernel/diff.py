@@ -24,6 +24,7 @@ again, which this build does not find; it is refused with that reason.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -53,16 +54,17 @@ from armlp.kernel.source import source_tree
 KERNEL_CC = f"{KERNEL_CROSS}gcc-12"
 
 
-def build_diff(diff: Path, kit: KernelKit, out: Path, *, name: str | None = None,
-               cflags: tuple[str, ...] = ()) -> tuple[KernelPatch, BuildReport]:
-    """The module of *diff* against *kit*'s release, in *out*; *cflags* are
-    added to every compile (a kernel built with other flags)."""
+def build_diff(diff: Path, kit: KernelKit, out: Path, *,
+               name: str | None = None) -> tuple[KernelPatch, BuildReport]:
+    """The module of *diff* against *kit*'s release, in *out*.  ``$KCFLAGS``
+    is added to every compile, as Kbuild adds it (a kernel built with it)."""
     diff = check_input(diff, "diff")
     if shutil.which(KERNEL_CC) is None:
         raise KernelBuildError(f"{KERNEL_CC} not found (install gcc-arm-linux-gnueabihf)")
     mod_name = module_name(name or default_name(diff).replace(".", "_"))
     tree = source_tree(kit)
     dirs = _directories(diff, tree)
+    cflags = shlex.split(os.environ.get("KCFLAGS", ""))
     work = Path(tempfile.mkdtemp(prefix="armlp-kdiff-"))
     try:
         src = work / "src"
