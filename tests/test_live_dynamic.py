@@ -70,7 +70,7 @@ def test_dynamic_program_runs_shows_its_sites_and_is_patched(builder: Builder, l
     assert res.code == 0, (res.out, res.err)
     mark = len(r.out())
     wait_until("the original price again", lambda: "price=1000" in r.out()[mark:])
-    assert r.wait(60) == 0
+    assert r.wait(60) == 0, r.err()
     out = r.out()
     assert out.endswith("done\n") and "price=1001" in out
 

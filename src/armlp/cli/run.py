@@ -240,6 +240,10 @@ def attach(args: argparse.Namespace) -> int:
 
 
 def _describe(exc: BaseException) -> str:
+    import os
+    if os.environ.get("ARMLP_DEBUG") and not isinstance(exc, ArmlpError):
+        import traceback
+        traceback.print_exception(exc)
     return str(exc) if isinstance(exc, ArmlpError) else \
         f"internal error ({type(exc).__name__}: {exc})"
 

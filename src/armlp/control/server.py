@@ -456,9 +456,11 @@ class Controller:
                 interval = self.process.poll_interval()
                 if interval is not None:
                     wait = interval if wait is None else min(wait, interval)
-                target_fd = self.process.fileno()
+                # Ordering: pending() may find the connection ended and close
+                # it; the descriptor handed to select() is taken after it.
                 if self.process.pending():
                     wait = 0.0
+                target_fd = self.process.fileno()
                 readable, writable, _ = select.select(
                     [listener.fileno(), *([target_fd] if target_fd >= 0 else []), *clients],
                     [fd for fd, c in clients.items() if c.outbox], [], wait)
