@@ -94,7 +94,8 @@ def test_a_thread_a_signal_interrupted_in_a_patched_function_holds_the_transitio
     res = live.cli("patch", patch, "--target", target, "--json")
     assert res.code == 0 and res.json()["transition"] is True, (res.out, res.err)
     st = live.cli("status", "--target", target, "--json").json()["targets"][0]
-    assert any("work" in b["reason"] for b in st["transition"]["blocked"]), st["transition"]
+    assert st["transition"] is not None and \
+        any("work" in b["reason"] for b in st["transition"]["blocked"]), (res.out, r.err())
     assert "released" not in r.out()
 
     def done() -> bool:

@@ -5,7 +5,13 @@
  * work() while it blocks in a system call.  Prints "held" when the handler
  * starts and "released" when it returns; the worker then waits outside
  * work() for 3 s, calls it once more and main prints that result
- * ("result N") and "done". */
+ * ("result N") and "done".
+ *
+ * Built with -pg in one step, it is also linked with gprof's start-up: a
+ * SIGPROF timer at 100 Hz, which cuts any sleep short (EINTR).  Every
+ * sleep here goes on for what remains, or the handler would return early
+ * and the program end before the test looked. */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,13 +31,21 @@ __attribute__((noinline, noipa)) long work(long n)
 	return s;
 }
 
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
+	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+		;
+}
+
 static void handler(int sig)
 {
+	int saved = errno;
 	(void)sig;
 	held = 1;
-	struct timespec ts = { hold_ms / 1000, (hold_ms % 1000) * 1000000 };
-	nanosleep(&ts, NULL);
+	sleep_ms(hold_ms);
 	released = 1;
+	errno = saved;
 }
 
 static void *worker(void *arg)
@@ -40,7 +54,7 @@ static void *worker(void *arg)
 	while (!released)
 		result = work(1L << 22);
 	while (!stop)
-		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+		sleep_ms(1);
 	result = work(1000);
 	return NULL;
 }
@@ -53,16 +67,15 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	signal(SIGUSR1, handler);
 	pthread_create(&t, NULL, worker, NULL);
-	struct timespec ts = { 0, 300000000 };
-	nanosleep(&ts, NULL);
+	sleep_ms(300);
 	pthread_kill(t, SIGUSR1);
 	while (!held)
-		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+		sleep_ms(1);
 	printf("held\n");
 	while (!released)
-		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+		sleep_ms(1);
 	printf("released\n");
-	nanosleep(&(struct timespec){ 3, 0 }, NULL);
+	sleep_ms(3000);
 	stop = 1;
 	pthread_join(t, NULL);
 	printf("result %ld\ndone\n", result);
