@@ -126,10 +126,19 @@ def _evidence(m: Machine, regs: Regs, stack: StackEntry, blocking: list[Blocking
     lo = max(stack.lo, regs.sp & ~3)
     if stack.hi - lo > MAX_SCAN:
         return f"stack of {stack.hi - lo} bytes, too deep to scan"
+    if not blocking:
+        return ""
     exact = {b.saved_pc: b.name for b in blocking if b.saved_pc is not None}
     spans = [b for b in blocking if b.saved_pc is None]
-    words = [w for (w,) in struct.iter_unpack("<I", m.read(lo, stack.hi - lo))] + [0]
-    for off, w in enumerate(words[:-1]):
+    data = m.read(lo, stack.hi - lo)
+    words = (*struct.unpack(f"<{len(data) // 4}I", data), 0)
+    # Only a word inside some blocking function (a Thumb return address one
+    # past it) or an exact saved pc can be evidence: the rest, most of a
+    # stack, is passed over in one comparison each (this runs with every
+    # thread held, once per running thread and attempt).
+    low, high = min(b.lo for b in blocking), max(b.hi for b in blocking) + 1
+    for off in [i for i, w in enumerate(words[:-1]) if low <= w <= high or w in exact]:
+        w = words[off]
         name = exact.get(w) or next((b.name for b in spans if b.returns_into(w)), "") or \
             next((b.name for b in blocking if b.interrupted(w, words[off + 1])), "")
         if name:
