@@ -79,6 +79,8 @@ def build_diff(diff: Path, kit: KernelKit, out: Path, *,
 
         def patchable(inc: Included) -> None:
             # Refused here, with the scan's reason, before any module is built.
+            # Ordering: called in the order the emitter describes the
+            # replacements, which is the order of its KERNEL_NEW aliases.
             assert inc.replaces is not None
             funcs.append(resolve(image, *inc.replaces, KERNEL_NEW.format(len(funcs))))
 
