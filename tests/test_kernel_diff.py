@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +149,63 @@ def test_refusals_name_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     [err] = r.err.splitlines()
     assert re.search(r"^armlp: error: " + line, err), err
     assert not out.exists()
+
+
+TABLES_C = r"""
+#define FIXUP(table_entry)                                                  \
+    asm volatile("1: ldr %0, [%1]\n"                                        \
+                 ".pushsection .text.fixup, \"ax\"\n2: mov %0, #0\n b 1b\n" \
+                 ".popsection\n"                                            \
+                 ".pushsection __ex_table, \"a\"\n .long 1b, 2b\n"          \
+                 ".popsection\n" table_entry : "=r"(v) : "r"(p))
+#define BUG_ENTRY ".pushsection __bug_table, \"aw\"\n .word 1b, 0\n .hword 7, 0\n" \
+    ".popsection\n"
+__attribute__((noinline)) int f(int *p) { int v; FIXUP(BUG_ENTRY); return v + 1; }
+__attribute__((noinline)) int g(int *p) { int v; FIXUP(""); return v + 2; }
+int main(void) { int x = 5; return f(&x) + g(&x); }
+"""
+
+
+def test_a_kernel_patch_carries_the_table_entries_of_its_code(tmp_path: Path) -> None:
+    """Of a file whose two functions each have an exception-table entry
+    (and one a BUG entry), the patch that copies f carries f's entries only,
+    relocated to its copy of f and of the fixup code, and f's unwind entry
+    linked to its copy; g stays vmlinux's (by address)."""
+    from armlp.builder.base import ProgramIndex
+    from armlp.builder.emit import PatchEmitter
+    from armlp.builder.pieces import ObjectPieces
+    from conftest import cross
+
+    src = tmp_path / "tables.c"
+    src.write_text(TABLES_C)
+    obj, prog = tmp_path / "tables.o", tmp_path / "tables"
+    flags = ["-marm", "-O2", "-ffunction-sections", "-funwind-tables"]
+    subprocess.run([cross("gcc"), *flags, "-c", str(src), "-o", str(obj)], check=True)
+    subprocess.run([cross("gcc"), "-static", str(obj), "-o", str(prog)], check=True)
+    index = ProgramIndex(ElfImage(prog))
+    index.object = "vmlinux"
+    emitter = PatchEmitter(index, kernel=True)
+    pieces = ObjectPieces(obj)
+    emitter.add_object(pieces, pieces, {"f": "changed"}, {})
+    out = tmp_path / "patch.o"
+    emitter.write(out, "tables", None)
+    patch = ElfImage(out)
+    names = {s.index: s.name for s in patch.sections}
+
+    def targets(section: str) -> list[str]:
+        sec = patch.section(section)
+        assert sec is not None, section
+        return [r.symbol.name if r.symbol.shndx == 0 else names[r.symbol.shndx]
+                for r in sorted(patch.relocations_for(sec), key=lambda r: r.offset)]
+
+    assert [s.name for s in patch.sections if s.name == "__ex_table"] == ["__ex_table"]
+    assert patch.section("__ex_table").size == 8                  # type: ignore[union-attr]
+    assert targets("__ex_table") == [".text.f", ".text.fixup"]
+    assert patch.section("__bug_table").size == 12                # type: ignore[union-attr]
+    assert targets("__bug_table")[0] == ".text.f"
+    exidx = patch.section(".ARM.exidx.text.f")
+    assert exidx is not None and names[exidx.link] == ".text.f"
+    assert patch.section(".text.g") is None
+    # g's fixup (in the same .text.fixup) branches back into vmlinux's g.
+    assert ".klp.sym.vmlinux.g,0" in targets(".text.fixup")
+    assert [s.name for s in patch.symbols.symbols if s.name == "armlp_new_0"] == ["armlp_new_0"]
