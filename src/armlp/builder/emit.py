@@ -125,8 +125,13 @@ class PatchEmitter:
             if found is None:
                 raise BuildError(f"{name}: the patch's code uses it, and "
                                  f"{self.index.image.path.name} has no global of that name")
-            return self.extern(f".klp.sym.{self.index.object}.{found[0]},{found[1]}")
+            return self.program_extern(found)
         return self.extern(name, weak)
+
+    def program_extern(self, sym: tuple[str, int]) -> int:
+        """The program's symbol (name, sympos) as the patch names it:
+        ``.klp.sym.<object>.<name>,<sympos>`` (the kernel's naming)."""
+        return self.extern(f".klp.sym.{self.index.object}.{sym[0]},{sym[1]}")
 
     def program_global(self, name: str) -> tuple[str, int] | None:
         sym = self.index.globals.get(name)
@@ -238,7 +243,7 @@ class _ObjectCopy:
     def _kernel_tables(self, done: set[int]) -> set[int]:
         """Copy the table entries and unwind sections of the code sections
         copied since the last call (not in *done*); returns those sections."""
-        code = {i for i, o in self.sections.items()
+        code = {i for i in self.sections
                 if self.obj.image.sections[i].flags & SHF_EXECINSTR} - done
         if not code:
             return code
@@ -372,7 +377,7 @@ class _ObjectCopy:
             return self.out.writer.section_symbol(self._piece_section(p)), base
         old = self._in_program(p.name)
         if old is not None:
-            return self.out.extern(f".klp.sym.{self.out.index.object}.{old[0]},{old[1]}"), \
+            return self.out.program_extern(old), \
                 base - start
         # Not in the program (never linked, or inlined everywhere there).
         if p.kind == "data" and p.writable and self.orig is not None and \

@@ -224,8 +224,7 @@ def _read_pass_one(obj: Path) -> tuple[str | None, list[tuple[str, int, str]], l
         for off in range(0, len(data) - REC.size + 1, REC.size):
             old, new, _obj, pos = REC.unpack_from(data, off)
             records.append((_cstr(old), pos, _cstr(new)))
-    ksyms = sorted({s.name for s in img.symbols.symbols
-                    if not s.defined and s.name.startswith(KSYM_PREFIX)})
+    ksyms = symbols_used(img)
     callbacks: dict[str, str] = {}
     sec = img.section(".armlp.kcallbacks")
     if sec is not None:
@@ -283,6 +282,12 @@ def resolve(image: ElfImage, old: str, sympos: int, new: str) -> Replacement:
     code[off:off + 4] = bytes(4)          # the site word is ftrace's
     return Replacement(old, sympos, new, fn, rep.site, zlib.crc32(code), verdict.rule or "",
                        tuple(words))
+
+
+def symbols_used(obj: ElfImage) -> list[str]:
+    """The vmlinux symbols an object names by address (``.klp.sym.vmlinux.``)."""
+    return sorted({s.name for s in obj.symbols.symbols
+                   if not s.defined and s.name.startswith(KSYM_PREFIX)})
 
 
 def resolve_symbol(image: ElfImage, asm_name: str) -> KernelSymbol:

@@ -38,13 +38,13 @@ from armlp.elf.image import ElfImage
 from armlp.errors import ArmlpError
 from armlp.inputs import check_input
 from armlp.kernel.build import (
-    KSYM_PREFIX,
     KernelBuildError,
     KernelPatch,
     Replacement,
     module_name,
     resolve,
     resolve_symbol,
+    symbols_used,
     write_modules,
 )
 from armlp.kernel.kit import KERNEL_CROSS, KernelKit
@@ -93,9 +93,7 @@ def build_diff(diff: Path, kit: KernelKit, out: Path, *,
                              kernel=flavour)
         patch = KernelPatch(diff, mod_name, kit.release, code=code)
         patch.funcs = funcs
-        ksyms = sorted({s.name for s in ElfImage(code).symbols.symbols
-                        if not s.defined and s.name.startswith(KSYM_PREFIX)})
-        patch.symbols = {s: resolve_symbol(image, s) for s in ksyms}
+        patch.symbols = {s: resolve_symbol(image, s) for s in symbols_used(ElfImage(code))}
         write_modules(kit, patch, work / "module", out)
         return patch, report
     finally:
