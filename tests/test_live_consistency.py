@@ -36,9 +36,13 @@ def consistency(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _cycles(prog: Path, patch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             *, force: bool) -> tuple[int, int, list[str]]:
     monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
-    proc = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), "--",
-                             "12"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=os.environ.copy())
+    # The events go to a file: a pipe nobody reads until the end fills up
+    # (hundreds of cycles) and blocks the controller.
+    err_path = tmp_path / "armlp.err"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), "--",
+                                 "12"], stdout=subprocess.PIPE, stderr=err_file, text=True,
+                                env=os.environ.copy())
     reasons: list[str] = []
     try:
         info = wait_for_target(proc)
@@ -52,11 +56,11 @@ def _cycles(prog: Path, patch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
                 if force and res["transition"]:
                     force_transition(info.socket, "consistency-fix")
                 settle(info.socket)
-        out, err = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, err_path.read_text()
     m = re.search(r"rounds (\d+) mismatches (\d+)", out)
     assert m, out
     return int(m[1]), int(m[2]), reasons

@@ -134,7 +134,7 @@ def unpatch(args: argparse.Namespace) -> int:
     info = find_target(args.target)
     res = request(info.socket, {"op": "unpatch", "name": name})
     rc = _wait(info, name, res, args.wait)
-    note = "" if res["memory_freed"] else " (its memory is kept until provably unused)"
+    note = "" if res["memory_freed"] else " (its memory is freed once no thread can be in it)"
     _print(args, res, f"{info.id}: patch {name} disabled{note}" + _transition_text(res))
     return rc
 

@@ -146,6 +146,7 @@ class Controller:
         self.target = target
         self.process = process
         self.livepatch = Livepatch(target)
+        self.livepatch.free_later = True    # by _retry_release, between transitions
         self.id = target_id(program, pid)
         self.dir = runtime_dir() / self.id
         self.socket_path = self.dir / "ctl.sock"
@@ -220,7 +221,6 @@ class Controller:
 
     def _status(self, _req: Status, _client: Client | None) -> Any:
         with self.paused():
-            self.livepatch.release_deferred()
             return {"target": self.info.to_json(), **livepatch_status(self.livepatch),
                     "all_stop": self.stops_all, "runtime": self._runtime_memory(),
                     "trace": self.tracer is not None}
@@ -245,7 +245,7 @@ class Controller:
             lp.disable(patch)
         deferred = patch in lp.deferred
         self.on_event(f"patch {patch.name} disabl" + ("ed" if lp.transition is None else "ing")
-                      + (" (its memory is kept until provably unused)" if deferred else ""))
+                      + (" (its memory is freed once no thread can be in it)" if deferred else ""))
         return {"name": patch.name, "memory_freed": patch.memory == 0,
                 **self._transition_result(patch.name), **self._pause()}
 
@@ -422,13 +422,16 @@ class Controller:
                     status = self.process.exited()
                     if status is not None:
                         return status
-                if self._release_at is not None and self._release_at <= now:
+                if self._release_at is None and self.livepatch.deferred and self.stops_all:
+                    self._release_at = now + self._release_delay
+                # A free waits while a transition runs (it is no part of it).
+                release_at = None if self.livepatch.transition else self._release_at
+                if release_at is not None and release_at <= now:
                     self._retry_release()
                     status = self.process.exited()
                     if status is not None:
                         return status
-                if self._release_at is None and self.livepatch.deferred and self.stops_all:
-                    self._release_at = now + self._release_delay
+                    release_at = self._release_at
                 if self._stale_at is not None and self._stale_at <= now:
                     self._stale_at = None
                     status = self.process.poll_exit()
@@ -448,7 +451,7 @@ class Controller:
                           and c.deadline <= now]:
                     self._drop(c, clients)          # too slow: dropped, nothing else waits
                 due = [t[0] for t in timers[:1]] + \
-                    ([self._release_at] if self._release_at is not None else []) + \
+                    ([release_at] if release_at is not None else []) + \
                     ([self._transition_at] if self._transition_at is not None else []) + \
                     ([self._stale_at] if self._stale_at is not None else []) + \
                     [c.deadline for c in clients.values() if c.deadline is not None]

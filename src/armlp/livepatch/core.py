@@ -72,6 +72,11 @@ class Livepatch:
         self._table_cap = 0
         self._code = TargetCode(target)
         self._exports: dict[str, int] | None = None
+        #: Set by a caller that frees later on its own (the controller's
+        #: release timer): a disabled patch then only joins :attr:`deferred`,
+        #: and its free is no part of the transition, as the kernel frees a
+        #: patch from a work item after it (klp_free_patch_work_fn).
+        self.free_later = False
 
     def _log(self, msg: str) -> None:
         self.drain_console()
@@ -435,10 +440,12 @@ class Livepatch:
 
     def _forget(self, patch: KlpPatch) -> None:
         """Take the unpatched patch off the list; free its memory when no
-        thread can be executing or returning into it (else defer)."""
+        thread can be executing or returning into it (else, or when
+        :attr:`free_later`, defer)."""
         self.patches.remove(patch)
         self.deferred.append(patch)
-        self.release_deferred()
+        if not self.free_later:
+            self.release_deferred()
 
     @staticmethod
     def _object_name(patch: KlpPatch) -> str:

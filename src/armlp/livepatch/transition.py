@@ -314,7 +314,10 @@ class Transition:
         without evidence is a function entered by a direct branch compiled
         before the transition's code writes (the first instructions of its
         prologue): so a running thread switches only after two clean scans
-        in successive attempts, which no thread spends in that window.
+        in successive attempts, which no thread spends in that window.  A
+        thread seen in armlp's runtime came there through a site as the code
+        writes left it: it runs translations made since, and is out of the
+        window for good; that attempt counts as its first clean scan.
         """
         m = self.lp.machine
         exact = m.exact_registers(tid)
@@ -333,7 +336,9 @@ class Transition:
             reason = f"stack unreliable: {trace.reason}"
         where = code.find(regs.pc & ~1)
         if where is not None and where.armlp:
-            # On its way through the trampoline: see _evidence.
+            # On its way through the trampoline (see _evidence): not
+            # switchable now, but out of the window (see above).
+            self._clean[tid] = self.attempts
             return f"{reason or RUNNING}; in {where.name}, checked again next attempt"
         try:
             hit = _evidence(m, regs, stack, blocking)

@@ -163,6 +163,9 @@ class GdbMachine(Injection):
             return b""
         self._flush_batch()
         self._need_stopped("read memory")
+        return self._read_now(address, size)
+
+    def _read_now(self, address: int, size: int) -> bytes:
         if self.host_memory is not None:
             try:
                 data = self.host_memory.read(address, size)
@@ -196,7 +199,7 @@ class GdbMachine(Injection):
         *stale_ok*: the mprotect dropping translations waits (see Machine)."""
         self._flush_batch()
         self._need_stopped("write code")
-        images = code_images(writes, self._cached_read, _GAP_FILL)
+        images = code_images(writes, self._read_now, _GAP_FILL)
         if self.host_memory is not None:
             with contextlib.nullcontext() if unused else self.all_stopped():
                 for start, img in images:

@@ -426,8 +426,8 @@ class Injection(Parking):
         regs = _decode_regs(saved)
         pc = regs.pc | (1 if regs.cpsr & CPSR_T else 0)
         block = struct.pack("<17I", *regs.r, regs.sp, regs.lr, pc, regs.cpsr)
-        self.conn.write_memory(self._scratch + PAGE, block)
-        self.conn.write_memory(regs.sp - 8, struct.pack("<II", regs.r[12], pc))
+        self._poke(self._scratch + PAGE, block)
+        self._poke(regs.sp - 8, struct.pack("<II", regs.r[12], pc))
 
     def _run_until_trap(self, tid: int, pc_wanted: int, timeout: float,
                         what: str) -> StopReply | None:
