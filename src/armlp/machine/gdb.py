@@ -341,6 +341,7 @@ class GdbMachine(Injection):
         self._flush_batch()
         self._need_stopped("resume")
         if self.parked:
+            self.bring_back()       # the stub is served again between requests
             self._cache.clear()     # the program runs on: its memory may change
             return
         if self._breakpoints and self.conn.read_register(15, self.thread) in self._breakpoints:

@@ -189,6 +189,7 @@ class Injection(Parking):
         cpsr = (regs.cpsr & ~(CPSR_T | CPSR_IT)) | (CPSR_T if address & 1 else 0)
         self._arm_restore(tid, saved)
         if self.parked:
+            r[6] = self._begin_run()
             run = Regs(r, sp, self._scratch_at("parked_return"), address & ~1, cpsr)
             return self._run_parked(tid, saved, _encode_regs(saved, run),
                                     f"the call of {address:#010x}", self.call_timeout)
@@ -346,6 +347,10 @@ class Injection(Parking):
                     lent, saved = self._borrowed
                     self._borrowed = None
                     self._poke(lent, saved)
+        if self.parked and at == "svc":
+            posted = self._post(number, args, f"syscall {number}", self.call_timeout)
+            if posted is not None:
+                return posted
         svc = self._find_svc() if self._scratch is None else self._scratch_at(at)
         tid = self.thread
         saved = self.conn.read_all_registers(tid)
@@ -358,6 +363,7 @@ class Injection(Parking):
         if self._scratch is not None:
             self._arm_restore(tid, saved)
         if self.parked:
+            r[6] = self._begin_run()
             run = Regs(r, regs.sp, regs.lr, self._scratch_at("parked_svc"), cpsr)
             return self._run_parked(tid, saved, _encode_regs(saved, run),
                                     f"syscall {number}", self.call_timeout)

@@ -24,7 +24,7 @@ import fcntl
 import struct
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from armlp.errors import MachineError
@@ -44,6 +44,9 @@ HANDLED_S = 0.001
 #: How long the agent may take to trap back in with the program's threads
 #: held; longer, and it waits for a lock one of them holds: they are let go.
 BACK_TIMEOUT = 0.25
+#: How long after its last run the agent out of the stub takes system calls
+#: by the mailbox: well within the second after which it goes home.
+MAILBOX_FOR = 0.5
 
 
 class Parking:
@@ -64,6 +67,12 @@ class Parking:
     _sigints: int
     _scratch: int | None
     _cache: dict[int, bytes]
+    #: The agent out of the stub since a run: (tid, its saved registers,
+    #: its nice value before the run); the number of its last run, and when
+    #: it was done.
+    _out: tuple[int, bytes, int | None] | None = None
+    _runs = 0
+    _done_at = 0.0
 
     _interrupt_thread: Callable[[int | None], None]
 
@@ -110,19 +119,24 @@ class Parking:
             _drained(self.conn, self.conn.timeout)
             time.sleep(HANDLED_S)
 
+    def _begin_run(self) -> int:
+        """The number of the agent's next run (its r6; it marks the run done
+        with it, see ``parked_return`` in ``runtime/scratch.S``)."""
+        self._runs += 1
+        return self._runs
+
     def _run_parked(self, tid: int, saved: bytes, run: bytes, what: str,
                     timeout: float) -> int:
         """Run the parked agent *tid* from the registers *run* (a ``G``
-        packet; its code ends in the scratch page's ``parked_return``), bring
-        it back and give it its registers *saved* again; returns its r0."""
-        host = self.host_memory
-        assert host is not None and self._scratch is not None and self.door is not None
-        data = self._scratch + PAGE
+        packet; r6 from :meth:`_begin_run`; its code ends in the scratch
+        page's ``parked_return``) and return its r0.  The agent stays out,
+        taking further system calls through the mailbox (:meth:`_post`),
+        until the stub is next needed: :meth:`bring_back` (the connection
+        calls it before its next packet) gives it *saved* again."""
+        host, data = self._data_page()
         code = scratch_code()
-        result, done, go, sig = (data + code.offset(n)
-                                 for n in ("result", "done", "go", "go_signal"))
-        host.write(result, bytes(12))
-        host.write(sig, struct.pack("<I", self.agent_signal or 0))
+        host.write(data + code.offset("result"), bytes(12))        # result, done, go
+        host.write(data + code.offset("go_signal"), struct.pack("<II", self.agent_signal or 0, 0))
         # The agent runs ahead of the program's threads while it works for
         # armlp: on a busy machine it would wait for a time slice, then for
         # the come-back, while armlp's request waits on it.
@@ -131,26 +145,77 @@ class Parking:
             self.conn.write_all_registers(run, tid)
             self._cache.clear()
             self.conn.resume(0, tid)
-            deadline = time.monotonic() + timeout
-            nap = 0.00005
-            while host.read(done, 4) == bytes(4):
-                if time.monotonic() > deadline:
-                    # The agent is somewhere in the call: armlp stops parking
-                    # and lets it come back through the open door when it does.
-                    self.parked = False
-                    self.running = True         # its stop is a stop like any other
-                    self.door.open()
-                    host.write(go, struct.pack("<I", tid))
-                    raise MachineError(f"{what} did not return within {timeout} s")
-                time.sleep(nap)
-                nap = min(nap * 2, 0.002)
-            value: int = struct.unpack("<I", host.read(result, 4))[0]
-            self._come_back(tid, go)
-            return value
+        except BaseException:
+            restore_priority(tid, nice)
+            raise
+        self._out = (tid, saved, nice)
+        self.conn.before_send = self.bring_back
+        return self._await_run(self._runs, what, timeout)
+
+    def _post(self, number: int, args: Sequence[int], what: str, timeout: float) -> int | None:
+        """System call *number* by the mailbox of the agent, out since a
+        recent run; None when it is not out (or has been too long: it goes
+        home after about a second without news)."""
+        if self._out is None or time.monotonic() - self._done_at > MAILBOX_FOR:
+            return None
+        host, data = self._data_page()
+        code = scratch_code()
+        run = self._begin_run()
+        words = [a & 0xFFFFFFFF for a in args] + [0] * (6 - len(args))
+        host.write(data + code.offset("next_args"), struct.pack("<6I", *words))
+        host.write(data + code.offset("next_run"), struct.pack("<I", run))
+        # Ordering: the number last: it is what the agent looks for.
+        host.write(data + code.offset("next"), struct.pack("<I", number))
+        return self._await_run(run, what, timeout)
+
+    def _await_run(self, run: int, what: str, timeout: float) -> int:
+        """Wait until the agent marks run *run* done; its r0."""
+        host, data = self._data_page()
+        code = scratch_code()
+        done = data + code.offset("done")
+        want = struct.pack("<I", run)
+        deadline = time.monotonic() + timeout
+        nap = 0.00005
+        while host.read(done, 4) != want:
+            if time.monotonic() > deadline:
+                # The agent is somewhere in the work: armlp stops parking
+                # and lets it come back through the open door when it does.
+                assert self.door is not None and self._out is not None
+                tid, _saved, nice = self._out
+                self._out = None
+                self.conn.before_send = None
+                restore_priority(tid, nice)
+                self.parked = False
+                self.running = True         # its stop is a stop like any other
+                self.door.open()
+                host.write(data + code.offset("go"), struct.pack("<I", tid))
+                raise MachineError(f"{what} did not return within {timeout} s")
+            time.sleep(nap)
+            nap = min(nap * 2, 0.002)
+        self._done_at = time.monotonic()
+        value: int = struct.unpack("<I", host.read(data + code.offset("result"), 4))[0]
+        return value
+
+    def bring_back(self) -> None:
+        """The agent, out since a run, back into the stub with its own
+        registers (nothing when it is in)."""
+        out, self._out = self._out, None
+        self.conn.before_send = None
+        if out is None:
+            return
+        tid, saved, nice = out
+        _host, data = self._data_page()
+        try:
+            self._come_back(tid, data + scratch_code().offset("go"))
         finally:
             restore_priority(tid, nice)
             if self.exit is None and self.parked:
                 self.conn.write_all_registers(saved, tid)
+
+    def _data_page(self) -> tuple[HostMemory, int]:
+        host = self.host_memory
+        assert host is not None and self._scratch is not None and self.door is not None
+        return host, self._scratch + PAGE
 
     def _come_back(self, tid: int, go: int) -> None:
         """Let the agent waiting in ``parked_return`` trap back into the stub

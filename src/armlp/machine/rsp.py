@@ -9,7 +9,8 @@ Framing
     a packet is resent at most three times) until ``QStartNoAckMode`` is
     accepted (qemu-user 7.2 does not support it: it stays in ack mode),
     run-length decoding (``X*n``) of replies, the ``}`` escape for binary
-    data in both directions, ``O`` console-output packets set aside.
+    data in both directions, ``O`` console-output packets set aside;
+    ``ARMLP_RSP_LOG=FILE`` appends the whole conversation to FILE.
 Errors
     Every read has a timeout (:class:`~armlp.errors.MachineError` naming the
     packet whose reply did not come); ``Exx`` replies raise MachineError
@@ -19,8 +20,6 @@ Errors
 Memory
     ``m`` reads chunked by the stub's ``PacketSize``; ``X`` binary writes
     (``M`` hex writes when the stub does not support ``X``).
-Debugging
-    ``ARMLP_RSP_LOG=FILE`` appends the whole conversation to FILE.
 Registers and threads
     ``g``/``G``, ``p``/``P``, ``Hg`` selection (cached), ``qfThreadInfo``/
     ``qsThreadInfo``, ``?``.
@@ -29,8 +28,8 @@ Execution
     the interrupt byte 0x03, ``Z0``/``z0``, ``D``, ``k``.  Stop replies
     (``T``, ``S``, ``W``, ``X``) become :class:`StopReply`.
 
-Thread ids are the stub's: armlp does not announce ``multiprocess+``, so
-they are plain hexadecimal numbers (qemu-user: the host thread ids).
+Thread ids are the stub's plain hexadecimal numbers (armlp does not
+announce ``multiprocess+``; qemu-user: the host thread ids).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from armlp.errors import MachineError, StubLostError
@@ -65,9 +64,8 @@ _RESENDS = 3
 
 
 def _open_log() -> TextIO | None:
-    """``$ARMLP_RSP_LOG``: a file every byte to and from the stub is appended
-    to, with a timestamp (for debugging a stub conversation; a path that
-    cannot be opened is ignored)."""
+    """``$ARMLP_RSP_LOG``: every byte to and from the stub, timestamped
+    (a path that cannot be opened is ignored)."""
     path = os.environ.get("ARMLP_RSP_LOG")
     if not path:
         return None
@@ -100,6 +98,8 @@ class RspConnection:
         self.exit: StopReply | None = None
         #: The request whose reply has not arrived (it timed out): see settle().
         self.in_flight: str | None = None
+        #: Called once before the next packet: brings the stub's thread back.
+        self.before_send: Callable[[], None] | None = None
         self.target_xml = b""
         self._log = _open_log()
 
@@ -256,6 +256,9 @@ class RspConnection:
                     reply_expected: bool = False) -> None:
         """Send one packet (acknowledged in ack mode).  A reply still owed
         for an earlier request is read first (see :meth:`settle`)."""
+        hook, self.before_send = self.before_send, None
+        if hook is not None:
+            hook()
         if self.in_flight is not None:
             self.settle()
         if reply_expected:
@@ -311,9 +314,8 @@ class RspConnection:
         """Wait for (and drop) the reply of a request that timed out.
 
         In ack mode a stub that finally answers waits for our ``+`` and takes
-        every other byte as a request to send its reply again: the next
-        request would be eaten.  So the late reply is read (and acked)
-        first; it comes once whatever held the stub up lets go."""
+        every other byte as a request to resend: the next request would be
+        eaten.  So the late reply is read (and acked) first."""
         what = self.in_flight
         if what is None:
             return

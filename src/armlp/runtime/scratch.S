@@ -34,23 +34,32 @@ armlp_scratch_return:
 @ behind the shut door (armlp.machine.door): the agent leaves the stub to
 @ run it, and must not come back in before armlp has opened the door with
 @ the program's threads held.  So it stores r0 and marks the work done in
-@ the data page, naps until armlp says go, and comes back by sending itself
-@ armlp's stop signal.  Every translation block on the way back is made
-@ before the work is marked done, while the threads still run: once they
-@ are held, nothing the agent does waits for qemu's translator, whose lock
-@ a held thread may hold.  Should go
-@ not come within about a second (armlp died), it goes home through restore.
+@ the data page (done = the run's number, which armlp passed in r6), naps
+@ until armlp says go, and comes back by sending itself armlp's stop signal.
+@ While it naps armlp may post it more system calls (the mailbox: number,
+@ arguments, run number): each leaves the stub once for a whole request,
+@ and each entry into qemu's stub costs the program a flush of every
+@ translation (qemu-user's gdb_handlesig).  Every translation block on the
+@ way back is made before the work is marked done, while the threads still
+@ run: once they are held, nothing the agent does waits for qemu's
+@ translator, whose lock a held thread may hold.  Should go not come within
+@ about a second (armlp died), it goes home through restore.
 	.set	armlp_scratch_result, 72	@ data page: the run's r0,
-	.set	armlp_scratch_done, 76		@ 1 once it is there,
+	.set	armlp_scratch_done, 76		@ the run's number once it is there,
 	.set	armlp_scratch_go, 80		@ armlp's go: the agent's thread id,
-	.set	armlp_scratch_go_signal, 84	@ and armlp's stop signal
+	.set	armlp_scratch_go_signal, 84	@ and armlp's stop signal;
+	.set	armlp_scratch_next, 88		@ the mailbox: a system call's number,
+	.set	armlp_scratch_next_run, 92	@ its run number,
+	.set	armlp_scratch_next_args, 96	@ and r0-r5 (six words)
 	.global	armlp_scratch_result, armlp_scratch_done
 	.global	armlp_scratch_go, armlp_scratch_go_signal
+	.global	armlp_scratch_next, armlp_scratch_next_run, armlp_scratch_next_args
 	.global	armlp_scratch_parked_svc
 armlp_scratch_parked_svc:
 	svc	#0
 	.global	armlp_scratch_parked_return
 armlp_scratch_parked_return:
+.Lparked_return:
 	adr	ip, .Lbase
 	add	ip, ip, #4096
 	str	r0, [ip, #armlp_scratch_result]
@@ -62,10 +71,14 @@ armlp_scratch_parked_return:
 	movne	r7, #238		@ tkill(go, signal)
 	svcne	#0
 	bne	.Lrestore		@ if let go from that stop as it is
-	@ Ordering: done is 0 on the first pass and 1 from the second, when
-	@ every block on the way back (after the nap, the check) is translated.
+	ldr	r0, [ip, #armlp_scratch_next]
+	cmp	r0, #0
+	bne	.Lnext
+	@ Ordering: done is 0 on the first pass and the run's number from the
+	@ second, when every block on the way back (after the nap, the check)
+	@ is translated.
 	str	r5, [ip, #armlp_scratch_done]
-	mov	r5, #1
+	mov	r5, r6
 	subs	r4, r4, #1
 	beq	.Lrestore
 	adr	r0, .Lgo_nap		@ nanosleep(&100 us, NULL): the svc keeps ip
@@ -73,6 +86,17 @@ armlp_scratch_parked_return:
 	mov	r7, #162
 	svc	#0
 	b	1b
+@ A posted system call.  Ordering: armlp writes the number last, and the
+@ agent takes it (clears it) before making the call.
+.Lnext:
+	mov	r7, r0
+	mov	r0, #0
+	str	r0, [ip, #armlp_scratch_next]
+	ldr	r6, [ip, #armlp_scratch_next_run]
+	add	r0, ip, #armlp_scratch_next_args
+	ldm	r0, {r0-r5}
+	svc	#0
+	b	.Lparked_return
 .Lgo_naps:
 	.word	10000
 .Lgo_nap:
