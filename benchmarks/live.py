@@ -109,7 +109,7 @@ def settled(sock: str, req: dict[str, object]) -> dict[str, Any]:
     """*req*'s reply, once the transition it started has ended (forced after
     30 s: the benchmark's functions are never on a stack for long)."""
     res: dict[str, Any] = request(sock, req)
-    if res["transition"] and not wait_transition(sock, time.monotonic() + 30):
+    if res["transition"] and not wait_transition(sock, res["name"], time.monotonic() + 30):
         request(sock, {"op": "force", "name": res["name"]})
     return res
 

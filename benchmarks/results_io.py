@@ -43,13 +43,12 @@ def controller_socket(proc: subprocess.Popen[str], timeout: float = 30.0) -> str
             time.sleep(0.02)
 
 
-def wait_transition(socket: str, deadline: float) -> bool:
-    """Poll the controller's status until no transition is open (True) or
-    *deadline* (``time.monotonic()``) passes (False)."""
+def wait_transition(socket: str, name: str, deadline: float) -> bool:
+    """Wait until patch *name* is not in transition (True) or *deadline*
+    (``time.monotonic()``) passes (False): the controller answers when the
+    transition ends (what ``armlp patch --wait`` does)."""
     from armlp.control.protocol import request
 
-    while time.monotonic() < deadline:
-        if request(socket, {"op": "status"})["transition"] is None:
-            return True
-        time.sleep(0.02)
-    return False
+    left = max(0.0, deadline - time.monotonic())
+    res = request(socket, {"op": "wait", "name": name, "timeout": left}, timeout=left + 30)
+    return not res["transition"]

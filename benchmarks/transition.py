@@ -134,7 +134,7 @@ def live(work: Path, runs: int, cycles: int) -> dict[str, Any]:
                 t0 = time.monotonic()
                 res = request(socket, req)
                 done = not res["transition"] or \
-                    wait_transition(socket, t0 + FORCE_AFTER)
+                    wait_transition(socket, "busy-fix", t0 + FORCE_AFTER)
                 if not done:
                     request(socket, {"op": "force", "name": "busy-fix"})
                     forced += 1

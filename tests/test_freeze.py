@@ -455,3 +455,24 @@ def test_missing_process(target: tuple[Target, subprocess.Popen[str]]) -> None:
     with pytest.raises(MachineError, match=f"process {gone.pid} does not exist"):
         Freezer(gone.pid).freeze()
     finish(t, proc)
+
+
+def test_cpu_times_hold_still_while_frozen_and_grow_while_running(
+        target: tuple[Target, subprocess.Popen[str]]) -> None:
+    """What the consistency model measures a running thread's progress by
+    (armlp.livepatch.transition): each worker's run time, exact while it is
+    held, grows once it runs again."""
+    t, proc = target
+    workers = set(t.tids())
+    f = Freezer(t.pid)
+    with f.frozen():
+        first = f.cpu_times()
+        time.sleep(FROZEN_FOR)
+        again = f.cpu_times()
+    assert workers <= first.keys()
+    assert all(again[w] == first[w] for w in workers)
+    time.sleep(0.2)
+    with f.frozen():
+        later = f.cpu_times()
+    assert all(later[w] - first[w] >= 500_000 for w in workers), (first, later)
+    finish(t, proc)

@@ -248,6 +248,28 @@ def test_unpatch_frees_the_memory_no_thread_is_in(progs: tuple[Path, Path, Path]
     assert prices[-1] == 1000 and 1001 in prices
 
 
+def test_a_request_leaves_the_stub_once(progs: tuple[Path, Path, Path], live: Live) -> None:
+    """qemu-user 7.2 flushes every translation of the program each time a
+    thread enters its GDB stub: a patch (the heap's, the module's mmap, the
+    sites' mprotect) runs its system calls in one excursion of armlp's agent
+    out of the stub (the mailbox), so the stub lets it go once."""
+    target, price, _slow = progs
+    log = live.dir / "rsp.log"
+    live.env["ARMLP_RSP_LOG"] = str(log)
+    r = live.run("t", target, "60", "50")
+    wait_until("2 lines", lambda: len(target_prices(r.out())) >= 2)
+    before = log.stat().st_size
+    res = live.cli("patch", "--json", price)
+    assert res.code == 0, res.err
+    with open(log, "rb") as f:
+        f.seek(before)
+        sent = [line for line in f if line.split(b" ", 2)[1:2] == [b">"]]
+    resumes = [line for line in sent if b"vCont;c" in line]
+    assert len(resumes) == 1, resumes
+    assert live.cli("unpatch", "--wait", "live-price").code == 0
+    assert r.wait(60) == 0, r.err()
+
+
 def test_unpatch_waits_for_a_thread_inside_and_keeps_its_memory(
         progs: tuple[Path, Path, Path], live: Live) -> None:
     """A worker asleep inside the new function when the patch is disabled:
@@ -263,6 +285,13 @@ def test_unpatch_waits_for_a_thread_inside_and_keeps_its_memory(
     j = res.json()
     assert j["memory_freed"] is False and j["transition"] is True, j
     assert any("in price_v2" in b["reason"] for b in j["blocked"]), j
+    # A wait with a bound (what --wait SECONDS sends): the controller answers
+    # at the bound, still in transition, with what holds it.
+    t0 = time.monotonic()
+    waited = request(r.info()["socket"], {"op": "wait", "name": "live-slow", "timeout": 0.4})
+    assert 0.35 < time.monotonic() - t0 < 5
+    assert waited["transition"] is True and any("in price_v2" in b["reason"]
+                                                for b in waited["blocked"]), waited
     (t,) = live.cli("status", "--json").json()["targets"]
     assert t["transition"]["target"] == "unpatched" and t["all_stop"] is True
     assert _mapped(pid, target, new)

@@ -134,7 +134,8 @@ def test_a_gprof_linked_program_runs_and_is_served(builder: Builder, live: Live)
         prog = live.dir / "lg"
         shutil.copy(builder.link([obj], [*flags, "-pthread"], f"lt-gprof{''.join(flags)}"),
                     prog)
-        r = live.run(f"g{''.join(flags)}", prog, "20", "50")
+        # 60 lines, 3 s: five status commands fit on a loaded machine.
+        r = live.run(f"g{''.join(flags)}", prog, "60", "50")
         target = r.info()["id"]
         for _ in range(5):
             assert live.cli("status", "--target", target).code == 0

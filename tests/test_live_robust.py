@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from armlp.control.clients import CLIENT_DEADLINE
 from armlp.control.paths import TargetInfo, list_targets, runtime_dir
 from armlp.control.protocol import encode, request
-from armlp.control.server import CLIENT_DEADLINE
 from armlp.elf.image import ElfImage
 from armlp.program_build import build_program
 from armlp.toolchain import patch_cflags, tool

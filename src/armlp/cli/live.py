@@ -88,25 +88,20 @@ def _transition_text(res: dict[str, Any]) -> str:
 
 
 def _wait(info: Any, name: str, res: dict[str, Any], seconds: float | None) -> int:
-    """Poll until the transition of *name* is over (0), or *seconds* pass (1)."""
-    import time
-
+    """Wait until the transition of *name* is over (0), or *seconds* pass
+    (1): the controller answers when it ends."""
     from armlp.control.protocol import request
 
     if seconds is None or not res.get("transition"):
         return 0
-    deadline = time.monotonic() + seconds
-    while True:
-        st = request(info.socket, {"op": "status"})
-        t = st.get("transition")
-        if t is None or t.get("patch") != name:
-            res["transition"] = False
-            res.pop("blocked", None)
-            return 0
-        res["blocked"] = t["blocked"]
-        if time.monotonic() >= deadline:
-            return 1
-        time.sleep(0.05)
+    done = request(info.socket, {"op": "wait", "name": name, "timeout": seconds},
+                   timeout=seconds + 30)
+    res["transition"] = done["transition"]
+    if done["transition"]:
+        res["blocked"] = done["blocked"]
+        return 1
+    res.pop("blocked", None)
+    return 0
 
 
 def patch(args: argparse.Namespace) -> int:

@@ -27,6 +27,8 @@ MAX_REPLY = 64 * 1024 * 1024
 MAX_PATH = 4096
 MAX_FILTERS, MAX_FILTER = 64, 256
 MAX_READ = 1 << 20
+#: Longest ``wait`` (a day).
+MAX_WAIT = 86400
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,16 @@ class Read:
     size: int
 
 
-Request = Status | Patch | Unpatch | Force | TraceStart | TraceRead | TraceStop | Read
+@dataclass(frozen=True)
+class Wait:
+    """``wait``: the reply comes once patch *name* is not in transition, or
+    after *timeout* seconds (then with what holds it)."""
+
+    name: str
+    timeout: float
+
+
+Request = Status | Patch | Unpatch | Force | TraceStart | TraceRead | TraceStop | Read | Wait
 
 
 def _text(obj: dict[str, Any], key: str, limit: int) -> str:
@@ -117,6 +128,14 @@ def _read(obj: dict[str, Any]) -> Read:
     return Read(address, size)
 
 
+def _wait(obj: dict[str, Any]) -> Wait:
+    timeout = obj.get("timeout")
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or \
+            not 0 <= timeout <= MAX_WAIT:
+        raise ControlError(f"wait: a timeout of 0 to {MAX_WAIT} seconds is required")
+    return Wait(_text(obj, "name", 256), float(timeout))
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any]], Request]] = {
     "status": lambda _o: Status(),
     "patch": _patch,
@@ -126,6 +145,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], Request]] = {
     "trace_read": lambda _o: TraceRead(),
     "trace_stop": lambda _o: TraceStop(),
     "read": _read,
+    "wait": _wait,
 }
 
 

@@ -27,13 +27,12 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from armlp.control.clients import Client, Clients
 from armlp.control.paths import ControlError, TargetInfo, runtime_dir
 from armlp.control.protocol import (
-    MAX_REQUEST,
     Force,
     Patch,
     Read,
@@ -43,8 +42,8 @@ from armlp.control.protocol import (
     TraceStart,
     TraceStop,
     Unpatch,
+    Wait,
     decode,
-    encode,
     parse_request,
 )
 from armlp.errors import ArmlpError
@@ -56,10 +55,6 @@ from armlp.machine.base import read_word
 from armlp.runtime.layout import KLP_UNPATCHED, SITE, SITE_TABLE
 from armlp.target import Target
 
-#: How long a client may take to finish a message it started, or to read a
-#: reply, before it is dropped.
-CLIENT_DEADLINE = 5.0
-MAX_CLIENTS = 32
 #: sun_path of a Unix socket: 108 bytes with the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -104,14 +99,18 @@ class LiveProcess(Protocol):
         ...
 
 
-#: First retry of a deferred free, and the longest back-off (seconds).
-RELEASE_FIRST, RELEASE_MAX = 0.1, 5.0
+#: First try of a deferred free, and the longest back-off (seconds).  A free
+#: costs the program a stop (and qemu's translations: the agent leaves the
+#: stub), so frees wait a moment and go together.
+RELEASE_FIRST, RELEASE_MAX = 0.5, 5.0
 #: Transition retries: every 10 ms for the first attempts (a running thread
 #: switches after two clean scans in successive attempts, and one caught in
 #: the trampoline just waits for the next), then backing off to once a
 #: second, as the kernel's klp_transition_work does.
 TRANSITION_FIRST, TRANSITION_MAX = 0.01, 1.0
 TRANSITION_QUICK_ATTEMPTS = 20
+#: What a handler returns for a reply it gives later (Clients.answer).
+_LATER = object()
 #: A transition still open after this long is reported.
 STALL_AFTER = 60.0
 #: How long code written stale-ok (a transition's fast paths) may wait for
@@ -124,18 +123,6 @@ def target_id(program: str, pid: int) -> str:
     and its pid."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(program).name)[:32] or "program"
     return f"{name}-{pid}"
-
-
-@dataclass
-class Client:
-    """One connection to the controller."""
-
-    sock: socket.socket
-    inbox: bytearray = field(default_factory=bytearray)
-    outbox: bytearray = field(default_factory=bytearray)
-    #: When the message being received, or the reply being sent, must be done.
-    deadline: float | None = None
-    closing: bool = False
 
 
 class Controller:
@@ -182,8 +169,11 @@ class Controller:
         self._handlers: dict[type, Callable[[Any, Client | None], Any]] = {
             Status: self._status, Patch: self._patch, Unpatch: self._unpatch, Force: self._force,
             TraceStart: self._trace_start, TraceRead: self._trace_read,
-            TraceStop: self._trace_read, Read: self._read,
+            TraceStop: self._trace_read, Read: self._read, Wait: self._wait,
         }
+        self.clients = Clients(self._serve_line, self._client_gone)
+        #: Clients waiting for a transition to end: (client, patch, deadline).
+        self._waiters: list[tuple[Client, str, float]] = []
 
     def schedule(self, delay: float, request: Request) -> None:
         """Handle *request* *delay* seconds after serving starts (``--patch P@DELAY``)."""
@@ -355,10 +345,18 @@ class Controller:
                       for r in sorted(ft.records.values(), key=lambda r: r.ip)],
         }
 
-    def _serve_request(self, req: Request, client: Client | None) -> dict[str, Any]:
-        """The reply to one request; no failure of a handler escapes."""
+    def _serve_line(self, line: bytes, client: Client) -> dict[str, Any] | None:
         try:
-            return {"ok": True, "result": self.handle(req, client)}
+            return self._serve_request(parse_request(decode(line)), client)
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def _serve_request(self, req: Request, client: Client | None) -> dict[str, Any] | None:
+        """The reply to one request (None: given later); no failure of a
+        handler escapes."""
+        try:
+            result = self.handle(req, client)
+            return None if result is _LATER else {"ok": True, "result": result}
         except ArmlpError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:
@@ -398,7 +396,6 @@ class Controller:
     def serve(self, listener: socket.socket | None = None) -> int:
         """Run the target, serving requests, until its program exits."""
         listener = listener or self.listen()
-        clients: dict[int, Client] = {}
         start = time.monotonic()
         timers = sorted((start + d, i, r) for i, (d, r) in enumerate(self._timers))
         try:
@@ -447,14 +444,13 @@ class Controller:
                         return status
                 if self._stale_at is None and self.target.machine.stale:
                     self._stale_at = now + STALE_AFTER
-                for c in [c for c in clients.values() if c.deadline is not None
-                          and c.deadline <= now]:
-                    self._drop(c, clients)          # too slow: dropped, nothing else waits
+                self._answer_waiters(now)
+                self.clients.expire(now)        # too slow: dropped, nothing else waits
                 due = [t[0] for t in timers[:1]] + \
                     ([release_at] if release_at is not None else []) + \
                     ([self._transition_at] if self._transition_at is not None else []) + \
                     ([self._stale_at] if self._stale_at is not None else []) + \
-                    [c.deadline for c in clients.values() if c.deadline is not None]
+                    [w[2] for w in self._waiters] + self.clients.deadlines()
                 wait = max(0.0, min(due) - now) if due else None
                 interval = self.process.poll_interval()
                 if interval is not None:
@@ -465,26 +461,25 @@ class Controller:
                     wait = 0.0
                 target_fd = self.process.fileno()
                 readable, writable, _ = select.select(
-                    [listener.fileno(), *([target_fd] if target_fd >= 0 else []), *clients],
-                    [fd for fd, c in clients.items() if c.outbox], [], wait)
+                    [listener.fileno(), *([target_fd] if target_fd >= 0 else []),
+                     *self.clients.by_fd], self.clients.writers(), [], wait)
                 if target_fd in readable or self.process.pending() or interval is not None:
                     status = self.process.poll_exit()
                     if status is not None:
                         return status
                 if listener.fileno() in readable:
-                    self._accept(listener, clients)
+                    self.clients.accept(listener)
                 for fd in writable:
-                    if fd in clients:
-                        self._flush(clients[fd], clients)
+                    if fd in self.clients.by_fd:
+                        self.clients.flush(self.clients.by_fd[fd])
                 for fd in readable:
-                    if fd in clients:
-                        self._receive(clients[fd], clients)
+                    if fd in self.clients.by_fd:
+                        self.clients.receive(self.clients.by_fd[fd])
                 status = self.process.exited()      # ended while a request ran
                 if status is not None:
                     return status
         finally:
-            for c in clients.values():
-                c.sock.close()
+            self.clients.close()
             listener.close()
             self._remove_files()
 
@@ -495,74 +490,10 @@ class Controller:
         with contextlib.suppress(OSError):
             self.dir.rmdir()
 
-    def _accept(self, listener: socket.socket, clients: dict[int, Client]) -> None:
-        try:
-            sock, _ = listener.accept()
-        except OSError:
-            return
-        if len(clients) >= MAX_CLIENTS:
-            sock.close()
-            return
-        sock.setblocking(False)
-        clients[sock.fileno()] = Client(sock)
-
-    def _receive(self, client: Client, clients: dict[int, Client]) -> None:
-        """Read what the client sent; serve each complete line."""
-        try:
-            chunk = client.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._drop(client, clients)
-            return
-        if client.closing:
-            return                  # said all there is to say to this one
-        client.inbox += chunk
-        while b"\n" in client.inbox and not client.closing:
-            line, _, rest = bytes(client.inbox).partition(b"\n")
-            client.inbox[:] = rest
-            try:
-                reply = self._serve_request(parse_request(decode(line)), client)
-            except ControlError as exc:
-                reply = {"ok": False, "error": str(exc)}
-            self._reply(client, reply, clients)
-        if len(client.inbox) > MAX_REQUEST:
-            self._reply(client, {"ok": False, "error": f"request longer than {MAX_REQUEST} "
-                                                       f"bytes"}, clients)
-            client.closing = True
-            client.inbox.clear()
-        if client.inbox and client.deadline is None:
-            client.deadline = time.monotonic() + CLIENT_DEADLINE
-        elif not client.inbox and not client.outbox:
-            client.deadline = None
-
-    def _reply(self, client: Client, reply: dict[str, Any], clients: dict[int, Client]) -> None:
-        client.outbox += encode(reply)
-        self._flush(client, clients)
-
-    def _flush(self, client: Client, clients: dict[int, Client]) -> None:
-        try:
-            sent = client.sock.send(client.outbox)
-        except BlockingIOError:
-            sent = 0
-        except OSError:          # the client went away: the work stands, the reply is lost
-            self._drop(client, clients)
-            return
-        del client.outbox[:sent]
-        if client.outbox:
-            if client.deadline is None:
-                client.deadline = time.monotonic() + CLIENT_DEADLINE
-        elif client.closing:
-            self._drop(client, clients)
-        elif not client.inbox:
-            client.deadline = None
-
-    def _drop(self, client: Client, clients: dict[int, Client]) -> None:
-        """Close a client; a trace it started ends with it."""
-        clients.pop(client.sock.fileno(), None)
-        client.sock.close()
+    def _client_gone(self, client: Client) -> None:
+        """A client went away: a trace it started ends with it, and a wait
+        of its is forgotten."""
+        self._waiters = [w for w in self._waiters if w[0] is not client]
         if self._tracer_owner is client and self.tracer is not None:
             try:
                 with self.paused():
@@ -571,6 +502,29 @@ class Controller:
             except ArmlpError as exc:
                 self.on_event(f"stopping the trace of a client that went away failed: {exc}")
             self.tracer = self._tracer_owner = None
+
+    def _wait(self, req: Wait, client: Client | None) -> Any:
+        """Answered once patch *name* is not in transition (or at the
+        request's timeout: still in transition, and what holds it)."""
+        if client is None:
+            return self._in_transition(req.name)
+        self._waiters.append((client, req.name, time.monotonic() + req.timeout))
+        return _LATER
+
+    def _in_transition(self, name: str) -> dict[str, Any]:
+        t = self.livepatch.transition
+        if t is None or t.patch.name != name:
+            return {"name": name, "transition": False}
+        return {"name": name, "transition": True, "blocked": t.blocked()}
+
+    def _answer_waiters(self, now: float) -> None:
+        for w in list(self._waiters):
+            client, name, deadline = w
+            result = self._in_transition(name)
+            if result["transition"] and deadline > now:
+                continue
+            self._waiters.remove(w)
+            self.clients.answer(client, {"ok": True, "result": result})
 
     def _retry_release(self) -> None:
         """Try again to free disabled patches; back off while threads are
@@ -592,5 +546,5 @@ class Controller:
 
     def _run_timer(self, req: Request) -> None:
         reply = self._serve_request(req, None)
-        if not reply["ok"]:
+        if reply is not None and not reply["ok"]:
             self.on_event(f"{type(req).__name__.lower()} failed: {reply['error']}")

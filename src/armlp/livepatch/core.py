@@ -230,6 +230,8 @@ class Livepatch:
             o.patched = o.name in self.ftrace.objects
         self.patches.append(patch)
         self._log(f"'{patch.name}': starting patching transition")
+        assert self.transition is not None
+        self.transition.written()
         self.try_complete()
 
     def _enable(self, patch: KlpPatch, undo: list[Callable[[], None]]) -> None:
@@ -361,6 +363,7 @@ class Livepatch:
         t.mark(top)
         patch.enabled = False
         self.transition = t
+        t.written()
         self.try_complete()
 
     def try_complete(self) -> bool:

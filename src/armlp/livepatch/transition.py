@@ -51,6 +51,12 @@ STATE_NAMES = {KLP_PATCHED: "patched", KLP_UNPATCHED: "unpatched"}
 RUNNING = "running"
 #: How much of one thread's stack the conservative scan reads at most.
 MAX_SCAN = 16 << 20
+#: How long a running thread must have run since the code writes to be
+#: out of any translation made before them: one runs in well under a
+#: microsecond; the rest is room for the kernel's work on the thread's
+#: behalf that is no progress of its own (a freeze and thaw of armlp's
+#: costs a thread 6 us, measured: 80 of them fit).
+RAN_NS = 500_000
 #: The bits a user-mode cpsr has clear: E, A, I, F; J and the reserved 23:20.
 CPSR_ZERO = 0x01F003C0
 
@@ -171,8 +177,11 @@ class Transition:
         self.stall_reported = False
         #: The stack (table row) each thread was last seen on.
         self._stack_of: dict[int, int] = {}
-        #: The attempt in which a running thread's scan last found nothing.
-        self._clean: dict[int, int] = {}
+        #: How long each thread had run once the code writes took effect
+        #: (:meth:`written`, else the first attempt), and at this attempt
+        #: (ns; None where every register is exact): see :meth:`_check`.
+        self._ran_from: dict[int, int] | None = None
+        self._ran_now: dict[int, int] | None = None
         #: The functions whose dispatch changes: the patch's funcs on top of
         #: their stacks when the transition started.
         self.funcs: list[KlpFunc] = []
@@ -216,6 +225,16 @@ class Transition:
         self.funcs = funcs
         for f in funcs:
             write_word(self.lp.machine, f.node + KLP_NODE_TRANSITION, 1)
+
+    def written(self) -> None:
+        """The transition's code writes have taken effect (their translations
+        dropped): how long each thread has run so far, the mark its progress
+        is measured from (:meth:`_ran`), taken with every thread held (a
+        running thread's count lags until its next tick)."""
+        m = self.lp.machine
+        with m.all_stopped() as stopped:
+            if stopped:
+                self._ran_from = m.cpu_times()
 
     def unmark(self) -> None:
         for f in self.funcs:
@@ -270,6 +289,9 @@ class Transition:
                                  "checked (use force)")
             if not m.threads_settled():
                 return False        # a thread was born while we looked: next time
+            self._ran_now = m.cpu_times()
+            if self._ran_from is None:
+                self._ran_from = self._ran_now
             blocked: dict[int, dict[int, str]] = {}
             for tid in tids:
                 idx = self._stack_of.get(tid, -1)
@@ -311,13 +333,13 @@ class Transition:
         registers (its live APCS frame's saved pc, else a return address
         into it; its pc).  A function in transition is entered through the
         regs trampoline, whose return into it is indirect.  The one window
-        without evidence is a function entered by a direct branch compiled
-        before the transition's code writes (the first instructions of its
-        prologue): so a running thread switches only after two clean scans
-        in successive attempts, which no thread spends in that window.  A
-        thread seen in armlp's runtime came there through a site as the code
-        writes left it: it runs translations made since, and is out of the
-        window for good; that attempt counts as its first clean scan.
+        without evidence is a translation made before the transition's code
+        writes (a function entered by a chained direct branch, the first
+        instructions of its prologue, the site still a NOP): the writes drop
+        those translations, and a thread inside one leaves it within
+        microseconds of running.  So a running thread switches on a clean
+        scan once it has run since the writes took effect: :meth:`_ran`, by
+        the kernel's count of its run time.
         """
         m = self.lp.machine
         exact = m.exact_registers(tid)
@@ -336,9 +358,7 @@ class Transition:
             reason = f"stack unreliable: {trace.reason}"
         where = code.find(regs.pc & ~1)
         if where is not None and where.armlp:
-            # On its way through the trampoline (see _evidence): not
-            # switchable now, but out of the window (see above).
-            self._clean[tid] = self.attempts
+            # On its way through the trampoline: see _evidence.
             return f"{reason or RUNNING}; in {where.name}, checked again next attempt"
         try:
             hit = _evidence(m, regs, stack, blocking)
@@ -346,10 +366,17 @@ class Transition:
             return f"stack unreadable ({exc})"
         if hit:
             return f"{reason or RUNNING}; {hit}"
-        if exact or self._clean.get(tid) == self.attempts - 1:
+        if exact or self._ran(tid):
             return ""
-        self._clean[tid] = self.attempts
-        return f"{RUNNING}; clean once, checked again next attempt"
+        return f"{RUNNING}; not run since the code writes, checked again next attempt"
+
+    def _ran(self, tid: int) -> bool:
+        """Whether thread *tid* has run :data:`RAN_NS` since the code writes
+        took effect (a thread born since has)."""
+        if self._ran_now is None or self._ran_from is None:
+            return True
+        before = self._ran_from.get(tid)
+        return before is None or self._ran_now.get(tid, before) - before >= RAN_NS
 
     def force(self) -> None:
         """Switch every stack, checked or not (the kernel's ``force``)."""
@@ -364,7 +391,6 @@ class Transition:
         stacks that never switched are done already."""
         self.target ^= 1
         self._stack_of.clear()
-        self._clean.clear()
         for e in self.entries:
             e.blocked.clear()
         write_word(self.lp.machine, self.table, self.target)

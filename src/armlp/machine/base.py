@@ -199,6 +199,13 @@ class Machine(Protocol):
         exact there."""
         ...
 
+    def cpu_times(self) -> dict[int, int] | None:
+        """Inside :meth:`all_stopped`: how long each thread has run so far
+        (ns), where :meth:`exact_registers` can be false (None elsewhere):
+        a thread that ran since the code writes took effect has left any
+        translation made before them."""
+        ...
+
     @property
     def stops_all(self) -> bool:
         """Whether :meth:`all_stopped` can hold every thread still (a

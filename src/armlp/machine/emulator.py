@@ -17,17 +17,14 @@ Running
     returns the full register state there (entry-context comparisons).
 
 Instruction counting (``count_instructions=True``, or set the attribute)
-    A per-instruction Python hook would cost a callback per instruction, so
-    counting uses a *block* hook: each executed translation block adds its
-    instruction count (size / 4 in ARM state; Thumb blocks are decoded once
-    and cached).  Blocks end at branches, syscalls and at the *until*
-    address, so the count is exact at every stop armlp uses; a stop forced
-    by the instruction budget (``max_instructions``) is made exact from
-    Unicorn's own budget.  Only a stop in the middle of a block (a hook
-    raising, a memory fault) may over-count that last block.  Conditional
-    instructions whose condition fails count as executed, as on hardware.
-    With counting off no hook is installed and the program runs at
-    Unicorn's full speed; budgets still work through Unicorn's counter.
+    A *block* hook (a per-instruction one costs a callback each) adds each
+    executed translation block's instruction count (size / 4 in ARM state;
+    Thumb blocks decoded once).  Blocks end at branches, syscalls and the
+    *until* address, so the count is exact at every stop armlp uses; a stop
+    by the budget (``max_instructions``) is made exact from Unicorn's own.
+    Only a stop inside a block (a hook raising, a fault) may over-count it.
+    Failed conditional instructions count, as on hardware.  With counting
+    off no hook runs; budgets still work through Unicorn's counter.
 
 Code writes
     :meth:`Emulator.write_code` is compare-and-swap (all expected words are
@@ -263,6 +260,9 @@ class Emulator(AddressSpace):
 
     def exact_registers(self, thread: int) -> bool:
         return True
+
+    def cpu_times(self) -> dict[int, int] | None:
+        return None
 
     def threads_settled(self) -> bool:
         return True

@@ -271,6 +271,18 @@ class Freezer:
         """The process's host threads now (``/proc/PID/task``: no stub)."""
         return self._list_tasks()
 
+    def cpu_times(self) -> dict[int, int]:
+        """Nanoseconds each host thread has run (``schedstat``); a thread
+        gone meanwhile is left out."""
+        out = {}
+        for tid in self._list_tasks():
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/schedstat") as f:
+                    out[tid] = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
     # --- internals -----------------------------------------------------------
 
     def _raise_priority(self) -> None:

@@ -321,6 +321,13 @@ class GdbMachine(Injection):
             return False
         return bool(first) and first[0].lstrip("-").isdigit() and int(first[0]) >= 0
 
+    def cpu_times(self) -> dict[int, int] | None:
+        """``/proc/PID/task/TID/schedstat``'s run time: exact for a stopped
+        task (a running one's lags until its next tick)."""
+        if self.freezer is None:
+            return None
+        return self.freezer.cpu_times()
+
     def get_regs(self, thread: int | None = None) -> Regs:
         """Registers of *thread* (default: the stopped thread).  Under
         qemu-user another thread keeps running: its values are a snapshot."""

@@ -180,7 +180,7 @@ class Injection(Parking):
         self._need_stopped("call a function")
         ret = self._scratch_at("return")
         tid = self.thread
-        saved = self.conn.read_all_registers(tid)
+        saved = self.parked_registers(tid) if self.parked else self.conn.read_all_registers(tid)
         regs = _decode_regs(saved)
         r = list(regs.r)
         for i, a in enumerate(args):
@@ -353,7 +353,7 @@ class Injection(Parking):
                 return posted
         svc = self._find_svc() if self._scratch is None else self._scratch_at(at)
         tid = self.thread
-        saved = self.conn.read_all_registers(tid)
+        saved = self.parked_registers(tid) if self.parked else self.conn.read_all_registers(tid)
         regs = _decode_regs(saved)
         r = list(regs.r)
         for i in range(6):

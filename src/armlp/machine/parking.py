@@ -71,6 +71,8 @@ class Parking:
     #: its nice value before the run); the number of its last run, and when
     #: it was done.
     _out: tuple[int, bytes, int | None] | None = None
+    #: The parked agent's own registers (see parked_registers).
+    _saved: tuple[int, bytes] | None = None
     _runs = 0
     _done_at = 0.0
 
@@ -131,8 +133,12 @@ class Parking:
         packet; r6 from :meth:`_begin_run`; its code ends in the scratch
         page's ``parked_return``) and return its r0.  The agent stays out,
         taking further system calls through the mailbox (:meth:`_post`),
-        until the stub is next needed: :meth:`bring_back` (the connection
-        calls it before its next packet) gives it *saved* again."""
+        until the stub is next needed: the connection calls
+        :meth:`bring_back` before its next packet.  *saved*: its own
+        registers (:meth:`parked_registers`)."""
+        # Ordering: an agent still out from a run comes back first (its way
+        # back writes go), then the data page is set for this run.
+        self.bring_back()
         host, data = self._data_page()
         code = scratch_code()
         host.write(data + code.offset("result"), bytes(12))        # result, done, go
@@ -182,7 +188,7 @@ class Parking:
                 # and lets it come back through the open door when it does.
                 assert self.door is not None and self._out is not None
                 tid, _saved, nice = self._out
-                self._out = None
+                self._out = self._saved = None
                 self.conn.before_send = None
                 restore_priority(tid, nice)
                 self.parked = False
@@ -196,21 +202,30 @@ class Parking:
         value: int = struct.unpack("<I", host.read(data + code.offset("result"), 4))[0]
         return value
 
+    def parked_registers(self, tid: int) -> bytes:
+        """The parked agent's own registers (a ``g`` packet), read once.
+        Back in the stub after a run it keeps the registers of its way back
+        (``parked_return``): should it ever leave the stub, that way leads
+        home through ``restore`` to these (see ``runtime/scratch.S``), so
+        they are not written back, and each run costs one round trip less
+        on each side."""
+        if self._saved is None or self._saved[0] != tid:
+            self._saved = (tid, self.conn.read_all_registers(tid))
+        return self._saved[1]
+
     def bring_back(self) -> None:
-        """The agent, out since a run, back into the stub with its own
-        registers (nothing when it is in)."""
+        """The agent, out since a run, back into the stub (nothing when it
+        is in)."""
         out, self._out = self._out, None
         self.conn.before_send = None
         if out is None:
             return
-        tid, saved, nice = out
+        tid, _saved, nice = out
         _host, data = self._data_page()
         try:
             self._come_back(tid, data + scratch_code().offset("go"))
         finally:
             restore_priority(tid, nice)
-            if self.exit is None and self.parked:
-                self.conn.write_all_registers(saved, tid)
 
     def _data_page(self) -> tuple[HostMemory, int]:
         host = self.host_memory
