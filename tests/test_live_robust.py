@@ -131,6 +131,10 @@ BAD_LINES = [
     (b'{"op": "read", "address": NaN, "size": 4}\n', "malformed message"),
     (b"\xff\xfe not json\n", "malformed message"),
     (b"[1, 2]\n", "not an object"),
+    (encode({"op": "wait", "name": "x", "timeout": -1}), "timeout of 0 to 86400"),
+    (encode({"op": "wait", "name": "x", "timeout": True}), "timeout of 0 to 86400"),
+    (encode({"op": "wait", "name": "x", "timeout": 1e9}), "timeout of 0 to 86400"),
+    (encode({"op": "wait", "timeout": 1}), "'name' must be"),
 ]
 
 
@@ -159,6 +163,28 @@ def test_a_silent_client_holds_nothing_up(running: Running, blocking: tuple[Path
     slow.settimeout(CLIENT_DEADLINE * 3)
     assert slow.recv(100) == b""                     # dropped after its deadline
     slow.close()
+    running.check_unharmed()
+
+
+def test_a_wait_without_a_transition_is_answered_at_once(running: Running) -> None:
+    """``wait`` on a patch that is not in transition returns at once, and a
+    second request on the same connection is answered after it."""
+    waiter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    waiter.connect(running.info.socket)
+    waiter.settimeout(10)
+    t0 = time.monotonic()
+    waiter.sendall(encode({"op": "wait", "name": "nope", "timeout": 30})
+                   + encode({"op": "status"}))
+    buf = b""
+    while buf.count(b"\n") < 2:
+        chunk = waiter.recv(65536)
+        assert chunk, buf
+        buf += chunk
+    first, second = (json.loads(line) for line in buf.splitlines())
+    assert time.monotonic() - t0 < 5
+    assert first == {"ok": True, "result": {"name": "nope", "transition": False}}
+    assert second["ok"] and second["result"]["patches"] == []
+    waiter.close()
     running.check_unharmed()
 
 

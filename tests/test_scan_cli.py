@@ -214,3 +214,44 @@ def test_dynamic_programs_call_mcount_through_the_plt(builder: Builder, link: li
         assert got[name]["patchable"], got[name]
         assert got[name]["site_offset"] == want[name]["site_offset"]
         assert got[name]["rule"] == want[name]["rule"]
+
+
+def test_two_cores_give_the_same_json_as_one(program: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    """``scan --json`` of a large image forks a worker for half the
+    functions (armlp.forked): the text is byte for byte the serial one."""
+    import io
+
+    from armlp.analysis import scan as scan_module
+    from armlp.elf.image import ElfImage
+
+    monkeypatch.setattr(scan_module, "FORK_FUNCTIONS", 2)
+    monkeypatch.setattr(scan_module, "can_fork", lambda: True)
+    texts = []
+    for jobs in (1, 2):
+        out = io.StringIO()
+        result = scan_module.scan(ElfImage(program), jobs=jobs)
+        assert bool(result.parts) == (jobs == 2)
+        result.write_json(out)
+        texts.append(out.getvalue())
+    assert texts[0] == texts[1]
+    doc = json.loads(texts[1])
+    assert doc["summary"]["functions"] == len(doc["functions"]) > 2
+
+
+def test_a_failing_worker_is_one_error_line(program: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """An error in the forked worker reaches the user as the serial run's
+    one line would."""
+    from armlp.analysis import scan as scan_module
+    from armlp.elf.image import ElfImage
+    from armlp.errors import AnalysisError
+
+    def broken(*_args: object) -> None:
+        raise AnalysisError("the worker's own error")
+
+    monkeypatch.setattr(scan_module, "FORK_FUNCTIONS", 2)
+    monkeypatch.setattr(scan_module, "can_fork", lambda: True)
+    monkeypatch.setattr(scan_module, "_part", broken)
+    with pytest.raises(AnalysisError, match="the worker's own error"):
+        scan_module.scan(ElfImage(program), jobs=2)

@@ -11,8 +11,9 @@ Nothing a client does can take the target down or hold the controller up:
   with the target resumed exactly as it was (the livepatch core rolls back
   a half-done enable or disable);
 * clients are read without blocking, each with its own buffer and a
-  deadline for a message it started: a slow or silent client is dropped,
-  the program's stops are answered meanwhile;
+  deadline for a message it started (:mod:`armlp.control.clients`): a slow
+  or silent client is dropped, the program's stops are answered meanwhile;
+  a ``wait`` is answered when its transition ends;
 * a client that disconnects mid-command loses only the reply; a trace ends
   with the connection that started it.
 """
