@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import IO, Generic, TypeVar
 
 from armlp.errors import ArmlpError
 
 T = TypeVar("T")
+
+
+def _anonymous_file() -> IO[bytes]:
+    """A file in memory, gone when closed (tempfile where there is no memfd)."""
+    if hasattr(os, "memfd_create"):
+        return os.fdopen(os.memfd_create("armlp-forked"), "w+b")
+    import tempfile
+    return tempfile.TemporaryFile()      # closed by Forked.result
 
 
 def can_fork() -> bool:
@@ -31,7 +38,7 @@ class Forked(Generic[T]):
     it leaves with ``os._exit``, its buffers and exit handlers untouched."""
 
     def __init__(self, work: Callable[[], T]) -> None:
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by result()
+        self._file = _anonymous_file()
         self._pid = os.fork()
         if self._pid == 0:          # the child
             code = 1

@@ -305,8 +305,9 @@ class SymbolTable:
         shndx, infos = _pick(c.shndx, index), _pick(c.infos, index)
         # A name seen once in the whole table has sympos 0; only names that
         # repeat need counting among the symbols by_name would hold.
-        counts = Counter(c.names)
-        repeated = {name for name in names if counts[name] > 1}
+        fnames = set(names)
+        counts = Counter(filter(fnames.__contains__, c.names))
+        repeated = {name for name, n in counts.items() if n > 1}
         table = self._sympos_table(repeated) if repeated else {}
         sympos = list(map(table.get, index, repeat(0)))
         thumb_bits = sum(map((1).__and__, values))
