@@ -22,11 +22,7 @@ from armlp.analysis.prologue_t32 import classify_thumb
 from armlp.elf.image import ElfImage
 from armlp.elf.symbols import FunctionSymbol
 from armlp.errors import AnalysisError
-from armlp.forked import Forked, can_fork
 
-#: From how many functions ``scan(jobs=2)`` forks a worker (a fork and the
-#: hand-back cost about what 5,000 functions take).
-FORK_FUNCTIONS = 10_000
 NO_SITE = Verdict(False, reason="no mcount site (notrace, built without -pg, or assembly)",
                   reason_code="no_mcount_site")
 @dataclass(slots=True)
@@ -106,29 +102,13 @@ def _functions_json_parts(reports: Sequence[FunctionReport],
 
 
 @dataclass
-class ScanPart:
-    """A forked worker's share of a scan (``scan(jobs=2)``): what the JSON
-    output needs of its functions, not their reports."""
-
-    verdict_counts: list[tuple[Verdict, int]]
-    functions: int
-    sites: list[int]
-    #: Its functions' JSON entries, comma-joined.
-    functions_json: str
-
-
-@dataclass
 class ScanResult:
-    """The verdicts of one image, plus what the image says of itself.
-
-    *functions* are the reports made in this process; with ``scan(jobs=2)``
-    the rest are *parts* (counted, and written by :meth:`write_json`)."""
+    """The verdicts of one image, plus what the image says of itself."""
 
     image: ElfImage
     functions: list[FunctionReport]
     mcount_loc: McountLocCheck | None = None
     notes: list[str] = field(default_factory=list)
-    parts: list[ScanPart] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return self._counts(self._verdict_counts())
@@ -146,8 +126,7 @@ class ScanResult:
         verdicts = list(map(attrgetter("verdict"), self.functions))
         ids = list(map(id, verdicts))
         by_id = dict(zip(ids, verdicts, strict=True))
-        return [(by_id[i], n) for i, n in Counter(ids).items()] + \
-            [vn for part in self.parts for vn in part.verdict_counts]
+        return [(by_id[i], n) for i, n in Counter(ids).items()]
 
     @property
     def patchable(self) -> int:
@@ -155,11 +134,10 @@ class ScanResult:
 
     @property
     def with_site(self) -> int:
-        return len(self.functions) - list(map(attrgetter("site"), self.functions)).count(None) \
-            + sum(len(part.sites) for part in self.parts)
+        return len(self.functions) - list(map(attrgetter("site"), self.functions)).count(None)
 
     def summary(self) -> dict[str, object]:
-        total = len(self.functions) + sum(part.functions for part in self.parts)
+        total = len(self.functions)
         sites = self.with_site
         verdict_counts = self._verdict_counts()
         patchable = sum(n for v, n in verdict_counts if v.patchable)
@@ -193,9 +171,6 @@ class ScanResult:
             if k:
                 out.write(",")
             out.write(",".join(_functions_json_parts(self.functions[k:k + chunk], shared)))
-        for part in self.parts:
-            out.write("," if self.functions else "")
-            out.write(part.functions_json)
         out.write("]}")
 
     def _json_header(self) -> dict[str, object]:
@@ -296,39 +271,20 @@ def analyse_function(image: ElfImage, finder: SiteFinder, fn: FunctionSymbol,
 
 
 def scan(image: ElfImage, *, progress: Callable[[list[FunctionSymbol]],
-                                                Iterable[FunctionSymbol]] | None = None,
-         jobs: int = 1) -> ScanResult:
-    """Classify every function of *image*.  With *jobs* 2 (a large image, a
-    second core), a forked worker takes the second half of the functions
-    and sends back only what the JSON output needs (:class:`ScanPart`)."""
+                                                Iterable[FunctionSymbol]] | None = None
+         ) -> ScanResult:
+    """Classify every function of *image*."""
     # by (section, address): two stable sorts on one key each, no key tuples
     funcs = sorted(image.symbols.functions(), key=attrgetter("address"))
     funcs.sort(key=attrgetter("section"))
     finder = SiteFinder(image)
-    mine = len(funcs) // 2 if jobs > 1 and len(funcs) >= FORK_FUNCTIONS and can_fork() \
-        else len(funcs)
-    worker = Forked(lambda: _part(image, finder, funcs[mine:])) if mine < len(funcs) else None
-    sites = finder.find_all(funcs[:mine])
-    it: Iterable[FunctionSymbol] = progress(funcs) if progress else funcs[:mine]
+    sites = finder.find_all(funcs)
+    it: Iterable[FunctionSymbol] = progress(funcs) if progress else funcs
     reports = classify_all(image, finder, it, sites, {}, DescribeFn())
     result = ScanResult(image, reports)
-    all_sites = {s for s in sites if s is not None}
-    if worker is not None:
-        part = worker.result()
-        result.parts.append(part)
-        all_sites.update(part.sites)
     if not finder.has_mcount:
         result.notes.append("no mcount calls in this file: build with -pg to make "
                             "functions patchable")
     if not image.is_relocatable:
-        result.mcount_loc = check_mcount_loc(image, all_sites)
+        result.mcount_loc = check_mcount_loc(image, {s for s in sites if s is not None})
     return result
-
-
-def _part(image: ElfImage, finder: SiteFinder, funcs: list[FunctionSymbol]) -> ScanPart:
-    """A forked worker's share of :func:`scan`."""
-    sites = finder.find_all(funcs)
-    reports = classify_all(image, finder, funcs, sites, {}, DescribeFn())
-    share = ScanResult(image, reports)
-    return ScanPart(share._verdict_counts(), len(reports), [s for s in sites if s is not None],
-                    ",".join(_functions_json_parts(reports, {})))

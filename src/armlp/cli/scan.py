@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     image = ElfImage(args.elf)
     want = parse_function_spec(args.function) if args.function else None
     progress = None if args.json or want else _progress
-    result = scan(image, progress=progress, jobs=2 if args.json and want is None else 1)
+    result = scan(image, progress=progress)
     if want is not None:
         report = result.find(*want)
         if args.json:
