@@ -151,7 +151,7 @@ def main() -> int:
     result["pause_ms"] = {k: stats(v) for k, v in pauses.items()}
     result["unpatch_pause_ms"] = {k: stats(v) for k, v in unpauses.items()}
     result["armlp_patch_command_ms"] = stats(latency)
-    for what, table in (("enabled", pauses), ("disabled (with the proof before the free)",
+    for what, table in (("enabled", pauses), ("disabled (the free follows, between transitions)",
                                                unpauses)):
         print(f"pause of the target while a patch is {what} (ms, min / median / max):")
         for k, v in table.items():

@@ -4,10 +4,11 @@ enable/disable cycles with transitions under load.
 
 transition  ``tests/programs/busy.c`` under ``armlp run`` (qemu-arm): eight
             threads spin outside the patched function, never making a
-            system call (their registers are never exact: they switch by
-            two clean conservative scans).  Per cycle, the time from sending
-            ``patch`` to the status showing no transition, unforced, and the
-            same for ``unpatch``; the pause of the request.
+            system call (their registers are never exact: each switches on
+            a clean conservative scan once it has run since the code
+            writes).  Per cycle, the time from sending ``patch`` to the
+            controller's answer to a ``wait`` (the transition over),
+            unforced, and the same for ``unpatch``; the pause of the request.
 check       instructions of one call of ``leaf`` (``benchmarks/programs/
             redirect.c``) from its first instruction to the new function's,
             counted in the emulator with the real livepatch handler: the

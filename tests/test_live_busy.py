@@ -72,7 +72,7 @@ def test_a_thread_inside_a_patched_function_holds_the_transition(
         st = live.cli("status", "--target", target, "--json").json()["targets"][0]
         return list(st["transition"]["blocked"])
 
-    # The eight workers switch (each after two clean scans in a row; one
+    # The eight workers switch (each on a clean scan once it ran; one
     # caught on its way through tick's handler waits for the next attempt,
     # a second apart at most): only the stuck thread is left.
     wait_until("the workers to switch", lambda: len(blocked()) == 1, timeout=30)

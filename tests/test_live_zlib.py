@@ -121,7 +121,7 @@ def test_zlib_behaviour_change_from_the_patch_point_on(tmp_path: Path) -> None:
     patch = _patch(prog, "zlib_nomatch.c", tmp_path / "nomatch.o", [])
     # The consistency model switches the compressing thread once it is
     # provably out of longest_match: at once when a retry finds it asleep
-    # between chunks, else after two clean scans of its stack.  Longer
+    # between chunks, else on a clean scan once it has run.  Longer
     # sleeps make the switch land near the patch point on a loaded machine.
     at, result = _run_patched(prog, tmp_path / "in.bin", tmp_path / "out.z", patch,
                               _env(tmp_path), pause_us=60000)

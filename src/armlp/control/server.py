@@ -105,9 +105,9 @@ class LiveProcess(Protocol):
 #: stub), so frees wait a moment and go together.
 RELEASE_FIRST, RELEASE_MAX = 0.5, 5.0
 #: Transition retries: every 10 ms for the first attempts (a running thread
-#: switches after two clean scans in successive attempts, and one caught in
-#: the trampoline just waits for the next), then backing off to once a
-#: second, as the kernel's klp_transition_work does.
+#: switches on a clean scan once it has run since the code writes, and one
+#: caught in the trampoline just waits for the next), then backing off to
+#: once a second, as the kernel's klp_transition_work does.
 TRANSITION_FIRST, TRANSITION_MAX = 0.01, 1.0
 TRANSITION_QUICK_ATTEMPTS = 20
 #: What a handler returns for a reply it gives later (Clients.answer).
