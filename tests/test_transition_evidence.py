@@ -60,3 +60,20 @@ def test_ip_keeping_the_site_return_is_no_evidence_lr_is() -> None:
     assert evidence([0], regs) == ""
     regs[12] = 0x1020
     assert evidence([0], regs) == "r12 in work"
+
+
+def test_a_running_thread_switches_once_it_has_run_since_the_writes() -> None:
+    """The progress rule of Transition._check: run time since the code
+    writes took effect, read with every thread held."""
+    from armlp.livepatch.transition import RAN_NS, Transition
+    from armlp.runtime.layout import KLP_PATCHED
+
+    t = Transition(None, None, KLP_PATCHED)  # type: ignore[arg-type]
+    t._ran_from = {10: 5_000_000, 11: 5_000_000, 13: 7}
+    t._ran_now = {10: 5_000_000 + RAN_NS, 11: 5_000_000 + RAN_NS - 1, 12: 1}
+    assert t._ran(10)               # ran long enough since
+    assert not t._ran(11)           # not yet
+    assert t._ran(12)               # born since the writes
+    assert not t._ran(13)           # its run time cannot be read now: wait
+    t._ran_now = None               # a machine whose registers are all exact
+    assert t._ran(11)

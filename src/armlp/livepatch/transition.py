@@ -372,11 +372,16 @@ class Transition:
 
     def _ran(self, tid: int) -> bool:
         """Whether thread *tid* has run :data:`RAN_NS` since the code writes
-        took effect (a thread born since has)."""
+        took effect (a thread born since has; one whose run time cannot be
+        read now has not: it waits, and is reported, rather than switch
+        unproven)."""
         if self._ran_now is None or self._ran_from is None:
-            return True
+            return True         # a machine whose registers are all exact
+        now = self._ran_now.get(tid)
+        if now is None:
+            return False
         before = self._ran_from.get(tid)
-        return before is None or self._ran_now.get(tid, before) - before >= RAN_NS
+        return before is None or now - before >= RAN_NS
 
     def force(self) -> None:
         """Switch every stack, checked or not (the kernel's ``force``)."""
