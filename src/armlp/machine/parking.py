@@ -182,7 +182,14 @@ class Parking:
         want = struct.pack("<I", run)
         deadline = time.monotonic() + timeout
         nap = 0.00005
-        while host.read(done, 4) != want:
+        while (word := _read_word(host, done)) != want:
+            if word is None:
+                # The process is gone (a ^C, a fault): no agent to wait for.
+                out, self._out = self._out, None
+                self.conn.before_send = None
+                if out is not None:
+                    restore_priority(out[0], out[2])
+                raise MachineError(f"the target ended during {what}")
             if time.monotonic() > deadline:
                 # The agent is somewhere in the work: armlp stops parking
                 # and lets it come back through the open door when it does.
@@ -257,6 +264,16 @@ class Parking:
         self._stopped(stop)
         if stop.exited:
             raise MachineError(f"the target {stop.describe()} while armlp's agent ran")
+
+
+def _read_word(host: HostMemory, address: int) -> bytes | None:
+    """Four bytes of the target's memory; None once the process is gone
+    (its memory reads short or fails)."""
+    try:
+        data = host.read(address, 4)
+    except OSError:
+        return None
+    return data if len(data) == 4 else None
 
 
 def _drained(conn: RspConnection, timeout: float) -> bool:
