@@ -134,7 +134,7 @@ class Controller:
         self.target = target
         self.process = process
         self.livepatch = Livepatch(target)
-        self.livepatch.free_later = False   # see Livepatch.free_later
+        self.livepatch.free_later = True    # by _retry_release, between transitions
         self.id = target_id(program, pid)
         self.dir = runtime_dir() / self.id
         self.socket_path = self.dir / "ctl.sock"

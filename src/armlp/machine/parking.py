@@ -45,8 +45,8 @@ HANDLED_S = 0.001
 #: held; longer, and it waits for a lock one of them holds: they are let go.
 BACK_TIMEOUT = 0.25
 #: How long after its last run the agent out of the stub takes system calls
-#: by the mailbox: well within the second after which it goes home.
-MAILBOX_FOR = 0.5
+#: by the mailbox: well within the minute after which it goes home.
+MAILBOX_FOR = 5.0
 
 
 class Parking:
@@ -161,7 +161,7 @@ class Parking:
     def _post(self, number: int, args: Sequence[int], what: str, timeout: float) -> int | None:
         """System call *number* by the mailbox of the agent, out since a
         recent run; None when it is not out (or has been too long: it goes
-        home after about a second without news)."""
+        home after a minute or more without news)."""
         if self._out is None or time.monotonic() - self._done_at > MAILBOX_FOR:
             return None
         host, data = self._data_page()

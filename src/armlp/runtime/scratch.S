@@ -43,7 +43,9 @@ armlp_scratch_return:
 @ way back is made before the work is marked done, while the threads still
 @ run: once they are held, nothing the agent does waits for qemu's
 @ translator, whose lock a held thread may hold.  Should go not come within
-@ about a second (armlp died), it goes home through restore.
+@ a minute or more (600,000 naps: armlp died), it goes home through restore;
+@ a shorter bound sent it home while a slow request on a loaded machine
+@ still had it out (the stub then had no thread to serve it).
 	.set	armlp_scratch_result, 72	@ data page: the run's r0,
 	.set	armlp_scratch_done, 76		@ the run's number once it is there,
 	.set	armlp_scratch_go, 80		@ armlp's go: the agent's thread id,
@@ -98,7 +100,7 @@ armlp_scratch_parked_return:
 	svc	#0
 	b	.Lparked_return
 .Lgo_naps:
-	.word	10000
+	.word	600000
 .Lgo_nap:
 	.word	0, 100000
 
