@@ -117,6 +117,10 @@ class Cli:
         return json.loads(self.out)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """One background ``armlp run`` (or anything else) with its output in files."""
 
@@ -125,8 +129,12 @@ class Run:
         self.out_path = live.dir / f"{name}.out"
         self.err_path = live.dir / f"{name}.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            # As from an interactive shell: SIGINT not ignored, whatever an
+            # earlier test in this process did (an ignored SIGINT is
+            # inherited, down to the program under qemu).
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         env=live.env, start_new_session=True)
+                                         env=live.env, start_new_session=True,
+                                         preexec_fn=_default_sigint)
 
     @property
     def pid(self) -> int:
