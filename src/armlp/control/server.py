@@ -255,12 +255,13 @@ class Controller:
     def _transition_result(self, name: str) -> dict[str, Any]:
         """Whether the transition a request started has finished, and if
         not what holds it (retried in the background)."""
-        t = self.livepatch.transition
-        if t is None or t.patch.name != name:
+        state = self._in_transition(name)
+        if state["transition"]:
+            self._transition_at = time.monotonic() + self._transition_delay
+        elif self.livepatch.transition is None:
             self._transition_delay, self._transition_at = TRANSITION_FIRST, None
-            return {"transition": False}
-        self._transition_at = time.monotonic() + self._transition_delay
-        return {"transition": True, "blocked": t.blocked()}
+        state.pop("name")
+        return state
 
     def _retry_transition(self) -> None:
         """Try the open transition again (the kernel's klp_transition_work,
