@@ -40,6 +40,19 @@ def test_refusal_reasons(files: dict[str, Path], kind: str) -> None:
         assert f["mcount_site"] is not None, name
 
 
+@pytest.mark.parametrize("kind", ["object", "executable"])
+def test_a_function_of_size_0_does_not_take_the_next_functions_site(
+        files: dict[str, Path], kind: str) -> None:
+    """An assembly label typed as a function without a size (a vmlinux has
+    a few: ``__error_p``, a ``b .`` loop): the site 16 bytes after it is the
+    next function's, so the label has none and the next one is patchable."""
+    funcs = {f["name"]: f for f in scan_json(files[kind])["functions"]}
+    label, after = funcs["spin_label"], funcs["after_label"]
+    assert label["size"] == 0
+    assert (label["mcount_site"], label["reason_code"]) == (None, "no_mcount_site")
+    assert after["site_offset"] == 8 and after["patchable"] and after["rule"] == "push"
+
+
 def test_thumb2_prologues_are_read_with_the_push_rule_and_patchable(tmp_path: Path) -> None:
     """Debian armhf's Thumb-2 code: push.w (stmdb), sub sp, vpush and none
     at all are read with ARM's rule vocabulary: patchable by rule push,

@@ -40,6 +40,20 @@ unsaved_fp:
 	bx	lr
 	.size	unsaved_fp, . - unsaved_fp
 
+	.globl	spin_label		@ a label typed as a function, no size (the
+	.type	spin_label, %function	@ kernel's __error_p): the site after it
+spin_label:				@ is the next function's, not its own
+	nop
+	b	spin_label
+	.globl	after_label
+	.type	after_label, %function
+after_label:
+	push	{r4, lr}
+	push	{lr}
+	bl	__gnu_mcount_nc
+	pop	{r4, pc}
+	.size	after_label, . - after_label
+
 	.globl	main
 	.type	main, %function
 main:

@@ -188,9 +188,17 @@ class SiteFinder:
     def find_all(self, funcs: Sequence[FunctionSymbol]) -> list[int | None]:
         """:meth:`find` for each of *funcs*, in one loop: the hot path of
         ``armlp scan``, so the common case (ARM code of a linked image) is
-        written out here, with each section's arrays fetched once."""
+        written out here, with each section's arrays fetched once.
+
+        A function of size 0 (an assembly label typed as a function) is
+        searched up to the next function of the list, when that one starts
+        later in the same section (*funcs* sorted by section and address, as
+        scan sorts them): a site past it is the next function's, not its own
+        (``__error_p`` of a vmlinux: a ``b .`` loop, then the next function).
+        """
         if self._reloc_sites is not None:
-            return [self._find_by_relocation(fn) for fn in funcs]
+            return [self._find_by_relocation(fn, _window_end(funcs, k))
+                    for k, fn in enumerate(funcs)]
         out: list[int | None] = []
         append = out.append
         sections = self.image.sections
@@ -201,14 +209,14 @@ class SiteFinder:
         base = limit = 0
         words: array[int] = array("I")
         next_bl = b"".find
-        for fn in funcs:
+        for k, fn in enumerate(funcs):
             start = fn.address
             if fn.section != cur:
                 cur = fn.section
                 sec = sections[cur]
                 base, limit = sec.addr, sec.addr + sec.size
                 words, next_bl = self.words(sec), self.bl_words(sec).find
-            end = start + (fn.size or SITE_WINDOW)
+            end = start + fn.size if fn.size else _window_end(funcs, k)
             if end > limit:
                 end = limit
             if not base <= start < end:     # symbol outside its section (corrupt file)
@@ -232,11 +240,11 @@ class SiteFinder:
             append(site)
         return out
 
-    def _find_by_relocation(self, fn: FunctionSymbol) -> int | None:
-        """The first relocation site against mcount in *fn* (a ``.o``)."""
+    def _find_by_relocation(self, fn: FunctionSymbol, end: int) -> int | None:
+        """The first relocation site against mcount in *fn* (a ``.o``),
+        before *end*."""
         offs = self._sites_in(fn.section)
         start = fn.address
-        end = start + (fn.size or SITE_WINDOW)
         k = bisect.bisect_left(offs, start)
         return offs[k] if k < len(offs) and offs[k] < end else None
 
@@ -258,6 +266,23 @@ class SiteFinder:
             else:
                 pos += 2
         return None
+
+
+def _window_end(funcs: Sequence[FunctionSymbol], k: int) -> int:
+    """Where the search for the site of ``funcs[k]`` ends: its end, or for a
+    function of size 0 :data:`SITE_WINDOW` bytes in, or the start of the
+    first function after it in *funcs* that begins above it in the same
+    section, if that is nearer (aliases at the same address are skipped)."""
+    fn = funcs[k]
+    end = fn.address + (fn.size or SITE_WINDOW)
+    if fn.size:
+        return end
+    for nxt in funcs[k + 1:k + 8]:
+        if nxt.section != fn.section or nxt.address >= end:
+            break
+        if nxt.address > fn.address:
+            return nxt.address
+    return end
 
 
 def check_mcount_loc(image: ElfImage, decoded: set[int]) -> McountLocCheck | None:
