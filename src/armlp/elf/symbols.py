@@ -86,7 +86,7 @@ def is_mapping_symbol(name: str) -> bool:
         len(name) == 2 or name[2] == ".")
 
 
-def _symbol_names(strtab: bytes, offsets: list[int]) -> list[str]:
+def _symbol_names(strtab: bytes, offsets: Sequence[int]) -> list[str]:
     """The name at each string-table offset (offsets already checked)."""
     if strtab.isascii():
         # One split instead of a find and a decode per symbol; offsets into
@@ -112,8 +112,8 @@ def _cstr(strtab: bytes, off: int) -> str:
     return strtab[off:end if end >= 0 else len(strtab)].decode("utf-8", "replace")
 
 
-def _raise_first_bad_symbol(image: ElfImage, strtab: bytes, offsets: list[int],
-                            shndx: list[int]) -> None:
+def _raise_first_bad_symbol(image: ElfImage, strtab: bytes, offsets: Sequence[int],
+                            shndx: Sequence[int]) -> None:
     """Raise the error for the first symbol whose name or section is out of range."""
     nsec = len(image.sections)
     for i, (off, sec) in enumerate(zip(offsets, shndx, strict=True)):
@@ -126,13 +126,14 @@ def _raise_first_bad_symbol(image: ElfImage, strtab: bytes, offsets: list[int],
 
 
 class _Columns(NamedTuple):
-    """The symbol table as parallel columns, one entry per symbol."""
+    """The symbol table as parallel columns, one entry per symbol (numbers
+    as arrays: no int object per symbol until one is asked for)."""
 
     names: list[str]
-    values: list[int]
-    sizes: list[int]
+    values: Sequence[int]
+    sizes: Sequence[int]
     infos: bytes            # st_info: type in the low nibble, binding in the high one
-    shndx: list[int]
+    shndx: Sequence[int]
 
     @classmethod
     def of(cls, symbols: Sequence[Symbol]) -> _Columns:
@@ -143,8 +144,25 @@ class _Columns(NamedTuple):
 
 #: st_info byte -> 1 for STT_FUNC symbols (for :func:`itertools.compress`).
 _IS_FUNC = bytes(int(i & 0xF == STT_FUNC) for i in range(256))
+#: st_info byte -> 1 for every other symbol.
+_NOT_FUNC = bytes(1 - f for f in _IS_FUNC)
+#: A function symbol's value & 1 -> its mode.
+_MODE_OF_BIT0 = ("arm", "thumb")
 #: st_info byte -> the binding's name.
 _BIND_OF_INFO = tuple(_BINDS.get(i >> 4) or str(i >> 4) for i in range(256))
+
+
+def _positions(column: list[str], value: str) -> list[int]:
+    """Every *i* with ``column[i] == value``, found by :meth:`list.index`
+    (C speed; few hits expected)."""
+    out: list[int] = []
+    i = -1
+    while True:
+        try:
+            i = column.index(value, i + 1)
+        except ValueError:
+            return out
+        out.append(i)
 
 
 def _pick(column: Sequence[_T], index: list[int]) -> list[_T]:
@@ -199,12 +217,11 @@ class SymbolTable:
         c = self._cols
         if not self._maybe_thumb:
             return frozenset()
-        # "$t" itself by equality (a third of the cost of startswith); the
+        # "$t" itself by list.index (C speed, no result per symbol); the
         # "$t.<suffix>" form only if the string table has one.
-        test = map(str.startswith, c.names, repeat("$t")) if self._dotted_t else \
-            map(operator.eq, c.names, repeat("$t"))
-        return frozenset(c.shndx[i] for i in compress(range(len(c.names)), test)
-                         if self._is_mapping(i))
+        found = compress(range(len(c.names)), map(str.startswith, c.names, repeat("$t"))) \
+            if self._dotted_t else _positions(c.names, "$t")
+        return frozenset(c.shndx[i] for i in found if self._is_mapping(i))
 
     def _is_mapping(self, i: int) -> bool:
         c = self._cols
@@ -259,13 +276,13 @@ class SymbolTable:
         if sys.byteorder == "big":
             words.byteswap()
             halves.byteswap()
-        st_names = words[0::4].tolist()
-        shndx = halves[7::8].tolist()
+        st_names = words[0::4]
+        shndx = halves[7::8]
         if (st_names and max(st_names) >= len(strtab) and max(st_names)) or \
                 any(len(names) <= s < 0xFF00 for s in set(shndx)):
             _raise_first_bad_symbol(image, strtab, st_names, shndx)
-        cols = _Columns(_symbol_names(strtab, st_names), words[1::4].tolist(),
-                        words[2::4].tolist(), raw[12::16], shndx)
+        cols = _Columns(_symbol_names(strtab, st_names), words[1::4], words[2::4],
+                        raw[12::16], shndx)
         return cls((), names, columns=cols, maybe_thumb=b"$t" in strtab,
                    dotted_t=b"$t." in strtab)
 
@@ -303,21 +320,25 @@ class SymbolTable:
         names, values, sizes = _pick(c.names, index), _pick(c.values, index), \
             _pick(c.sizes, index)
         shndx, infos = _pick(c.shndx, index), _pick(c.infos, index)
-        # A name seen once in the whole table has sympos 0; only names that
-        # repeat need counting among the symbols by_name would hold.
-        fnames = set(names)
-        counts = Counter(filter(fnames.__contains__, c.names))
+        # A name no other symbol carries has sympos 0; only the names that
+        # repeat among the functions or that another symbol also carries
+        # need counting among the symbols by_name would hold.
+        counts = Counter(names)
         repeated = {name for name, n in counts.items() if n > 1}
+        repeated.update(set(counts).intersection(compress(c.names,
+                                                          c.infos.translate(_NOT_FUNC))))
         table = self._sympos_table(repeated) if repeated else {}
         sympos = list(map(table.get, index, repeat(0)))
         thumb_bits = sum(map((1).__and__, values))
         addresses = list(map((~1).__and__, values)) if thumb_bits else values
+        modes = list(map(_MODE_OF_BIT0.__getitem__, map((1).__and__, values))) \
+            if thumb_bits else ["arm"] * len(index)
         thumb_secs = self._thumb_sections
-        if thumb_bits or thumb_secs:
-            modes = ["thumb" if v & 1 or (sh in thumb_secs and self.mapping_at(sh, a) == "t")
-                     else "arm" for v, a, sh in zip(values, addresses, shndx, strict=True)]
-        else:
-            modes = ["arm"] * len(index)
+        # Where a $t is, a function without the Thumb bit may still be Thumb.
+        for k in compress(range(len(index)), map(thumb_secs.__contains__, shndx)) \
+                if thumb_secs else ():
+            if self.mapping_at(shndx[k], addresses[k]) == "t":
+                modes[k] = "thumb"
         funcs = list(map(FunctionSymbol, names, sympos, addresses, sizes, modes, shndx,
                          map(secnames.__getitem__, shndx), map(_BIND_OF_INFO.__getitem__, infos),
                          index))
@@ -331,17 +352,10 @@ class SymbolTable:
         if not name or is_mapping_symbol(name) or name not in self._name_set:
             return []
         c = self._cols
-        out: list[Symbol] = []
-        i = -1
-        while True:
-            try:
-                i = c.names.index(name, i + 1)
-            except ValueError:
-                return out
-            info, shndx = c.infos[i], c.shndx[i]
-            if shndx != SHN_UNDEF and info & 0xF not in (STT_SECTION, STT_FILE):
-                out.append(Symbol(i, name, c.values[i], c.sizes[i], info & 0xF, info >> 4,
-                                  shndx))
+        return [Symbol(i, name, c.values[i], c.sizes[i], c.infos[i] & 0xF, c.infos[i] >> 4,
+                       c.shndx[i])
+                for i in _positions(c.names, name)
+                if c.shndx[i] != SHN_UNDEF and c.infos[i] & 0xF not in (STT_SECTION, STT_FILE)]
 
     def sympos_of(self, sym: Symbol) -> int:
         same = self.by_name.get(sym.name, [])
