@@ -164,23 +164,22 @@ def test_emulator_traces_and_patches_a_thumb2_glibc_program(builder: Builder,
 
 def test_a_patch_of_an_unreadable_thumb_prologue_is_refused(builder: Builder,
                                                             tmp_path: Path) -> None:
-    """Replacing a Thumb function whose prologue armlp cannot undo (static
-    glibc's frame_dummy, which has an mcount site and sets r3 with a movw
-    before it) is refused before any write, in one line that names the
-    function and the instruction."""
-    src = Path(__file__).parent / "programs" / "hardfloat.c"
-    prog = builder.build("hardfloat-thumb2", [HF, "-mthumb", "-pg", "-O2", "-static",
-                                              str(src), "-o", "{out}"], [src])
+    """Replacing a Thumb function whose prologue armlp cannot undo (it sets
+    r3 with a movw before its mcount site) is refused before any write, in
+    one line that names the function and the instruction."""
+    src = Path(__file__).parent / "programs" / "thumb_odd_prologue.c"
+    prog = builder.build("thumb-odd-prologue", [HF, "-mthumb", "-pg", "-O2", "-static",
+                                                str(src), "-o", "{out}"], [src])
     fix = tmp_path / "fix.c"
-    fix.write_text('#include <armlp/livepatch.h>\nARMLP_PATCH("fd");\n'
-                   "void frame_dummy_v2(void) { }\n"
-                   "ARMLP_REPLACE(frame_dummy, frame_dummy_v2);\n")
+    fix.write_text('#include <armlp/livepatch.h>\nARMLP_PATCH("odd");\n'
+                   "int odd_prologue_v2(void) { return 8; }\n"
+                   "ARMLP_REPLACE(odd_prologue, odd_prologue_v2);\n")
     patch = tmp_path / "fix.o"
     subprocess.run([HF, *patch_cflags(ElfImage(prog).build_id, thumb=True), "-c", str(fix),
                     "-o", str(patch)], check=True)
     res = armlp("run", "--machine", "emu", prog, "--patch", patch)
     assert res.code == 2 and res.err.count("\n") == 1, res.err
-    assert "frame_dummy is not patchable" in res.err
+    assert "odd_prologue is not patchable" in res.err
     assert "Thumb prologue instruction 'movw r3" in res.err
 
 

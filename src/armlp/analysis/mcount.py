@@ -17,6 +17,7 @@ import struct
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from mmap import mmap
 
 from armlp.arm.t32 import decode_t32_branch
 from armlp.elf.image import SHT_REL, SHT_RELA, ElfImage, Section
@@ -115,8 +116,8 @@ class SiteFinder:
             self._reloc_sites = self._sites_from_relocations()
         else:
             self.targets = {a & ~1 for a in mcount_addresses(image)}
-        self._data: dict[int, bytes] = {}
-        self._words: dict[int, array[int]] = {}
+        self._zeros: dict[int, bytes] = {}
+        self._words: dict[int, memoryview] = {}
         self._bl_words: dict[int, bytes] = {}
         self._sorted_sites: dict[int, list[int]] = {}
 
@@ -142,19 +143,22 @@ class SiteFinder:
                     sites.setdefault(target.index, set()).add(rel.offset)
         return sites
 
-    def data(self, sec: Section) -> bytes:
-        """The section's bytes, whole words only (cached)."""
-        raw = self._data.get(sec.index)
-        if raw is None:
-            raw = self.image.section_data(sec)
-            raw = self._data[sec.index] = raw[: len(raw) - len(raw) % 4]
-        return raw
+    def raw(self, sec: Section) -> tuple[bytes | mmap, int]:
+        """The buffer holding the section's bytes and where they start in it:
+        the image's own bytes, not a copy (a vmlinux's ``.text`` is 10 MB)."""
+        if sec.has_bytes:
+            return self.image.data, sec.offset
+        zeros = self._zeros.get(sec.index)
+        if zeros is None:
+            zeros = self._zeros[sec.index] = bytes(sec.size)
+        return zeros, 0
 
-    def words(self, sec: Section) -> array[int]:
-        """The section's bytes as little-endian words (cached)."""
+    def words(self, sec: Section) -> memoryview:
+        """The section's whole words, little-endian, as a view (cached)."""
         w = self._words.get(sec.index)
         if w is None:
-            w = array("I", self.data(sec))
+            buf, start = self.raw(sec)
+            w = memoryview(buf)[start:start + (sec.size & ~3)].cast("I")
             self._words[sec.index] = w
         return w
 
@@ -167,7 +171,8 @@ class SiteFinder:
         """
         m = self._bl_words.get(sec.index)
         if m is None:
-            m = self.data(sec)[3::4].translate(_BL_TOP_BYTE)
+            buf, start = self.raw(sec)
+            m = buf[start + 3:start + (sec.size & ~3):4].translate(_BL_TOP_BYTE)
             self._bl_words[sec.index] = m
         return m
 
@@ -207,7 +212,7 @@ class SiteFinder:
             return [None] * len(funcs)
         cur = -1
         base = limit = 0
-        words: array[int] = array("I")
+        words = memoryview(b"").cast("I")
         next_bl = b"".find
         for k, fn in enumerate(funcs):
             start = fn.address
@@ -250,16 +255,16 @@ class SiteFinder:
 
     def _find_thumb(self, sec: Section, start: int, end: int) -> int | None:
         """The first Thumb ``bl``/``blx`` to mcount in ``[start, end)``."""
+        buf, at = self.raw(sec)
         base = sec.addr
-        data = self.image.section_data(sec)
-        pos = start - base
-        last = end - base - 4
+        pos = start - base + at
+        last = end - base + at - 4
         while pos <= last:
-            hw1 = data[pos] | data[pos + 1] << 8
+            hw1 = buf[pos] | buf[pos + 1] << 8
             if (hw1 & 0xF800) == 0xF000:
-                br = decode_t32_branch(struct.unpack_from("<I", data, pos)[0], base + pos)
+                br = decode_t32_branch(struct.unpack_from("<I", buf, pos)[0], base + pos - at)
                 if br is not None and br.links and (br.target & ~1) in self.targets:
-                    return base + pos
+                    return base + pos - at
                 pos += 4
             elif (hw1 >> 11) in (0b11101, 0b11111):
                 pos += 4

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
+from mmap import mmap
 from operator import attrgetter
 from typing import TextIO
 
@@ -223,18 +224,20 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
     thumb: dict[bytes, Verdict] = {}
     section, base = -1, 0
     words: Sequence[int] = ()
-    data = b""
+    buf: bytes | mmap = b""         # the section's bytes are buf[at - base + address]
+    at = 0
     for fn, site in zip(funcs, sites, strict=True):
         if site is None:
             append(FunctionReport(fn, None, NO_SITE))
             continue
         offset = site - fn.address
+        if fn.section != section:
+            sec = image.sections[fn.section]
+            section, words = fn.section, finder.words(sec)
+            buf, start = finder.raw(sec)
+            base, at = sec.addr, start - sec.addr
         if fn.mode == "thumb" and offset <= SITE_WINDOW:
-            if fn.section != section:
-                sec = image.sections[fn.section]
-                section, base = fn.section, sec.addr
-                words, data = finder.words(sec), finder.data(sec)
-            code = data[fn.address - base:site - base]
+            code = buf[at + fn.address:at + site]
             verdict = thumb.get(code)
             if verdict is None:
                 verdict = thumb[code] = classify_thumb(code)
@@ -246,19 +249,15 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
                               f"(window {SITE_WINDOW} bytes): code runs before the hook",
                 reason_code="site_too_far")))
             continue
-        if fn.section != section:
-            sec = image.sections[fn.section]
-            section, base = fn.section, sec.addr
-            words, data = finder.words(sec), finder.data(sec)
-        first = (fn.address - base) >> 2
-        last = first + (offset >> 2)
-        seen = by_bytes.get(data[4 * first:4 * last])
+        key = buf[at + fn.address:at + site]
+        seen = by_bytes.get(key)
         if seen is None:
-            prologue = tuple(words[first:last])
+            first = (fn.address - base) >> 2
+            prologue = tuple(words[first:first + (offset >> 2)])
             verdict = cache.get(prologue)
             if verdict is None:
                 verdict = cache[prologue] = classify_arm(prologue, describe)
-            seen = by_bytes[data[4 * first:4 * last]] = (prologue, verdict)
+            seen = by_bytes[key] = (prologue, verdict)
         append(FunctionReport(fn, site, seen[1], seen[0]))
     return reports
 
