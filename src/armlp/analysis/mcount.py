@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from mmap import mmap
 
@@ -290,12 +290,14 @@ def _window_end(funcs: Sequence[FunctionSymbol], k: int) -> int:
     return end
 
 
-def check_mcount_loc(image: ElfImage, decoded: set[int]) -> McountLocCheck | None:
-    """Compare the ``__mcount_loc`` table (if the image has one) with *decoded*."""
+def check_mcount_loc(image: ElfImage, sites: Iterable[int | None]) -> McountLocCheck | None:
+    """Compare the ``__mcount_loc`` table (if the image has one) with the
+    decoded *sites* (None: a function without one)."""
     rng = image.mcount_loc_range()
     if rng is None:
         return None
     addr, size = rng
     raw = image.read(addr, size) if size else b""
     table = set(array("I", raw[: len(raw) - len(raw) % 4]))
+    decoded = {s for s in sites if s is not None}
     return McountLocCheck(len(table), sorted(table - decoded), sorted(decoded - table))

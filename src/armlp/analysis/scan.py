@@ -285,5 +285,5 @@ def scan(image: ElfImage, *, progress: Callable[[list[FunctionSymbol]],
         result.notes.append("no mcount calls in this file: build with -pg to make "
                             "functions patchable")
     if not image.is_relocatable:
-        result.mcount_loc = check_mcount_loc(image, {s for s in sites if s is not None})
+        result.mcount_loc = check_mcount_loc(image, sites)
     return result

@@ -410,6 +410,10 @@ class ElfImage:
 
     def mcount_loc_range(self) -> tuple[int, int] | None:
         """``(address, size)`` of the kernel's ``__mcount_loc`` table in a linked image."""
+        return self._mcount_loc_range
+
+    @cached_property
+    def _mcount_loc_range(self) -> tuple[int, int] | None:
         sec = self.section("__mcount_loc")
         if sec is not None and not self.is_relocatable:
             return sec.addr, sec.size

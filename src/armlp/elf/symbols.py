@@ -314,12 +314,15 @@ class SymbolTable:
         c = self._cols
         secnames = self._section_names
         nsec = len(secnames)
-        index = [i for i in compress(range(len(c.names)), c.infos.translate(_IS_FUNC))
-                 if SHN_UNDEF != c.shndx[i] < nsec]
         # Column by column (map runs at C speed), then one object per function.
+        index = list(compress(range(len(c.names)), c.infos.translate(_IS_FUNC)))
+        shndx = _pick(c.shndx, index)
+        defined = list(map(operator.and_, map(bool, shndx), map(nsec.__gt__, shndx)))
+        if not all(defined):       # undefined, absolute or a special section
+            index, shndx = list(compress(index, defined)), list(compress(shndx, defined))
         names, values, sizes = _pick(c.names, index), _pick(c.values, index), \
             _pick(c.sizes, index)
-        shndx, infos = _pick(c.shndx, index), _pick(c.infos, index)
+        infos = _pick(c.infos, index)
         # A name no other symbol carries has sympos 0; only the names that
         # repeat among the functions or that another symbol also carries
         # need counting among the symbols by_name would hold.
