@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -56,3 +57,15 @@ def test_run_refuses_a_patch_before_running(tmp_path: Path) -> None:
     res = armlp("run", "--machine", "emu", service, "--patch", bad)
     assert res.code == 2 and "build-id" in res.err and res.err.count("\n") == 1
     assert "tick" not in res.out
+
+
+def test_run_gives_its_caller_back_the_sigint_handler(tmp_path: Path) -> None:
+    """While it serves a running program ``armlp run`` ignores SIGINT (a
+    terminal's ^C is the program's); called in-process (a script, a test)
+    it puts the caller's handler back when it returns, so that the caller
+    and every program it starts later can still be interrupted."""
+    prog = build_program([REPO / "examples" / "programs" / "calls.c"], tmp_path / "calls")
+    before = signal.getsignal(signal.SIGINT)
+    res = armlp("run", prog)
+    assert res.code == 0, res.err
+    assert signal.getsignal(signal.SIGINT) is before

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from armlp.cli.args import amount, count
@@ -165,8 +167,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_qemu(args: argparse.Namespace) -> int:
-    import signal
-
     from armlp.control import qemu_live
     from armlp.control.paths import runtime_dir
     from armlp.elf.image import ElfImage
@@ -198,27 +198,25 @@ def run_qemu(args: argparse.Namespace) -> int:
         raise
     # From here on the program runs: a terminal's ^C is the program's (it
     # ends with its SIGINT, or goes on), and no error of armlp's ends it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        status = controller.serve(listener)
-    except Exception as exc:
-        if live.qemu.popen.poll() is not None:      # nothing left to keep alive
+    with _interrupts_are_the_programs():
+        try:
+            status = controller.serve(listener)
+        except Exception as exc:
+            if live.qemu.popen.poll() is not None:      # nothing left to keep alive
+                live.guardian.stand_down()
+                live.qemu.close()
+                raise ArmlpError(_describe(exc)) from None
+            _note(f"error: {_describe(exc)}; the program runs on without armlp")
+            status = live.abandon() or 0
+        else:
             live.guardian.stand_down()
             live.qemu.close()
-            raise ArmlpError(_describe(exc)) from None
-        _note(f"error: {_describe(exc)}; the program runs on without armlp")
-        status = live.abandon() or 0
-    else:
-        live.guardian.stand_down()
-        live.qemu.close()
     if args.json:
         sys.stdout.write(json.dumps({"exit_status": status}) + "\n")
     return status
 
 
 def attach(args: argparse.Namespace) -> int:
-    import signal
-
     from armlp.control import qemu_live
     from armlp.elf.image import ElfImage
 
@@ -226,17 +224,32 @@ def attach(args: argparse.Namespace) -> int:
     patches = [_split_patch(p) for p in args.patch]
     live = qemu_live.attach(image, args.program, args.address, _note)
     assert live.guardian is not None
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Stood down only when the program has ended: if armlp fails while the
     # program it did not start runs on, the guardian lets it go cleanly.
-    try:
-        controller = _controller(live.image, live, args.program, patches)
-        status = controller.serve()
-    except Exception as exc:
-        live.abandon()
-        raise ArmlpError(f"{_describe(exc)}; the program runs on without armlp") from None
+    with _interrupts_are_the_programs():
+        try:
+            controller = _controller(live.image, live, args.program, patches)
+            status = controller.serve()
+        except Exception as exc:
+            live.abandon()
+            raise ArmlpError(f"{_describe(exc)}; the program runs on without armlp") from None
     live.guardian.stand_down()
     return status
+
+
+@contextlib.contextmanager
+def _interrupts_are_the_programs() -> Iterator[None]:
+    """SIGINT ignored while armlp serves a running program (a terminal sends
+    ^C to the whole process group: it is the program's to take), and put
+    back as it was after, so that armlp called in-process (a script, a
+    test) does not leave its caller deaf to ^C."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _describe(exc: BaseException) -> str:
