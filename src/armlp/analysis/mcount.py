@@ -16,8 +16,8 @@ import bisect
 import struct
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from mmap import mmap
+from typing import NamedTuple
 
 from armlp.arm.t32 import decode_t32_branch
 from armlp.elf.image import SHT_REL, SHT_RELA, ElfImage, Section
@@ -42,13 +42,13 @@ _BL_TOP_BYTE = bytes(int(((b & 0x0F) == 0x0B and b >> 4 != 0xF) or b in (0xFA, 0
                      for b in range(256))
 
 
-@dataclass
-class McountLocCheck:
-    """How the ``__mcount_loc`` table agrees with the decoded sites."""
+class McountLocCheck(NamedTuple):
+    """How the ``__mcount_loc`` table agrees with the decoded sites (a
+    NamedTuple: see :class:`~armlp.elf.image.Segment`)."""
 
     entries: int
-    only_in_table: list[int] = field(default_factory=list)
-    only_decoded: list[int] = field(default_factory=list)
+    only_in_table: list[int]
+    only_decoded: list[int]
 
     @property
     def agrees(self) -> bool:

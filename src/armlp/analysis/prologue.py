@@ -23,8 +23,7 @@ prologue?" answered per function, and proven in the emulator later):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from armlp.arm.a32 import (
     FP,
@@ -45,12 +44,12 @@ from armlp.arm.a32 import (
 SCRATCH = frozenset({IP})
 
 
-@dataclass(frozen=True)
-class UndoRecipe:
+class UndoRecipe(NamedTuple):
     """How to get from the state at the mcount site back to the entry state.
 
     Offsets are relative to the site's sp *before* the mcount ``push {lr}``
-    (``site_sp``); ``frame_size`` is entry sp minus ``site_sp``.
+    (``site_sp``); ``frame_size`` is entry sp minus ``site_sp``.  (A
+    NamedTuple: see :class:`~armlp.elf.image.Segment`.)
     """
 
     rule: str
@@ -75,8 +74,7 @@ class UndoRecipe:
         }
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """Whether a function is patchable, by which rule, or why not."""
 
     patchable: bool
@@ -86,15 +84,17 @@ class Verdict:
     reason_code: str | None = None
 
 
-@dataclass
 class _State:
-    sp: int = 0                       # sp relative to entry sp
-    ip: int | None = None             # ip = entry_sp + ip, when known
-    fp: int | None = None             # fp = entry_sp + fp, when known
-    saved: dict[int, int] = field(default_factory=dict)   # reg -> slot (rel. entry sp)
-    changed: set[int] = field(default_factory=set)
-    ip_at_push: int | None = None     # ip's value when it was saved
-    pushes: list[int] = field(default_factory=list)
+    """What the prologue has done so far, as :func:`classify_arm` reads it."""
+
+    def __init__(self) -> None:
+        self.sp = 0                             # sp relative to entry sp
+        self.ip: int | None = None              # ip = entry_sp + ip, when known
+        self.fp: int | None = None              # fp = entry_sp + fp, when known
+        self.saved: dict[int, int] = {}         # reg -> slot (rel. entry sp)
+        self.changed: set[int] = set()
+        self.ip_at_push: int | None = None      # ip's value when it was saved
+        self.pushes: list[int] = []
 
 
 def _unknown(pos: int, word: int, describe: DescribeFn) -> Verdict:

@@ -11,11 +11,10 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
 from mmap import mmap
 from operator import attrgetter
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from armlp.analysis.mcount import SITE_WINDOW, McountLocCheck, SiteFinder, check_mcount_loc
 from armlp.analysis.prologue import DescribeFn, UndoRecipe, Verdict, classify_arm
@@ -26,9 +25,9 @@ from armlp.errors import AnalysisError
 
 NO_SITE = Verdict(False, reason="no mcount site (notrace, built without -pg, or assembly)",
                   reason_code="no_mcount_site")
-@dataclass(slots=True)
-class FunctionReport:
-    """Everything scan knows about one function."""
+class FunctionReport(NamedTuple):
+    """Everything scan knows about one function (a NamedTuple: see
+    :class:`~armlp.elf.image.Segment`)."""
 
     fn: FunctionSymbol
     site: int | None
@@ -102,14 +101,14 @@ def _functions_json_parts(reports: Sequence[FunctionReport],
     return parts
 
 
-@dataclass
 class ScanResult:
     """The verdicts of one image, plus what the image says of itself."""
 
-    image: ElfImage
-    functions: list[FunctionReport]
-    mcount_loc: McountLocCheck | None = None
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, image: ElfImage, functions: list[FunctionReport]) -> None:
+        self.image = image
+        self.functions = functions
+        self.mcount_loc: McountLocCheck | None = None
+        self.notes: list[str] = []
 
     def counts(self) -> dict[str, int]:
         return self._counts(self._verdict_counts())

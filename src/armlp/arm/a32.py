@@ -13,7 +13,7 @@ Ranges (ARM ARM, A32 encodings):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from armlp.errors import EncodingError
 
@@ -74,8 +74,7 @@ def _check_cond(cond: int) -> None:
 
 # --- branches ---------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Branch:
+class Branch(NamedTuple):
     """A decoded immediate branch: ``kind`` is ``b``, ``bl`` or ``blx``."""
 
     kind: str

@@ -18,7 +18,6 @@ import sys
 from array import array
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from itertools import accumulate, compress, repeat
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
@@ -56,9 +55,9 @@ class Symbol(NamedTuple):
         return _BINDS.get(self.bind, str(self.bind))
 
 
-@dataclass(slots=True)
-class FunctionSymbol:
-    """A function: address without the Thumb bit, its mode and its sympos."""
+class FunctionSymbol(NamedTuple):
+    """A function: address without the Thumb bit, its mode and its sympos
+    (a NamedTuple: see :class:`~armlp.elf.image.Segment`)."""
 
     name: str
     sympos: int
@@ -68,7 +67,7 @@ class FunctionSymbol:
     section: int
     section_name: str
     binding: str
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, on purpose
 
     @property
     def label(self) -> str:
