@@ -11,6 +11,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
 from json.encoder import encode_basestring_ascii as _json_str
 from mmap import mmap
 from operator import attrgetter
@@ -81,23 +82,22 @@ def _functions_json_parts(reports: Sequence[FunctionReport],
     parts: list[str] = []
     append = parts.append
     enc = _json_str
-    for r in reports:
-        fn, v, site = r.fn, r.verdict, r.site
-        key = (id(v), fn.section_name, fn.binding, fn.mode)
+    # Records unpacked, not read field by field: both are tuples.
+    for (name, sympos, address, size, mode, _, section, binding, _), site, v, _ in reports:
+        key = (id(v), section, binding, mode)
         keys = shared.get(key)
         if keys is None:
             keys = shared[key] = (
-                f'"section":{enc(fn.section_name)},"binding":{enc(fn.binding)},'
-                f'"mode":{enc(fn.mode)},',
+                f'"section":{enc(section)},"binding":{enc(binding)},"mode":{enc(mode)},',
                 _dumps(_verdict_json(v))[1:])
         middle, tail = keys
         if site is None:
-            append(f'{{"name":{enc(fn.name)},"sympos":{fn.sympos},"address":{fn.address},'
-                   f'"size":{fn.size},{middle}"mcount_site":null,"site_offset":null,{tail}')
+            append(f'{{"name":{enc(name)},"sympos":{sympos},"address":{address},'
+                   f'"size":{size},{middle}"mcount_site":null,"site_offset":null,{tail}')
         else:
-            append(f'{{"name":{enc(fn.name)},"sympos":{fn.sympos},"address":{fn.address},'
-                   f'"size":{fn.size},{middle}"mcount_site":{site},'
-                   f'"site_offset":{site - fn.address},{tail}')
+            append(f'{{"name":{enc(name)},"sympos":{sympos},"address":{address},'
+                   f'"size":{size},{middle}"mcount_site":{site},'
+                   f'"site_offset":{site - address},{tail}')
     return parts
 
 
@@ -217,8 +217,10 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
     prologue share one tuple).  The current section stays at hand: functions
     come sorted by section.
     """
-    reports: list[FunctionReport] = []
-    append = reports.append
+    # Rows first, records at the end: FunctionReport's own __new__ is a
+    # Python function, tuple.__new__ over the rows runs at C speed.
+    rows: list[tuple[FunctionSymbol, int | None, Verdict, tuple[int, ...]]] = []
+    append = rows.append
     by_bytes: dict[bytes, tuple[tuple[int, ...], Verdict]] = {}
     thumb: dict[bytes, Verdict] = {}
     section, base = -1, 0
@@ -227,7 +229,7 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
     at = 0
     for fn, site in zip(funcs, sites, strict=True):
         if site is None:
-            append(FunctionReport(fn, None, NO_SITE))
+            append((fn, None, NO_SITE, ()))
             continue
         offset = site - fn.address
         if fn.section != section:
@@ -240,13 +242,13 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
             verdict = thumb.get(code)
             if verdict is None:
                 verdict = thumb[code] = classify_thumb(code)
-            append(FunctionReport(fn, site, verdict))
+            append((fn, site, verdict, ()))
             continue
         if offset > SITE_WINDOW:
-            append(FunctionReport(fn, site, Verdict(
+            append((fn, site, Verdict(
                 False, reason=f"mcount site at +{offset:#x} is too far from the entry "
                               f"(window {SITE_WINDOW} bytes): code runs before the hook",
-                reason_code="site_too_far")))
+                reason_code="site_too_far"), ()))
             continue
         key = buf[at + fn.address:at + site]
         seen = by_bytes.get(key)
@@ -257,8 +259,8 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
             if verdict is None:
                 verdict = cache[prologue] = classify_arm(prologue, describe)
             seen = by_bytes[key] = (prologue, verdict)
-        append(FunctionReport(fn, site, seen[1], seen[0]))
-    return reports
+        append((fn, site, seen[1], seen[0]))
+    return list(map(tuple.__new__, repeat(FunctionReport), rows))
 
 
 def analyse_function(image: ElfImage, finder: SiteFinder, fn: FunctionSymbol,

@@ -341,10 +341,11 @@ class SymbolTable:
                 if thumb_secs else ():
             if self.mapping_at(shndx[k], addresses[k]) == "t":
                 modes[k] = "thumb"
-        funcs = list(map(FunctionSymbol, names, sympos, addresses, sizes, modes, shndx,
-                         map(secnames.__getitem__, shndx), map(_BIND_OF_INFO.__getitem__, infos),
-                         index))
-        return funcs
+        # tuple.__new__ makes each record at C speed (the class's own __new__
+        # is a Python function: a fifth of this method on 20,000 functions).
+        return list(map(tuple.__new__, repeat(FunctionSymbol), zip(
+            names, sympos, addresses, sizes, modes, shndx, map(secnames.__getitem__, shndx),
+            map(_BIND_OF_INFO.__getitem__, infos), index, strict=True)))
 
     def named(self, name: str) -> list[Symbol]:
         """``by_name.get(name, [])``, without building :attr:`by_name` for a
