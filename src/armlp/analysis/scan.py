@@ -83,12 +83,12 @@ def _functions_json_parts(reports: Sequence[FunctionReport],
     append = parts.append
     enc = _json_str
     # Records unpacked, not read field by field: both are tuples.
-    for (name, sympos, address, size, mode, _, section, binding, _), site, v, _ in reports:
-        key = (id(v), section, binding, mode)
+    for (name, sympos, address, size, mode, _, section_name, binding, _), site, v, _ in reports:
+        key = (id(v), section_name, binding, mode)
         keys = shared.get(key)
         if keys is None:
             keys = shared[key] = (
-                f'"section":{enc(section)},"binding":{enc(binding)},"mode":{enc(mode)},',
+                f'"section":{enc(section_name)},"binding":{enc(binding)},"mode":{enc(mode)},',
                 _dumps(_verdict_json(v))[1:])
         middle, tail = keys
         if site is None:
