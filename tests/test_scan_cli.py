@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from armlp.analysis.scan import scan
+from armlp.elf.image import ElfImage
 from conftest import CORPUS, Builder, Corpus, armlp, functions_by_key, scan_json
 
 FLAGS = ("-marm", "-pg", "-mapcs-frame", "-O2")
@@ -215,3 +217,14 @@ def test_dynamic_programs_call_mcount_through_the_plt(builder: Builder, link: li
         assert got[name]["site_offset"] == want[name]["site_offset"]
         assert got[name]["rule"] == want[name]["rule"]
 
+
+
+def test_the_fast_json_writer_says_what_to_json_says(program: Path, corpus: Corpus) -> None:
+    """``scan --json`` builds its text by hand, per function from shared
+    pieces, for speed: it must parse to exactly the plain ``to_json()``
+    (every key, every function, in order), for ARM programs and objects."""
+    objects = [path for by_source in corpus.objects.values() for path in by_source.values()]
+    assert objects
+    for path in (program, *objects):
+        result = scan(ElfImage(path))
+        assert json.loads(result.to_json_text()) == result.to_json(), path
