@@ -225,7 +225,7 @@ def classify_all(image: ElfImage, finder: SiteFinder, funcs: Iterable[FunctionSy
     thumb: dict[bytes, Verdict] = {}
     section, base = -1, 0
     words: Sequence[int] = ()
-    buf: bytes | mmap = b""         # the section's bytes are buf[at - base + address]
+    buf: bytes | mmap = b""         # the byte at address a is buf[at + a]
     at = 0
     for fn, site in zip(funcs, sites, strict=True):
         if site is None:
