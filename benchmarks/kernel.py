@@ -50,7 +50,7 @@ def emulated(image: ElfImage, trials: int) -> dict[str, object]:
     t1 = time.perf_counter()
     proofs = prover.prove(patchable, trials=trials)
     t2 = time.perf_counter()
-    counts = [p.paths[PATH].instructions for p in proofs if p.paths[PATH].instructions]
+    counts = [n for p in proofs if (n := p.paths[PATH].instructions)]
     failed = [p.name for p in proofs if not p.verified]
     traced = [traced_call(prover, r) for r in patchable[::100]]
     return {
@@ -129,7 +129,8 @@ def main() -> int:
         seed = {rule: stats([float(f["generic"]) for f in b["functions"]], 0)
                 for rule, b in builds.items()}
     guest = in_guest(args.runs)
-    result = {"emulated": emu, "seed_design_user_space": seed, "guest": guest}
+    result: dict[str, object] = {"emulated": emu, "seed_design_user_space": seed,
+                                 "guest": guest}
     print(json.dumps(result, indent=1))
     write_results("kernel", result)
     ki = emu["kernel_path_instructions"]

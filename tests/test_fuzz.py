@@ -17,7 +17,7 @@ from armlp.toolchain import patch_cflags, run_tool
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from fuzz import fuzz, judge  # type: ignore[import-not-found]  # noqa: E402
+from fuzz import fuzz, judge  # noqa: E402
 
 
 @pytest.fixture(scope="module")
