@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from armlp.analysis.mcount import SiteFinder
+from armlp.elf.image import ElfImage
 from armlp.program_build import build_program
 from armlp.toolchain import compile_object
 from conftest import CORPUS, scan_json
@@ -51,6 +53,10 @@ def test_a_function_of_size_0_does_not_take_the_next_functions_site(
     assert label["size"] == 0
     assert (label["mcount_site"], label["reason_code"]) == (None, "no_mcount_site")
     assert after["site_offset"] == 8 and after["patchable"] and after["rule"] == "push"
+    # one function alone (as armlp kernel build analyses it): the same bound
+    image = ElfImage(files[kind])
+    (label_fn,) = [f for f in image.symbols.functions() if f.name == "spin_label"]
+    assert SiteFinder(image).find(label_fn) is None
 
 
 def test_thumb2_prologues_are_read_with_the_push_rule_and_patchable(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import struct
 from array import array
 from collections.abc import Iterable, Sequence
 from mmap import mmap
+from operator import attrgetter
 from typing import NamedTuple
 
 from armlp.arm.t32 import decode_t32_branch
@@ -187,8 +188,14 @@ class SiteFinder:
 
     def find(self, fn: FunctionSymbol) -> int | None:
         """The site's address (section offset in a ``.o``), or None if the
-        function has none anywhere in its body."""
-        return self.find_all([fn])[0]
+        function has none anywhere in its body.  A function of size 0 is
+        searched up to the image's next function, as :meth:`find_all` does."""
+        if fn.size:
+            return self.find_all([fn])[0]
+        later = [f for f in self.image.symbols.functions()
+                 if f.section == fn.section and f.address > fn.address]
+        nearest = min(later, key=attrgetter("address"), default=None)
+        return self.find_all([fn] if nearest is None else [fn, nearest])[0]
 
     def find_all(self, funcs: Sequence[FunctionSymbol]) -> list[int | None]:
         """:meth:`find` for each of *funcs*, in one loop: the hot path of
