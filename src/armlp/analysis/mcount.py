@@ -286,9 +286,9 @@ def _window_end(funcs: Sequence[FunctionSymbol], k: int) -> int:
     first function after it in *funcs* that begins above it in the same
     section, if that is nearer (aliases at the same address are skipped)."""
     fn = funcs[k]
-    end = fn.address + (fn.size or SITE_WINDOW)
     if fn.size:
-        return end
+        return fn.address + fn.size
+    end = fn.address + SITE_WINDOW
     for nxt in funcs[k + 1:k + 8]:
         if nxt.section != fn.section or nxt.address >= end:
             break
