@@ -233,15 +233,18 @@ def test_zlib_diff_patch_applied_mid_stream(zlib_case: dict[str, Path], tmp_path
                   zlib_case["program"], MAKE_ZLIB, patch)
     assert proc.returncode == 0, proc.stderr
     env = _env(tmp_path)
+    # 8 chunks, half a second apart: the patch has 3 s from chunk 0 to land
+    # before chunk 6 (a loaded CI machine took more than the 0.5 s that a
+    # tenth of a second apart from chunk 2 gave, and the program had ended).
     run = subprocess.Popen([str(ARMLP), "run", str(zlib_case["program"]), "--",
-                            str(zlib_case["in"]), str(tmp_path / "out.z"), "100000"],
+                            str(zlib_case["in"]), str(tmp_path / "out.z"), "500000"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert run.stdout is not None
     lines = []
     try:
         for line in run.stdout:
             lines.append(line)
-            if line.startswith("chunk 2 "):
+            if line.startswith("chunk 0 "):
                 r = subprocess.run([str(ARMLP), "patch", str(patch)], capture_output=True,
                                    text=True, env=env, timeout=60)
                 assert r.returncode == 0, r.stderr
