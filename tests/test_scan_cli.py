@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -228,3 +230,21 @@ def test_the_fast_json_writer_says_what_to_json_says(program: Path, corpus: Corp
     for path in (program, *objects):
         result = scan(ElfImage(path))
         assert json.loads(result.to_json_text()) == result.to_json(), path
+
+
+def test_the_command_exits_with_all_its_output_and_quietly_into_a_closed_pipe(
+        program: Path) -> None:
+    """As a command, armlp leaves the scan's objects to the operating system
+    (it exits without freeing them): what it printed must still arrive
+    whole, and a reader that stops early (``| head``) must get no error."""
+    cmd = [sys.executable, "-m", "armlp.cli.main", "scan", "--json", str(program)]
+    whole = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0 and whole.stderr == ""
+    assert json.loads(whole.stdout) == scan(ElfImage(program)).to_json()
+    assert len(whole.stdout) > 4 * 65536           # more than a pipe holds
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(9) == b'{"file":"'
+    proc.stdout.close()                             # as `| head -c 10` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == b""

@@ -61,6 +61,38 @@ def printable(text: object, limit: int = 2000) -> str:
     return out if len(out) <= limit else out[:limit] + "..."
 
 
+#: What commands left for the operating system to take back (a list only
+#: while :func:`entry` runs armlp as a command; see :func:`keep_until_exit`).
+_kept: list[object] | None = None
+
+
+def keep_until_exit(obj: object) -> None:
+    """Leave *obj* to the operating system when armlp runs as a command.
+
+    A vmlinux scan builds about 400,000 objects; freeing them one by one as
+    the command returns, then tearing the interpreter down, is a twentieth
+    of the run and does nothing a process exit does not.  Called in-process
+    (a test, a script), nothing is kept: the objects go as usual."""
+    if _kept is not None:
+        _kept.append(obj)
+
+
+def entry() -> NoReturn:
+    """The ``armlp`` command: :func:`main`, then an exit that frees nothing
+    if a command left something to the operating system."""
+    global _kept
+    _kept = []
+    status = main()
+    if _kept:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_stdout()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Everything after the first "--" belongs to the program (run, trace).
@@ -105,4 +137,6 @@ def _quiet_stdout() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As armlp.cli.main, not __main__: commands reach keep_until_exit there.
+    from armlp.cli.main import entry as _entry
+    _entry()

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from armlp.analysis.scan import FunctionReport, ScanResult, scan
+from armlp.cli.main import keep_until_exit
 from armlp.elf.image import ElfImage
 from armlp.elf.symbols import FunctionSymbol
 from armlp.errors import ArmlpError
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     want = parse_function_spec(args.function) if args.function else None
     progress = None if args.json or want else _progress
     result = scan(image, progress=progress)
+    keep_until_exit(result)
     if want is not None:
         report = result.find(*want)
         if args.json:
