@@ -271,6 +271,16 @@ class Freezer:
         """The process's host threads now (``/proc/PID/task``: no stub)."""
         return self._list_tasks()
 
+    def in_syscall(self, tid: int) -> bool:
+        """Whether host thread *tid* is inside a system call (its
+        ``/proc/PID/task/TID/syscall`` names one)."""
+        try:
+            with open(f"/proc/{self.pid}/task/{tid}/syscall") as f:
+                first = f.read().split(maxsplit=1)[:1]
+        except OSError:
+            return False
+        return bool(first) and first[0].lstrip("-").isdigit() and int(first[0]) >= 0
+
     def cpu_times(self) -> dict[int, int]:
         """Nanoseconds each host thread has run (``schedstat``); a thread
         gone meanwhile is left out."""

@@ -68,9 +68,8 @@ from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import StopReply
 from armlp.machine.scratch import SCRATCH_PAGES
 
-#: The signal numbers armlp uses are GDB's (inject.GDB_SIGINT, GDB_SIGTRAP).
-#: GDB's numbers of the signals a program takes in its stride: ALRM, URG,
-#: CONT, CHLD, IO, VTALRM, PROF, WINCH, USR1, USR2.
+#: GDB's numbers (as inject.GDB_SIGINT) of the signals a program takes in
+#: its stride: ALRM, URG, CONT, CHLD, IO, VTALRM, PROF, WINCH, USR1, USR2.
 _PASSED_SIGNALS = (14, 16, 19, 20, 23, 26, 27, 28, 30, 31)
 #: How long the stub may take to answer while armlp holds the other threads
 #: stopped (see GdbMachine.all_stopped); normally well under a millisecond.
@@ -78,6 +77,8 @@ FROZEN_REPLY_TIMEOUT = 0.25
 #: Longest gap between two code writes that write_code fills with the bytes
 #: it has just read back, to send one packet instead of two.
 _GAP_FILL = 256
+#: The ids qemu's stub gives a thread it has not finished creating.
+_UNBORN = frozenset({0, 0xFFFFFFFF})
 
 
 class GdbMachine(Injection):
@@ -246,6 +247,9 @@ class GdbMachine(Injection):
         if self.freezer is None or self.freezer.is_frozen:
             yield self.stops_all
             return
+        # Ordering: an agent out since a run is back before the threads are
+        # held: its way back runs qemu code that may want a lock they hold.
+        self.bring_back()
         try:
             self.freezer.freeze(keep={self.thread})
         except MachineError:
@@ -296,30 +300,27 @@ class GdbMachine(Injection):
         host = set(self.freezer.tasks()) if self.freezer is not None else None
         if host is not None and host == self._listed_host and self._listed is not None:
             return list(self._listed)
-        self._listed_host = host
-        self._listed = [t for t in self.conn.thread_ids() if t != self.agent]
+        ids = self.conn.thread_ids()
+        # A thread qemu is still creating is listed as 0 or -1 until it has
+        # its id ("Hg0" picks any thread): left out, and not cached.
+        self._listed_host = None if _UNBORN.intersection(ids) else host
+        self._listed = [t for t in ids if t != self.agent and t not in _UNBORN]
         return list(self._listed)
 
     def threads_settled(self) -> bool:
         """A local qemu's threads are compared through ``/proc`` (the stub
-        is not asked while the others are frozen); gdbserver is all-stop."""
-        if self.freezer is None or self._listed_host is None:
+        is not asked while the others are frozen; one it was still creating
+        when it listed them is not settled); gdbserver is all-stop."""
+        if self.freezer is None:
             return True
-        return set(self.freezer.tasks()) <= self._listed_host
+        return self._listed_host is not None and set(self.freezer.tasks()) <= self._listed_host
 
     def exact_registers(self, thread: int) -> bool:
         """gdbserver stops threads through ptrace: exact.  A local qemu's
         thread frozen by armlp is exact only inside a system call (qemu
         wrote its state back before making it; ``/proc/PID/task/TID/syscall``
         names one), or parked in the stub."""
-        if self.freezer is None or thread == self.thread:
-            return True
-        try:
-            with open(f"/proc/{self.freezer.pid}/task/{thread}/syscall") as f:
-                first = f.read().split(maxsplit=1)[:1]
-        except OSError:
-            return False
-        return bool(first) and first[0].lstrip("-").isdigit() and int(first[0]) >= 0
+        return self.freezer is None or thread == self.thread or self.freezer.in_syscall(thread)
 
     def cpu_times(self) -> dict[int, int] | None:
         """``/proc/PID/task/TID/schedstat``'s run time: exact for a stopped
