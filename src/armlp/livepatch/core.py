@@ -485,7 +485,7 @@ class Livepatch:
         if not self.dead_tramps and not self.deferred:
             return freed
         try:
-            with self.machine.all_stopped() as stopped:
+            with self.machine.all_stopped(registers=True) as stopped:
                 if not stopped:
                     return freed
                 snap = liveness.take(self.machine, own=self.machine.armlp_memory())

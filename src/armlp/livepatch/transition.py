@@ -283,7 +283,7 @@ class Transition:
         # below is such a request, bounded by all_stopped: only threads on
         # pending stacks are read).
         tids = m.threads()
-        with m.all_stopped() as stopped:
+        with m.all_stopped(registers=True) as stopped:
             if not stopped:
                 raise PatchError("the target's threads cannot all be stopped: no stack can be "
                                  "checked (use force)")

@@ -218,9 +218,11 @@ class Machine(Protocol):
         hold a pointer to one while armlp works)."""
         ...
 
-    def all_stopped(self) -> AbstractContextManager[bool]:
+    def all_stopped(self, *, registers: bool = False) -> AbstractContextManager[bool]:
         """``with machine.all_stopped() as stopped:`` every thread of the
-        target held still inside the block when *stopped*."""
+        target held still inside the block when *stopped*.  *registers*: the
+        block reads the threads' registers (a machine behind a stub makes the
+        stub ready for that before it holds them)."""
         ...
 
     def regions(self) -> list[Region]:

@@ -299,7 +299,7 @@ class Emulator(AddressSpace):
     quarantine_heap = False
 
     @contextlib.contextmanager
-    def all_stopped(self) -> Iterator[bool]:
+    def all_stopped(self, *, registers: bool = False) -> Iterator[bool]:
         """The emulator runs only when armlp lets it: always stopped here."""
         yield True
 

@@ -227,7 +227,7 @@ class GdbMachine(Injection):
         return self.all_stop or self.freezer is not None
 
     @contextlib.contextmanager
-    def all_stopped(self) -> Iterator[bool]:
+    def all_stopped(self, *, registers: bool = False) -> Iterator[bool]:
         """``with machine.all_stopped() as stopped:`` every thread of the
         program is held still inside the block when *stopped* (the parked
         one in the stub, the others by :class:`~armlp.machine.freeze.Freezer`);
@@ -247,9 +247,11 @@ class GdbMachine(Injection):
         if self.freezer is None or self.freezer.is_frozen:
             yield self.stops_all
             return
-        # Ordering: an agent out since a run is back before the threads are
-        # held: its way back runs qemu code that may want a lock they hold.
-        self.bring_back()
+        # Ordering: an agent out since a run comes back before the hold if the
+        # block needs the stub (its way back runs qemu code that may want a
+        # lock a held thread holds); code writes leave it out, for the mailbox.
+        if registers:
+            self.bring_back()
         try:
             self.freezer.freeze(keep={self.thread})
         except MachineError:
