@@ -52,6 +52,7 @@ class Started:
         self.m = q.machine()
 
     def output(self) -> str:
+        self.q.popen.wait(60)         # ended (a few lines: the pipe holds them)
         assert self.q.popen.stdout is not None
         return self.q.popen.stdout.read().decode()
 
@@ -319,6 +320,7 @@ def test_the_agent_is_back_in_the_stub_before_the_threads_are_held(
     at the first read inside (seen on a loaded machine: the read timed out,
     and the patch failed); a hold for code writes leaves it out."""
     q = start_qemu(threads_prog, (), stdout=subprocess.PIPE, cwd=tmp_path)
+    q.conn.timeout = 30         # its four threads spin: on a loaded machine the stub waits
     try:
         # The machine armlp run makes: memory through /proc, a freezer, the door.
         m = q.machine(HostMemory.find(q.pid, threads_prog,
