@@ -18,14 +18,13 @@ import pytest
 
 from armlp.arm.a32 import BRANCH_RANGE, MCOUNT_NOP_ADD_SP
 from armlp.arm.t32 import NEAR_RANGE
-from armlp.control.qemu_live import first_address
 from armlp.elf.image import ElfImage
 from armlp.errors import CodeModificationError, MachineError
 from armlp.machine.base import CodeWrite, Machine, read_word, write_word
 from armlp.machine.freeze import Freezer
 from armlp.machine.gdb import GdbMachine
 from armlp.machine.inject import NR_GETPID, NR_GETTID
-from armlp.machine.qemu import HostMemory, QemuProcess, start_qemu
+from armlp.machine.qemu import QemuProcess, start_qemu
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import escape, frame, parse_stop_reply, rle_decode, unescape
 from armlp.program_build import build_program
@@ -309,39 +308,6 @@ def test_threads_of_a_pthreads_program(run: Launch, threads_prog: Path) -> None:
     write_word(s.m, sym(threads_prog, "stop_flag"), 1)
     assert s.m.wait_exit(20) == 3
     assert s.output() == "threads done\n"
-
-
-def test_the_agent_is_back_in_the_stub_before_the_threads_are_held(
-        threads_prog: Path, tmp_path: Path) -> None:
-    """After a system call the parked agent stays out of the stub (for the
-    next one), and comes back before the stub's next packet.  Its way back
-    runs qemu's code, which may want a lock a held thread holds: for a hold
-    that reads registers it must come back before the threads are held, not
-    at the first read inside (seen on a loaded machine: the read timed out,
-    and the patch failed); a hold for code writes leaves it out."""
-    q = start_qemu(threads_prog, (), stdout=subprocess.PIPE, cwd=tmp_path)
-    q.conn.timeout = 30         # its four threads spin: on a loaded machine the stub waits
-    try:
-        # The machine armlp run makes: memory through /proc, a freezer, the door.
-        m = q.machine(HostMemory.find(q.pid, threads_prog,
-                                      first_address(ElfImage(threads_prog))))
-        assert m.freezer is not None and m.door is not None
-        m.resume()
-        assert m.park()             # the program runs on; the agent serves in the stub
-        time.sleep(0.3)
-        assert m.syscall(NR_GETPID) == q.pid
-        assert m._out is not None                   # out, waiting for the next call
-        with m.all_stopped() as stopped:            # code writes: no stub inside
-            assert stopped
-            assert m._out is not None               # still out: one excursion a request
-        with m.all_stopped(registers=True) as stopped:
-            assert stopped
-            assert m._out is None                   # back before the hold
-            assert m.get_regs(q.pid).sp != 0
-        write_word(m, sym(threads_prog, "stop_flag"), 1)
-        assert q.wait(20) == 3                      # the program ran on and ended
-    finally:
-        q.close()
 
 
 def test_killed_qemu_is_connection_lost(run: Launch, prog: Path) -> None:
