@@ -245,6 +245,6 @@ def test_the_command_exits_with_all_its_output_and_quietly_into_a_closed_pipe(
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.read(9) == b'{"file":"'
-    proc.stdout.close()                             # as `| head -c 10` does
+    proc.stdout.close()                             # as `| head -c 9` does
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and err == b""
