@@ -213,6 +213,25 @@ def test_a_library_loaded_later_is_patched_as_it_loads(builder: Builder, live: L
     assert "library libplugin.so unloaded (was patched by plugin-fix)" in err
 
 
+def test_requests_wait_for_a_library_the_dynamic_linker_is_changing(builder: Builder,
+                                                                   live: Live) -> None:
+    """A program that loads and unloads a library without pause is mid-way
+    through a dlopen or dlclose most of the time; a patch or unpatch that
+    arrives then waits for ld.so to finish and applies to the library where
+    it is now.  Before, such a request read the unmapped code (zeros) and
+    was refused, and a refused unpatch left the patch on."""
+    host, plugin, patch = _plugin_host(builder, live.dir, "arm-linux-gnueabi-gcc")
+    r = live.run("dh", host, str(plugin), "1000000", "0")
+    info = r.info()
+    wait_until("a round", lambda: "round 1 " in r.out())
+    for _ in range(10):
+        for args in (("patch", patch), ("unpatch", "plugin-fix")):
+            res = live.cli(*args, "--target", info["id"], "--wait", "10")
+            assert res.code == 0, res.err
+    values = {ln.split()[-1] for ln in r.out().splitlines()[:-1]}
+    assert values == {"40", "41"} and r.proc.poll() is None, r.err()
+
+
 def test_verify_proves_a_pie_and_a_shared_library(builder: Builder, tmp_path: Path) -> None:
     """``armlp verify`` maps a dynamic or position-independent file's code
     without running it (no dynamic linker in the emulator) and proves every

@@ -10,8 +10,9 @@ its list of objects; ``r_state`` says which (``RT_ADD``, ``RT_DELETE``, then
 stub a breakpoint would let a program thread into the stub beside armlp's
 agent, which the stub does not survive.  So armlp branches that function to
 the runtime's ``armlp_linker_hook`` (``runtime/linker.S``): the thread marks
-the event, signals the agent and sleeps; the controller, stopped on the
-agent as for any request, sees the mark before it lets the program go.  On
+the event, signals the agent (no one, where the agent is parked behind
+the stub's door) and sleeps; the controller, stopped on the agent as for
+any request, sees the mark before it lets the program go.  On
 ``RT_CONSISTENT`` after an ``RT_ADD`` the new library is mapped and
 relocated and none of its code has run (its constructors run after the
 call): its sites become records, turned into the NOP, and every enabled
@@ -22,6 +23,7 @@ leaves every func stack without a write to its code.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 
 from armlp.analysis.scan import scan
@@ -58,12 +60,19 @@ class LibraryWatch:
         rt = lp.target.runtime
         self.pending_at = rt.symbol("armlp_linker_pending")
         # Ordering: the agent's ids are in place before a thread can branch.
-        self.signal_at = rt.symbol("armlp_agent_signal")
-        self._quiet = machine.parked
+        # A machine with a door parks its agent behind it at the first
+        # resume, and from then on a signal to the agent is the program's:
+        # its default action ends the program.  A thread in ld.so can take
+        # the hook at any moment around that resume, so with a door the hook
+        # signals no one (tgkill with signal 0) from the start and the
+        # controller looks at the mark instead (GdbLive.poll_interval).
+        quiet = machine.door is not None
         machine.write(rt.symbol("armlp_agent_tgid"),
                       struct.pack("<III", pid, machine.agent,
-                                  0 if self._quiet else GUEST_STOP_SIGNAL))
+                                  0 if quiet else GUEST_STOP_SIGNAL))
         machine.write_code([self._branch(brk, rt.symbol("armlp_linker_hook"))])
+        #: ld.so is between the start of a change and its end (RT_CONSISTENT).
+        self.changing = False
         lp.target.follows_libraries = True
 
     def _branch(self, brk: int, hook: int) -> CodeWrite:
@@ -116,15 +125,6 @@ class LibraryWatch:
             return value
         raise MachineError(f"{image.path}: the dynamic linker left no r_debug (DT_DEBUG)")
 
-    def quiet(self) -> None:
-        """The agent waits in the stub behind a shut door
-        (armlp.machine.door), where a signal would reach it as the
-        program's: the hook signals no one (tgkill with signal 0) and the
-        controller looks at the mark instead (GdbLive.poll_interval)."""
-        if not self._quiet:
-            write_word(self.machine, self.signal_at, 0)
-            self._quiet = True
-
     def pending(self) -> bool:
         """Whether a thread waits in the hook for armlp."""
         return read_word(self.machine, self.pending_at) != 0
@@ -134,10 +134,28 @@ class LibraryWatch:
         consistent, then let the waiting threads go on (also on an error)."""
         try:
             state = R_DEBUG.unpack(self.machine.read(self.r_debug, R_DEBUG.size))[3]
+            self.changing = state != RT_CONSISTENT
             if state == RT_CONSISTENT:
                 self._sync()
         finally:
             write_word(self.machine, self.pending_at, 0)
+
+    def settle(self, timeout: float, poll: float) -> None:
+        """Before a request that runs beside the program's threads (the agent
+        parked): a change ld.so has begun (an ``RT_ADD`` or ``RT_DELETE``
+        let go) is let finish and handled first, as the kernel's
+        klp_module_coming/going run under the mutex a patch takes.  Between
+        the two events a library is being mapped or unmapped while armlp
+        still has the list from before, and a request would read its code
+        where it no longer is.  Bounded: past *timeout* the request goes on,
+        and its own checks refuse code that is not what it expects."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.pending():
+                self.event()
+            if not self.changing or time.monotonic() > deadline:
+                return
+            time.sleep(poll)
 
     def _sync(self) -> None:
         target, ft = self.lp.target, self.lp.ftrace

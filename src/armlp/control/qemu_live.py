@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 POLL = 0.5
 #: How often a parked controller looks at the dynamic linker's hook (s).
 HOOK_POLL = 0.005
+#: How long a request waits for ld.so to finish a change it has begun (s).
+SETTLE_TIMEOUT = 2.0
 #: Seconds the dynamic linker may take to load a program's libraries.
 ENTRY_TIMEOUT = 30.0
 #: Exit status reported when the stub went away without telling how the
@@ -71,7 +73,11 @@ class GdbLive:
         if self.guardian is not None:
             self.guardian.paused()
         if self.machine.parked:
-            return          # the agent waits in the stub: armlp may talk at once
+            # The agent waits in the stub: armlp may talk at once, once a
+            # library ld.so is loading or unloading is in place.
+            if self.watch is not None:
+                self._library_event(lambda w: w.settle(SETTLE_TIMEOUT, HOOK_POLL))
+            return
         try:
             stop = self.machine.stop()
         except MachineError as exc:
@@ -89,16 +95,20 @@ class GdbLive:
             if self.watch is not None and self.watch.pending():
                 # Ordering: a library that just came is patched before the
                 # thread waiting in the dynamic linker's hook goes on.
-                try:
-                    self.watch.event()
-                except ArmlpError as exc:
-                    self.watch.log(f"error: following the dynamic linker: {exc}")
+                self._library_event(lambda w: w.event())
             self.machine.resume()
             self.machine.park()
-            if self.watch is not None and self.machine.parked:
-                self.watch.quiet()
             if self.guardian is not None and not self.machine.parked:
                 self.guardian.running()     # parked: the agent is armlp's to let go
+
+    def _library_event(self, handle: Callable[[LibraryWatch], None]) -> None:
+        """Run *handle* on the library watch; its error is logged, and the
+        program goes on with the libraries as armlp last had them."""
+        assert self.watch is not None
+        try:
+            handle(self.watch)
+        except ArmlpError as exc:
+            self.watch.log(f"error: following the dynamic linker: {exc}")
 
     def fileno(self) -> int:
         return self.machine.conn.sock.fileno()
