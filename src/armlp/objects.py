@@ -34,13 +34,27 @@ class LoadedLibrary:
     image: ElfImage
 
 
-def loaded_libraries(machine: Machine, program: ElfImage) -> list[LoadedLibrary]:
+#: The libraries one call found, by file (path, inode, mtime, size) and
+#: where it is mapped: the file's ELF header and its image moved there;
+#: None for a file that is no library.
+ImageCache = dict[tuple[str, int, int, int, int], "tuple[bytes, ElfImage] | None"]
+
+
+def loaded_libraries(machine: Machine, program: ElfImage,
+                     cache: ImageCache | None = None) -> list[LoadedLibrary]:
     """Every shared library mapped in the program behind *machine*, by
     address, each once (a library whose file is gone, or changed since it was
-    mapped, is left out: its code is not the file's)."""
+    mapped, is left out: its code is not the file's).
+
+    *cache*, kept by a caller that asks again and again (armlp follows
+    ld.so, armlp.control.libraries), keeps the images of the last call: a
+    program that loads and unloads a plugin has libc and ld.so where they
+    were, and reading and moving libc's tables at every change was most of
+    the time ld.so waited for armlp.  It keeps only what this call found."""
     own = os.path.realpath(program.path)
     out: list[LoadedLibrary] = []
     seen: set[str] = set()
+    found: ImageCache = {}
     for region in sorted(machine.regions(), key=lambda r: r.start):
         path = region.path
         if region.offset or not path.startswith("/") or path in seen or \
@@ -48,15 +62,32 @@ def loaded_libraries(machine: Machine, program: ElfImage) -> list[LoadedLibrary]
             continue
         seen.add(path)
         try:
-            image = ElfImage(path)
-            if image.type != ET_DYN:
-                continue
-            head = image.data[:52]
-            if machine.read(region.start, len(head)) != head:
-                continue
-            first = min(s.vaddr for s in image.segments if s.type == PT_LOAD) & ~0xFFF
-            image = image.rebased((region.start - first) & 0xFFFFFFFF)
-        except (ArmlpError, ValueError):
-            continue            # not an ELF library (a locale file, a font...)
+            st = os.stat(path)
+        except OSError:
+            continue
+        key = (path, st.st_ino, st.st_mtime_ns, st.st_size, region.start)
+        lib = found[key] = _library_image(path, region.start) if cache is None or \
+            key not in cache else cache[key]
+        if lib is None:
+            continue
+        head, image = lib
+        if machine.read(region.start, len(head)) != head:
+            continue
         out.append(LoadedLibrary(image.soname or os.path.basename(path), path, image))
+    if cache is not None:
+        cache.clear()
+        cache.update(found)
     return out
+
+
+def _library_image(path: str, start: int) -> tuple[bytes, ElfImage] | None:
+    """The ELF header of the library in file *path*, and the library moved
+    to *start*; None if it is none (a locale file, a font...)."""
+    try:
+        image = ElfImage(path)
+        if image.type != ET_DYN:
+            return None
+        first = min(s.vaddr for s in image.segments if s.type == PT_LOAD) & ~0xFFF
+        return image.data[:52], image.rebased((start - first) & 0xFFFFFFFF)
+    except (ArmlpError, ValueError):
+        return None

@@ -35,7 +35,7 @@ from armlp.livepatch.core import Livepatch
 from armlp.machine.base import CodeWrite, read_word, write_word
 from armlp.machine.gdb import GdbMachine
 from armlp.machine.qemu import GUEST_STOP_SIGNAL
-from armlp.objects import loaded_libraries
+from armlp.objects import ImageCache, loaded_libraries
 
 #: struct r_debug: r_version, r_map, r_brk, r_state, r_ldbase.
 R_DEBUG = struct.Struct("<iIIiI")
@@ -52,6 +52,7 @@ class LibraryWatch:
         self.lp = lp
         self.log = log
         self.r_debug = self._r_debug()
+        self._images: ImageCache = {}
         brk = R_DEBUG.unpack(machine.read(self.r_debug, R_DEBUG.size))[2]
         if not brk:
             raise MachineError("the dynamic linker has not set r_debug.r_brk")
@@ -159,7 +160,8 @@ class LibraryWatch:
 
     def _sync(self) -> None:
         target, ft = self.lp.target, self.lp.ftrace
-        now = {lib.soname: lib for lib in loaded_libraries(self.machine, target.image)}
+        now = {lib.soname: lib
+               for lib in loaded_libraries(self.machine, target.image, self._images)}
         before = {lib.soname: lib for lib in target.loaded}
         # A soname mapped elsewhere than before was unloaded and loaded again.
         kept = {name for name, lib in before.items()
