@@ -147,7 +147,11 @@ class Run:
         return self.err_path.read_text()
 
     def wait(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"armlp run did not end within {timeout} s:\n"
+                        f"{task_states(self.pid)}\n{self.err()}")
 
     def info(self, timeout: float = 20.0) -> dict[str, Any]:
         """The target's info.json once its controller serves (controller_pid
@@ -174,6 +178,28 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+def task_states(pid: int) -> str:
+    """What each thread of *pid* and of its descendants is doing (state,
+    tracer, kernel wait channel, system call): for a test that gives up on
+    a process that did not end, so that a hang seen once says where."""
+    lines = []
+    todo = [pid]
+    while todo:
+        p = todo.pop(0)
+        todo.extend(_children(p))
+        for task in sorted(Path(f"/proc/{p}/task").glob("*")):
+            def field(name: str, task: Path = task) -> str:
+                with contextlib.suppress(OSError):
+                    return (task / name).read_text().strip()
+                return "?"
+            status = dict(ln.split(":\t", 1) for ln in field("status").splitlines()
+                          if ":\t" in ln)
+            lines.append(f"{p}/{task.name} {field('comm')}: {status.get('State', '?')}, "
+                         f"tracer {status.get('TracerPid', '?')}, wchan {field('wchan')}, "
+                         f"syscall {field('syscall').split(' ')[0]}")
+    return "\n".join(lines)
 
 
 class Live:

@@ -29,6 +29,7 @@ from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import escape, frame, parse_stop_reply, rle_decode, unescape
 from armlp.program_build import build_program
 from armlp.target import Target
+from live_helpers import task_states
 
 PROGRAMS = Path(__file__).parent / "programs"
 MOV_R0_7, BX_LR = 0xE3A00007, 0xE12FFF1E
@@ -51,7 +52,10 @@ class Started:
         self.m = q.machine()
 
     def output(self) -> str:
-        self.q.popen.wait(60)         # ended (a few lines: the pipe holds them)
+        try:
+            self.q.popen.wait(60)     # ended (a few lines: the pipe holds them)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"qemu did not end:\n{task_states(self.q.popen.pid)}")
         assert self.q.popen.stdout is not None
         return self.q.popen.stdout.read().decode()
 
