@@ -16,7 +16,8 @@ import os
 from dataclasses import dataclass
 
 from armlp.elf.image import ET_DYN, PT_LOAD, ElfImage
-from armlp.errors import ArmlpError
+from armlp.errors import ArmlpError, MachineError
+from armlp.inputs import InputError
 from armlp.machine.base import Machine
 
 #: The name of the main program's object (the kernel's NULL object name:
@@ -66,13 +67,21 @@ def loaded_libraries(machine: Machine, program: ElfImage,
         except OSError:
             continue
         key = (path, st.st_ino, st.st_mtime_ns, st.st_size, region.start)
-        lib = found[key] = _library_image(path, region.start) if cache is None or \
-            key not in cache else cache[key]
+        if cache is not None and key in cache:
+            lib = found[key] = cache[key]
+        else:
+            try:
+                lib = found[key] = _library_image(path, region.start)
+            except InputError:
+                continue        # not readable now: asked again next time
         if lib is None:
             continue
         head, image = lib
-        if machine.read(region.start, len(head)) != head:
-            continue
+        try:
+            if machine.read(region.start, len(head)) != head:
+                continue
+        except MachineError:
+            continue            # unmapped meanwhile (the program's threads run)
         out.append(LoadedLibrary(image.soname or os.path.basename(path), path, image))
     if cache is not None:
         cache.clear()
@@ -89,5 +98,7 @@ def _library_image(path: str, start: int) -> tuple[bytes, ElfImage] | None:
             return None
         first = min(s.vaddr for s in image.segments if s.type == PT_LOAD) & ~0xFFF
         return image.data[:52], image.rebased((start - first) & 0xFFFFFFFF)
+    except InputError:
+        raise
     except (ArmlpError, ValueError):
         return None

@@ -53,7 +53,11 @@ class LibraryWatch:
         self.log = log
         self.r_debug = self._r_debug()
         self._images: ImageCache = {}
-        brk = R_DEBUG.unpack(machine.read(self.r_debug, R_DEBUG.size))[2]
+        _, _, brk, state, _ = R_DEBUG.unpack(machine.read(self.r_debug, R_DEBUG.size))
+        #: ld.so is between the start of a change and its end (RT_CONSISTENT
+        #: handled): set by the events, and here for an attach that finds
+        #: ld.so in the middle of one.
+        self.changing = state != RT_CONSISTENT
         if not brk:
             raise MachineError("the dynamic linker has not set r_debug.r_brk")
         if machine.agent is None:
@@ -72,8 +76,6 @@ class LibraryWatch:
                       struct.pack("<III", pid, machine.agent,
                                   0 if quiet else GUEST_STOP_SIGNAL))
         machine.write_code([self._branch(brk, rt.symbol("armlp_linker_hook"))])
-        #: ld.so is between the start of a change and its end (RT_CONSISTENT).
-        self.changing = False
         lp.target.follows_libraries = True
 
     def _branch(self, brk: int, hook: int) -> CodeWrite:

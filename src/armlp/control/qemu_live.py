@@ -107,6 +107,8 @@ class GdbLive:
         assert self.watch is not None
         try:
             handle(self.watch)
+        except StubLostError:
+            raise           # not the dynamic linker's: the caller says how the program ended
         except ArmlpError as exc:
             self.watch.log(f"error: following the dynamic linker: {exc}")
 

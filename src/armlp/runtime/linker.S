@@ -5,9 +5,10 @@
  * every change to its list of objects.  armlp makes that function's one
  * instruction ("bx lr") a branch here (armlp.control.libraries): the calling
  * thread marks the event, sends armlp's stop signal to armlp's agent
- * thread, and sleeps until the control plane has brought the patch objects
- * in line with ld.so's list and cleared the mark; then it returns to ld.so
- * as _dl_debug_state would.  Only the agent ever stops in the GDB stub
+ * thread (signal 0, no one, where the agent is parked behind the stub's
+ * door: the control plane looks at the mark), and sleeps until the control
+ * plane has brought the patch objects in line with ld.so's list and
+ * cleared the mark; then it returns to ld.so as _dl_debug_state would.  Only the agent ever stops in the GDB stub
  * (qemu-user's stub is not safe with two threads in it); this thread only
  * sleeps, so a library that comes is patched before any of its code runs.
  *
