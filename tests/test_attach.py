@@ -24,7 +24,10 @@ def test_attach_to_a_waiting_program_and_patch_it(tmp_path: Path) -> None:
                     str(HERE / "patches" / "live_price.c"), "-o", str(patch)], check=True)
     sock = tmp_path / "stub.sock"
     env = dict(os.environ, ARMLP_RUNTIME_DIR=str(tmp_path / "rt"))
-    qemu = subprocess.Popen(["qemu-arm", "-g", str(sock), str(prog), "30", "50", "7"],
+    # 30 lines 100 ms apart: the patch, due 0.6 s in, has 2.4 s to finish
+    # before the program ends (1.5 s was not enough on a loaded machine:
+    # "patch failed: stub connection lost", the program done first).
+    qemu = subprocess.Popen(["qemu-arm", "-g", str(sock), str(prog), "30", "100", "7"],
                             stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 10
