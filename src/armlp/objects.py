@@ -38,7 +38,7 @@ class LoadedLibrary:
 #: The libraries one call found, by file (path, inode, mtime, size) and
 #: where it is mapped: the file's ELF header and its image moved there;
 #: None for a file that is no library.
-ImageCache = dict[tuple[str, int, int, int, int], "tuple[bytes, ElfImage] | None"]
+ImageCache = dict[tuple[str, int, int, int, int], tuple[bytes, ElfImage] | None]
 
 
 def loaded_libraries(machine: Machine, program: ElfImage,

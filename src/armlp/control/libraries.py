@@ -143,6 +143,11 @@ class LibraryWatch:
         finally:
             write_word(self.machine, self.pending_at, 0)
 
+    def catch_up(self) -> None:
+        """Handle the event a thread waits in the hook with, if one does."""
+        if self.pending():
+            self.event()
+
     def settle(self, timeout: float, poll: float) -> None:
         """Before a request that runs beside the program's threads (the agent
         parked): a change ld.so has begun (an ``RT_ADD`` or ``RT_DELETE``
@@ -154,8 +159,7 @@ class LibraryWatch:
         and its own checks refuse code that is not what it expects."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.pending():
-                self.event()
+            self.catch_up()
             if not self.changing or time.monotonic() > deadline:
                 return
             time.sleep(poll)

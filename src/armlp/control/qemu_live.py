@@ -92,10 +92,10 @@ class GdbLive:
 
     def resume(self) -> None:
         if self.exited() is None:
-            if self.watch is not None and self.watch.pending():
+            if self.watch is not None:
                 # Ordering: a library that just came is patched before the
                 # thread waiting in the dynamic linker's hook goes on.
-                self._library_event(lambda w: w.event())
+                self._library_event(lambda w: w.catch_up())
             self.machine.resume()
             self.machine.park()
             if self.guardian is not None and not self.machine.parked:
