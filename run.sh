@@ -15,6 +15,13 @@ APT_PACKAGES=(gcc-arm-linux-gnueabi binutils-arm-linux-gnueabi libc6-dev-armel-c
               gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
               qemu-user qemu-system-arm gdb-multiarch python3-venv make patch)
 
+# The interpreter of .venv: Debian's own python3 (built with profile-guided
+# optimisation; armlp runs about a sixth faster on it than on an unoptimised
+# build such as pyenv's), whatever python3 comes first on PATH.
+# ARMLP_PYTHON chooses another; .venv is made again when it changes.
+PYTHON="${ARMLP_PYTHON:-/usr/bin/python3}"
+[ -n "${ARMLP_PYTHON:-}" ] || [ -x "$PYTHON" ] || PYTHON=python3
+
 # The kernel live patching kit (armlp kernel build: headers, host kbuild,
 # vmlinux of Debian's armhf kernel) and the test guest live here.
 export ARMLP_KERNEL_CACHE="${ARMLP_KERNEL_CACHE:-$PWD/build/kernel}"
@@ -30,7 +37,7 @@ need_apt() {
     command -v patch >/dev/null || return 0
     [ -e /usr/arm-linux-gnueabi/lib/libc.a ] || return 0
     [ -e /usr/arm-linux-gnueabihf/lib/libc.a ] || return 0
-    python3 -c 'import ensurepip, venv' 2>/dev/null || return 0
+    "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || return 0
     return 1
 }
 
@@ -47,9 +54,15 @@ setup_apt() {
 
 setup_venv() {
     local stamp=.venv/.armlp-installed
+    local want
+    want=$(readlink -f "$(command -v "$PYTHON")")
+    if [ -x .venv/bin/python ] && [ "$(readlink -f .venv/bin/python)" != "$want" ]; then
+        echo "== .venv was made with $(readlink -f .venv/bin/python), not $want: making it again"
+        rm -rf .venv
+    fi
     if [ ! -x .venv/bin/python ]; then
-        echo "== creating .venv"
-        python3 -m venv .venv
+        echo "== creating .venv with $want"
+        "$PYTHON" -m venv .venv
     fi
     if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         echo "== installing armlp and its dependencies into .venv"

@@ -221,6 +221,32 @@ def test_dynamic_programs_call_mcount_through_the_plt(builder: Builder, link: li
 
 
 
+def test_symbol_names_are_read_as_pyelftools_reads_them(program: Path, builder: Builder,
+                                                        tmp_path: Path) -> None:
+    """Names come from the string table a slice per symbol: every name of a
+    static program must be pyelftools' (GNU ld shares string tails: some
+    names start inside another's string), and a UTF-8 name stays UTF-8."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    source = tmp_path / "utf8.c"
+    source.write_text("int caf\u00e9(int x) { return x + 1; }\n", encoding="utf-8")
+    utf8 = builder.compile(source, FLAGS, name="utf8-names.o")
+    for path in (program, utf8):
+        with path.open("rb") as f:
+            symtab = ELFFile(f).get_section_by_name(".symtab")
+            assert isinstance(symtab, SymbolTableSection)
+            want = [sym.name for sym in symtab.iter_symbols()]
+            strtab = symtab.stringtable.data()
+            inner = [sym["st_name"] for sym in symtab.iter_symbols()
+                     if sym["st_name"] and strtab[sym["st_name"] - 1] != 0]
+        got = [sym.name for sym in ElfImage(path).symbols.symbols]
+        assert got == want, path
+        if path == program:
+            assert inner, "no shared string tails: the test proves less than it says"
+    assert "caf\u00e9" in [f["name"] for f in scan_json(utf8)["functions"]]
+
+
 def test_the_fast_json_writer_says_what_to_json_says(program: Path, corpus: Corpus) -> None:
     """``scan --json`` builds its text by hand, per function from shared
     pieces, for speed: it must parse to exactly the plain ``to_json()``
