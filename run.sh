@@ -21,6 +21,10 @@ APT_PACKAGES=(gcc-arm-linux-gnueabi binutils-arm-linux-gnueabi libc6-dev-armel-c
 # ARMLP_PYTHON chooses another; .venv is made again when it changes.
 PYTHON="${ARMLP_PYTHON:-/usr/bin/python3}"
 [ -n "${ARMLP_PYTHON:-}" ] || [ -x "$PYTHON" ] || PYTHON=python3
+if [ -n "${ARMLP_PYTHON:-}" ] && ! command -v "$PYTHON" >/dev/null; then
+    echo "run.sh: no Python interpreter '$PYTHON' (ARMLP_PYTHON)" >&2
+    exit 2
+fi
 
 # The kernel live patching kit (armlp kernel build: headers, host kbuild,
 # vmlinux of Debian's armhf kernel) and the test guest live here.
