@@ -231,6 +231,7 @@ def test_inputs_that_are_not_regular_files_are_refused(args: list[str], what: st
     assert res.code == 2
     assert res.err.count("\n") == 1 and res.err.startswith("armlp: error: "), res.err
     assert {"/dev/zero": "a device", "fifo": "a FIFO", "directory": "directory"}[what] in res.err
+    assert res.err.rstrip().endswith(("not an ELF file", "not a patch module")), res.err
 
 
 # --- arguments -----------------------------------------------------------------------------

@@ -50,9 +50,14 @@ def check_input(path: str | Path, what: str = "file") -> Path:
     return p
 
 
+def _a(what: str) -> str:
+    """*what* with its indefinite article: "a file", "an ELF file"."""
+    return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
+
+
 def _check(p: Path, st: os.stat_result, what: str) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{p}: {_kind(st.st_mode)}, not a {what}")
+        raise InputError(f"{p}: {_kind(st.st_mode)}, not {_a(what)}")
     if st.st_size > MAX_INPUT:
         raise InputError(f"{p}: {st.st_size} bytes, larger than the {MAX_INPUT >> 20} MiB "
                          f"armlp reads")
@@ -78,7 +83,7 @@ def read_input(path: str | Path, what: str = "file", *,
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         if isinstance(exc, IsADirectoryError):
-            raise InputError(f"{p}: a directory, not a {what}") from None
+            raise InputError(f"{p}: a directory, not {_a(what)}") from None
         raise InputError(f"{p}: no such file" if isinstance(exc, FileNotFoundError)
                          else f"{p}: cannot read: {exc.strerror or exc}") from None
     try:
