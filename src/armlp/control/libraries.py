@@ -53,6 +53,8 @@ class LibraryWatch:
         self.log = log
         self.r_debug = self._r_debug()
         self._images: ImageCache = {}
+        #: When the last event was handled (time.monotonic()).
+        self.last_event = 0.0
         _, _, brk, state, _ = R_DEBUG.unpack(machine.read(self.r_debug, R_DEBUG.size))
         #: ld.so is between the start of a change and its end (RT_CONSISTENT
         #: handled): set by the events, and here for an attach that finds
@@ -135,6 +137,7 @@ class LibraryWatch:
     def event(self) -> None:
         """Bring the objects in line with what is mapped when ld.so's list is
         consistent, then let the waiting threads go on (also on an error)."""
+        self.last_event = time.monotonic()
         try:
             state = R_DEBUG.unpack(self.machine.read(self.r_debug, R_DEBUG.size))[3]
             self.changing = state != RT_CONSISTENT
