@@ -97,6 +97,7 @@ class Guest:
         self._pos = 0
         self._dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self._reading: threading.Thread | None = None
         self.boot_seconds = 0.0
 
     def __enter__(self) -> Guest:
@@ -122,7 +123,8 @@ class Guest:
         start = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
-        threading.Thread(target=self._reader, daemon=True).start()
+        self._reading = threading.Thread(target=self._reader, daemon=True)
+        self._reading.start()
         self._wait_for(READY, self.boot_timeout)
         self.run("true")            # the shell's banner is not a command's output
         self.boot_seconds = time.monotonic() - start
@@ -198,6 +200,11 @@ class Guest:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        # Ordering: the console's descriptor is closed only once its reader
+        # has seen its end (qemu is gone), never under a read in progress,
+        # which could then read whatever file took the number.
+        if self._reading is not None:
+            self._reading.join(timeout=10)
         if self.proc is not None:
             for f in (self.proc.stdin, self.proc.stdout):
                 if f is not None:
