@@ -17,10 +17,14 @@ APT_PACKAGES=(gcc-arm-linux-gnueabi binutils-arm-linux-gnueabi libc6-dev-armel-c
 
 # The interpreter of .venv: Debian's own python3 (built with profile-guided
 # optimisation; armlp runs about a sixth faster on it than on an unoptimised
-# build such as pyenv's), whatever python3 comes first on PATH.
-# ARMLP_PYTHON chooses another; .venv is made again when it changes.
+# build such as pyenv's), whatever python3 comes first on PATH, if it is
+# 3.11 or newer.  ARMLP_PYTHON chooses another; .venv is made again when
+# the choice changes.
 PYTHON="${ARMLP_PYTHON:-/usr/bin/python3}"
-[ -n "${ARMLP_PYTHON:-}" ] || [ -x "$PYTHON" ] || PYTHON=python3
+if [ -z "${ARMLP_PYTHON:-}" ] && ! { [ -x "$PYTHON" ] &&
+        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; }; then
+    PYTHON=python3          # no Debian python3, or one older than armlp needs
+fi
 if [ -n "${ARMLP_PYTHON:-}" ] && ! command -v "$PYTHON" >/dev/null; then
     echo "run.sh: no Python interpreter '$PYTHON' (ARMLP_PYTHON)" >&2
     exit 2
