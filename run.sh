@@ -9,6 +9,10 @@
 # or through sudo).  The virtual environment lives in .venv and is refreshed
 # when pyproject.toml changes.
 set -euo pipefail
+# A relative ARMLP_PYTHON path is the caller's, not the checkout's.
+if [[ "${ARMLP_PYTHON:-}" == */* ]]; then
+    ARMLP_PYTHON=$(realpath -m -- "$ARMLP_PYTHON")
+fi
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(gcc-arm-linux-gnueabi binutils-arm-linux-gnueabi libc6-dev-armel-cross
@@ -17,18 +21,24 @@ APT_PACKAGES=(gcc-arm-linux-gnueabi binutils-arm-linux-gnueabi libc6-dev-armel-c
 
 # The interpreter of .venv: Debian's own python3 (built with profile-guided
 # optimisation; armlp runs about a sixth faster on it than on an unoptimised
-# build such as pyenv's), whatever python3 comes first on PATH, if it is
-# 3.11 or newer.  ARMLP_PYTHON chooses another; .venv is made again when
-# the choice changes.
-PYTHON="${ARMLP_PYTHON:-/usr/bin/python3}"
-if [ -z "${ARMLP_PYTHON:-}" ] && ! { [ -x "$PYTHON" ] &&
-        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; }; then
-    PYTHON=python3          # no Debian python3, or one older than armlp needs
-fi
-if [ -n "${ARMLP_PYTHON:-}" ] && ! command -v "$PYTHON" >/dev/null; then
-    echo "run.sh: no Python interpreter '$PYTHON' (ARMLP_PYTHON)" >&2
-    exit 2
-fi
+# build such as pyenv's) if it is 3.11 or newer, else the first python3 on
+# PATH.  ARMLP_PYTHON chooses another; .venv is made again when the choice
+# changes.  Chosen again after apt-get, which may install Debian's.
+python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+choose_python() {
+    if [ -n "${ARMLP_PYTHON:-}" ]; then
+        PYTHON=$ARMLP_PYTHON
+        if ! python_ok "$PYTHON"; then
+            echo "run.sh: ARMLP_PYTHON=$PYTHON is not a Python 3.11 or newer that runs" >&2
+            exit 2
+        fi
+    elif python_ok /usr/bin/python3; then
+        PYTHON=/usr/bin/python3
+    else
+        PYTHON=python3
+    fi
+}
+choose_python
 
 # The kernel live patching kit (armlp kernel build: headers, host kbuild,
 # vmlinux of Debian's armhf kernel) and the test guest live here.
@@ -62,10 +72,14 @@ setup_apt() {
 
 setup_venv() {
     local stamp=.venv/.armlp-installed
-    local want
-    want=$(readlink -f "$(command -v "$PYTHON")")
-    if [ -x .venv/bin/python ] && [ "$(readlink -f .venv/bin/python)" != "$want" ]; then
-        echo "== .venv was made with $(readlink -f .venv/bin/python), not $want: making it again"
+    local want have=""
+    choose_python
+    # The interpreter itself says which binary it is (a pyenv shim is a
+    # script, not a link to it).
+    want=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+    [ -x .venv/bin/python ] && have=$(readlink -f .venv/bin/python)
+    if [ -e .venv ] && [ "$have" != "$want" ]; then
+        echo "== .venv was made with ${have:-an interpreter that is gone}, not $want: making it again"
         rm -rf .venv
     fi
     if [ ! -x .venv/bin/python ]; then

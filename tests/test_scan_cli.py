@@ -247,6 +247,21 @@ def test_symbol_names_are_read_as_pyelftools_reads_them(program: Path, builder: 
     assert "caf\u00e9" in [f["name"] for f in scan_json(utf8)["functions"]]
 
 
+@pytest.mark.parametrize(("strtab", "offsets", "names"), [
+    (b"", [0], [""]),                                    # an empty table: offset 0 only
+    (b"\0ab\0b", [0, 1, 2, 4], ["", "ab", "b", "b"]),    # a tail, no NUL at the end
+    (b"\0caf\xc3\xa9\0x\xff", [1, 2, 7], ["caf\u00e9", "af\u00e9", "x\ufffd"]),   # UTF-8
+])
+def test_symbol_names_of_odd_string_tables(strtab: bytes, offsets: list[int],
+                                           names: list[str]) -> None:
+    """What no linker writes but a corrupt or hand-made file can hold: a
+    table without its final NUL still ends its last name, a bad byte is
+    replaced, an empty table names offset 0 the empty string."""
+    from armlp.elf.symbols import _symbol_names
+
+    assert _symbol_names(strtab, offsets) == names
+
+
 def test_the_fast_json_writer_says_what_to_json_says(program: Path, corpus: Corpus) -> None:
     """``scan --json`` builds its text by hand, per function from shared
     pieces, for speed: it must parse to exactly the plain ``to_json()``

@@ -52,7 +52,7 @@ def check_input(path: str | Path, what: str = "file") -> Path:
 
 def _a(what: str) -> str:
     """*what* with its indefinite article: "a file", "an ELF file"."""
-    return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
+    return f"{'an' if what and what[0].lower() in 'aeiou' else 'a'} {what}"
 
 
 def _check(p: Path, st: os.stat_result, what: str) -> None:

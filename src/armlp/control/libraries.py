@@ -137,7 +137,6 @@ class LibraryWatch:
     def event(self) -> None:
         """Bring the objects in line with what is mapped when ld.so's list is
         consistent, then let the waiting threads go on (also on an error)."""
-        self.last_event = time.monotonic()
         try:
             state = R_DEBUG.unpack(self.machine.read(self.r_debug, R_DEBUG.size))[3]
             self.changing = state != RT_CONSISTENT
@@ -145,6 +144,7 @@ class LibraryWatch:
                 self._sync()
         finally:
             write_word(self.machine, self.pending_at, 0)
+            self.last_event = time.monotonic()
 
     def catch_up(self) -> None:
         """Handle the event a thread waits in the hook with, if one does."""

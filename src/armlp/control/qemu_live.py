@@ -82,7 +82,7 @@ class GdbLive:
             # The agent waits in the stub: armlp may talk at once, once a
             # library ld.so is loading or unloading is in place.
             if self.watch is not None:
-                self._library_event(lambda w: w.settle(SETTLE_TIMEOUT, HOOK_POLL))
+                self._library_event(lambda w: w.settle(SETTLE_TIMEOUT, HOOK_POLL_BUSY))
             return
         try:
             stop = self.machine.stop()

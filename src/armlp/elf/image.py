@@ -213,7 +213,7 @@ class ElfImage:
         for i, h in enumerate(raw):
             if h[0] >= max(len(names), 1) and i:
                 raise self._fail(f"section {i} name offset {h[0]:#x} outside the name table")
-            out.append(Section(i, _cstr(names, h[0]), h[1], h[2], h[3], h[4], h[5], h[6], h[7],
+            out.append(Section(i, cstr(names, h[0]), h[1], h[2], h[3], h[4], h[5], h[6], h[7],
                                h[9], h[8]))
         return out
 
@@ -390,7 +390,7 @@ class ElfImage:
             return None
         strtab = self.section_data(self.sections[dyn.link])
         value = dynamic_entries(self.section_data(dyn)).get(DT_SONAME)
-        return _cstr(strtab, value) if value is not None and value < len(strtab) else None
+        return cstr(strtab, value) if value is not None and value < len(strtab) else None
 
     def relocations_for(self, target: Section) -> list[Relocation]:
         """All relocations (REL and RELA) applying to section *target*."""
@@ -441,7 +441,9 @@ def dynamic_entries(raw: bytes) -> dict[int, int]:
     return out
 
 
-def _cstr(buf: bytes, off: int) -> str:
+def cstr(buf: bytes, off: int) -> str:
+    """The NUL-terminated string at *off* of *buf* (a string table), decoded
+    as UTF-8 with bad bytes replaced."""
     end = buf.find(b"\0", off)
     if end < 0:
         end = len(buf)

@@ -101,7 +101,11 @@ class Guest:
         self.boot_seconds = 0.0
 
     def __enter__(self) -> Guest:
-        self.boot()
+        try:
+            self.boot()
+        except BaseException:
+            self.close()        # __exit__ does not run: no qemu, no directory left
+            raise
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
@@ -202,11 +206,13 @@ class Guest:
             self.proc.wait()
         # Ordering: the console's descriptor is closed only once its reader
         # has seen its end (qemu is gone), never under a read in progress,
-        # which could then read whatever file took the number.
+        # which could then read whatever file took the number (a reader
+        # still there after 10 s keeps it open).
         if self._reading is not None:
             self._reading.join(timeout=10)
+        reading = self._reading is not None and self._reading.is_alive()
         if self.proc is not None:
-            for f in (self.proc.stdin, self.proc.stdout):
+            for f in (self.proc.stdin, None if reading else self.proc.stdout):
                 if f is not None:
                     with contextlib.suppress(OSError):
                         f.close()
