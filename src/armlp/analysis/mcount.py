@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from mmap import mmap
 from operator import attrgetter
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from armlp.arm.t32 import decode_t32_branch
 from armlp.elf.image import SHT_REL, SHT_RELA, ElfImage, Section
@@ -306,5 +306,7 @@ def check_mcount_loc(image: ElfImage, sites: Iterable[int | None]) -> McountLocC
     addr, size = rng
     raw = image.read(addr, size) if size else b""
     table = set(array("I", raw[: len(raw) - len(raw) % 4]))
-    decoded = {s for s in sites if s is not None}
+    found = set(sites)              # at C speed, then without the None
+    found.discard(None)
+    decoded = cast("set[int]", found)
     return McountLocCheck(len(table), sorted(table - decoded), sorted(decoded - table))

@@ -86,23 +86,25 @@ def is_mapping_symbol(name: str) -> bool:
         len(name) == 2 or name[2] == ".")
 
 
-def _symbol_names(strtab: bytes, offsets: Sequence[int]) -> list[str]:
+def _symbol_names(strtab: bytes | memoryview, offsets: Sequence[int]) -> list[str]:
     """The name at each string-table offset (offsets already checked).
 
     A find and a slice per symbol, mapped at C speed: cheaper than splitting
     the table and looking the offsets up, and right for offsets into the
     middle of a string (shared suffixes: 15,000 of a vmlinux's symbols)."""
-    if strtab.isascii():
-        text = strtab.decode("ascii")
-        if not text.endswith("\0"):
-            text += "\0"
-        ends = map(text.find, repeat("\0"), offsets)
-        return list(map(text.__getitem__, map(slice, offsets, ends)))
-    if not strtab.endswith(b"\0"):
-        strtab += b"\0"
-    names = map(strtab.__getitem__, map(slice, offsets, map(strtab.find, repeat(b"\0"),
-                                                             offsets)))
-    return list(map(bytes.decode, names, repeat("utf-8"), repeat("replace")))
+    try:
+        text = str(strtab, "ascii")     # the usual table: one copy, decoded
+    except UnicodeDecodeError:
+        table = bytes(strtab)
+        if not table.endswith(b"\0"):
+            table += b"\0"
+        names = map(table.__getitem__, map(slice, offsets, map(table.find, repeat(b"\0"),
+                                                               offsets)))
+        return list(map(bytes.decode, names, repeat("utf-8"), repeat("replace")))
+    if not text.endswith("\0"):
+        text += "\0"
+    ends = map(text.find, repeat("\0"), offsets)
+    return list(map(text.__getitem__, map(slice, offsets, ends)))
 
 
 def _raise_first_bad_symbol(image: ElfImage, strtab: bytes, offsets: Sequence[int],
@@ -261,23 +263,28 @@ class SymbolTable:
                 image.sections[symtab.link].type != SHT_STRTAB:
             raise ElfError(f"{image.path}: symbol table has no string table")
         strsec = image.sections[symtab.link]
-        strtab = image.data[strsec.offset:strsec.offset + strsec.size]
-        raw = image.data[symtab.offset:symtab.offset + symtab.size - symtab.size % _SYM.size]
+        # Views of the image's bytes, not copies (a vmlinux's tables are 6 MB)
+        data = memoryview(image.data)
+        strtab = data[strsec.offset:strsec.offset + strsec.size]
+        raw = data[symtab.offset:symtab.offset + symtab.size - symtab.size % _SYM.size]
         names = [s.name for s in image.sections]
-        words = array("I", raw)
-        halves = array("H", raw)
+        words: Sequence[int] = raw.cast("I")
+        halves: Sequence[int] = raw.cast("H")
         if sys.byteorder == "big":
+            words, halves = array("I", raw), array("H", raw)
             words.byteswap()
             halves.byteswap()
         st_names = words[0::4]
         shndx = halves[7::8]
         if (st_names and max(st_names) >= len(strtab) and max(st_names)) or \
                 any(len(names) <= s < 0xFF00 for s in set(shndx)):
-            _raise_first_bad_symbol(image, strtab, st_names, shndx)
+            _raise_first_bad_symbol(image, bytes(strtab), st_names, shndx)
         cols = _Columns(_symbol_names(strtab, st_names), words[1::4], words[2::4],
-                        raw[12::16], shndx)
-        return cls((), names, columns=cols, maybe_thumb=b"$t" in strtab,
-                   dotted_t=b"$t." in strtab)
+                        bytes(raw[12::16]), shndx)
+        end = strsec.offset + strsec.size
+        return cls((), names, columns=cols,
+                   maybe_thumb=image.data.find(b"$t", strsec.offset, end) >= 0,
+                   dotted_t=image.data.find(b"$t.", strsec.offset, end) >= 0)
 
     def mapping_at(self, shndx: int, value: int) -> str | None:
         """The mapping-symbol class (``a``, ``t`` or ``d``) in force at *value*
