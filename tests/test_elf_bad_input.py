@@ -198,6 +198,36 @@ def test_subprocess(kind: str, small_exe: Path, tmp_path: Path) -> None:
         assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, p)
 
 
+def _limit_memory() -> None:
+    import resource
+    # room for Python and Unicorn's translation buffer, not for the zeros
+    resource.setrlimit(resource.RLIMIT_AS, (2560 << 20, 2560 << 20))
+
+
+def test_a_section_header_claiming_gigabytes_costs_nothing(small_exe: Path,
+                                                            tmp_path: Path) -> None:
+    """A ``.text`` whose header says NOBITS (zeros, not in the file) of
+    3.75 GB: scan and verify answer as for code without calls, under a
+    2.5 GiB address-space limit (they built the zeros before: 3 s and 2 GB
+    resident for scan)."""
+    data = bytearray(small_exe.read_bytes())
+    text = ElfImage(small_exe).section(".text")
+    assert text is not None
+    at = struct.unpack_from("<I", data, 0x20)[0] + 40 * text.index
+    struct.pack_into("<I", data, at + 4, 8)             # sh_type: SHT_NOBITS
+    struct.pack_into("<I", data, at + 20, 0xF0000000)   # sh_size
+    p = _write(tmp_path, "nobits-text", bytes(data))
+    proc = subprocess.run([ARMLP, "scan", "--json", p], capture_output=True, text=True,
+                          check=False, preexec_fn=_limit_memory)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)["summary"]
+    assert summary["functions"] > 0
+    assert summary["by_verdict"] == {"unpatchable/no_mcount_site": summary["functions"]}
+    proc = subprocess.run([ARMLP, "verify", p], capture_output=True, text=True, check=False,
+                          preexec_fn=_limit_memory)
+    assert proc.returncode == 0 and "0 of 0 patchable" in proc.stdout, proc.stderr
+
+
 # --- fuzzing ---------------------------------------------------------------------
 
 def _scan_bytes(name: str, data: bytes) -> None:

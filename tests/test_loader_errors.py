@@ -56,6 +56,23 @@ def test_overlapping_sections(tmp_path: Path) -> None:
                   "0x20000", "0x20010")
 
 
+def test_a_load_larger_than_a_patch_may_be_is_refused_before_any_bytes(tmp_path: Path) -> None:
+    # A 1 GiB .bss (a corrupt or hostile size field: fuzzing found 3.8 GB
+    # ones) was built as bytes, twice, before the address space refused it:
+    # 12 s and gigabytes of memory for one line of error.
+    obj = asm_object(tmp_path, "huge", ".text\n.global f\nf:\n  bx lr\n"
+                     ".bss\nbig:\n  .space 0x40000000\n")
+    with pytest.raises(LoaderError) as err:
+        load_object(obj, base=BASE)
+    _assert_names(str(err.value), "huge.o", "section .bss", "0x40000000 bytes", "64 MiB")
+    # the bound is on the whole load: two objects of 40 MiB each
+    halves = [asm_object(tmp_path, f"half{i}", f".text\n.global f{i}\nf{i}:\n  bx lr\n"
+                         ".bss\n  .space 0x2800000\n") for i in (1, 2)]
+    load_object(halves[0], base=BASE)
+    with pytest.raises(LoaderError, match=r"half2\.o: section \.bss"):
+        load_objects(halves, base=BASE)
+
+
 def test_rel_addend_out_of_range(tmp_path: Path) -> None:
     # PREL31 addend near +1 GiB, target 0x100 further: the offset needs 32 bits.
     obj = asm_object(tmp_path, "prel", ".text\n.global f\nf:\n"

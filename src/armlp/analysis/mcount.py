@@ -227,7 +227,12 @@ class SiteFinder:
                 cur = section
                 sec = sections[cur]
                 base, limit = sec.addr, sec.addr + sec.size
-                words, next_bl = self.words(sec), self.bl_words(sec).find
+                if not sec.has_bytes:
+                    # NOBITS: zeros, so no call anywhere in it, and nothing
+                    # to build to find that out (limit = base: all None below)
+                    limit = base
+                else:
+                    words, next_bl = self.words(sec), self.bl_words(sec).find
             end = start + size if size else _window_end(funcs, k)
             if end > limit:
                 end = limit

@@ -72,13 +72,26 @@ class Layout:
     region: tuple[int, int]
 
 
+#: The most memory the sections of one load may take, ``.bss`` included.
+#: A patch replaces a few functions (the kernel's ARM module area is
+#: 16 MiB in all); a larger size in a section header is a corrupt file, and
+#: refusing it here spares building gigabytes of zeros for its ``.bss``.
+MAX_LOAD_SIZE = 64 << 20
+
+
 def collect_sections(objects: Sequence[ObjectFile]) -> list[InputSection]:
     """Every allocated section of every object, classified."""
     out = []
+    total = 0
     for i, obj in enumerate(objects):
         for sec in obj.image.sections:
             if not sec.is_alloc:
                 continue
+            total += sec.size
+            if total > MAX_LOAD_SIZE:
+                raise LoaderError(f"{obj.name}: section {sec.name} ({sec.size:#x} bytes) takes "
+                                  f"the load past {MAX_LOAD_SIZE >> 20} MiB, more than a "
+                                  f"patch may take")
             if sec.is_exec:
                 kind = CODE
             elif sec.type == SHT_NOBITS:
