@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from armlp.program_build import build_program
 from conftest import program_and_patch
 from live_helpers import Live, Run, one_line_error
 
@@ -80,3 +82,18 @@ def test_the_terminals_interrupt_ends_the_program_during_patching(
     assert run.wait(30) == 128 + signal.SIGINT, run.err()
     res = live.cli("status", "--target", sock)
     one_line_error(res)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGBUS, signal.SIGUSR1, signal.SIGSYS])
+def test_a_program_killed_by_a_signal_ends_armlp_as_it_ends_qemu(
+        sig: signal.Signals, live: Live, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The stub reports a death by signal in GDB's numbering: armlp said 138
+    # for a SIGBUS (GDB's 10) when it heard of the end from the stub first,
+    # 135 when from the process.  Now 128 + the program's own number.
+    prog = build_program([TESTS / "programs" / "die_by.c"],
+                         tmp_path_factory.mktemp("die") / "die_by", freestanding=False)
+    plain = subprocess.run(["qemu-arm", str(prog), str(int(sig))], check=False)
+    assert plain.returncode == -sig
+    for _ in range(3):          # either way of hearing of the end
+        run = live.run(f"die-{sig.name}", prog, str(int(sig)))
+        assert run.wait(30) == 128 + sig, run.err()

@@ -29,7 +29,6 @@ from armlp.machine.qemu import (
     start_qemu,
 )
 from armlp.machine.rsp import RspConnection
-from armlp.machine.rsp_packets import StopReply
 from armlp.objects import LoadedLibrary, loaded_libraries
 
 if TYPE_CHECKING:
@@ -93,7 +92,7 @@ class GdbLive:
                     from None
             raise
         if stop.exited:
-            self.exit_status = self._status(stop)
+            self.exit_status = stop.exit_status
             raise MachineError(f"the program {stop.describe()}")
 
     def resume(self) -> None:
@@ -102,8 +101,15 @@ class GdbLive:
                 # Ordering: a library that just came is patched before the
                 # thread waiting in the dynamic linker's hook goes on.
                 self._library_event(lambda w: w.catch_up())
+            self.machine.shut_for_park()
             self.machine.resume()
-            self.machine.park()
+            try:
+                self.machine.park()
+            except StubLostError:
+                # the program ended meanwhile (its own signal, behind the
+                # shut door): how, poll_exit tells from here
+                self._lost()
+                return
             if self.guardian is not None and not self.machine.parked:
                 self.guardian.running()     # parked: the agent is armlp's to let go
 
@@ -159,7 +165,7 @@ class GdbLive:
         if self.exit_status is None:
             ex = self.machine.exit or self.machine.conn.exit
             if ex is not None:
-                self.exit_status = self._status(ex)
+                self.exit_status = ex.exit_status
         return self.exit_status
 
     def poll_exit(self) -> int | None:
@@ -184,7 +190,7 @@ class GdbLive:
                 return self._lost()
             raise
         if stop.exited:
-            self.exit_status = self._status(stop)
+            self.exit_status = stop.exit_status
             return self.exit_status
         self.resume()      # the dynamic linker's hook, or a late stop of ours
         return None
@@ -236,9 +242,6 @@ class GdbLive:
         self.exit_status = code
         return code
 
-    @staticmethod
-    def _status(stop: StopReply) -> int:
-        return (stop.status or 0) if stop.kind == "W" else 128 + stop.signal
 
 
 def ended_status(pid: int, timeout: float = 0.5) -> int:

@@ -82,8 +82,16 @@ class StubDoor:
         return cls(pid, state, mem)
 
     def shut(self) -> None:
-        """From now on a thread that takes a signal does not enter the stub."""
-        self._set(0)
+        """From now on a thread that takes a signal does not enter the stub.
+        Also when qemu has just ended (its memory cannot be written): the
+        door is then as it was when the program ended, shut or open only
+        for armlp's agent, so its end was the program's own."""
+        try:
+            self._set(0)
+        except OSError:
+            if os.path.exists(f"/proc/{self.pid}/task"):
+                raise
+            self.is_open = False
 
     def open(self) -> None:
         """From now on a thread that takes a signal enters the stub."""

@@ -426,9 +426,7 @@ class GdbMachine(Injection):
             if not stop.exited:
                 self.resume()
         assert self.exit is not None
-        if self.exit.kind == "W":
-            return self.exit.status or 0
-        return 128 + self.exit.signal
+        return self.exit.exit_status
 
     def set_breakpoint(self, address: int) -> None:
         """A software breakpoint (``Z0``): the thread reaching *address*

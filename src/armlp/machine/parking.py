@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from armlp.errors import MachineError
+from armlp.errors import MachineError, StubLostError
 from armlp.machine.freeze import raise_priority, restore_priority
 from armlp.machine.rsp import RspConnection
 from armlp.machine.rsp_packets import StopReply
@@ -84,25 +84,67 @@ class Parking:
     def _programs(self, stop: StopReply) -> bool:
         raise NotImplementedError
 
+    def shut_for_park(self) -> None:
+        """Before the resume that :meth:`park` follows: shut the door, so
+        that none of the program's signals meets it open before the agent
+        is parked (park then lets the agent alone in).  The threads stopped
+        in the stub are past it; the program's breakpoints and traps go to
+        the program from now on, as when parked."""
+        if self.door is not None and self.agent is not None and self.freezer is not None \
+                and not self.parked and not self.running:
+            self.door.shut()
+
     def park(self) -> bool:
         """Once the program runs (resumed): bring the agent into the stub for
         good and shut the door behind it; whether the agent is parked."""
         if self.parked or self.door is None or self.agent is None or not self.running:
             return self.parked
         self._sigints += 1
-        self._interrupt_thread(self.agent)
-        while True:
-            stop = self.conn.wait(self.conn.timeout)
-            if stop.exited or stop.thread == self.agent:
-                break
-            # A thread of the program's got in first (the door is open).
-            self.hand_back(stop.thread or self.thread, stop.signal if self._programs(stop) else 0)
-        if not stop.exited:
-            # Ordering: shut only once the agent is inside (its stop is here).
-            self.door.shut()
-            self.parked = True
-            if stop.signal == self.stop_signal:
-                self._sigints -= 1
+        opened = False
+        with contextlib.ExitStack() as held:
+            if self.freezer is not None and not self.door.is_open:
+                # resume shut the door: the program's threads are held still
+                # while it is open for the agent, as when the agent comes
+                # back (_come_back).  With the door open to them instead, a
+                # thread taking a signal entered the stub beside the agent,
+                # and two threads in the stub corrupt it: a program that
+                # signalled itself at once lost its signal (hung) or armlp
+                # the stub, one run in four.  Ordering: the resumed threads
+                # have read their continues, and handled them (left the
+                # stub: as in hand_back), before the hold; one held still
+                # in the stub would stay there once the agent is in.
+                _drained(self.conn, self.conn.timeout)
+                time.sleep(HANDLED_S)
+                with contextlib.suppress(MachineError):     # another tracer: no hold
+                    held.enter_context(self.freezer.frozen(keep={self.agent}))
+                try:
+                    self.door.open()
+                except OSError:     # qemu is gone: the program ended behind the shut door
+                    raise StubLostError("the program ended before armlp's agent was "
+                                        "parked") from None
+                opened = True
+            self._interrupt_thread(self.agent)
+            while True:
+                try:
+                    stop = self.conn.wait(self.conn.timeout)
+                except StubLostError:
+                    # The program ended meanwhile: its own end, the door open
+                    # to the agent alone (shut() says so when qemu is gone).
+                    if opened:
+                        self.door.shut()
+                    raise
+                if stop.exited or stop.thread == self.agent:
+                    break
+                # A thread of the program's got in first (the door is open).
+                self.hand_back(stop.thread or self.thread,
+                               stop.signal if self._programs(stop) else 0)
+            if not stop.exited:
+                # Ordering: shut only once the agent is inside (its stop is
+                # here), and before the program's threads are let go.
+                self.door.shut()
+                self.parked = True
+                if stop.signal == self.stop_signal:
+                    self._sigints -= 1
         self._stopped(stop)
         return self.parked
 

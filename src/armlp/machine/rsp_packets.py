@@ -4,6 +4,7 @@ escapes, run-length decoding and stop replies (no I/O: see
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 
 from armlp.errors import MachineError
@@ -70,6 +71,31 @@ def hex_le32(value: int) -> str:
     return (value & 0xFFFFFFFF).to_bytes(4, "little").hex()
 
 
+#: GDB's signal numbers (``gdb/signals.def``, what a stub reports) that
+#: are not Linux's on ARM; the others (HUP..TERM but BUS, and TTIN..WINCH)
+#: are the same.  77 and 78 are real-time 32 and 64 (GDB added them late).
+_GDB_TO_LINUX = {10: 7, 12: 31, 16: 23, 17: 19, 18: 20, 19: 18, 20: 17, 23: 29, 30: 10,
+                 31: 12, 32: 30, 33: 29, 77: 32, 78: 64}
+#: GDB_SIGNAL_REALTIME_33 .. _63: Linux's 33 .. 63.
+_GDB_REALTIME_33, _GDB_REALTIME_63 = 45, 75
+
+
+def linux_signal(gdb_signal: int) -> int:
+    """The Linux (ARM) number of a signal numbered as GDB numbers it."""
+    if _GDB_REALTIME_33 <= gdb_signal <= _GDB_REALTIME_63:
+        return gdb_signal - _GDB_REALTIME_33 + 33
+    return _GDB_TO_LINUX.get(gdb_signal, gdb_signal)
+
+
+def signal_label(gdb_signal: int) -> str:
+    """``signal 7 (SIGBUS)``: a stub's signal as the program knows it."""
+    number = linux_signal(gdb_signal)
+    try:
+        return f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        return f"signal {number}"
+
+
 @dataclass(frozen=True)
 class StopReply:
     """A stop reply: why the target stopped, or that it ended.
@@ -91,13 +117,22 @@ class StopReply:
         """The process is gone (``W`` or ``X``)."""
         return self.kind in ("W", "X")
 
+    @property
+    def exit_status(self) -> int:
+        """The status a shell sees for the ended program: its exit status,
+        or 128 + the Linux number of the signal that killed it (the stub
+        numbers signals as GDB does: its SIGBUS is 10, Linux's 7)."""
+        if self.kind == "W":
+            return self.status or 0
+        return 128 + linux_signal(self.signal)
+
     def describe(self) -> str:
         if self.kind == "W":
             return f"exited with status {self.status}"
         if self.kind == "X":
-            return f"killed by signal {self.signal}"
+            return f"killed by {signal_label(self.signal)}"
         where = f" (thread {self.thread:#x})" if self.thread is not None else ""
-        return f"stopped by signal {self.signal}{where}"
+        return f"stopped by {signal_label(self.signal)}{where}"
 
 
 def parse_stop_reply(reply: bytes) -> StopReply:
