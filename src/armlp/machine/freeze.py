@@ -59,7 +59,9 @@ PTRACE_INTERRUPT = 0x4207
 PTRACE_DETACH = 17
 #: waitpid/waitid option: wait for any child, clone or not (threads are clones).
 WALL = 0x40000000
-#: After how long a task that has not stopped makes the freezer look for
+#: How often the freezer looks whether the leader it interrupted has stopped.
+STOP_POLL = 0.00005
+#: After how long a leader that has not stopped makes the freezer look for
 #: held tasks the process's end has killed (a task stops in microseconds).
 DYING_AFTER = 0.005
 PTRACE_EVENT_STOP = 128
@@ -356,28 +358,30 @@ class Freezer:
                 raise
 
     def _wait_stop(self, tid: int) -> None:
-        delay, waited = 0.00002, 0.0
+        # A blocking wait returns the moment the task stops, or exits: the
+        # tracer hears of a thread's exit.  Not of the leader's while a held
+        # thread the process's end killed is unreaped: for the leader
+        # (waited for last) the freezer looks and naps, reaping those.
+        flags = os.WEXITED | os.WSTOPPED | os.WNOWAIT | WALL
+        waited = 0.0
         while True:
             try:
-                info = os.waitid(os.P_PID, tid,
-                                 os.WEXITED | os.WSTOPPED | os.WNOWAIT | os.WNOHANG | WALL)
+                info = os.waitid(os.P_PID, tid, flags | (os.WNOHANG if tid == self.pid else 0))
             except ChildProcessError:
                 return          # not (or no longer) ours to wait for: reaped already
             if info is not None:
                 break
             if waited > DYING_AFTER:
-                # Should the process be ending (its own fatal signal), a
-                # task already held is killed out of its stop and stays a
-                # zombie until armlp reaps it, and the kernel reports no
-                # exit of the leader before: reap those, or this waits
-                # forever (a blocking wait did: a program that died of its
-                # own signal as armlp parked its agent hung armlp).
-                for held in [t for t in self._stopped if t != tid and self._is_dead(t)]:
+                # The process is ending (its own fatal signal): a task held
+                # already is killed out of its stop and stays a zombie
+                # until armlp reaps it.  (A blocking wait here hung armlp
+                # when a program died of its own signal as its agent was
+                # parked.)
+                for held in [t for t in self._stopped if self._is_dead(t)]:
                     self._reap(held, timeout=0.0)
                     del self._stopped[held]
-            time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 0.002)
+            time.sleep(STOP_POLL)
+            waited += STOP_POLL
         if info.si_code in (os.CLD_TRAPPED, os.CLD_STOPPED):
             # Consume the stop we peeked at; WSTOPPED alone cannot reap an exit.
             os.waitid(os.P_PID, tid, os.WSTOPPED | os.WNOHANG | WALL)
