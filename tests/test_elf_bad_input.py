@@ -228,6 +228,30 @@ def test_a_section_header_claiming_gigabytes_costs_nothing(small_exe: Path,
     assert proc.returncode == 0 and "0 of 0 patchable" in proc.stdout, proc.stderr
 
 
+def test_an_mcount_loc_table_claiming_gigabytes_costs_nothing(builder: Builder,
+                                                               tmp_path: Path) -> None:
+    """A kernel-style ``__mcount_loc`` section whose header says NOBITS of
+    1.5 GB: the table is zeros, read as such without building them."""
+    src = tmp_path / "loc.c"
+    src.write_text((CORPUS / "tiny.c").read_text() +
+                   '\n__attribute__((used, section("__mcount_loc"))) '
+                   'static unsigned loc[4] = {1, 2, 3, 4};\n')
+    exe = builder.build("tiny-loc", [cross("gcc"), "-O2", "-marm", "-pg", "-mapcs-frame",
+                                     "-nostdlib", "-static", "-o", "{out}", src], [src])
+    data = bytearray(exe.read_bytes())
+    loc = ElfImage(exe).section("__mcount_loc")
+    assert loc is not None
+    at = struct.unpack_from("<I", data, 0x20)[0] + 40 * loc.index
+    struct.pack_into("<I", data, at + 4, 8)             # sh_type: SHT_NOBITS
+    struct.pack_into("<I", data, at + 20, 0x60000000)   # sh_size
+    p = _write(tmp_path, "nobits-loc", bytes(data))
+    proc = subprocess.run([ARMLP, "scan", "--json", p], capture_output=True, text=True,
+                          check=False, preexec_fn=_limit_memory)
+    assert proc.returncode == 0, proc.stderr
+    loc_json = json.loads(proc.stdout)["mcount_loc"]
+    assert loc_json["entries"] == 1 and loc_json["only_in_table"] == [0]
+
+
 # --- fuzzing ---------------------------------------------------------------------
 
 def _scan_bytes(name: str, data: bytes) -> None:

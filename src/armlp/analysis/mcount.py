@@ -309,8 +309,13 @@ def check_mcount_loc(image: ElfImage, sites: Iterable[int | None]) -> McountLocC
     if rng is None:
         return None
     addr, size = rng
-    raw = image.read(addr, size) if size else b""
-    table = set(array("I", raw[: len(raw) - len(raw) % 4]))
+    sec = image.section_at(addr)
+    if sec is not None and not sec.has_bytes:
+        # zeros (a corrupt image): one entry, 0, however many; not built
+        table: set[int] = {0} if size >= 4 else set()
+    else:
+        raw = image.read(addr, size) if size else b""
+        table = set(array("I", raw[: len(raw) - len(raw) % 4]))
     found = set(sites)              # at C speed, then without the None
     found.discard(None)
     decoded = cast("set[int]", found)
