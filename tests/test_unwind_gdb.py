@@ -156,10 +156,15 @@ def test_zlib_mid_compression(tmp_path: Path) -> None:
     data.write_bytes(b"".join(b"%d lines of text, some repeated %d\n" % (i, i % 97)
                               for i in range(400_000)) + os.urandom(1 << 20))
     reliable = 0
-    for i, after in enumerate((0.5, 0.8, 1.1, 1.4, 1.7)):
+    # From early on: an idle fast machine compresses it all in under a
+    # second, and a sample after the end gives no core (a run whose samples
+    # started at 0.5 s found one reliable walk).
+    for i, after in enumerate((0.2, 0.35, 0.5, 0.65, 0.8, 1.1, 1.4, 1.7)):
         work = tmp_path / f"run{i}"
         work.mkdir()
         core = dump_core(prog, [str(data), str(work / "out.z"), "1000"], work, after)
         if core is not None:            # else it had finished: a fast machine
             reliable += sum(w.reliable for w in compare(prog, core))
+        if reliable >= 3:
+            break
     assert reliable >= 2, "too few reliable walks to compare"
