@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -204,23 +205,35 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2560 << 20, 2560 << 20))
 
 
+def _as_nobits(exe: Path, section: str, size: int, out: Path) -> Path:
+    """*exe* with *section*'s header saying NOBITS (zeros, not in the
+    file) of *size* bytes, written to *out*."""
+    data = bytearray(exe.read_bytes())
+    sec = ElfImage(exe).section(section)
+    assert sec is not None
+    at = struct.unpack_from("<I", data, 0x20)[0] + 40 * sec.index
+    struct.pack_into("<I", data, at + 4, 8)             # sh_type: SHT_NOBITS
+    struct.pack_into("<I", data, at + 20, size)         # sh_size
+    return _write(out.parent, out.name, bytes(data))
+
+
+def _scan_limited(p: Path) -> dict[str, Any]:
+    """``armlp scan --json`` of *p* under :func:`_limit_memory`; exit 0."""
+    proc = subprocess.run([ARMLP, "scan", "--json", p], capture_output=True, text=True,
+                          check=False, preexec_fn=_limit_memory)
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
 def test_a_section_header_claiming_gigabytes_costs_nothing(small_exe: Path,
                                                             tmp_path: Path) -> None:
     """A ``.text`` whose header says NOBITS (zeros, not in the file) of
     3.75 GB: scan and verify answer as for code without calls, under a
     2.5 GiB address-space limit (they built the zeros before: 3 s and 2 GB
     resident for scan)."""
-    data = bytearray(small_exe.read_bytes())
-    text = ElfImage(small_exe).section(".text")
-    assert text is not None
-    at = struct.unpack_from("<I", data, 0x20)[0] + 40 * text.index
-    struct.pack_into("<I", data, at + 4, 8)             # sh_type: SHT_NOBITS
-    struct.pack_into("<I", data, at + 20, 0xF0000000)   # sh_size
-    p = _write(tmp_path, "nobits-text", bytes(data))
-    proc = subprocess.run([ARMLP, "scan", "--json", p], capture_output=True, text=True,
-                          check=False, preexec_fn=_limit_memory)
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)["summary"]
+    p = _as_nobits(small_exe, ".text", 0xF0000000, tmp_path / "nobits-text")
+    summary = _scan_limited(p)["summary"]
     assert summary["functions"] > 0
     assert summary["by_verdict"] == {"unpatchable/no_mcount_site": summary["functions"]}
     proc = subprocess.run([ARMLP, "verify", p], capture_output=True, text=True, check=False,
@@ -238,17 +251,8 @@ def test_an_mcount_loc_table_claiming_gigabytes_costs_nothing(builder: Builder,
                    'static unsigned loc[4] = {1, 2, 3, 4};\n')
     exe = builder.build("tiny-loc", [cross("gcc"), "-O2", "-marm", "-pg", "-mapcs-frame",
                                      "-nostdlib", "-static", "-o", "{out}", src], [src])
-    data = bytearray(exe.read_bytes())
-    loc = ElfImage(exe).section("__mcount_loc")
-    assert loc is not None
-    at = struct.unpack_from("<I", data, 0x20)[0] + 40 * loc.index
-    struct.pack_into("<I", data, at + 4, 8)             # sh_type: SHT_NOBITS
-    struct.pack_into("<I", data, at + 20, 0x60000000)   # sh_size
-    p = _write(tmp_path, "nobits-loc", bytes(data))
-    proc = subprocess.run([ARMLP, "scan", "--json", p], capture_output=True, text=True,
-                          check=False, preexec_fn=_limit_memory)
-    assert proc.returncode == 0, proc.stderr
-    loc_json = json.loads(proc.stdout)["mcount_loc"]
+    p = _as_nobits(exe, "__mcount_loc", 0x60000000, tmp_path / "nobits-loc")
+    loc_json = _scan_limited(p)["mcount_loc"]
     assert loc_json["entries"] == 1 and loc_json["only_in_table"] == [0]
 
 
