@@ -33,6 +33,7 @@ armlp works as before, with the program's signals going through the stub.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import struct
@@ -82,16 +83,16 @@ class StubDoor:
         return cls(pid, state, mem)
 
     def shut(self) -> None:
-        """From now on a thread that takes a signal does not enter the stub.
-        Also when qemu has just ended (its memory cannot be written): the
-        door is then as it was when the program ended, shut or open only
-        for armlp's agent, so its end was the program's own."""
-        try:
+        """From now on a thread that takes a signal does not enter the stub."""
+        self._set(0)
+
+    def shut_after_loss(self) -> None:
+        """The stub's connection ended while the door was open for armlp's
+        agent alone: record it shut, as it was for the program, whose end
+        it then was (written too where qemu's memory still takes it)."""
+        with contextlib.suppress(OSError):
             self._set(0)
-        except OSError:
-            if os.path.exists(f"/proc/{self.pid}/task"):
-                raise
-            self.is_open = False
+        self.is_open = False
 
     def open(self) -> None:
         """From now on a thread that takes a signal enters the stub."""

@@ -113,8 +113,7 @@ class Parking:
                 # have read their continues, and handled them (left the
                 # stub: as in hand_back), before the hold; one held still
                 # in the stub would stay there once the agent is in.
-                _drained(self.conn, self.conn.timeout)
-                time.sleep(HANDLED_S)
+                _handled(self.conn)
                 with contextlib.suppress(MachineError):     # another tracer: no hold
                     held.enter_context(self.freezer.frozen(keep={self.agent}))
                 try:
@@ -129,9 +128,9 @@ class Parking:
                     stop = self.conn.wait(self.conn.timeout)
                 except StubLostError:
                     # The program ended meanwhile: its own end, the door open
-                    # to the agent alone (shut() says so when qemu is gone).
+                    # to the agent alone.
                     if opened:
-                        self.door.shut()
+                        self.door.shut_after_loss()
                     raise
                 if stop.exited or stop.thread == self.agent:
                     break
@@ -160,8 +159,7 @@ class Parking:
             return
         with self.freezer.holding(self.agent):
             self.conn.resume(signal, thread)
-            _drained(self.conn, self.conn.timeout)
-            time.sleep(HANDLED_S)
+            _handled(self.conn)
 
     def _begin_run(self) -> int:
         """The number of the agent's next run (its r6; it marks the run done
@@ -318,14 +316,15 @@ def _read_word(host: HostMemory, address: int) -> bytes | None:
     return data if len(data) == 4 else None
 
 
-def _drained(conn: RspConnection, timeout: float) -> bool:
+def _handled(conn: RspConnection) -> None:
     """Wait until the stub has read everything armlp sent (the socket's send
-    queue, ``SIOCOUTQ``, is empty); False after *timeout*."""
-    deadline = time.monotonic() + timeout
-    while True:
+    queue, ``SIOCOUTQ``, is empty; at most the connection's timeout), and a
+    moment more for the thread that read a continue to act on it (leave
+    the stub)."""
+    deadline = time.monotonic() + conn.timeout
+    while time.monotonic() < deadline:
         queued = fcntl.ioctl(conn.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
         if struct.unpack("i", queued)[0] == 0:
-            return True
-        if time.monotonic() > deadline:
-            return False
+            break
         time.sleep(0.0001)
+    time.sleep(HANDLED_S)

@@ -29,6 +29,7 @@ from armlp.errors import MachineError
 from armlp.inputs import check_input
 from armlp.machine.base import Region
 from armlp.machine.rsp import DEFAULT_TIMEOUT, RspConnection
+from armlp.machine.rsp_packets import GDB_REALTIME_33
 
 if TYPE_CHECKING:
     from armlp.machine.gdb import GdbMachine
@@ -47,7 +48,7 @@ _File = int | IO[Any] | None
 #: the controller died (armlp.control.guardian).
 STOP_SIGNAL = signal.SIGRTMAX
 GUEST_STOP_SIGNAL = STOP_SIGNAL - signal.SIGRTMIN + 32
-GDB_STOP_SIGNAL = 45 + GUEST_STOP_SIGNAL - 33
+GDB_STOP_SIGNAL = GDB_REALTIME_33 + GUEST_STOP_SIGNAL - 33
 
 
 _SYS_TGKILL = {"x86_64": 234, "aarch64": 131, "i386": 270, "i686": 270, "armv7l": 268,

@@ -77,13 +77,13 @@ def hex_le32(value: int) -> str:
 _GDB_TO_LINUX = {10: 7, 12: 31, 16: 23, 17: 19, 18: 20, 19: 18, 20: 17, 23: 29, 30: 10,
                  31: 12, 32: 30, 33: 29, 77: 32, 78: 64}
 #: GDB_SIGNAL_REALTIME_33 .. _63: Linux's 33 .. 63.
-_GDB_REALTIME_33, _GDB_REALTIME_63 = 45, 75
+GDB_REALTIME_33, _GDB_REALTIME_63 = 45, 75
 
 
 def linux_signal(gdb_signal: int) -> int:
     """The Linux (ARM) number of a signal numbered as GDB numbers it."""
-    if _GDB_REALTIME_33 <= gdb_signal <= _GDB_REALTIME_63:
-        return gdb_signal - _GDB_REALTIME_33 + 33
+    if GDB_REALTIME_33 <= gdb_signal <= _GDB_REALTIME_63:
+        return gdb_signal - GDB_REALTIME_33 + 33
     return _GDB_TO_LINUX.get(gdb_signal, gdb_signal)
 
 
