@@ -247,6 +247,20 @@ def test_symbol_names_are_read_as_pyelftools_reads_them(program: Path, builder: 
     assert "caf\u00e9" in [f["name"] for f in scan_json(utf8)["functions"]]
 
 
+def test_functions_by_address_are_the_functions_sorted(program: Path, corpus: Corpus) -> None:
+    """``functions(by_address=True)``, which scan walks, sorts the records
+    before making them: it must give exactly the functions sorted by section
+    and address (Thumb bit off; ties in symbol-table order), ARM and Thumb."""
+    objects = [path for by_source in corpus.objects.values() for path in by_source.values()]
+    thumb = 0
+    for path in (program, *objects):
+        table = ElfImage(path).symbols
+        want = sorted(table.functions(), key=lambda f: (f.section, f.address))
+        assert table.functions(by_address=True) == want, path
+        thumb += sum(f.mode == "thumb" for f in want)
+    assert thumb, "no Thumb function: the Thumb bit's part is not shown"
+
+
 @pytest.mark.parametrize(("strtab", "offsets", "names"), [
     (b"", [0], [""]),                                    # an empty table: offset 0 only
     (b"\0ab\0b", [0, 1, 2, 4], ["", "ab", "b", "b"]),    # a tail, no NUL at the end

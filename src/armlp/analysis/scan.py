@@ -274,9 +274,7 @@ def scan(image: ElfImage, *, progress: Callable[[list[FunctionSymbol]],
                                                 Iterable[FunctionSymbol]] | None = None
          ) -> ScanResult:
     """Classify every function of *image*."""
-    # by (section, address): two stable sorts on one key each, no key tuples
-    funcs = sorted(image.symbols.functions(), key=attrgetter("address"))
-    funcs.sort(key=attrgetter("section"))
+    funcs = image.symbols.functions(by_address=True)
     finder = SiteFinder(image)
     sites = finder.find_all(funcs)
     it: Iterable[FunctionSymbol] = progress(funcs) if progress else funcs

@@ -309,8 +309,13 @@ class SymbolTable:
         return {i: pos for same in seen.values() if len(same) > 1
                 for pos, i in enumerate(same, 1)}
 
-    def functions(self) -> list[FunctionSymbol]:
-        """Every defined function symbol in symbol-table order, with sympos."""
+    def functions(self, *, by_address: bool = False) -> list[FunctionSymbol]:
+        """Every defined function symbol with its sympos, in symbol-table
+        order, or with *by_address* by section and address (ties in
+        symbol-table order).  Sorted before the records are made, so that
+        they lie in memory in the order a scan walks them: a vmlinux's 45,000
+        functions, visited out of the order they were made in, miss the
+        processor's caches on each."""
         c = self._cols
         secnames = self._section_names
         nsec = len(secnames)
@@ -320,6 +325,13 @@ class SymbolTable:
         defined = list(map(operator.and_, map(bool, shndx), map(nsec.__gt__, shndx)))
         if not all(defined):       # undefined, absolute or a special section
             index, shndx = list(compress(index, defined)), list(compress(shndx, defined))
+        if by_address:
+            key = _pick(c.values, index)
+            if sum(map((1).__and__, key)):
+                key = list(map((~1).__and__, key))      # Thumb bits off
+            order = sorted(range(len(index)), key=key.__getitem__)
+            order.sort(key=shndx.__getitem__)
+            index, shndx = _pick(index, order), _pick(shndx, order)
         names, values, sizes = _pick(c.names, index), _pick(c.values, index), \
             _pick(c.sizes, index)
         infos = _pick(c.infos, index)
