@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,11 +233,29 @@ class Live:
 
     def kill_all(self) -> None:
         for r in self.runs:
-            if r.proc.poll() is None or _group_alive(r.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(r.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                r.proc.wait(10)
+            kill_group(r.proc)
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """Kill what is left of *proc*'s process group (it leads one of its own)
+    and reap *proc*: ``armlp run`` killed alone leaves its program running,
+    as it must, and a failed test would leave it behind."""
+    if proc.poll() is None or _group_alive(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """*cmd* in the background, in a process group of its own that
+    :func:`kill_group` ends on the way out, whatever the test did."""
+    proc = subprocess.Popen(cmd, text=True, start_new_session=True, **popen)
+    try:
+        yield proc
+    finally:
+        kill_group(proc)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from live_helpers import started
 from zlib_build import ZLIB_DIR, zlib_input, zlib_sources
 
 REPO = Path(__file__).resolve().parent.parent
@@ -236,12 +237,11 @@ def test_zlib_diff_patch_applied_mid_stream(zlib_case: dict[str, Path], tmp_path
     # 8 chunks, half a second apart: the patch has 3 s from chunk 0 to land
     # before chunk 6 (a loaded CI machine took more than the 0.5 s that a
     # tenth of a second apart from chunk 2 gave, and the program had ended).
-    run = subprocess.Popen([str(ARMLP), "run", str(zlib_case["program"]), "--",
-                            str(zlib_case["in"]), str(tmp_path / "out.z"), "500000"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert run.stdout is not None
     lines = []
-    try:
+    with started([str(ARMLP), "run", str(zlib_case["program"]), "--", str(zlib_case["in"]),
+                  str(tmp_path / "out.z"), "500000"],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as run:
+        assert run.stdout is not None
         for line in run.stdout:
             lines.append(line)
             if line.startswith("chunk 0 "):
@@ -255,9 +255,6 @@ def test_zlib_diff_patch_applied_mid_stream(zlib_case: dict[str, Path], tmp_path
                 assert [(o["name"], [f["name"] for f in o["functions"]])
                         for o in p["objects"]] == [("program", ["report"])]
         run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            run.kill()
     assert run.returncode == 0
     chunks = [ln for ln in lines if ln.startswith("chunk ")]
     assert chunks[0].startswith("chunk 0 in ")

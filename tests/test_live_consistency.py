@@ -22,6 +22,7 @@ import pytest
 
 from armlp.control.protocol import request
 from conftest import force_transition, program_and_patch, settle, wait_for_target
+from live_helpers import started
 
 TESTS = Path(__file__).resolve().parent
 
@@ -39,12 +40,10 @@ def _cycles(prog: Path, patch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     # The events go to a file: a pipe nobody reads until the end fills up
     # (hundreds of cycles) and blocks the controller.
     err_path = tmp_path / "armlp.err"
-    with open(err_path, "w") as err_file:
-        proc = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), "--",
-                                 "12"], stdout=subprocess.PIPE, stderr=err_file, text=True,
-                                env=os.environ.copy())
     reasons: list[str] = []
-    try:
+    with open(err_path, "w") as err_file, \
+            started([sys.executable, "-m", "armlp.cli.main", "run", str(prog), "--", "12"],
+                    stdout=subprocess.PIPE, stderr=err_file, env=os.environ.copy()) as proc:
         info = wait_for_target(proc)
         time.sleep(0.5)
         deadline = time.monotonic() + 5     # the program runs 12 s: a slow last cycle fits
@@ -57,9 +56,6 @@ def _cycles(prog: Path, patch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
                     force_transition(info.socket, "consistency-fix")
                 settle(info.socket)
         out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err_path.read_text()
     m = re.search(r"rounds (\d+) mismatches (\d+)", out)
     assert m, out

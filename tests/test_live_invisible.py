@@ -22,6 +22,7 @@ import pytest
 
 from armlp.control.protocol import request
 from conftest import program_and_patch, settle, wait_for_target
+from live_helpers import started
 
 TESTS = Path(__file__).resolve().parent
 LINES = 25
@@ -42,10 +43,9 @@ def test_stops_interrupt_no_system_call(blocking: tuple[Path, Path], tmp_path: P
                                         monkeypatch: pytest.MonkeyPatch, handler: str) -> None:
     prog, patch = blocking
     monkeypatch.setenv("ARMLP_RUNTIME_DIR", str(tmp_path / "rt"))
-    proc = subprocess.Popen([sys.executable, "-m", "armlp.cli.main", "run", str(prog), "--",
-                             handler], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    try:
+    with started([sys.executable, "-m", "armlp.cli.main", "run", str(prog), "--", handler],
+                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 env=os.environ.copy()) as proc:
         info = wait_for_target(proc)
         assert proc.stdin is not None
         stdin = proc.stdin
@@ -71,9 +71,6 @@ def test_stops_interrupt_no_system_call(blocking: tuple[Path, Path], tmp_path: P
         stdin.close()
         proc.stdin = None
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err
     lines = out.splitlines()
     assert [ln for ln in lines if ln.startswith(("EINTR", "SHORT", "ERROR"))] == []
