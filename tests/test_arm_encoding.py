@@ -483,3 +483,37 @@ def test_decoders_total(word: int, pc: int) -> None:
     a32.decode_add_sub_imm(word)
     a32.decode_mov_reg(word)
     t32.decode_t32_branch(word, pc)
+
+
+@settings(max_examples=500, deadline=None)
+@given(base=st.integers(0, 0xFFFF_FFF0 // 4).map(lambda x: 4 * x),
+       words=st.integers(1, 3 << 20), target=st.integers(0, 0xFFFF_FFFF),
+       at=st.floats(0, 1, exclude_max=True), top=st.just(0xEB) | st.sampled_from(
+           [c << 4 | 0xB for c in range(14)] + [0xFA, 0xFB]),
+       imm=st.integers(0, 0xFF_FFFF), calls=st.booleans(), near=st.integers(-(1 << 25), 1 << 25))
+def test_the_mcount_call_key_is_the_decoded_target(base: int, words: int, target: int, at: float,
+                                                    top: int, imm: int, calls: bool,
+                                                    near: int) -> None:
+    """scan's shortcut for ``bl __gnu_mcount_nc`` (``mcount._bl_key``): a
+    ``bl`` word that matches the key calls the target, by the decoder's
+    reading, even where its offset field points at the target 64 MB away or
+    a halfword off; and the ``bl`` to the target matches wherever the key
+    can be had (as in a vmlinux or a program)."""
+    from armlp.analysis.mcount import _bl_key
+
+    limit = min(base + 4 * words, 1 << 32)
+    if near % 2:            # most targets near the section, as mcount is
+        target = min(max(base + near & ~3, 0), 0xFFFF_FFFC)
+    i = int(at * ((limit - base) // 4))
+    pc = base + 4 * i
+    if calls:               # the offset field points at the target, mod 2**26
+        imm = (((target - base - 8) >> 2) - i) & 0xFF_FFFF
+    w = top << 24 | imm
+    key = _bl_key({target}, base, limit)
+    branch = a32.decode_branch(w, pc)
+    assert branch is not None
+    if (w + i) & 0xFF_FFFF == key and w >> 24 == 0xEB:
+        assert branch.kind == "bl" and branch.target == target
+    reach = limit + 4 - (1 << 25) <= target <= base + 4 + (1 << 25)
+    if reach and not target & 3 and a32.branch_in_range(pc, target):
+        assert (a32.encode_bl(pc, target) + i) & 0xFF_FFFF == key

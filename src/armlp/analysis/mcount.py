@@ -219,6 +219,7 @@ class SiteFinder:
             return [None] * len(funcs)
         cur = -1
         base = limit = 0
+        key = -1
         words = memoryview(b"").cast("I")
         next_bl = b"".find
         # (records unpacked, not read field by field: 45,000 in a vmlinux)
@@ -233,6 +234,7 @@ class SiteFinder:
                     limit = base
                 else:
                     words, next_bl = self.words(sec), self.bl_words(sec).find
+                key = _bl_key(targets, base, limit)
             end = start + size if size else _window_end(funcs, k)
             if end > limit:
                 end = limit
@@ -245,9 +247,12 @@ class SiteFinder:
             site = None
             i = next_bl(1, (start - base) >> 2, (end - base) >> 2)
             while i >= 0:
+                w = words[i]
+                if (w + i) & 0xFFFFFF == key and w >> 24 == 0xEB:
+                    site = base + 4 * i
+                    break
                 # decode_branch inlined for a BL: the target of the word at i
                 # (a BLX's H bit adds a halfword: bit 24 of 0xFB......)
-                w = words[i]
                 off = ((w & 0xFFFFFF) ^ 0x800000) - 0x800000
                 h = 2 if w >> 24 == 0xFB else 0
                 if ((base + 4 * i + 8 + (off << 2) + h) & 0xFFFFFFFF) in targets:
@@ -283,6 +288,24 @@ class SiteFinder:
             else:
                 pos += 2
         return None
+
+
+def _bl_key(targets: set[int], base: int, limit: int) -> int:
+    """The key of a call to mcount in the section ``[base, limit)``: an
+    unconditional ``BL`` (``0xEB......``) at word *i* of the section, word
+    *w*, calls the one target exactly when ``(w + i) & 0xFFFFFF`` is the key
+    (its offset field counts down as the word's address counts up), which
+    spares decoding it; other calls to the target are decoded as usual.
+    -1, which no word gives, when there are several targets, the target is
+    not word-aligned, or some word of the section cannot reach it (a ``BL``
+    reaches 32 MB each way): the offset field would then also match a call
+    64 MB away."""
+    if len(targets) != 1:
+        return -1
+    (target,) = targets
+    if target & 3 or not limit + 4 - (1 << 25) <= target <= base + 4 + (1 << 25):
+        return -1
+    return ((target - base - 8) >> 2) & 0xFF_FFFF
 
 
 def _window_end(funcs: Sequence[FunctionSymbol], k: int) -> int:
