@@ -261,6 +261,22 @@ def test_functions_by_address_are_the_functions_sorted(program: Path, corpus: Co
     assert thumb, "no Thumb function: the Thumb bit's part is not shown"
 
 
+def test_named_finds_what_by_name_holds(program: Path) -> None:
+    """``named``, which answers scan's few lookups without indexing every
+    symbol (a scan of the names, then a set of them from the fifth lookup
+    on), gives what ``by_name`` gives: functions, objects, static names that
+    repeat, mapping symbols and names no symbol has."""
+    from armlp.elf.symbols import SCANNED_LOOKUPS
+
+    want = ElfImage(program).symbols.by_name
+    names = ["main", "dup_static", "__gnu_mcount_nc", "no_such_name", "$a", "$d", "",
+             *list(want)[:40]]
+    assert len(names) > 2 * SCANNED_LOOKUPS and len(want["dup_static"]) == 2
+    table = ElfImage(program).symbols
+    assert [table.named(n) for n in names] == [want.get(n, []) for n in names]
+    assert "by_name" not in table.__dict__
+
+
 @pytest.mark.parametrize(("strtab", "offsets", "names"), [
     (b"", [0], [""]),                                    # an empty table: offset 0 only
     (b"\0ab\0b", [0, 1, 2, 4], ["", "ab", "b", "b"]),    # a tail, no NUL at the end
