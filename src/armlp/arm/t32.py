@@ -89,17 +89,10 @@ def encode_t32_branch(kind: str, pc: int, target: int) -> int:
 
 def decode_t32_branch(value: int, pc: int) -> Branch | None:
     """Decode ``BL``/``BLX``/``B.W`` (hw1 in the low half); None otherwise."""
-    hw1, hw2 = value & 0xFFFF, value >> 16
-    if (hw1 & 0xF800) != 0xF000:
+    if (value & 0xF800) != 0xF000:
         return None
-    op = hw2 & 0xD000
-    s = (hw1 >> 10) & 1
-    j1 = (hw2 >> 13) & 1
-    j2 = (hw2 >> 11) & 1
-    i1 = (~(j1 ^ s)) & 1
-    i2 = (~(j2 ^ s)) & 1
-    off = (s << 24) | (i1 << 23) | (i2 << 22) | ((hw1 & 0x3FF) << 12) | ((hw2 & 0x7FF) << 1)
-    off = (off ^ (1 << 24)) - (1 << 24)
+    op = (value >> 16) & 0xD000
+    off = t32_branch_addend(value)
     if op == 0xD000:
         return Branch("bl", (pc + 4 + off) & 0xFFFFFFFF | 1)
     if op == 0xC000:
