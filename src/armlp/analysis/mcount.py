@@ -16,6 +16,7 @@ import bisect
 import struct
 from array import array
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from mmap import mmap
 from operator import attrgetter
 from typing import NamedTuple, cast
@@ -197,33 +198,38 @@ class SiteFinder:
         nearest = min(later, key=attrgetter("address"), default=None)
         return self.find_all([fn] if nearest is None else [fn, nearest])[0]
 
-    def find_all(self, funcs: Sequence[FunctionSymbol]) -> list[int | None]:
-        """:meth:`find` for each of *funcs*, in one loop: the hot path of
-        ``armlp scan``, so the common case (ARM code of a linked image) is
-        written out here, with each section's arrays fetched once.
+    def find_all(self, funcs: Sequence[FunctionSymbol], start: int = 0,
+                 stop: int | None = None) -> list[int | None]:
+        """:meth:`find` for each of ``funcs[start:stop]``, in one loop: the
+        hot path of ``armlp scan``, so the common case (ARM code of a linked
+        image) is written out here, with each section's arrays fetched once.
 
         A function of size 0 (an assembly label typed as a function) is
         searched up to the next function of the list, when that one starts
         later in the same section (*funcs* sorted by section and address, as
         scan sorts them): a site past it is the next function's, not its own
         (``__error_p`` of a vmlinux: a ``b .`` loop, then the next function).
+        So a part of the list is given as a range, not a slice: the next
+        function may lie past *stop*.
         """
+        stop = len(funcs) if stop is None else stop
         if self._reloc_sites is not None:
-            return [self._find_by_relocation(fn, _window_end(funcs, k))
-                    for k, fn in enumerate(funcs)]
+            return [self._find_by_relocation(funcs[k], _window_end(funcs, k))
+                    for k in range(start, stop)]
         out: list[int | None] = []
         append = out.append
         sections = self.image.sections
         targets = self.targets
         if not targets:
-            return [None] * len(funcs)
+            return [None] * len(range(start, stop))
         cur = -1
         base = limit = 0
         key = -1
         words = memoryview(b"").cast("I")
         next_bl = b"".find
         # (records unpacked, not read field by field: 45,000 in a vmlinux)
-        for k, (_, _, start, size, mode, section, _, _, _) in enumerate(funcs):
+        todo = islice(funcs, start, stop)
+        for k, (_, _, addr, size, mode, section, _, _, _) in enumerate(todo, start):
             if section != cur:
                 cur = section
                 sec = sections[cur]
@@ -235,17 +241,17 @@ class SiteFinder:
                 else:
                     words, next_bl = self.words(sec), self.bl_words(sec).find
                 key = _bl_key(targets, base, limit)
-            end = start + size if size else _window_end(funcs, k)
+            end = addr + size if size else _window_end(funcs, k)
             if end > limit:
                 end = limit
-            if not base <= start < end:     # symbol outside its section (corrupt file)
+            if not base <= addr < end:     # symbol outside its section (corrupt file)
                 append(None)
                 continue
             if mode != "arm":
-                append(self._find_thumb(sections[cur], start, end))
+                append(self._find_thumb(sections[cur], addr, end))
                 continue
             site = None
-            i = next_bl(1, (start - base) >> 2, (end - base) >> 2)
+            i = next_bl(1, (addr - base) >> 2, (end - base) >> 2)
             while i >= 0:
                 w = words[i]
                 if (w + i) & 0xFFFFFF == key and w >> 24 == 0xEB:
@@ -308,6 +314,11 @@ def _bl_key(targets: set[int], base: int, limit: int) -> int:
     return ((target - base - 8) >> 2) & 0xFF_FFFF
 
 
+#: How many functions after a function of size 0 :func:`_window_end` looks
+#: at (aliases at its address included).
+LOOKAHEAD = 7
+
+
 def _window_end(funcs: Sequence[FunctionSymbol], k: int) -> int:
     """Where the search for the site of ``funcs[k]`` ends: its end, or for a
     function of size 0 :data:`SITE_WINDOW` bytes in, or the start of the
@@ -317,7 +328,7 @@ def _window_end(funcs: Sequence[FunctionSymbol], k: int) -> int:
     if fn.size:
         return fn.address + fn.size
     end = fn.address + SITE_WINDOW
-    for nxt in funcs[k + 1:k + 8]:
+    for nxt in funcs[k + 1:k + 1 + LOOKAHEAD]:
         if nxt.section != fn.section or nxt.address >= end:
             break
         if nxt.address > fn.address:

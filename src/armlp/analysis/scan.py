@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 from json.encoder import encode_basestring_ascii as _json_str
 from mmap import mmap
@@ -101,6 +101,32 @@ def _functions_json_parts(reports: Sequence[FunctionReport],
     return parts
 
 
+class Tally(NamedTuple):
+    """The counts behind a scan's summary: they add up over the parts of an
+    image scanned apart (:mod:`armlp.analysis.split`)."""
+
+    functions: int
+    with_site: int
+    patchable: int
+    by_verdict: dict[str, int]
+
+    def plus(self, other: Tally) -> Tally:
+        by_verdict = Counter(self.by_verdict)
+        by_verdict.update(other.by_verdict)
+        return Tally(self.functions + other.functions, self.with_site + other.with_site,
+                     self.patchable + other.patchable, dict(sorted(by_verdict.items())))
+
+    def summary(self) -> dict[str, object]:
+        sites = self.with_site
+        return {
+            "functions": self.functions,
+            "with_mcount_site": sites,
+            "patchable": self.patchable,
+            "coverage_percent": round(100.0 * self.patchable / sites, 2) if sites else 0.0,
+            "by_verdict": self.by_verdict,
+        }
+
+
 class ScanResult:
     """The verdicts of one image, plus what the image says of itself."""
 
@@ -136,18 +162,14 @@ class ScanResult:
     def with_site(self) -> int:
         return len(self.functions) - list(map(attrgetter("site"), self.functions)).count(None)
 
-    def summary(self) -> dict[str, object]:
-        total = len(self.functions)
-        sites = self.with_site
+    def tally(self) -> Tally:
         verdict_counts = self._verdict_counts()
-        patchable = sum(n for v, n in verdict_counts if v.patchable)
-        return {
-            "functions": total,
-            "with_mcount_site": sites,
-            "patchable": patchable,
-            "coverage_percent": round(100.0 * patchable / sites, 2) if sites else 0.0,
-            "by_verdict": self._counts(verdict_counts),
-        }
+        return Tally(len(self.functions), self.with_site,
+                     sum(n for v, n in verdict_counts if v.patchable),
+                     self._counts(verdict_counts))
+
+    def summary(self) -> dict[str, object]:
+        return self.tally().summary()
 
     def to_json(self) -> dict[str, object]:
         return {**self._json_header(), "functions": [r.to_json() for r in self.functions]}
@@ -158,22 +180,37 @@ class ScanResult:
         self.write_json(out)
         return out.getvalue()
 
-    def write_json(self, out: TextIO, *, chunk: int = 256) -> None:
-        """Write :meth:`to_json_text` to *out*, *chunk* functions at a time:
-        a 20,000-function image is 7 MB of JSON, which is cheaper to write in
-        pieces than to join into one string first."""
-        head = _dumps({**self._json_header(), "functions": None})
+    def write_json(self, out: TextIO, *, tally: Tally | None = None,
+                   rest: Iterable[str] = ()) -> None:
+        """Write :meth:`to_json_text` to *out*, a few hundred functions at a
+        time: a 20,000-function image is 7 MB of JSON, which is cheaper to
+        write in pieces than to join into one string first.
+
+        For a result that holds only the first part of an image's functions
+        (:mod:`armlp.analysis.split`): *tally* counts the whole image, and
+        *rest* is the text of the other functions' entries, in pieces."""
+        head = _dumps({**self._json_header(tally), "functions": None})
         assert head.endswith('"functions":null}')
         out.write(head[:-5])
         out.write("[")
-        shared: dict[tuple[int, str, str, str], tuple[str, str]] = {}
-        for k in range(0, len(self.functions), chunk):
+        for k, piece in enumerate(self.functions_json()):
             if k:
                 out.write(",")
-            out.write(",".join(_functions_json_parts(self.functions[k:k + chunk], shared)))
+            out.write(piece)
+        for k, piece in enumerate(rest):
+            if not k and self.functions:
+                out.write(",")
+            out.write(piece)
         out.write("]}")
 
-    def _json_header(self) -> dict[str, object]:
+    def functions_json(self, chunk: int = 256) -> Iterator[str]:
+        """The entries of :meth:`to_json_text`'s ``functions``, *chunk* to a
+        piece (comma-separated within it; the pieces still need theirs)."""
+        shared: dict[tuple[int, str, str, str], tuple[str, str]] = {}
+        for k in range(0, len(self.functions), chunk):
+            yield ",".join(_functions_json_parts(self.functions[k:k + chunk], shared))
+
+    def _json_header(self, tally: Tally | None = None) -> dict[str, object]:
         """Every key of :meth:`to_json` but ``functions`` (which comes last)."""
         img = self.image
         loc = self.mcount_loc
@@ -181,7 +218,7 @@ class ScanResult:
             "file": str(img.path),
             "kind": img.kind,
             "build_id": img.build_id,
-            "summary": self.summary(),
+            "summary": (tally or self.tally()).summary(),
             "mcount_loc": None if loc is None else {
                 "entries": loc.entries, "agrees": loc.agrees,
                 "only_in_table": loc.only_in_table, "only_decoded": loc.only_decoded},
@@ -270,19 +307,29 @@ def analyse_function(image: ElfImage, finder: SiteFinder, fn: FunctionSymbol,
     return classify_all(image, finder, [fn], [finder.find(fn)], cache, describe)[0]
 
 
-def scan(image: ElfImage, *, progress: Callable[[list[FunctionSymbol]],
-                                                Iterable[FunctionSymbol]] | None = None
-         ) -> ScanResult:
+Progress = Callable[[list[FunctionSymbol]], Iterable[FunctionSymbol]]
+
+
+def scan(image: ElfImage, *, progress: Progress | None = None) -> ScanResult:
     """Classify every function of *image*."""
     funcs = image.symbols.functions(by_address=True)
+    result, sites = scan_part(image, funcs, 0, len(funcs), progress=progress)
+    if not image.is_relocatable:
+        result.mcount_loc = check_mcount_loc(image, sites)
+    return result
+
+
+def scan_part(image: ElfImage, funcs: list[FunctionSymbol], start: int, stop: int, *,
+              progress: Progress | None = None) -> tuple[ScanResult, list[int | None]]:
+    """The result for ``funcs[start:stop]`` of :func:`scan`'s list, without
+    the ``__mcount_loc`` check (which needs every site), and the sites."""
     finder = SiteFinder(image)
-    sites = finder.find_all(funcs)
-    it: Iterable[FunctionSymbol] = progress(funcs) if progress else funcs
-    reports = classify_all(image, finder, it, sites, {}, DescribeFn())
+    sites = finder.find_all(funcs, start, stop)
+    part = funcs[start:stop]
+    reports = classify_all(image, finder, progress(part) if progress else part, sites, {},
+                           DescribeFn())
     result = ScanResult(image, reports)
     if not finder.has_mcount:
         result.notes.append("no mcount calls in this file: build with -pg to make "
                             "functions patchable")
-    if not image.is_relocatable:
-        result.mcount_loc = check_mcount_loc(image, sites)
-    return result
+    return result, sites

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from armlp.analysis.scan import FunctionReport, ScanResult, scan
+from armlp.analysis.split import SPLIT_FROM, write_scan_json
 from armlp.cli.main import keep_until_exit
 from armlp.elf.image import ElfImage
 from armlp.elf.symbols import FunctionSymbol
@@ -39,6 +40,9 @@ def register(sub: Any) -> None:
                    help="show one function: prologue disassembly and undo recipe")
     p.add_argument("--all", action="store_true", help="list every function, not only the "
                                                       "unpatchable ones")
+    p.add_argument("-j", "--jobs", type=int, choices=(1, 2), metavar="N",
+                   help="processes for --json: 1 or 2 (default: 2 for an image of "
+                        f"{SPLIT_FROM:,} symbols or more on two processors or more, else 1)")
     p.set_defaults(func=run)
 
 
@@ -60,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
     gc.disable()
     image = ElfImage(args.elf)
     want = parse_function_spec(args.function) if args.function else None
-    progress = None if args.json or want else _progress
-    result = scan(image, progress=progress)
+    if args.json and want is None:
+        keep_until_exit(write_scan_json(image, sys.stdout, jobs=args.jobs))
+        sys.stdout.write("\n")
+        return 0
+    result = scan(image, progress=None if args.json or want else _progress)
     keep_until_exit(result)
     if want is not None:
         report = result.find(*want)
@@ -69,10 +76,6 @@ def run(args: argparse.Namespace) -> int:
             _dump(_function_json(result, report))
         else:
             _print_function(result, report)
-        return 0
-    if args.json:
-        result.write_json(sys.stdout)
-        sys.stdout.write("\n")
         return 0
     _print_result(result, show_all=args.all)
     return 0

@@ -17,9 +17,10 @@ import struct
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from itertools import compress, repeat
+from mmap import mmap
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from armlp.elf.image import cstr
@@ -120,21 +121,82 @@ def _raise_first_bad_symbol(image: ElfImage, strtab: bytes, offsets: Sequence[in
                            f"{sec}, which does not exist")
 
 
-class _Columns(NamedTuple):
-    """The symbol table as parallel columns, one entry per symbol (numbers
-    as arrays: no int object per symbol until one is asked for)."""
+class _RawTables(NamedTuple):
+    """Where a symbol table and its string table lie in an image's bytes."""
 
-    names: list[str]
-    values: Sequence[int]
-    sizes: Sequence[int]
-    infos: bytes            # st_info: type in the low nibble, binding in the high one
-    shndx: Sequence[int]
+    data: bytes | mmap
+    strtab: memoryview
+    strtab_at: int
+    symtab_at: int
+    entries: int
+    st_names: Sequence[int]
+
+
+class _Columns:
+    """The symbol table as parallel columns, one entry per symbol (numbers
+    as arrays: no int object per symbol until one is asked for).
+
+    The names are decoded on first use, all of them (38 ms on a vmlinux's
+    221,000), or only a few symbols' (:meth:`names_of`); :meth:`find_name`
+    finds a name's symbols in the raw tables without decoding any.  A
+    process scanning part of a vmlinux (:mod:`armlp.analysis.split`) needs
+    no more."""
+
+    def __init__(self, values: Sequence[int], sizes: Sequence[int], infos: bytes,
+                 shndx: Sequence[int], *, names: list[str] | None = None,
+                 raw: _RawTables | None = None) -> None:
+        self.values = values
+        self.sizes = sizes
+        self.infos = infos          # st_info: type in the low nibble, binding in the high one
+        self.shndx = shndx
+        self._raw = raw
+        if names is not None:
+            self.__dict__["names"] = names
+
+    @cached_property
+    def names(self) -> list[str]:
+        assert self._raw is not None
+        return _symbol_names(self._raw.strtab, self._raw.st_names)
 
     @classmethod
     def of(cls, symbols: Sequence[Symbol]) -> _Columns:
-        return cls([s.name for s in symbols], [s.value for s in symbols],
-                   [s.size for s in symbols], bytes(s.type | s.bind << 4 for s in symbols),
-                   [s.shndx for s in symbols])
+        return cls([s.value for s in symbols], [s.size for s in symbols],
+                   bytes(s.type | s.bind << 4 for s in symbols), [s.shndx for s in symbols],
+                   names=[s.name for s in symbols])
+
+    def names_of(self, index: list[int]) -> list[str]:
+        """The names of the symbols at *index*: decoded for these alone if
+        the names are not decoded yet."""
+        if self._raw is None or "names" in self.__dict__:
+            return _pick(self.names, index)
+        return _symbol_names(self._raw.strtab, _pick(self._raw.st_names, index))
+
+    def find_name(self, name: str) -> list[int] | None:
+        """The indices of the symbols named *name*, in table order, found in
+        the raw tables: each place the string table holds the name and a NUL
+        (a name may end another string), then the symbols whose ``st_name``
+        points there.  None where that would not be exact or not needed:
+        the names already decoded, a name that is not ASCII, a string table
+        that does not end its last name."""
+        raw = self._raw
+        if raw is None or "names" in self.__dict__ or not name.isascii() or "\0" in name:
+            return None
+        data, at, end = raw.data, raw.strtab_at, raw.strtab_at + len(raw.strtab)
+        if end == at or data[end - 1] != 0:
+            return None
+        key = name.encode() + b"\0"
+        symtab_end = raw.symtab_at + _SYM.size * raw.entries
+        found = []
+        p = data.find(key, at, end)
+        while p >= 0:
+            word = struct.pack("<I", p - at)
+            q = data.find(word, raw.symtab_at, symtab_end)
+            while q >= 0:
+                if not (q - raw.symtab_at) % _SYM.size:      # an st_name, not another field
+                    found.append((q - raw.symtab_at) // _SYM.size)
+                q = data.find(word, q + 1, symtab_end)
+            p = data.find(key, p + 1, end)
+        return sorted(found)
 
 
 #: st_info byte -> 1 for STT_FUNC symbols (for :func:`itertools.compress`).
@@ -215,16 +277,25 @@ class SymbolTable:
         c = self._cols
         if not self._maybe_thumb:
             return frozenset()
-        # "$t" itself by list.index (C speed, no result per symbol); the
-        # "$t.<suffix>" form only if the string table has one.
-        found = compress(range(len(c.names)), map(str.startswith, c.names, repeat("$t"))) \
-            if self._dotted_t else _positions(c.names, "$t")
+        # "$t" itself in the raw tables or by list.index (C speed, no result
+        # per symbol); the "$t.<suffix>" form only if the string table has one.
+        if self._dotted_t:
+            found: Iterable[int] = compress(range(len(c.names)),
+                                            map(str.startswith, c.names, repeat("$t")))
+        else:
+            named_t = c.find_name("$t")
+            if named_t is None:
+                named_t = _positions(c.names, "$t")
+            return frozenset(c.shndx[i] for i in named_t if self._is_entry(i))
         return frozenset(c.shndx[i] for i in found if self._is_mapping(i))
 
     def _is_mapping(self, i: int) -> bool:
+        return is_mapping_symbol(self._cols.names[i]) and self._is_entry(i)
+
+    def _is_entry(self, i: int) -> bool:
+        """Whether symbol *i* names something: defined, not a section or file."""
         c = self._cols
-        return is_mapping_symbol(c.names[i]) and c.shndx[i] != SHN_UNDEF and \
-            c.infos[i] & 0xF not in (STT_SECTION, STT_FILE)
+        return c.shndx[i] != SHN_UNDEF and c.infos[i] & 0xF not in (STT_SECTION, STT_FILE)
 
     @cached_property
     def _mapping(self) -> dict[int, tuple[list[int], list[str]]]:
@@ -284,8 +355,9 @@ class SymbolTable:
         if (st_names and max(st_names) >= len(strtab) and max(st_names)) or \
                 any(len(names) <= s < 0xFF00 for s in set(shndx)):
             _raise_first_bad_symbol(image, bytes(strtab), st_names, shndx)
-        cols = _Columns(_symbol_names(strtab, st_names), words[1::4], words[2::4],
-                        bytes(raw[12::16]), shndx)
+        cols = _Columns(words[1::4], words[2::4], bytes(raw[12::16]), shndx,
+                        raw=_RawTables(image.data, strtab, strsec.offset, symtab.offset,
+                                       len(raw) // _SYM.size, st_names))
         end = strsec.offset + strsec.size
         return cls((), names, columns=cols,
                    maybe_thumb=image.data.find(b"$t", strsec.offset, end) >= 0,
@@ -308,11 +380,52 @@ class SymbolTable:
         seen: dict[str, list[int]] = {}
         for i in compress(range(len(c.names)), map(wanted.__contains__, c.names)):
             name = c.names[i]
-            if c.shndx[i] != SHN_UNDEF and c.infos[i] & 0xF not in (STT_SECTION, STT_FILE) \
-                    and not is_mapping_symbol(name):
+            if self._is_entry(i) and not is_mapping_symbol(name):
                 seen.setdefault(name, []).append(i)
         return {i: pos for same in seen.values() if len(same) > 1
                 for pos, i in enumerate(same, 1)}
+
+    @cached_property
+    def _function_index(self) -> tuple[list[int], list[int]]:
+        """The defined function symbols, in symbol-table order: their
+        indices, and their sections."""
+        c = self._cols
+        nsec = len(self._section_names)
+        # Column by column (map runs at C speed).
+        index = list(compress(range(len(c.infos)), c.infos.translate(_IS_FUNC)))
+        shndx = _pick(c.shndx, index)
+        defined = list(map(operator.and_, map(bool, shndx), map(nsec.__gt__, shndx)))
+        if not all(defined):       # undefined, absolute or a special section
+            index, shndx = list(compress(index, defined)), list(compress(shndx, defined))
+        return index, shndx
+
+    @cached_property
+    def sympos(self) -> dict[int, int]:
+        """Symbol index -> sympos of the function symbols whose sympos is
+        not 0 (the names they share need every symbol's name)."""
+        c = self._cols
+        index, _ = self._function_index
+        # A name no other symbol carries has sympos 0; only the names that
+        # repeat among the functions or that another symbol also carries
+        # need counting among the symbols by_name would hold.
+        counts = Counter(_pick(c.names, index))
+        repeated = {name for name, n in counts.items() if n > 1}
+        repeated.update(set(counts).intersection(compress(c.names,
+                                                          c.infos.translate(_NOT_FUNC))))
+        return self._sympos_table(repeated) if repeated else {}
+
+    def function_layout(self, *, by_address: bool = False) -> tuple[list[int], list[int]]:
+        """The indices and sections of :meth:`functions`' symbols, in its
+        order, without a name decoded."""
+        index, shndx = self._function_index
+        if not by_address:
+            return list(index), list(shndx)
+        key = _pick(self._cols.values, index)
+        if sum(map((1).__and__, key)):
+            key = list(map((~1).__and__, key))      # Thumb bits off
+        order = sorted(range(len(index)), key=key.__getitem__)
+        order.sort(key=shndx.__getitem__)
+        return _pick(index, order), _pick(shndx, order)
 
     def functions(self, *, by_address: bool = False) -> list[FunctionSymbol]:
         """Every defined function symbol with its sympos, in symbol-table
@@ -321,34 +434,20 @@ class SymbolTable:
         they lie in memory in the order a scan walks them: a vmlinux's 45,000
         functions, visited out of the order they were made in, miss the
         processor's caches on each."""
+        sympos = self.sympos
+        return self.function_records(*self.function_layout(by_address=by_address), sympos)
+
+    def function_records(self, index: list[int], shndx: list[int],
+                         sympos: dict[int, int] | None) -> list[FunctionSymbol]:
+        """The records of the function symbols at *index* (in *shndx*), with
+        their sympos from *sympos*, or 0 with None (a part's records before
+        the whole table's sympos is known: only these names are decoded)."""
         c = self._cols
         secnames = self._section_names
-        nsec = len(secnames)
-        # Column by column (map runs at C speed), then one object per function.
-        index = list(compress(range(len(c.names)), c.infos.translate(_IS_FUNC)))
-        shndx = _pick(c.shndx, index)
-        defined = list(map(operator.and_, map(bool, shndx), map(nsec.__gt__, shndx)))
-        if not all(defined):       # undefined, absolute or a special section
-            index, shndx = list(compress(index, defined)), list(compress(shndx, defined))
-        if by_address:
-            key = _pick(c.values, index)
-            if sum(map((1).__and__, key)):
-                key = list(map((~1).__and__, key))      # Thumb bits off
-            order = sorted(range(len(index)), key=key.__getitem__)
-            order.sort(key=shndx.__getitem__)
-            index, shndx = _pick(index, order), _pick(shndx, order)
-        names, values, sizes = _pick(c.names, index), _pick(c.values, index), \
+        names, values, sizes = c.names_of(index), _pick(c.values, index), \
             _pick(c.sizes, index)
         infos = _pick(c.infos, index)
-        # A name no other symbol carries has sympos 0; only the names that
-        # repeat among the functions or that another symbol also carries
-        # need counting among the symbols by_name would hold.
-        counts = Counter(names)
-        repeated = {name for name, n in counts.items() if n > 1}
-        repeated.update(set(counts).intersection(compress(c.names,
-                                                          c.infos.translate(_NOT_FUNC))))
-        table = self._sympos_table(repeated) if repeated else {}
-        sympos = list(map(table.get, index, repeat(0)))
+        positions = list(map(sympos.get, index, repeat(0))) if sympos else [0] * len(index)
         thumb_bits = sum(map((1).__and__, values))
         addresses = list(map((~1).__and__, values)) if thumb_bits else values
         modes = list(map(_MODE_OF_BIT0.__getitem__, map((1).__and__, values))) \
@@ -362,8 +461,9 @@ class SymbolTable:
         # tuple.__new__ makes each record at C speed (the class's own __new__
         # is a Python function: a fifth of this method on 20,000 functions).
         return list(map(tuple.__new__, repeat(FunctionSymbol), zip(
-            names, sympos, addresses, sizes, modes, shndx, map(secnames.__getitem__, shndx),
-            map(_BIND_OF_INFO.__getitem__, infos), index, strict=True)))
+            names, positions, addresses, sizes, modes, shndx,
+            map(secnames.__getitem__, shndx), map(_BIND_OF_INFO.__getitem__, infos), index,
+            strict=True)))
 
     def named(self, name: str) -> list[Symbol]:
         """``by_name.get(name, [])``, without building :attr:`by_name` for a
@@ -372,17 +472,20 @@ class SymbolTable:
             return self.by_name.get(name, [])
         if not name or is_mapping_symbol(name):
             return []
-        # The first few lookups scan the names (list.index, C speed: 2 ms on
-        # a vmlinux's 221,000); a set of them costs four such scans, so it
-        # is built for the fifth.
-        self._lookups += 1
-        if self._lookups > SCANNED_LOOKUPS and name not in self._name_set:
-            return []
         c = self._cols
+        # Before the names are decoded, in the raw tables.  After, the first
+        # few lookups scan the names (list.index, C speed: 2 ms on a
+        # vmlinux's 221,000); a set of them costs four such scans, so it is
+        # built for the fifth.
+        found = c.find_name(name)
+        if found is None:
+            self._lookups += 1
+            if self._lookups > SCANNED_LOOKUPS and name not in self._name_set:
+                return []
+            found = _positions(c.names, name)
         return [Symbol(i, name, c.values[i], c.sizes[i], c.infos[i] & 0xF, c.infos[i] >> 4,
                        c.shndx[i])
-                for i in _positions(c.names, name)
-                if c.shndx[i] != SHN_UNDEF and c.infos[i] & 0xF not in (STT_SECTION, STT_FILE)]
+                for i in found if self._is_entry(i)]
 
     def sympos_of(self, sym: Symbol) -> int:
         same = self.by_name.get(sym.name, [])
