@@ -473,13 +473,13 @@ class SymbolTable:
         if not name or is_mapping_symbol(name):
             return []
         c = self._cols
-        # Before the names are decoded, in the raw tables.  After, the first
-        # few lookups scan the names (list.index, C speed: 2 ms on a
-        # vmlinux's 221,000); a set of them costs four such scans, so it is
-        # built for the fifth.
-        found = c.find_name(name)
+        # The first few lookups search the raw tables (before the names are
+        # decoded) or scan the names (list.index, C speed: 2 ms on a
+        # vmlinux's 221,000); a set of the names costs four such scans, so
+        # it is built for the fifth.
+        self._lookups += 1
+        found = c.find_name(name) if self._lookups <= SCANNED_LOOKUPS else None
         if found is None:
-            self._lookups += 1
             if self._lookups > SCANNED_LOOKUPS and name not in self._name_set:
                 return []
             found = _positions(c.names, name)
