@@ -162,6 +162,12 @@ class ScanResult:
     def with_site(self) -> int:
         return len(self.functions) - list(map(attrgetter("site"), self.functions)).count(None)
 
+    def check_mcount_loc(self, sites: Iterable[int | None]) -> None:
+        """Compare a linked image's ``__mcount_loc`` table with *sites*,
+        every function's (see :func:`~armlp.analysis.mcount.check_mcount_loc`)."""
+        if not self.image.is_relocatable:
+            self.mcount_loc = check_mcount_loc(self.image, sites)
+
     def tally(self) -> Tally:
         verdict_counts = self._verdict_counts()
         return Tally(len(self.functions), self.with_site,
@@ -314,8 +320,7 @@ def scan(image: ElfImage, *, progress: Progress | None = None) -> ScanResult:
     """Classify every function of *image*."""
     funcs = image.symbols.functions(by_address=True)
     result, sites = scan_part(image, funcs, 0, len(funcs), progress=progress)
-    if not image.is_relocatable:
-        result.mcount_loc = check_mcount_loc(image, sites)
+    result.check_mcount_loc(sites)
     return result
 
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from itertools import chain, compress
 from typing import BinaryIO, NoReturn, TextIO
 
-from armlp.analysis.mcount import LOOKAHEAD, check_mcount_loc
+from armlp.analysis.mcount import LOOKAHEAD
 from armlp.analysis.scan import FunctionReport, ScanResult, Tally, scan, scan_part
 from armlp.elf.image import SHT_SYMTAB, ElfImage
 from armlp.errors import AnalysisError
@@ -160,13 +160,11 @@ def _first_part(image: ElfImage, out: TextIO, pipe: BinaryIO, sympos_fd: int
         funcs = table.function_records(index, shndx, table.sympos)
         rest, rest_sites = scan_part(image, funcs, cut, len(funcs))
         result.functions += rest.functions
-        if not image.is_relocatable:
-            result.mcount_loc = check_mcount_loc(image, chain(sites, rest_sites))
+        result.check_mcount_loc(chain(sites, rest_sites))
         result.write_json(out)
         return result, None, text
     tally, helper_sites, size = sent
-    if not image.is_relocatable:
-        result.mcount_loc = check_mcount_loc(image, chain(sites, helper_sites))
+    result.check_mcount_loc(chain(sites, helper_sites))
     result.write_json(out, tally=result.tally().plus(tally), rest=text)
     return result, size, text
 

@@ -171,6 +171,12 @@ class _Columns:
             return _pick(self.names, index)
         return _symbol_names(self._raw.strtab, _pick(self._raw.st_names, index))
 
+    def positions(self, name: str) -> list[int]:
+        """The indices of the symbols named *name*: in the raw tables, or
+        in the decoded names where that is needed (see :meth:`find_name`)."""
+        found = self.find_name(name)
+        return _positions(self.names, name) if found is None else found
+
     def find_name(self, name: str) -> list[int] | None:
         """The indices of the symbols named *name*, in table order, found in
         the raw tables: each place the string table holds the name and a NUL
@@ -283,10 +289,7 @@ class SymbolTable:
             found: Iterable[int] = compress(range(len(c.names)),
                                             map(str.startswith, c.names, repeat("$t")))
         else:
-            named_t = c.find_name("$t")
-            if named_t is None:
-                named_t = _positions(c.names, "$t")
-            return frozenset(c.shndx[i] for i in named_t if self._is_entry(i))
+            return frozenset(c.shndx[i] for i in c.positions("$t") if self._is_entry(i))
         return frozenset(c.shndx[i] for i in found if self._is_mapping(i))
 
     def _is_mapping(self, i: int) -> bool:
@@ -478,11 +481,12 @@ class SymbolTable:
         # vmlinux's 221,000); a set of the names costs four such scans, so
         # it is built for the fifth.
         self._lookups += 1
-        found = c.find_name(name) if self._lookups <= SCANNED_LOOKUPS else None
-        if found is None:
-            if self._lookups > SCANNED_LOOKUPS and name not in self._name_set:
-                return []
+        if self._lookups <= SCANNED_LOOKUPS:
+            found = c.positions(name)
+        elif name in self._name_set:
             found = _positions(c.names, name)
+        else:
+            return []
         return [Symbol(i, name, c.values[i], c.sizes[i], c.infos[i] & 0xF, c.infos[i] >> 4,
                        c.shndx[i])
                 for i in found if self._is_entry(i)]
